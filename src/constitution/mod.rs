@@ -1,0 +1,405 @@
+//! The constitution: the principles a model should hold, as authors write them in YAML.
+//!
+//! Loading goes YAML text → positioned tree ([`yaml`]) → schema check that reports every problem
+//! with its line and column ([`schema`]) → typed [`Constitution`] → checks across fields
+//! (duplicate ids, dangling references). Nothing is half-loaded: either every check passes or the
+//! caller gets the full list of [`Problem`]s.
+
+pub mod schema;
+pub mod starter;
+pub mod yaml;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use rand_chacha::rand_core::SeedableRng;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::hash;
+
+/// A full constitution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "tenets constitution")]
+pub struct Constitution {
+    /// Short name, used in reports and provenance.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Version of this constitution, as text (for example "1.2").
+    #[serde(default)]
+    pub version: Option<String>,
+    /// What this constitution is for, in a sentence or two.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The principles; one is sampled (by weight) for each critique and revision round.
+    #[schemars(length(min = 1))]
+    pub principles: Vec<Principle>,
+    /// Questions a judge model answers when comparing two responses.
+    #[serde(default)]
+    pub comparisons: Vec<Comparison>,
+    /// Topics the model should engage with, and topics it should decline.
+    #[serde(default)]
+    pub topics: Topics,
+    /// Worked examples of a critique and revision, shown to the model as few-shot demonstrations.
+    #[serde(default)]
+    pub examples: Vec<Example>,
+}
+
+/// One principle: how to critique a response against it and how to revise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Principle {
+    /// Stable identifier (letters, digits, `-`, `_`), recorded with every critique.
+    #[schemars(length(min = 1))]
+    pub id: String,
+    /// Asks the model to critique its last response against this principle.
+    #[schemars(length(min = 1))]
+    pub critique_request: String,
+    /// Asks the model to rewrite its response to address the critique.
+    #[schemars(length(min = 1))]
+    pub revision_request: String,
+    /// Free-form labels, used for breakdowns in reports.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Relative sampling weight (greater than 0). Default 1.
+    #[serde(default = "default_weight")]
+    #[schemars(schema_with = "positive_number")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+/// `{"type": "number", "exclusiveMinimum": 0, "default": 1}`.
+fn positive_number(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+    use schemars::schema::{InstanceType, NumberValidation, SchemaObject};
+    let mut schema = SchemaObject {
+        instance_type: Some(InstanceType::Number.into()),
+        number: Some(Box::new(NumberValidation {
+            exclusive_minimum: Some(0.0),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    schema.metadata().default = Some(serde_json::json!(1.0));
+    schema.into()
+}
+
+/// A comparison question for AI feedback: which of two responses better follows the constitution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Comparison {
+    /// Stable identifier.
+    #[schemars(length(min = 1))]
+    pub id: String,
+    /// The question, for example "Which response is more helpful while staying harmless?"
+    #[schemars(length(min = 1))]
+    pub question: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Topic lists, used to steer red-teaming and to keep helpfulness in the data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    /// Topics that sound risky but deserve a helpful answer.
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// Topics the model should decline to help with.
+    #[serde(default)]
+    pub restricted: Vec<String>,
+}
+
+/// A worked example: a prompt, a flawed response, its critique and the revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    /// The principle this example demonstrates (a principle id); omit for a general example.
+    #[serde(default)]
+    pub principle: Option<String>,
+    #[schemars(length(min = 1))]
+    pub prompt: String,
+    #[schemars(length(min = 1))]
+    pub response: String,
+    #[schemars(length(min = 1))]
+    pub critique: String,
+    #[schemars(length(min = 1))]
+    pub revision: String,
+}
+
+/// One problem found in a constitution file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConstitutionError {
+    #[error("cannot read constitution {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(.path, .problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.col, p.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConstitutionError {
+    /// The individual problems (empty for I/O errors).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConstitutionError::Invalid { problems, .. } => problems,
+            ConstitutionError::Read { .. } => &[],
+        }
+    }
+}
+
+/// The JSON Schema of a constitution, as editors (yaml-language-server) consume it.
+pub fn json_schema() -> serde_json::Value {
+    let settings = schemars::gen::SchemaSettings::draft07();
+    let schema = settings.into_generator().into_root_schema_for::<Constitution>();
+    serde_json::to_value(schema).unwrap_or_default()
+}
+
+impl Constitution {
+    /// Reads and checks a constitution file.
+    pub fn load(path: &Path) -> Result<Self, ConstitutionError> {
+        let text = std::fs::read(path).map_err(|source| ConstitutionError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = String::from_utf8(text).map_err(|e| ConstitutionError::Invalid {
+            path: path.to_path_buf(),
+            problems: vec![utf8_problem(e.as_bytes(), e.utf8_error().valid_up_to())],
+        })?;
+        Self::parse(&text).map_err(|problems| ConstitutionError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Parses and checks constitution text; returns every problem found.
+    pub fn parse(text: &str) -> Result<Self, Vec<Problem>> {
+        let tree = yaml::parse(text).map_err(|e| {
+            vec![Problem {
+                line: e.pos.line,
+                col: e.pos.col,
+                message: format!("YAML syntax: {}", e.message),
+            }]
+        })?;
+        let mut problems: Vec<Problem> = schema::validate(&tree, &json_schema())
+            .into_iter()
+            .map(|v| Problem {
+                line: v.pos.line,
+                col: v.pos.col,
+                message: v.message,
+            })
+            .collect();
+        if !problems.is_empty() {
+            problems.sort_by_key(|p| (p.line, p.col));
+            return Err(problems);
+        }
+        let constitution: Constitution =
+            serde_yaml::from_str(text).map_err(|e| {
+                let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+                vec![Problem {
+                    line,
+                    col,
+                    message: e.to_string(),
+                }]
+            })?;
+        let problems = constitution.cross_checks(&tree);
+        if problems.is_empty() {
+            Ok(constitution)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Checks that span fields: unique ids, weights, references between sections.
+    fn cross_checks(&self, tree: &yaml::Node) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let at = |section: &str, index: usize, field: &str| -> yaml::Pos {
+            let item = match tree.get(section).map(|n| &n.value) {
+                Some(yaml::Value::Seq(items)) => items.get(index),
+                _ => None,
+            };
+            item.and_then(|i| i.get(field).or(Some(i)))
+                .map(|n| n.pos)
+                .unwrap_or(yaml::Pos { line: 1, col: 1 })
+        };
+        let mut push = |pos: yaml::Pos, message: String| {
+            problems.push(Problem {
+                line: pos.line,
+                col: pos.col,
+                message,
+            })
+        };
+
+        let mut ids = HashSet::new();
+        for (i, p) in self.principles.iter().enumerate() {
+            if !ids.insert(p.id.as_str()) {
+                push(
+                    at("principles", i, "id"),
+                    format!("`principles[{i}].id`: duplicate principle id `{}`", p.id),
+                );
+            }
+            if !valid_id(&p.id) {
+                push(
+                    at("principles", i, "id"),
+                    format!(
+                        "`principles[{i}].id`: `{}` may use only letters, digits, `-` and `_`",
+                        p.id
+                    ),
+                );
+            }
+            if !(p.weight.is_finite() && p.weight > 0.0) {
+                push(
+                    at("principles", i, "weight"),
+                    format!(
+                        "`principles[{i}].weight`: must be a number greater than 0, found {}",
+                        p.weight
+                    ),
+                );
+            }
+        }
+        let mut comparison_ids = HashSet::new();
+        for (i, c) in self.comparisons.iter().enumerate() {
+            if !comparison_ids.insert(c.id.as_str()) {
+                push(
+                    at("comparisons", i, "id"),
+                    format!("`comparisons[{i}].id`: duplicate comparison id `{}`", c.id),
+                );
+            }
+        }
+        for (i, e) in self.examples.iter().enumerate() {
+            if let Some(principle) = &e.principle {
+                if !ids.contains(principle.as_str()) {
+                    push(
+                        at("examples", i, "principle"),
+                        format!(
+                            "`examples[{i}].principle`: no principle has id `{principle}`"
+                        ),
+                    );
+                }
+            }
+        }
+        problems.sort_by_key(|p| (p.line, p.col));
+        problems
+    }
+
+    /// A hash of the constitution's content (not its formatting or comments).
+    pub fn content_hash(&self) -> String {
+        hash::of_json(self)
+    }
+
+    pub fn principle(&self, id: &str) -> Option<&Principle> {
+        self.principles.iter().find(|p| p.id == id)
+    }
+
+    /// Picks `k` principles for one prompt's rounds: weighted, without replacement while
+    /// distinct principles remain, and fully determined by `seed` and `key` (the prompt id), so
+    /// a resumed run samples exactly what the interrupted one would have.
+    pub fn sample_principles(&self, seed: u64, key: &str, k: usize) -> Vec<&Principle> {
+        let digest = hash::hex_to_u64(&hash::of_parts(&[&seed.to_string(), key]));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(digest);
+        let mut pool: Vec<&Principle> = self.principles.iter().collect();
+        let mut picked = Vec::with_capacity(k);
+        for _ in 0..k {
+            if pool.is_empty() {
+                pool = self.principles.iter().collect();
+            }
+            let total: f64 = pool.iter().map(|p| p.weight).sum();
+            let mut x = rng.gen::<f64>() * total;
+            let mut index = pool.len() - 1;
+            for (i, p) in pool.iter().enumerate() {
+                if x < p.weight {
+                    index = i;
+                    break;
+                }
+                x -= p.weight;
+            }
+            picked.push(pool.remove(index));
+        }
+        picked
+    }
+
+    /// Examples that demonstrate `principle` (or are general), for few-shot prompts.
+    pub fn examples_for(&self, principle: &str) -> Vec<&Example> {
+        self.examples
+            .iter()
+            .filter(|e| e.principle.as_deref().is_none_or(|p| p == principle))
+            .collect()
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    id.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Locates the first invalid UTF-8 byte as a line and column.
+pub(crate) fn utf8_problem(bytes: &[u8], valid_up_to: usize) -> Problem {
+    let before = &bytes[..valid_up_to];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let col = valid_up_to - before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+    Problem {
+        line,
+        col,
+        message: format!("the file is not valid UTF-8 (byte offset {valid_up_to})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "name: t\nprinciples:\n  - id: a\n    critique_request: c\n    revision_request: r\n    weight: 3\n  - id: b\n    critique_request: c\n    revision_request: r\n";
+
+    #[test]
+    fn sampling_is_deterministic_and_distinct() {
+        let c = Constitution::parse(GOOD).unwrap();
+        let a = c.sample_principles(7, "p1", 2);
+        let b = c.sample_principles(7, "p1", 2);
+        assert_eq!(a, b);
+        assert_ne!(a[0].id, a[1].id);
+        assert_eq!(c.sample_principles(7, "p1", 3).len(), 3);
+    }
+
+    #[test]
+    fn sampling_follows_weights() {
+        let c = Constitution::parse(GOOD).unwrap();
+        let heavy = (0..2000)
+            .filter(|i| c.sample_principles(1, &i.to_string(), 1)[0].id == "a")
+            .count();
+        // Weight 3 vs 1: expect ~75%.
+        assert!((1350..1650).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn schema_has_every_section() {
+        let s = json_schema();
+        let props = s["properties"].as_object().unwrap();
+        for key in ["name", "principles", "comparisons", "topics", "examples"] {
+            assert!(props.contains_key(key), "{key}");
+        }
+    }
+}

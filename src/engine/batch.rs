@@ -1,0 +1,447 @@
+//! Continuous batching over one llama.cpp context.
+//!
+//! Each of `parallel` slots owns one llama.cpp sequence and serves one [`Session`] at a time.
+//! Every step builds one batch from the next token of each decoding slot plus as many prompt
+//! tokens of prefilling slots as the batch has room for, so a slot that finishes is refilled at
+//! once. Before a turn is prefilled, its tokens are compared with what the slot's KV cache
+//! already holds and only the new suffix is decoded: a critique turn re-uses the encoded prompt
+//! and answer, and a new conversation re-uses a shared system prompt.
+//!
+//! A finished turn is handed to its session, which answers with a receiver that resolves when
+//! the result is durable; the slot waits for it (others keep decoding) before the next turn.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{backend, tokenize_segments, EngineConfig, EngineError};
+use crate::chat::Segment;
+
+/// Sampling settings shared by every turn of a run.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: usize,
+}
+
+/// One turn for the model to generate.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    /// The whole conversation so far, rendered with the chat template, ending in the
+    /// assistant's generation prompt.
+    pub segments: Vec<Segment>,
+    pub max_tokens: usize,
+    pub seed: u32,
+}
+
+/// Why generation of a turn stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model ended its turn.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+    /// The sequence's context was full.
+    Context,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Context => "context",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TurnOutput {
+    pub text: String,
+    pub finish: Finish,
+    /// Tokens of the rendered conversation before this turn.
+    pub prompt_tokens: usize,
+    /// Of those, the ones actually decoded (the rest came from the KV cache).
+    pub prefill_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+/// A turn that could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnFailure {
+    PromptTooLong { tokens: usize, limit: usize },
+}
+
+impl std::fmt::Display for TurnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TurnFailure::PromptTooLong { tokens, limit } => write!(
+                f,
+                "conversation is {tokens} tokens; the per-sequence context holds {limit} \
+                 (raise --ctx or shorten the prompt)"
+            ),
+        }
+    }
+}
+
+/// What a session wants next.
+pub enum Next {
+    Turn(TurnRequest),
+    /// Wait for the receiver (true: ask again; false: the session is over).
+    Wait(oneshot::Receiver<bool>),
+    Done,
+}
+
+/// A conversation the engine drives one turn at a time.
+pub trait Session: Send {
+    fn next_turn(&mut self) -> Next;
+    /// Takes the outcome of the turn; the receiver resolves once it is durable (true to go on).
+    fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool>;
+}
+
+/// Shared stop request: run, drain (finish in-flight turns, start nothing), or abort now.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<AtomicU8>);
+
+impl StopSignal {
+    const RUN: u8 = 0;
+    const DRAIN: u8 = 1;
+    const ABORT: u8 = 2;
+
+    pub fn drain(&self) {
+        let _ = self
+            .0
+            .compare_exchange(Self::RUN, Self::DRAIN, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    pub fn abort(&self) {
+        self.0.store(Self::ABORT, Ordering::SeqCst);
+    }
+    pub fn draining(&self) -> bool {
+        self.0.load(Ordering::SeqCst) >= Self::DRAIN
+    }
+    pub fn aborted(&self) -> bool {
+        self.0.load(Ordering::SeqCst) >= Self::ABORT
+    }
+}
+
+/// Running totals, readable while the engine works (for progress display).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub generated: AtomicU64,
+    pub prefilled: AtomicU64,
+}
+
+struct Turn {
+    max_tokens: usize,
+    prompt_tokens: usize,
+    prefill_tokens: usize,
+    generated: usize,
+    bytes: Vec<u8>,
+    sampler: LlamaSampler,
+}
+
+enum State {
+    Free,
+    Ready,
+    Waiting(oneshot::Receiver<bool>),
+    Prefill(Turn, Vec<LlamaToken>),
+    /// `next` has been sampled and is not yet in the KV cache.
+    Decode(Turn, LlamaToken),
+}
+
+struct Slot {
+    seq: i32,
+    session: Option<Box<dyn Session>>,
+    state: State,
+    /// Exactly the tokens in this sequence's KV cache, position by position.
+    in_kv: Vec<LlamaToken>,
+}
+
+fn sampler(sampling: &Sampling, seed: u32) -> LlamaSampler {
+    if sampling.temperature <= 0.0 {
+        LlamaSampler::greedy()
+    } else {
+        LlamaSampler::chain_simple([
+            LlamaSampler::top_p(sampling.top_p, 1),
+            LlamaSampler::temp(sampling.temperature),
+            LlamaSampler::dist(seed),
+        ])
+    }
+}
+
+/// Creates the context for `config` on `model`.
+pub fn new_context<'m>(
+    model: &'m LlamaModel,
+    config: &EngineConfig,
+) -> Result<LlamaContext<'m>, EngineError> {
+    let per_seq = u32::try_from(config.ctx_per_sequence).unwrap_or(u32::MAX);
+    let parallel = u32::try_from(config.parallel.max(1)).unwrap_or(1);
+    let n_ctx = per_seq.saturating_mul(parallel);
+    let threads = i32::try_from(config.threads.max(1)).unwrap_or(1);
+    let batch = u32::try_from(config.batch_tokens.max(1)).unwrap_or(512);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(batch)
+        .with_n_ubatch(batch)
+        .with_n_seq_max(parallel)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    model
+        .new_context(backend()?, params)
+        .map_err(|e| EngineError::Context(format!("{e} (n_ctx {n_ctx}, {parallel} sequences)")))
+}
+
+/// Drives sessions from `jobs` until the channel closes and every session is done, or until
+/// `stop` says otherwise.
+pub fn run(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    config: &EngineConfig,
+    sampling: &Sampling,
+    mut jobs: mpsc::Receiver<Box<dyn Session>>,
+    stop: &StopSignal,
+    counters: &Counters,
+) -> Result<(), EngineError> {
+    let limit = config.ctx_per_sequence;
+    let mut slots: Vec<Slot> = (0..config.parallel.max(1))
+        .map(|i| Slot {
+            seq: i as i32,
+            session: None,
+            state: State::Free,
+            in_kv: Vec::new(),
+        })
+        .collect();
+    let mut batch = LlamaBatch::new(config.batch_tokens.max(1), 1);
+    let mut jobs_closed = false;
+    let vocab = model.vocab();
+
+    loop {
+        if stop.aborted() {
+            return Ok(());
+        }
+        // 1. Move every slot as far as it can go without decoding.
+        for slot in &mut slots {
+            loop {
+                match std::mem::replace(&mut slot.state, State::Free) {
+                    State::Free => {
+                        slot.session = None;
+                        if stop.draining() || jobs_closed {
+                            break;
+                        }
+                        match jobs.try_recv() {
+                            Ok(session) => {
+                                slot.session = Some(session);
+                                slot.state = State::Ready;
+                            }
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                jobs_closed = true;
+                                break;
+                            }
+                        }
+                    }
+                    State::Waiting(mut rx) => match rx.try_recv() {
+                        Ok(true) => slot.state = State::Ready,
+                        Ok(false) | Err(oneshot::error::TryRecvError::Closed) => {}
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            slot.state = State::Waiting(rx);
+                            break;
+                        }
+                    },
+                    State::Ready => {
+                        if stop.draining() {
+                            continue; // becomes Free
+                        }
+                        let Some(session) = slot.session.as_mut() else {
+                            continue;
+                        };
+                        match session.next_turn() {
+                            Next::Done => {}
+                            Next::Wait(rx) => slot.state = State::Waiting(rx),
+                            Next::Turn(request) => {
+                                slot.state = start_turn(model, ctx, slot.seq, &mut slot.in_kv, request, sampling, limit)
+                                    .unwrap_or_else(|failure| State::Waiting(session.finish_turn(Err(failure))));
+                            }
+                        }
+                    }
+                    busy @ (State::Prefill(..) | State::Decode(..)) => {
+                        slot.state = busy;
+                        break;
+                    }
+                }
+            }
+        }
+
+        // 2. Nothing to decode: finish, or wait for commits or new work.
+        let busy = slots
+            .iter()
+            .any(|s| matches!(s.state, State::Prefill(..) | State::Decode(..)));
+        if !busy {
+            let all_free = slots.iter().all(|s| matches!(s.state, State::Free));
+            if all_free && (jobs_closed || stop.draining()) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros(500));
+            continue;
+        }
+
+        // 3. One batch: every decoding slot's next token, then prompt chunks.
+        batch.clear();
+        let mut rows: Vec<(usize, i32)> = Vec::new();
+        let mut room = config.batch_tokens.max(1);
+        for (i, slot) in slots.iter().enumerate() {
+            if let State::Decode(_, next) = &slot.state {
+                let pos = slot.in_kv.len() as i32;
+                add(&mut batch, *next, pos, slot.seq, true)?;
+                rows.push((i, batch.n_tokens() - 1));
+                room -= 1;
+            }
+        }
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            if room == 0 {
+                break;
+            }
+            if let State::Prefill(_, pending) = &slot.state {
+                let take = pending.len().min(room);
+                let base = slot.in_kv.len();
+                for (k, token) in pending[..take].iter().enumerate() {
+                    let last = k + 1 == pending.len();
+                    add(&mut batch, *token, (base + k) as i32, slot.seq, last)?;
+                    if last {
+                        rows.push((i, batch.n_tokens() - 1));
+                    }
+                }
+                chunks.push((i, take));
+                room -= take;
+            }
+        }
+        ctx.decode(&mut batch)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+
+        // 4. Account for what entered the KV cache, then sample.
+        for (i, take) in chunks {
+            let slot = &mut slots[i];
+            if let State::Prefill(_, pending) = &mut slot.state {
+                slot.in_kv.extend(pending.drain(..take));
+            }
+            counters.prefilled.fetch_add(take as u64, Ordering::Relaxed);
+        }
+        for (i, row) in rows {
+            let slot = &mut slots[i];
+            let mut turn = match std::mem::replace(&mut slot.state, State::Free) {
+                State::Decode(turn, next) => {
+                    slot.in_kv.push(next);
+                    turn
+                }
+                State::Prefill(turn, _) => turn,
+                other => {
+                    slot.state = other;
+                    continue;
+                }
+            };
+            let token = turn.sampler.sample(ctx, row);
+            let finish = if vocab.is_eog(token) {
+                Some(Finish::Stop)
+            } else {
+                turn.generated += 1;
+                counters.generated.fetch_add(1, Ordering::Relaxed);
+                turn.bytes
+                    .extend(vocab.token_to_piece(token, false, None));
+                if turn.generated >= turn.max_tokens {
+                    Some(Finish::Length)
+                } else if slot.in_kv.len() + 1 >= limit {
+                    Some(Finish::Context)
+                } else {
+                    None
+                }
+            };
+            slot.state = match finish {
+                None => State::Decode(turn, token),
+                Some(finish) => {
+                    let output = TurnOutput {
+                        text: String::from_utf8_lossy(&turn.bytes).into_owned(),
+                        finish,
+                        prompt_tokens: turn.prompt_tokens,
+                        prefill_tokens: turn.prefill_tokens,
+                        generated_tokens: turn.generated,
+                    };
+                    match slot.session.as_mut() {
+                        Some(session) => State::Waiting(session.finish_turn(Ok(output))),
+                        None => State::Free,
+                    }
+                }
+            };
+        }
+    }
+}
+
+fn add(
+    batch: &mut LlamaBatch,
+    token: LlamaToken,
+    pos: i32,
+    seq: i32,
+    logits: bool,
+) -> Result<(), EngineError> {
+    batch
+        .add(token, pos, &[seq], logits)
+        .map_err(|e| EngineError::Decode(e.to_string()))
+}
+
+/// Prepares a turn: tokenizes, keeps the longest cached prefix, schedules the rest.
+fn start_turn(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    seq: i32,
+    in_kv: &mut Vec<LlamaToken>,
+    request: TurnRequest,
+    sampling: &Sampling,
+    limit: usize,
+) -> Result<State, TurnFailure> {
+    let tokens = tokenize_segments(model, &request.segments);
+    if tokens.len() + 1 >= limit {
+        return Err(TurnFailure::PromptTooLong {
+            tokens: tokens.len(),
+            limit,
+        });
+    }
+    let mut keep = in_kv
+        .iter()
+        .zip(&tokens)
+        .take_while(|(a, b)| a == b)
+        .count();
+    // At least one token must be decoded to get logits for the first new token.
+    keep = keep.min(tokens.len().saturating_sub(1));
+    if keep < in_kv.len() {
+        let removed = ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
+            .unwrap_or(false);
+        if !removed {
+            // Some caches cannot drop a suffix: start the sequence over.
+            let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            keep = 0;
+        }
+        in_kv.truncate(keep);
+    }
+    let pending = tokens[keep..].to_vec();
+    let turn = Turn {
+        max_tokens: request.max_tokens.max(1),
+        prompt_tokens: tokens.len(),
+        prefill_tokens: pending.len(),
+        generated: 0,
+        bytes: Vec::new(),
+        sampler: sampler(sampling, request.seed),
+    };
+    Ok(State::Prefill(turn, pending))
+}

@@ -1,0 +1,169 @@
+//! The llama.cpp engine: one model, one context, many sequences decoded together.
+//!
+//! [`Engine::run`] owns the model on its own OS thread (llama.cpp contexts are not `Send`) and
+//! drives [`Session`]s — conversations that ask for one turn at a time — with continuous
+//! batching ([`batch`]). The engine knows tokens, KV cache and sampling; what a turn means
+//! (answer, critique, revision) belongs to the pipeline.
+
+pub mod batch;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::chat::{ChatTemplate, Segment, CHATML};
+
+pub use batch::{Finish, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model file {path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    #[error("llama.cpp context: {0}")]
+    Context(String),
+    #[error("llama.cpp decode failed: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
+}
+
+/// How to load and run the model.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model_path: PathBuf,
+    /// Layers to offload to a GPU (0: CPU only).
+    pub gpu_layers: u32,
+    /// Compute threads; never more than the free cores (llama.cpp threads spin-wait).
+    pub threads: usize,
+    /// Sequences decoded together in each batch.
+    pub parallel: usize,
+    /// Context length available to each sequence, in tokens.
+    pub ctx_per_sequence: usize,
+    /// Largest number of tokens in one llama.cpp batch.
+    pub batch_tokens: usize,
+}
+
+impl EngineConfig {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            model_path: model_path.into(),
+            gpu_layers: 0,
+            threads: default_threads(),
+            parallel: 8,
+            ctx_per_sequence: 2048,
+            batch_tokens: 512,
+        }
+    }
+}
+
+/// The cores this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+/// The process-wide llama.cpp backend (it may be initialised only once per process).
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Backend(e.clone()))
+}
+
+/// Whether this build can offload layers to a GPU.
+pub fn gpu_offload_available() -> Result<bool, EngineError> {
+    Ok(backend()?.supports_gpu_offload())
+}
+
+/// Checks the file before llama.cpp sees it, so that common mistakes get a clear message.
+pub fn check_model_file(path: &Path) -> Result<(), EngineError> {
+    use std::io::Read;
+    let fail = |message: String| EngineError::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic)
+        .map_err(|_| fail("file is too short to be a GGUF model".into()))?;
+    if &magic != b"GGUF" {
+        return Err(fail(
+            "not a GGUF file (it does not start with the GGUF magic bytes)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads a model file with the configured offload.
+pub fn load_model(config: &EngineConfig) -> Result<LlamaModel, EngineError> {
+    check_model_file(&config.model_path)?;
+    let backend = backend()?;
+    if config.gpu_layers > 0 && !backend.supports_gpu_offload() {
+        tracing::warn!(
+            "--gpu-layers {} was asked for, but this build of tenets has no GPU backend: \
+             running on the CPU. Rebuild with `--features cuda`, `vulkan` or `metal`.",
+            config.gpu_layers
+        );
+        eprintln!(
+            "WARNING: --gpu-layers {} asked for, but no GPU backend is compiled in; running on the CPU.",
+            config.gpu_layers
+        );
+    }
+    let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
+    LlamaModel::load_from_file(backend, &config.model_path, &params).map_err(|e| {
+        EngineError::Model {
+            path: config.model_path.clone(),
+            message: format!("llama.cpp could not load it ({e}); see the log above for why"),
+        }
+    })
+}
+
+/// The model's chat template (from GGUF metadata), or ChatML when it has none.
+pub fn chat_template(model: &LlamaModel) -> Result<ChatTemplate, EngineError> {
+    let vocab = model.vocab();
+    let piece = |t: LlamaToken| {
+        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+    };
+    let bos = piece(vocab.bos());
+    let eos = piece(vocab.eos());
+    let source = match model.chat_template(None).ok().and_then(|t| t.to_string().ok()) {
+        Some(s) => s,
+        None => {
+            tracing::warn!("the model has no chat template; using ChatML");
+            CHATML.to_string()
+        }
+    };
+    Ok(ChatTemplate::new(&source, &bos, &eos)?)
+}
+
+/// Tokenizes rendered conversation segments: special tokens are parsed in template text only,
+/// never in message content. A BOS token is added when the model wants one and the template
+/// did not already write it.
+pub fn tokenize_segments(model: &LlamaModel, segments: &[Segment]) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let mut tokens = Vec::new();
+    if vocab.should_add_bos() {
+        let bos = vocab.bos();
+        let bos_text = vocab.token_to_piece(bos, true, None);
+        let starts_with_bos = segments
+            .first()
+            .is_some_and(|s| s.from_template && s.text.as_bytes().starts_with(&bos_text));
+        if !starts_with_bos || bos_text.is_empty() {
+            tokens.push(bos);
+        }
+    }
+    for s in segments {
+        tokens.extend(vocab.tokenize(s.text.as_bytes(), false, s.from_template));
+    }
+    tokens
+}

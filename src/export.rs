@@ -1,0 +1,187 @@
+//! Dataset export for the HF/TRL ecosystem: DPO pairs and SFT conversations, as JSONL or Parquet.
+//!
+//! DPO rows use TRL's conversational format — `prompt` (the user messages), `chosen` (the final
+//! revision) and `rejected` (the original answer), each a list of `{role, content}` — and SFT
+//! rows a `messages` list. Every row carries its provenance (run, model and constitution hashes,
+//! principles, sampling settings). Parquet is written through polars from the same rows, so the
+//! two formats cannot disagree. Files are written to a temporary name and renamed into place:
+//! an interrupted export leaves nothing half-written.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::chat::Message;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Preference pairs (prompt, chosen, rejected).
+    Dpo,
+    /// Supervised conversations ending in the final revision.
+    Sft,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Parquet,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write {path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error("corrupt row in the database: {0}")]
+    Corrupt(String),
+}
+
+/// Builds the export rows (as JSON objects) from a store.
+pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> {
+    let sql = "SELECT p.id, p.messages, p.kind, r.id, r.model_sha256, r.chat_template_sha256, \
+               r.constitution_name, r.constitution_sha256, r.template_sha256, r.rounds, \
+               r.temperature, r.top_p, r.max_tokens, r.seed, \
+               c.output, c.finish, a.output, a.finish, \
+               (SELECT json_group_array(principle_id) FROM \
+                  (SELECT principle_id FROM steps s WHERE s.run_id = pr.run_id \
+                   AND s.prompt_id = pr.prompt_id AND s.stage = 'critique' ORDER BY s.round)) \
+               FROM pairs pr \
+               JOIN prompts p ON p.id = pr.prompt_id \
+               JOIN runs r ON r.id = pr.run_id \
+               JOIN steps c ON c.id = pr.chosen_step \
+               JOIN steps a ON a.id = pr.rejected_step \
+               ORDER BY r.created_at, p.source, p.line";
+    let db_rows = sqlx::query(sql)
+        .fetch_all(store.pool())
+        .await
+        .map_err(|source| StoreError::Sqlx {
+            path: store.path().to_path_buf(),
+            source,
+        })?;
+    let mut out = Vec::with_capacity(db_rows.len());
+    for row in db_rows {
+        let messages: Vec<Message> = serde_json::from_str(row.get::<&str, _>(1))
+            .map_err(|e| ExportError::Corrupt(format!("prompt messages: {e}")))?;
+        let principles: Value = serde_json::from_str(row.get::<&str, _>(18))
+            .map_err(|e| ExportError::Corrupt(format!("principles: {e}")))?;
+        let chosen: String = row.get(14);
+        let rejected: String = row.get(16);
+        let mut value = match kind {
+            Kind::Dpo => json!({
+                "prompt": messages,
+                "chosen": [Message::assistant(chosen)],
+                "rejected": [Message::assistant(rejected)],
+                "chosen_finish": row.get::<String, _>(15),
+                "rejected_finish": row.get::<String, _>(17),
+            }),
+            Kind::Sft => {
+                let mut conversation = messages;
+                conversation.push(Message::assistant(chosen));
+                json!({
+                    "messages": conversation,
+                    "finish": row.get::<String, _>(15),
+                })
+            }
+        };
+        let provenance = json!({
+            "prompt_id": row.get::<String, _>(0),
+            "kind": row.get::<Option<String>, _>(2),
+            "run_id": row.get::<String, _>(3),
+            "model_sha256": row.get::<String, _>(4),
+            "chat_template_sha256": row.get::<String, _>(5),
+            "constitution": row.get::<String, _>(6),
+            "constitution_sha256": row.get::<String, _>(7),
+            "template_sha256": row.get::<String, _>(8),
+            "rounds": row.get::<i64, _>(9),
+            "temperature": row.get::<f64, _>(10),
+            "top_p": row.get::<f64, _>(11),
+            "max_tokens": row.get::<i64, _>(12),
+            "seed": row.get::<i64, _>(13),
+            "principles": principles,
+        });
+        if let (Some(obj), Value::Object(extra)) = (value.as_object_mut(), provenance) {
+            obj.extend(extra);
+        }
+        out.push(value);
+    }
+    Ok(out)
+}
+
+/// Writes the export file; returns the number of rows.
+pub async fn export(
+    store: &Store,
+    kind: Kind,
+    format: Format,
+    out: &Path,
+) -> Result<usize, ExportError> {
+    let rows = rows(store, kind).await?;
+    let mut jsonl = Vec::new();
+    for row in &rows {
+        serde_json::to_writer(&mut jsonl, row).map_err(|e| ExportError::Corrupt(e.to_string()))?;
+        jsonl.push(b'\n');
+    }
+    let bytes = match format {
+        Format::Jsonl => jsonl,
+        Format::Parquet => to_parquet(&jsonl, rows.len()).map_err(|message| ExportError::Write {
+            path: out.to_path_buf(),
+            message,
+        })?,
+    };
+    write_atomically(out, &bytes)?;
+    Ok(rows.len())
+}
+
+fn to_parquet(jsonl: &[u8], n_rows: usize) -> Result<Vec<u8>, String> {
+    use polars::prelude::*;
+    let mut df = if n_rows == 0 {
+        DataFrame::empty()
+    } else {
+        JsonReader::new(std::io::Cursor::new(jsonl))
+            .with_json_format(JsonFormat::JsonLines)
+            .infer_schema_len(None)
+            .finish()
+            .map_err(|e| e.to_string())?
+    };
+    // A column that is null in every row (say, `kind`) has no type; Parquet wants one.
+    let null_columns: Vec<PlSmallStr> = df
+        .get_columns()
+        .iter()
+        .filter(|c| c.dtype() == &DataType::Null)
+        .map(|c| c.name().clone())
+        .collect();
+    for name in null_columns {
+        let len = df.height();
+        let typed = Series::full_null(name.clone(), len, &DataType::String);
+        df.with_column(typed).map_err(|e| e.to_string())?;
+    }
+    let mut out = Vec::new();
+    ParquetWriter::new(&mut out)
+        .finish(&mut df)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Writes to `path.tmp` in the same directory, syncs, and renames over `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let fail = |e: std::io::Error| ExportError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(fail)
+}

@@ -1,0 +1,18 @@
+//! tenets: Constitutional AI and RLAIF on local GGUF models.
+//!
+//! A YAML [`constitution`] and a [`prompt`] set go in; the [`pipeline`] runs the model through
+//! llama.cpp ([`engine`]) to answer, critique and revise, streaming every step into SQLite
+//! ([`store`]); [`export`] turns the result into DPO/SFT datasets and [`stats`] summarises it.
+//! The binary (`src/main.rs`) is a thin command-line shell over this library.
+
+pub mod chat;
+pub mod constitution;
+pub mod engine;
+pub mod export;
+pub mod hash;
+pub mod models;
+pub mod pipeline;
+pub mod prompt;
+pub mod stats;
+pub mod store;
+pub mod turns;

@@ -1,0 +1,283 @@
+//! The `tenets` command line: parses flags, calls the library, turns errors into messages and
+//! exit codes. No logic lives here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use tenets::constitution::{self, starter, Constitution};
+use tenets::engine::StopSignal;
+use tenets::export::{self, Format, Kind};
+use tenets::pipeline::{self, GenerateOptions};
+use tenets::store::Store;
+use tenets::{models, stats};
+
+#[derive(Parser)]
+#[command(name = "tenets", version, about = "Constitutional AI and RLAIF on local GGUF models")]
+struct Cli {
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer, critique and revise every prompt; stream each step into SQLite (resumable).
+    Generate(GenerateArgs),
+    /// Write the dataset in a database as DPO pairs or SFT conversations.
+    Export {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, value_enum, default_value = "dpo")]
+        kind: Kind,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Check constitution files; prints every problem as file:line:col: message.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the constitution JSON Schema (for editors and yaml-language-server).
+    Schema,
+    /// Write a commented starter constitution NAME.yaml (and the schema next to it).
+    Init { name: String },
+    /// Summarise a database: steps per stage and principle, pairs, failures.
+    Stats {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// GGUF model file [default: the model fetched by scripts/setup]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    constitution: PathBuf,
+    /// Prompt file: .jsonl (prompt or messages), .csv (prompt column), .parquet, or text.
+    #[arg(long)]
+    prompts: PathBuf,
+    #[arg(long)]
+    db: PathBuf,
+    /// Sequences decoded together in each batch.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// Critique/revision rounds per prompt (1-4).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Most new tokens per turn.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 for greedy decoding.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Layers to offload to the GPU (needs a build with --features cuda, vulkan or metal).
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
+    /// Directory with critique.jinja and revision.jinja [default: the bundled templates]
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    /// Compute threads [default: the available cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Context tokens per sequence.
+    #[arg(long, default_value_t = 2048)]
+    ctx: usize,
+    /// Stop before anything runs if any prompt line is bad.
+    #[arg(long)]
+    strict: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,llama_cpp_2=error",
+        1 => "info,llama_cpp_2=warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Generate(args) => generate(args).await,
+        Command::Export {
+            db,
+            kind,
+            format,
+            out,
+        } => {
+            let store = Store::open_existing(&db).await?;
+            let n = export::export(&store, kind, format, &out).await?;
+            eprintln!("wrote {n} rows to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { files } => Ok(validate(&files)),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&constitution::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init { name } => init(&name),
+        Command::Stats { db, json } => {
+            let store = Store::open_existing(&db).await?;
+            let stats = stats::collect(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", stats::render(&stats));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        match Constitution::load(file) {
+            Ok(c) => println!(
+                "{}: ok ({} principles, {} comparisons)",
+                file.display(),
+                c.principles.len(),
+                c.comparisons.len()
+            ),
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn init(name: &str) -> Result<ExitCode> {
+    if name.is_empty() || name.contains(['/', '\\']) {
+        bail!("NAME must be a plain file name, without directories");
+    }
+    let path = PathBuf::from(format!("{name}.yaml"));
+    if path.exists() {
+        bail!("{} already exists; not overwriting it", path.display());
+    }
+    let schema_path = Path::new(starter::SCHEMA_FILE);
+    if !schema_path.exists() {
+        let schema = serde_json::to_string_pretty(&constitution::json_schema())?;
+        export::write_atomically(schema_path, schema.as_bytes())?;
+    }
+    export::write_atomically(&path, starter::starter(name).as_bytes())?;
+    println!(
+        "wrote {} (and {}); check it with `tenets validate {}`",
+        path.display(),
+        starter::SCHEMA_FILE,
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn generate(args: GenerateArgs) -> Result<ExitCode> {
+    let model = args.model.unwrap_or_else(models::default_model_path);
+    if !model.exists() {
+        bail!(
+            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
+            model.display()
+        );
+    }
+    let mut options = GenerateOptions::new(&model, &args.constitution, &args.prompts, &args.db);
+    options.parallel = args.parallel;
+    options.rounds = args.rounds;
+    options.max_tokens = args.max_tokens;
+    options.temperature = args.temperature;
+    options.top_p = args.top_p;
+    options.seed = args.seed;
+    options.gpu_layers = args.gpu_layers;
+    options.templates = args.templates;
+    if let Some(threads) = args.threads {
+        options.threads = threads;
+    }
+    options.ctx_per_sequence = args.ctx;
+    options.strict = args.strict;
+    options.quiet = args.quiet;
+
+    // First Ctrl-C: finish the turns in flight, commit them, stop. Second: stop at once.
+    let stop = StopSignal::default();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nstopping: finishing the turns in flight (Ctrl-C again to abandon them)");
+                stop.drain();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("abandoning in-flight turns; completed steps are saved");
+                    stop.abort();
+                }
+            }
+        });
+    }
+
+    let summary = pipeline::generate(&options, stop)
+        .await
+        .context("generate failed")?;
+    eprintln!(
+        "run {}: {} prompts ({} already complete), {} steps written, {} failed, {} tokens in {:.1} s ({:.1} tok/s)",
+        &summary.run_id[..16],
+        summary.prompts,
+        summary.already_complete,
+        summary.steps_written,
+        summary.failures,
+        summary.generated_tokens,
+        summary.seconds,
+        summary.generated_tokens as f64 / summary.seconds.max(1e-9),
+    );
+    if summary.interrupted {
+        eprintln!("interrupted: rerun the same command to resume");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,233 @@
+//! One prompt's chain of turns: answer, then per round a critique and a revision.
+//!
+//! A [`Chain`] is an engine [`Session`]: it says which turn comes next, renders the whole
+//! conversation for it, and hands each finished turn to the store writer, waiting for the commit
+//! before it asks for the next turn. Steps already in the store (a resumed run) are replayed into
+//! the conversation, not generated again.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chat::{ChatTemplate, Message};
+use crate::constitution::Constitution;
+use crate::engine::batch::Next;
+use crate::engine::{Session, TurnFailure, TurnOutput, TurnRequest};
+use crate::hash;
+use crate::prompt::PromptItem;
+use crate::store::{step_id, StepRecord};
+use crate::turns::{Turn, TurnTemplates};
+
+/// What the chain asks the store writer to make durable.
+pub enum Write {
+    Step {
+        step: StepRecord,
+        /// Set when this step completes the chain: the answer step it pairs with.
+        pair_with: Option<String>,
+    },
+    Failure {
+        prompt_id: String,
+        stage: String,
+        round: i64,
+        reason: String,
+    },
+}
+
+/// A write and the channel that says "durable; go on (true) or stop (false)".
+pub struct WriteRequest {
+    pub write: Write,
+    pub ack: oneshot::Sender<bool>,
+}
+
+/// What every chain of a run shares.
+pub struct RunContext {
+    pub run_id: String,
+    pub constitution: Constitution,
+    pub templates: TurnTemplates,
+    pub chat: Arc<ChatTemplate>,
+    pub rounds: usize,
+    pub max_tokens: usize,
+    pub seed: u64,
+    pub writer: mpsc::Sender<WriteRequest>,
+}
+
+impl RunContext {
+    /// The (stage, round) steps of a complete chain, in order.
+    pub fn plan(&self) -> Vec<(&'static str, i64)> {
+        let mut plan = vec![("answer", 0)];
+        for r in 1..=self.rounds as i64 {
+            plan.push(("critique", r));
+            plan.push(("revision", r));
+        }
+        plan
+    }
+}
+
+pub struct Chain {
+    run: Arc<RunContext>,
+    prompt: PromptItem,
+    principles: Vec<String>,
+    /// Completed steps in plan order.
+    done: Vec<StepRecord>,
+    /// The step being generated: (stage, round, principle, request text, seed).
+    current: Option<(String, i64, Option<String>, Option<String>, u32)>,
+}
+
+impl Chain {
+    pub fn new(run: Arc<RunContext>, prompt: PromptItem, mut stored: Vec<StepRecord>) -> Self {
+        let principles = run
+            .constitution
+            .sample_principles(run.seed, &prompt.id, run.rounds)
+            .into_iter()
+            .map(|p| p.id.clone())
+            .collect();
+        let plan = run.plan();
+        // Keep the stored steps that form an unbroken prefix of the plan.
+        let mut done = Vec::new();
+        for (stage, round) in &plan {
+            match stored
+                .iter()
+                .position(|s| s.stage == *stage && s.round == *round)
+            {
+                Some(i) => done.push(stored.swap_remove(i)),
+                None => break,
+            }
+        }
+        Chain {
+            run,
+            prompt,
+            principles,
+            done,
+            current: None,
+        }
+    }
+
+    /// Steps of this chain already in the store.
+    pub fn done_len(&self) -> usize {
+        self.done.len()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.done.len() == self.run.plan().len()
+    }
+
+    fn turn_seed(&self, stage: &str, round: i64) -> u32 {
+        let h = hash::of_parts(&[
+            &self.run.seed.to_string(),
+            &self.prompt.id,
+            stage,
+            &round.to_string(),
+        ]);
+        (hash::hex_to_u64(&h) & 0xFFFF_FFFF) as u32
+    }
+
+    /// The conversation so far: the prompt, then each completed turn.
+    fn conversation(&self) -> Vec<Message> {
+        let mut messages = self.prompt.messages.clone();
+        for step in &self.done {
+            if let Some(request) = &step.request {
+                messages.push(Message::user(request.clone()));
+            }
+            messages.push(Message::assistant(step.output.clone()));
+        }
+        messages
+    }
+
+    fn send(&self, write: Write) -> oneshot::Receiver<bool> {
+        let (ack, rx) = oneshot::channel();
+        // If the writer is gone the receiver reports closed, which ends this session.
+        let _ = self.run.writer.blocking_send(WriteRequest { write, ack });
+        rx
+    }
+
+    /// Records a failure; the writer answers `false`, which ends the chain.
+    fn fail(&mut self, stage: &str, round: i64, reason: String) -> oneshot::Receiver<bool> {
+        self.current = None;
+        self.send(Write::Failure {
+            prompt_id: self.prompt.id.clone(),
+            stage: stage.to_string(),
+            round,
+            reason,
+        })
+    }
+}
+
+impl Session for Chain {
+    fn next_turn(&mut self) -> Next {
+        let plan = self.run.plan();
+        let Some(&(stage, round)) = plan.get(self.done.len()) else {
+            return Next::Done;
+        };
+        let principle_id = (round > 0)
+            .then(|| self.principles.get(round as usize - 1).cloned())
+            .flatten();
+        let mut messages = self.conversation();
+        let mut request = None;
+        if let Some(id) = &principle_id {
+            let turn = if stage == "critique" {
+                Turn::Critique
+            } else {
+                Turn::Revision
+            };
+            let Some(principle) = self.run.constitution.principle(id) else {
+                return Next::Wait(self.fail(stage, round, format!("unknown principle {id}")));
+            };
+            match self.run.templates.render(
+                turn,
+                &self.run.constitution,
+                principle,
+                round as usize,
+                self.run.rounds,
+            ) {
+                Ok(text) => {
+                    messages.push(Message::user(text.clone()));
+                    request = Some(text);
+                }
+                Err(e) => return Next::Wait(self.fail(stage, round, e.to_string())),
+            }
+        }
+        let segments = match self.run.chat.render(&messages, true) {
+            Ok(s) => s,
+            Err(e) => return Next::Wait(self.fail(stage, round, e.to_string())),
+        };
+        let seed = self.turn_seed(stage, round);
+        self.current = Some((stage.to_string(), round, principle_id, request, seed));
+        Next::Turn(TurnRequest {
+            segments,
+            max_tokens: self.run.max_tokens,
+            seed,
+        })
+    }
+
+    fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
+        let Some((stage, round, principle_id, request, seed)) = self.current.take() else {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(false);
+            return rx;
+        };
+        let output = match outcome {
+            Ok(output) => output,
+            Err(failure) => return self.fail(&stage, round, failure.to_string()),
+        };
+        let step = StepRecord {
+            run_id: self.run.run_id.clone(),
+            prompt_id: self.prompt.id.clone(),
+            stage,
+            round,
+            principle_id,
+            request,
+            output: output.text.trim().to_string(),
+            finish: output.finish.as_str().to_string(),
+            prompt_tokens: output.prompt_tokens as i64,
+            prefill_tokens: output.prefill_tokens as i64,
+            generated_tokens: output.generated_tokens as i64,
+            seed: i64::from(seed),
+            template_sha256: self.run.templates.hash().to_string(),
+        };
+        let last = self.done.len() + 1 == self.run.plan().len();
+        let pair_with = (last && self.run.rounds > 0)
+            .then(|| step_id(&self.run.run_id, &self.prompt.id, "answer", 0));
+        self.done.push(step.clone());
+        self.send(Write::Step { step, pair_with })
+    }
+}

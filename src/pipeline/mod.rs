@@ -1,0 +1,388 @@
+//! The generate pipeline: prompts → answer → (critique → revision) × rounds → SQLite.
+//!
+//! Three stages joined by bounded queues: an async stream of chains still to do feeds the engine
+//! thread (continuous batching over llama.cpp); the engine hands every finished turn to the store
+//! writer, which commits it and only then lets that chain ask for its next turn. A kill -9 loses
+//! at most the turns in flight; the same command resumes from the store.
+
+pub mod chain;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chat::ChatTemplate;
+use crate::constitution::{Constitution, ConstitutionError};
+use crate::engine::batch::{self, Counters, Sampling};
+use crate::engine::{self, EngineConfig, EngineError, Session, StopSignal};
+use crate::prompt::{self, PromptError};
+use crate::store::{RunRecord, Store, StoreError};
+use crate::turns::{TurnTemplateError, TurnTemplates};
+use chain::{Chain, RunContext, Write, WriteRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Constitution(#[from] ConstitutionError),
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error("{count} bad line(s) in the prompt file (--strict):\n{lines}")]
+    StrictPrompts { count: usize, lines: String },
+    #[error(transparent)]
+    Template(#[from] TurnTemplateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("invalid setting: {0}")]
+    Setting(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Everything `tenets generate` needs.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub model: PathBuf,
+    pub constitution: PathBuf,
+    pub prompts: PathBuf,
+    pub db: PathBuf,
+    pub templates: Option<PathBuf>,
+    pub parallel: usize,
+    pub rounds: usize,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub gpu_layers: u32,
+    pub threads: usize,
+    pub ctx_per_sequence: usize,
+    pub strict: bool,
+    pub quiet: bool,
+}
+
+impl GenerateOptions {
+    pub fn new(model: &Path, constitution: &Path, prompts: &Path, db: &Path) -> Self {
+        GenerateOptions {
+            model: model.to_path_buf(),
+            constitution: constitution.to_path_buf(),
+            prompts: prompts.to_path_buf(),
+            db: db.to_path_buf(),
+            templates: None,
+            parallel: 8,
+            rounds: 1,
+            max_tokens: 256,
+            temperature: 0.7,
+            top_p: 0.95,
+            seed: 42,
+            gpu_layers: 0,
+            threads: engine::default_threads(),
+            ctx_per_sequence: 2048,
+            strict: false,
+            quiet: true,
+        }
+    }
+
+    fn check(&self) -> Result<(), PipelineError> {
+        let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
+        if !(1..=4).contains(&self.rounds) {
+            return bad("--rounds must be between 1 and 4");
+        }
+        if self.parallel == 0 || self.parallel > 256 {
+            return bad("--parallel must be between 1 and 256");
+        }
+        if self.max_tokens == 0 {
+            return bad("--max-tokens must be at least 1");
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("--temperature must be 0 or more");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("--top-p must be in (0, 1]");
+        }
+        if self.threads == 0 {
+            return bad("--threads must be at least 1");
+        }
+        if self.ctx_per_sequence < 64 {
+            return bad("--ctx must be at least 64 tokens");
+        }
+        Ok(())
+    }
+}
+
+/// What a generate run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GenerateSummary {
+    pub run_id: String,
+    pub prompts: usize,
+    pub already_complete: usize,
+    pub steps_written: usize,
+    pub failures: usize,
+    pub bad_lines: usize,
+    pub generated_tokens: u64,
+    pub prefilled_tokens: u64,
+    pub seconds: f64,
+    /// True when a stop request ended the run before every prompt was done.
+    pub interrupted: bool,
+}
+
+/// Runs (or resumes) generation. `stop` lets the caller drain or abort it (Ctrl-C).
+pub async fn generate(
+    options: &GenerateOptions,
+    stop: StopSignal,
+) -> Result<GenerateSummary, PipelineError> {
+    options.check()?;
+    let started = Instant::now();
+
+    // Everything that can be wrong with the inputs is found before the model loads.
+    let constitution = Constitution::load(&options.constitution)?;
+    let templates = match &options.templates {
+        Some(dir) => TurnTemplates::from_dir(dir)?,
+        None => TurnTemplates::bundled()?,
+    };
+    templates.check(&constitution)?;
+    let prompt_set = prompt::load(&options.prompts)?;
+    if !prompt_set.bad.is_empty() {
+        let lines = prompt_set.report();
+        if options.strict {
+            return Err(PipelineError::StrictPrompts {
+                count: lines.len(),
+                lines: lines.join("\n"),
+            });
+        }
+        for line in &lines {
+            tracing::warn!("skipped {line}");
+            if !options.quiet {
+                eprintln!("skipped {line}");
+            }
+        }
+    }
+    engine::check_model_file(&options.model)?;
+    let store = Store::open(&options.db).await?;
+    let model_sha256 = store.model_sha256(&options.model).await?;
+
+    // The engine thread loads the model, reports its chat template, then serves chains.
+    let config = EngineConfig {
+        model_path: options.model.clone(),
+        gpu_layers: options.gpu_layers,
+        threads: options.threads,
+        parallel: options.parallel,
+        ctx_per_sequence: options.ctx_per_sequence,
+        batch_tokens: 512,
+    };
+    let sampling = Sampling {
+        temperature: options.temperature,
+        top_p: options.top_p,
+        max_tokens: options.max_tokens,
+    };
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
+    let (template_tx, template_rx) = oneshot::channel::<Arc<ChatTemplate>>();
+    let counters = Arc::new(Counters::default());
+    let engine_task = {
+        let stop = stop.clone();
+        let counters = counters.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+            let model = engine::load_model(&config)?;
+            let chat = Arc::new(engine::chat_template(&model)?);
+            let mut ctx = batch::new_context(&model, &config)?;
+            if template_tx.send(chat).is_err() {
+                return Ok(());
+            }
+            batch::run(&model, &mut ctx, &config, &sampling, jobs_rx, &stop, &counters)
+        })
+    };
+    let chat = match template_rx.await {
+        Ok(chat) => chat,
+        Err(_) => {
+            return Err(match engine_task.await {
+                Ok(Err(e)) => e.into(),
+                Ok(Ok(())) => PipelineError::Internal("engine stopped before starting".into()),
+                Err(e) => PipelineError::Internal(e.to_string()),
+            })
+        }
+    };
+
+    let run = RunRecord {
+        model_path: options.model.display().to_string(),
+        model_sha256,
+        chat_template_sha256: chat.source_hash().to_string(),
+        constitution_name: constitution.name.clone(),
+        constitution_sha256: constitution.content_hash(),
+        constitution_json: serde_json::to_string(&constitution).unwrap_or_default(),
+        template_sha256: templates.hash().to_string(),
+        rounds: options.rounds as i64,
+        temperature: round6(options.temperature),
+        top_p: round6(options.top_p),
+        max_tokens: options.max_tokens as i64,
+        seed: options.seed as i64,
+    };
+    let run_id = store.upsert_run(&run).await?;
+    store
+        .upsert_prompts(&prompt_set.items, &options.prompts.display().to_string())
+        .await?;
+    let mut stored = store.steps_of_run(&run_id).await?;
+    tracing::info!(run = %run_id, prompts = prompt_set.items.len(), "generate");
+
+    let (writer_tx, writer_rx) = mpsc::channel::<WriteRequest>(options.parallel * 2);
+    let context = Arc::new(RunContext {
+        run_id: run_id.clone(),
+        constitution,
+        templates,
+        chat,
+        rounds: options.rounds,
+        max_tokens: options.max_tokens,
+        seed: options.seed,
+        writer: writer_tx,
+    });
+
+    // Build chains; the ones already complete are counted and skipped.
+    let steps_per_chain = context.plan().len();
+    let mut chains = Vec::new();
+    let mut summary = GenerateSummary {
+        run_id: run_id.clone(),
+        prompts: prompt_set.items.len(),
+        bad_lines: prompt_set.bad.len(),
+        ..GenerateSummary::default()
+    };
+    let mut remaining_steps = 0;
+    for item in prompt_set.items {
+        let steps = stored.remove(&item.id).unwrap_or_default();
+        let chain = Chain::new(context.clone(), item, steps);
+        if chain.is_complete() {
+            summary.already_complete += 1;
+        } else {
+            remaining_steps += steps_per_chain - chain.done_len();
+            chains.push(chain);
+        }
+    }
+
+    let progress = progress_bar(options.quiet, remaining_steps as u64);
+    let writer = tokio::spawn(write_loop(
+        store.clone(),
+        run_id.clone(),
+        writer_rx,
+        stop.clone(),
+        progress.clone(),
+    ));
+    let ticker = tokio::spawn(tick(progress.clone(), counters.clone()));
+    drop(context);
+
+    // The feeding stage: a bounded queue, so chains are built and handed over as slots free up.
+    let feed = async_stream::stream! {
+        for chain in chains {
+            yield chain;
+        }
+    };
+    futures::pin_mut!(feed);
+    while let Some(chain) = feed.next().await {
+        if stop.draining() || jobs_tx.send(Box::new(chain)).await.is_err() {
+            break;
+        }
+    }
+    drop(jobs_tx);
+
+    let engine_result = engine_task
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    // Chains (and with them the writer's senders) are gone once the engine returns.
+    let written = writer
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    ticker.abort();
+    progress.finish_and_clear();
+    let (steps_written, failures) = written?;
+    engine_result?;
+
+    summary.steps_written = steps_written;
+    summary.failures = failures;
+    summary.generated_tokens = counters.generated.load(Ordering::Relaxed);
+    summary.prefilled_tokens = counters.prefilled.load(Ordering::Relaxed);
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.interrupted = stop.draining();
+    store.close().await;
+    Ok(summary)
+}
+
+/// The f32 flag value as the f64 a person typed (0.7, not 0.699999988).
+fn round6(x: f32) -> f64 {
+    (f64::from(x) * 1e6).round() / 1e6
+}
+
+/// Commits each write, then acknowledges it: the chain goes on only after its step is durable.
+async fn write_loop(
+    store: Store,
+    run_id: String,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    stop: StopSignal,
+    progress: ProgressBar,
+) -> Result<(usize, usize), PipelineError> {
+    let mut steps = 0;
+    let mut failures = 0;
+    while let Some(WriteRequest { write, ack }) = rx.recv().await {
+        let (result, go_on) = match &write {
+            Write::Step { step, pair_with } => {
+                let r = store.commit_step(step, pair_with.as_deref()).await;
+                if r.is_ok() {
+                    steps += 1;
+                    progress.inc(1);
+                }
+                (r, true)
+            }
+            Write::Failure {
+                prompt_id,
+                stage,
+                round,
+                reason,
+            } => {
+                tracing::warn!(prompt = %prompt_id, stage, round, "failed: {reason}");
+                progress.println(format!("prompt {}… failed at {stage}: {reason}", &prompt_id[..12]));
+                let r = store
+                    .record_failure(&run_id, prompt_id, stage, *round, reason)
+                    .await;
+                failures += 1;
+                (r, false)
+            }
+        };
+        if let Err(e) = result {
+            // The store is broken: nothing more can be made durable, so stop everything.
+            stop.abort();
+            let _ = ack.send(false);
+            return Err(e.into());
+        }
+        let _ = ack.send(go_on && !stop.draining());
+    }
+    Ok((steps, failures))
+}
+
+fn progress_bar(quiet: bool, total: u64) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Updates the tokens/s shown on the bar twice a second.
+async fn tick(progress: ProgressBar, counters: Arc<Counters>) {
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = Instant::now();
+        let generated = counters.generated.load(Ordering::Relaxed);
+        let rate = (generated - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        progress.set_message(format!("{rate:.0} tok/s, {generated} tokens"));
+        progress.tick();
+        last = (now, generated);
+    }
+}

@@ -1,0 +1,382 @@
+//! Prompt sets: the user prompts a run works through, read from JSONL, CSV, plain text or Parquet.
+//!
+//! Every prompt becomes a list of chat messages ending in a user turn, keyed by a hash of its
+//! content, so the same prompt in two files (or twice in one) is one item. A bad line never stops
+//! the others: it is reported with its line number, and the caller decides (`--strict`) whether
+//! any bad line aborts the run before it starts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::Message;
+use crate::hash;
+
+/// Longest prompt accepted, in bytes; longer lines are reported, not loaded.
+pub const MAX_PROMPT_BYTES: usize = 256 * 1024;
+
+/// One prompt of a set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptItem {
+    /// Content hash of `messages`.
+    pub id: String,
+    pub messages: Vec<Message>,
+    /// Free-form category from the file (for example "harmful" or "benign").
+    pub kind: Option<String>,
+    /// Line (or row) in the source file, 1-based.
+    pub line: usize,
+}
+
+impl PromptItem {
+    pub fn new(messages: Vec<Message>, kind: Option<String>, line: usize) -> Self {
+        PromptItem {
+            id: hash::of_json(&messages),
+            messages,
+            kind,
+            line,
+        }
+    }
+
+    /// The last user message: what a one-line view of this prompt shows.
+    pub fn text(&self) -> &str {
+        self.messages.last().map_or("", |m| m.content.as_str())
+    }
+}
+
+/// A line that could not be read as a prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadLine {
+    pub line: usize,
+    pub message: String,
+}
+
+/// The prompts of one file, and the lines that were skipped.
+#[derive(Debug, Clone, Default)]
+pub struct PromptSet {
+    pub path: PathBuf,
+    pub items: Vec<PromptItem>,
+    pub bad: Vec<BadLine>,
+    /// Lines that repeated an earlier prompt: (line, line of the first occurrence).
+    pub duplicates: Vec<(usize, usize)>,
+}
+
+impl PromptSet {
+    /// Every bad line as `file:line: message`.
+    pub fn report(&self) -> Vec<String> {
+        self.bad
+            .iter()
+            .map(|b| format!("{}:{}: {}", self.path.display(), b.line, b.message))
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("cannot read prompt file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+/// The JSONL line shape: either `prompt` or `messages`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonLine {
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+    #[serde(default)]
+    kind: Option<String>,
+    /// Accepted and ignored: many datasets carry their own ids.
+    #[serde(default)]
+    #[allow(dead_code)]
+    id: Option<serde_json::Value>,
+}
+
+/// Reads a prompt file; the format follows the extension (`.jsonl`/`.json`, `.csv`,
+/// `.parquet`, anything else is one prompt per line).
+pub fn load(path: &Path) -> Result<PromptSet, PromptError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let read = || {
+        std::fs::read(path).map_err(|source| PromptError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let rows = match ext.as_str() {
+        "jsonl" | "json" | "ndjson" => parse_jsonl(&read()?),
+        "csv" => parse_csv(&read()?).map_err(|message| PromptError::Format {
+            path: path.to_path_buf(),
+            message,
+        })?,
+        "parquet" => {
+            let jsonl = parquet_as_jsonl(path)?;
+            parse_jsonl(&jsonl)
+        }
+        _ => parse_text(&read()?),
+    };
+    let mut set = PromptSet {
+        path: path.to_path_buf(),
+        ..PromptSet::default()
+    };
+    let mut first_line: HashMap<String, usize> = HashMap::new();
+    for row in rows {
+        match row {
+            Ok(item) => {
+                if let Some(first) = first_line.get(&item.id) {
+                    set.duplicates.push((item.line, *first));
+                } else {
+                    first_line.insert(item.id.clone(), item.line);
+                    set.items.push(item);
+                }
+            }
+            Err(bad) => set.bad.push(bad),
+        }
+    }
+    if set.items.is_empty() && set.bad.is_empty() {
+        return Err(PromptError::Format {
+            path: path.to_path_buf(),
+            message: "no prompts found".into(),
+        });
+    }
+    Ok(set)
+}
+
+type Row = Result<PromptItem, BadLine>;
+
+/// Splits bytes into lines, decoding each on its own so one bad byte costs one line.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, Result<&str, String>)> {
+    bytes.split(|b| *b == b'\n').enumerate().map(|(i, raw)| {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let raw = if i == 0 {
+            raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
+        } else {
+            raw
+        };
+        let text = if raw.len() > MAX_PROMPT_BYTES {
+            Err(format!(
+                "line is {} bytes, over the {} byte limit",
+                raw.len(),
+                MAX_PROMPT_BYTES
+            ))
+        } else {
+            std::str::from_utf8(raw).map_err(|e| {
+                format!("not valid UTF-8 (at byte {} of the line)", e.valid_up_to())
+            })
+        };
+        (i + 1, text)
+    })
+}
+
+fn check_messages(messages: Vec<Message>, kind: Option<String>, line: usize) -> Row {
+    let bad = |message: String| Err(BadLine { line, message });
+    if messages.is_empty() {
+        return bad("`messages` is empty".into());
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+            return bad(format!(
+                "`messages[{i}].role` is `{}`; expected system, user or assistant",
+                m.role
+            ));
+        }
+    }
+    match messages.last() {
+        Some(m) if m.role != "user" => {
+            return bad("the last message must be from the user".into());
+        }
+        Some(m) if m.content.trim().is_empty() => return bad("the prompt is empty".into()),
+        _ => {}
+    }
+    Ok(PromptItem::new(messages, kind, line))
+}
+
+fn parse_jsonl(bytes: &[u8]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (line, text) in lines(bytes) {
+        let text = match text {
+            Ok(t) if t.trim().is_empty() => continue,
+            Ok(t) => t,
+            Err(message) => {
+                rows.push(Err(BadLine { line, message }));
+                continue;
+            }
+        };
+        let parsed: JsonLine = match serde_json::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                rows.push(Err(BadLine {
+                    line,
+                    message: format!("invalid JSON: {e}"),
+                }));
+                continue;
+            }
+        };
+        let row = match (parsed.prompt, parsed.messages) {
+            (Some(_), Some(_)) => Err(BadLine {
+                line,
+                message: "give either `prompt` or `messages`, not both".into(),
+            }),
+            (Some(prompt), None) => check_messages(vec![Message::user(prompt)], parsed.kind, line),
+            (None, Some(messages)) => check_messages(messages, parsed.kind, line),
+            (None, None) => Err(BadLine {
+                line,
+                message: "missing field `prompt` (or `messages`)".into(),
+            }),
+        };
+        rows.push(row);
+    }
+    rows
+}
+
+fn parse_text(bytes: &[u8]) -> Vec<Row> {
+    lines(bytes)
+        .filter_map(|(line, text)| match text {
+            Ok(t) if t.trim().is_empty() => None,
+            Ok(t) => Some(Ok(PromptItem::new(vec![Message::user(t)], None, line))),
+            Err(message) => Some(Err(BadLine { line, message })),
+        })
+        .collect()
+}
+
+/// CSV with a header row naming a `prompt` column (and optionally `kind`).
+fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(bytes);
+    let headers = reader
+        .byte_headers()
+        .map_err(|e| format!("cannot read the CSV header: {e}"))?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name.as_bytes()));
+    let prompt_col = column("prompt").ok_or("the CSV header has no `prompt` column")?;
+    let kind_col = column("kind");
+    let mut rows = Vec::new();
+    for record in reader.byte_records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line() as usize);
+                rows.push(Err(BadLine {
+                    line,
+                    message: format!("malformed CSV: {e}"),
+                }));
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let field = |i: usize| -> Result<String, String> {
+            let raw = record.get(i).unwrap_or_default();
+            if raw.len() > MAX_PROMPT_BYTES {
+                return Err(format!("field is over the {MAX_PROMPT_BYTES} byte limit"));
+            }
+            String::from_utf8(raw.to_vec()).map_err(|_| "not valid UTF-8".to_string())
+        };
+        let row = match (field(prompt_col), kind_col.map(field).transpose()) {
+            (Ok(p), _) if p.trim().is_empty() => Err(BadLine {
+                line,
+                message: "the `prompt` field is empty".into(),
+            }),
+            (Ok(p), Ok(kind)) => Ok(PromptItem::new(
+                vec![Message::user(p)],
+                kind.filter(|k| !k.is_empty()),
+                line,
+            )),
+            (Err(message), _) | (_, Err(message)) => Err(BadLine { line, message }),
+        };
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Reads a Parquet file with polars and re-expresses its rows as JSON lines, so that one parser
+/// (and one set of error messages) serves both formats. Row N is reported as line N.
+fn parquet_as_jsonl(path: &Path) -> Result<Vec<u8>, PromptError> {
+    use polars::prelude::*;
+    let format = |message: String| PromptError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|source| PromptError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let df = ParquetReader::new(file)
+        .finish()
+        .map_err(|e| format(format!("cannot read Parquet: {e}")))?;
+    let keep: Vec<PlSmallStr> = df
+        .get_column_names()
+        .into_iter()
+        .filter(|c| ["prompt", "messages", "kind"].contains(&c.as_str()))
+        .cloned()
+        .collect();
+    if !keep.iter().any(|c| c == "prompt" || c == "messages") {
+        return Err(format("no `prompt` or `messages` column".into()));
+    }
+    let mut df = df
+        .select(keep)
+        .map_err(|e| format(format!("cannot select columns: {e}")))?;
+    let mut out = Vec::new();
+    JsonWriter::new(&mut out)
+        .with_json_format(JsonFormat::JsonLines)
+        .finish(&mut df)
+        .map_err(|e| format(format!("cannot convert rows: {e}")))?;
+    // Nulls come out as `"kind":null` etc.; drop null members so the line shape stays valid.
+    let mut cleaned = Vec::with_capacity(out.len());
+    for line in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let mut value: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.retain(|_, v| !v.is_null());
+        }
+        cleaned.extend(serde_json::to_vec(&value).unwrap_or_default());
+        cleaned.push(b'\n');
+    }
+    Ok(cleaned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_reports_bad_lines_and_keeps_good_ones() {
+        let rows = parse_jsonl(
+            b"{\"prompt\": \"hi\"}\n\nnot json\n{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n{\"other\": 1}\n\xff\n",
+        );
+        let bad: Vec<usize> = rows.iter().filter_map(|r| r.as_ref().err().map(|b| b.line)).collect();
+        assert_eq!(bad, vec![3, 5, 6]);
+        assert_eq!(rows.iter().filter(|r| r.is_ok()).count(), 2);
+    }
+
+    #[test]
+    fn template_syntax_is_kept_verbatim() {
+        let rows = parse_text(b"What does {{ x }} and {% if a %} mean?\n");
+        let item = rows[0].as_ref().unwrap();
+        assert_eq!(item.text(), "What does {{ x }} and {% if a %} mean?");
+    }
+
+    #[test]
+    fn csv_needs_a_prompt_column() {
+        assert!(parse_csv(b"text\nhello\n").is_err());
+        let rows = parse_csv(b"prompt,kind\nhello,benign\n\"multi\nline\",\n").unwrap();
+        assert_eq!(rows.len(), 2);
+        let first = rows[0].as_ref().unwrap();
+        assert_eq!(first.kind.as_deref(), Some("benign"));
+        assert_eq!(first.line, 2);
+    }
+
+    #[test]
+    fn last_message_must_be_user() {
+        let rows = parse_jsonl(b"{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}]}\n");
+        assert!(rows[0].as_ref().unwrap_err().message.contains("last message"));
+    }
+}

@@ -1,0 +1,383 @@
+//! The SQLite store: every finished step is committed here before the next one is scheduled.
+//!
+//! WAL journal with `synchronous = FULL`, so a committed step survives a kill -9 or a power cut.
+//! Rows are keyed by content hashes and inserted with `ON CONFLICT DO NOTHING`, so a rerun of
+//! the same work can never duplicate them. Schema changes live in `migrations/`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::hash;
+use crate::prompt::PromptItem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlx {
+        path: PathBuf,
+        source: sqlx::Error,
+    },
+    #[error("database {path}: {message}")]
+    Other { path: PathBuf, message: String },
+    #[error("database {0} does not exist")]
+    Missing(PathBuf),
+}
+
+/// Everything that identifies a run; its hash is the run id.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    pub model_path: String,
+    pub model_sha256: String,
+    pub chat_template_sha256: String,
+    pub constitution_name: String,
+    pub constitution_sha256: String,
+    pub constitution_json: String,
+    pub template_sha256: String,
+    pub rounds: i64,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_tokens: i64,
+    pub seed: i64,
+}
+
+impl RunRecord {
+    /// The run id: a hash of everything that changes what the run produces (the model path is
+    /// left out: the same file moved is the same model).
+    pub fn id(&self) -> String {
+        hash::of_parts(&[
+            &self.model_sha256,
+            &self.chat_template_sha256,
+            &self.constitution_sha256,
+            &self.template_sha256,
+            &self.rounds.to_string(),
+            &format!("{:.6}", self.temperature),
+            &format!("{:.6}", self.top_p),
+            &self.max_tokens.to_string(),
+            &self.seed.to_string(),
+        ])
+    }
+}
+
+/// A step as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub run_id: String,
+    pub prompt_id: String,
+    pub stage: String,
+    pub round: i64,
+    pub principle_id: Option<String>,
+    pub request: Option<String>,
+    pub output: String,
+    pub finish: String,
+    pub prompt_tokens: i64,
+    pub prefill_tokens: i64,
+    pub generated_tokens: i64,
+    pub seed: i64,
+    pub template_sha256: String,
+}
+
+impl StepRecord {
+    pub fn id(&self) -> String {
+        step_id(&self.run_id, &self.prompt_id, &self.stage, self.round)
+    }
+}
+
+pub fn step_id(run_id: &str, prompt_id: &str, stage: &str, round: i64) -> String {
+    hash::of_parts(&[run_id, prompt_id, stage, &round.to_string()])
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) a database and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::connect(path, true).await
+    }
+
+    /// Opens a database that must already exist (for export and stats).
+    pub async fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        Self::connect(path, false).await
+    }
+
+    async fn connect(path: &Path, create: bool) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Sqlx {
+            path: path.to_path_buf(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(err)?
+            .filename(path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        // One connection: writes are serialised anyway, and reads follow writes in order.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(err)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Other {
+                path: path.to_path_buf(),
+                message: format!("schema migration failed: {e}"),
+            })?;
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlx {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// SHA-256 of a model file, cached by path, size and modification time.
+    pub async fn model_sha256(&self, model: &Path) -> Result<String, StoreError> {
+        let meta = std::fs::metadata(model).map_err(|e| StoreError::Other {
+            path: self.path.clone(),
+            message: format!("cannot stat model {}: {e}", model.display()),
+        })?;
+        let canonical = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
+        let key = canonical.display().to_string();
+        let size = meta.len() as i64;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        let cached: Option<String> = sqlx::query_scalar(
+            "SELECT sha256 FROM model_files WHERE path = ? AND size = ? AND mtime_ns = ?",
+        )
+        .bind(&key)
+        .bind(size)
+        .bind(mtime)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.err())?;
+        if let Some(sha) = cached {
+            return Ok(sha);
+        }
+        let path = model.to_path_buf();
+        let sha = tokio::task::spawn_blocking(move || hash::of_file(&path))
+            .await
+            .map_err(|e| StoreError::Other {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| StoreError::Other {
+                path: self.path.clone(),
+                message: format!("cannot read model {}: {e}", model.display()),
+            })?;
+        sqlx::query("INSERT OR REPLACE INTO model_files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)")
+            .bind(&key)
+            .bind(size)
+            .bind(mtime)
+            .bind(&sha)
+            .execute(&self.pool)
+            .await
+            .map_err(self.err())?;
+        Ok(sha)
+    }
+
+    /// Records a run (idempotent) and returns its id.
+    pub async fn upsert_run(&self, run: &RunRecord) -> Result<String, StoreError> {
+        let id = run.id();
+        sqlx::query(
+            "INSERT INTO runs (id, model_path, model_sha256, chat_template_sha256, constitution_name, \
+             constitution_sha256, constitution_json, template_sha256, rounds, temperature, top_p, \
+             max_tokens, seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&run.model_path)
+        .bind(&run.model_sha256)
+        .bind(&run.chat_template_sha256)
+        .bind(&run.constitution_name)
+        .bind(&run.constitution_sha256)
+        .bind(&run.constitution_json)
+        .bind(&run.template_sha256)
+        .bind(run.rounds)
+        .bind(run.temperature)
+        .bind(run.top_p)
+        .bind(run.max_tokens)
+        .bind(run.seed)
+        .execute(&self.pool)
+        .await
+        .map_err(self.err())?;
+        Ok(id)
+    }
+
+    /// Records prompts (idempotent), in one transaction.
+    pub async fn upsert_prompts(&self, items: &[PromptItem], source: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(self.err())?;
+        for item in items {
+            sqlx::query(
+                "INSERT INTO prompts (id, messages, kind, source, line) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&item.id)
+            .bind(serde_json::to_string(&item.messages).unwrap_or_default())
+            .bind(&item.kind)
+            .bind(source)
+            .bind(item.line as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err())?;
+        }
+        tx.commit().await.map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Completed steps of a run, by prompt id.
+    pub async fn steps_of_run(
+        &self,
+        run_id: &str,
+    ) -> Result<HashMap<String, Vec<StepRecord>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, prompt_id, stage, round, principle_id, request, output, finish, \
+             prompt_tokens, prefill_tokens, generated_tokens, seed, template_sha256 \
+             FROM steps WHERE run_id = ? ORDER BY prompt_id, round, stage",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err())?;
+        let mut out: HashMap<String, Vec<StepRecord>> = HashMap::new();
+        for row in rows {
+            let step = StepRecord {
+                run_id: row.get(0),
+                prompt_id: row.get(1),
+                stage: row.get(2),
+                round: row.get(3),
+                principle_id: row.get(4),
+                request: row.get(5),
+                output: row.get(6),
+                finish: row.get(7),
+                prompt_tokens: row.get(8),
+                prefill_tokens: row.get(9),
+                generated_tokens: row.get(10),
+                seed: row.get(11),
+                template_sha256: row.get(12),
+            };
+            out.entry(step.prompt_id.clone()).or_default().push(step);
+        }
+        Ok(out)
+    }
+
+    /// Commits one step; when it completes a prompt's chain, the pair is written in the same
+    /// transaction. Any earlier failure of this prompt in this run is cleared.
+    pub async fn commit_step(
+        &self,
+        step: &StepRecord,
+        pair_with: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(self.err())?;
+        let id = step.id();
+        sqlx::query(
+            "INSERT INTO steps (id, run_id, prompt_id, stage, round, principle_id, request, output, \
+             finish, prompt_tokens, prefill_tokens, generated_tokens, seed, template_sha256) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&step.run_id)
+        .bind(&step.prompt_id)
+        .bind(&step.stage)
+        .bind(step.round)
+        .bind(&step.principle_id)
+        .bind(&step.request)
+        .bind(&step.output)
+        .bind(&step.finish)
+        .bind(step.prompt_tokens)
+        .bind(step.prefill_tokens)
+        .bind(step.generated_tokens)
+        .bind(step.seed)
+        .bind(&step.template_sha256)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.err())?;
+        sqlx::query("DELETE FROM failures WHERE run_id = ? AND prompt_id = ?")
+            .bind(&step.run_id)
+            .bind(&step.prompt_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err())?;
+        if let Some(rejected) = pair_with {
+            let pair_id = hash::of_parts(&[&step.run_id, &step.prompt_id, "revision"]);
+            sqlx::query(
+                "INSERT INTO pairs (id, run_id, prompt_id, strategy, chosen_step, rejected_step) \
+                 VALUES (?, ?, ?, 'revision', ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&pair_id)
+            .bind(&step.run_id)
+            .bind(&step.prompt_id)
+            .bind(&id)
+            .bind(rejected)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err())?;
+        }
+        tx.commit().await.map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records why a prompt could not go on in a run.
+    pub async fn record_failure(
+        &self,
+        run_id: &str,
+        prompt_id: &str,
+        stage: &str,
+        round: i64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO failures (run_id, prompt_id, stage, round, reason) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(run_id)
+        .bind(prompt_id)
+        .bind(stage)
+        .bind(round)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check`'s answer ("ok" when healthy).
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.err())
+    }
+
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
