@@ -126,10 +126,12 @@ pub async fn export(
     }
     let bytes = match format {
         Format::Jsonl => jsonl,
-        Format::Parquet => to_parquet(&jsonl, rows.len()).map_err(|message| ExportError::Write {
-            path: out.to_path_buf(),
-            message,
-        })?,
+        Format::Parquet => {
+            to_parquet(&jsonl, rows.len()).map_err(|message| ExportError::Write {
+                path: out.to_path_buf(),
+                message,
+            })?
+        }
     };
     write_atomically(out, &bytes)?;
     Ok(rows.len())

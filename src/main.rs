@@ -15,7 +15,11 @@ use tenets::store::Store;
 use tenets::{models, stats};
 
 #[derive(Parser)]
-#[command(name = "tenets", version, about = "Constitutional AI and RLAIF on local GGUF models")]
+#[command(
+    name = "tenets",
+    version,
+    about = "Constitutional AI and RLAIF on local GGUF models"
+)]
 struct Cli {
     /// More log output (repeat for more); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -158,7 +162,10 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Validate { files } => Ok(validate(&files)),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&constitution::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&constitution::json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { name } => init(&name),
@@ -251,7 +258,9 @@ async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         let stop = stop.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nstopping: finishing the turns in flight (Ctrl-C again to abandon them)");
+                eprintln!(
+                    "\nstopping: finishing the turns in flight (Ctrl-C again to abandon them)"
+                );
                 stop.drain();
                 if tokio::signal::ctrl_c().await.is_ok() {
                     eprintln!("abandoning in-flight turns; completed steps are saved");

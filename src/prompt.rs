@@ -169,9 +169,8 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, Result<&str, String>)> {
                 MAX_PROMPT_BYTES
             ))
         } else {
-            std::str::from_utf8(raw).map_err(|e| {
-                format!("not valid UTF-8 (at byte {} of the line)", e.valid_up_to())
-            })
+            std::str::from_utf8(raw)
+                .map_err(|e| format!("not valid UTF-8 (at byte {} of the line)", e.valid_up_to()))
         };
         (i + 1, text)
     })
@@ -250,14 +249,16 @@ fn parse_text(bytes: &[u8]) -> Vec<Row> {
 
 /// CSV with a header row naming a `prompt` column (and optionally `kind`).
 fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let headers = reader
         .byte_headers()
         .map_err(|e| format!("cannot read the CSV header: {e}"))?
         .clone();
-    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name.as_bytes()));
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name.as_bytes()))
+    };
     let prompt_col = column("prompt").ok_or("the CSV header has no `prompt` column")?;
     let kind_col = column("kind");
     let mut rows = Vec::new();
@@ -352,7 +353,10 @@ mod tests {
         let rows = parse_jsonl(
             b"{\"prompt\": \"hi\"}\n\nnot json\n{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n{\"other\": 1}\n\xff\n",
         );
-        let bad: Vec<usize> = rows.iter().filter_map(|r| r.as_ref().err().map(|b| b.line)).collect();
+        let bad: Vec<usize> = rows
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|b| b.line))
+            .collect();
         assert_eq!(bad, vec![3, 5, 6]);
         assert_eq!(rows.iter().filter(|r| r.is_ok()).count(), 2);
     }
@@ -376,7 +380,12 @@ mod tests {
 
     #[test]
     fn last_message_must_be_user() {
-        let rows = parse_jsonl(b"{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}]}\n");
-        assert!(rows[0].as_ref().unwrap_err().message.contains("last message"));
+        let rows =
+            parse_jsonl(b"{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}]}\n");
+        assert!(rows[0]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("last message"));
     }
 }

@@ -134,7 +134,11 @@ pub fn render(stats: &[RunStats]) -> String {
             let _ = writeln!(s, "  {:<10} {:>6}", c.name, c.count);
         }
         let _ = writeln!(s, "  {:<10} {:>6}", "pairs", run.pairs);
-        let _ = writeln!(s, "  {:<10} {:>6}  (hit max tokens or context)", "truncated", run.truncated);
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>6}  (hit max tokens or context)",
+            "truncated", run.truncated
+        );
         if !run.principles.is_empty() {
             let _ = writeln!(s, "  critiques per principle:");
             for c in &run.principles {

@@ -18,10 +18,7 @@ use crate::prompt::PromptItem;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
-    Sqlx {
-        path: PathBuf,
-        source: sqlx::Error,
-    },
+    Sqlx { path: PathBuf, source: sqlx::Error },
     #[error("database {path}: {message}")]
     Other { path: PathBuf, message: String },
     #[error("database {0} does not exist")]
@@ -195,14 +192,16 @@ impl Store {
                 path: self.path.clone(),
                 message: format!("cannot read model {}: {e}", model.display()),
             })?;
-        sqlx::query("INSERT OR REPLACE INTO model_files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)")
-            .bind(&key)
-            .bind(size)
-            .bind(mtime)
-            .bind(&sha)
-            .execute(&self.pool)
-            .await
-            .map_err(self.err())?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO model_files (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&key)
+        .bind(size)
+        .bind(mtime)
+        .bind(&sha)
+        .execute(&self.pool)
+        .await
+        .map_err(self.err())?;
         Ok(sha)
     }
 
@@ -234,7 +233,11 @@ impl Store {
     }
 
     /// Records prompts (idempotent), in one transaction.
-    pub async fn upsert_prompts(&self, items: &[PromptItem], source: &str) -> Result<(), StoreError> {
+    pub async fn upsert_prompts(
+        &self,
+        items: &[PromptItem],
+        source: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(self.err())?;
         for item in items {
             sqlx::query(

@@ -57,7 +57,8 @@ impl TurnTemplates {
     pub fn from_dir(dir: &Path) -> Result<Self, TurnTemplateError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| TurnTemplateError::Read { path, source })
+            std::fs::read_to_string(&path)
+                .map_err(|source| TurnTemplateError::Read { path, source })
         };
         Self::from_sources(read(NAMES[0])?, read(NAMES[1])?, dir.display().to_string())
     }

@@ -175,7 +175,9 @@ impl ConstitutionError {
 /// The JSON Schema of a constitution, as editors (yaml-language-server) consume it.
 pub fn json_schema() -> serde_json::Value {
     let settings = schemars::gen::SchemaSettings::draft07();
-    let schema = settings.into_generator().into_root_schema_for::<Constitution>();
+    let schema = settings
+        .into_generator()
+        .into_root_schema_for::<Constitution>();
     serde_json::to_value(schema).unwrap_or_default()
 }
 
@@ -217,15 +219,14 @@ impl Constitution {
             problems.sort_by_key(|p| (p.line, p.col));
             return Err(problems);
         }
-        let constitution: Constitution =
-            serde_yaml::from_str(text).map_err(|e| {
-                let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-                vec![Problem {
-                    line,
-                    col,
-                    message: e.to_string(),
-                }]
-            })?;
+        let constitution: Constitution = serde_yaml::from_str(text).map_err(|e| {
+            let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            vec![Problem {
+                line,
+                col,
+                message: e.to_string(),
+            }]
+        })?;
         let problems = constitution.cross_checks(&tree);
         if problems.is_empty() {
             Ok(constitution)
@@ -295,9 +296,7 @@ impl Constitution {
                 if !ids.contains(principle.as_str()) {
                     push(
                         at("examples", i, "principle"),
-                        format!(
-                            "`examples[{i}].principle`: no principle has id `{principle}`"
-                        ),
+                        format!("`examples[{i}].principle`: no principle has id `{principle}`"),
                     );
                 }
             }
@@ -360,7 +359,12 @@ fn valid_id(id: &str) -> bool {
 pub(crate) fn utf8_problem(bytes: &[u8], valid_up_to: usize) -> Problem {
     let before = &bytes[..valid_up_to];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let col = valid_up_to - before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+    let col = valid_up_to
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
     Problem {
         line,
         col,

@@ -267,7 +267,8 @@ impl<'s> Checker<'s> {
                             Some((_, k)) => message.push_str(&format!(", did you mean `{k}`?")),
                             None => {
                                 let known: Vec<&str> = props.keys().map(String::as_str).collect();
-                                message.push_str(&format!("; expected one of {}", known.join(", ")));
+                                message
+                                    .push_str(&format!("; expected one of {}", known.join(", ")));
                             }
                         }
                     }

@@ -173,10 +173,9 @@ fn resolve_plain(text: &str) -> Scalar {
             return Scalar::Int(i);
         }
     }
-    let looks_numeric = digits
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'-' || b == b'+')
-        && digits.bytes().any(|b| b.is_ascii_digit());
+    let looks_numeric = digits.bytes().all(|b| {
+        b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'-' || b == b'+'
+    }) && digits.bytes().any(|b| b.is_ascii_digit());
     if looks_numeric {
         if let Ok(f) = text.parse::<f64>() {
             return Scalar::Float(f);
@@ -255,35 +254,46 @@ impl MarkedEventReceiver for Builder {
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(pos, anchor, Vec::new())),
             Event::MappingStart(anchor, _) => {
-                self.stack
-                    .push(Frame::Map(pos, anchor, Vec::new(), None));
+                self.stack.push(Frame::Map(pos, anchor, Vec::new(), None));
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
-                    Some(Frame::Seq(p, a, items)) => (Node { pos: p, value: Value::Seq(items) }, a),
-                    Some(Frame::Map(p, a, entries, _)) => {
-                        (Node { pos: p, value: Value::Map(entries) }, a)
-                    }
+                    Some(Frame::Seq(p, a, items)) => (
+                        Node {
+                            pos: p,
+                            value: Value::Seq(items),
+                        },
+                        a,
+                    ),
+                    Some(Frame::Map(p, a, entries, _)) => (
+                        Node {
+                            pos: p,
+                            value: Value::Map(entries),
+                        },
+                        a,
+                    ),
                     None => return,
                 };
                 self.nodes += 1;
                 self.push_node(node.0, node.1);
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(mut node) => {
-                    self.nodes += count_nodes(&node);
-                    if self.nodes > MAX_NODES {
-                        self.fail(
+            Event::Alias(id) => {
+                match self.anchors.get(&id).cloned() {
+                    Some(mut node) => {
+                        self.nodes += count_nodes(&node);
+                        if self.nodes > MAX_NODES {
+                            self.fail(
                             pos,
                             format!("document expands to more than {MAX_NODES} nodes through aliases"),
                         );
-                        return;
+                            return;
+                        }
+                        node.pos = pos;
+                        self.push_node(node, 0);
                     }
-                    node.pos = pos;
-                    self.push_node(node, 0);
+                    None => self.fail(pos, "alias refers to an unknown anchor".into()),
                 }
-                None => self.fail(pos, "alias refers to an unknown anchor".into()),
-            },
+            }
             _ => {}
         }
         if self.nodes > MAX_NODES {
@@ -323,7 +333,11 @@ mod tests {
     fn alias_bomb_is_refused() {
         let mut doc = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..8 {
-            let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("l{}", i - 1)
+            };
             doc.push_str(&format!(
                 "l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
             ));

@@ -270,8 +270,18 @@ pub fn run(
                             Next::Done => {}
                             Next::Wait(rx) => slot.state = State::Waiting(rx),
                             Next::Turn(request) => {
-                                slot.state = start_turn(model, ctx, slot.seq, &mut slot.in_kv, request, sampling, limit)
-                                    .unwrap_or_else(|failure| State::Waiting(session.finish_turn(Err(failure))));
+                                slot.state = start_turn(
+                                    model,
+                                    ctx,
+                                    slot.seq,
+                                    &mut slot.in_kv,
+                                    request,
+                                    sampling,
+                                    limit,
+                                )
+                                .unwrap_or_else(|failure| {
+                                    State::Waiting(session.finish_turn(Err(failure)))
+                                });
                             }
                         }
                     }
@@ -357,8 +367,7 @@ pub fn run(
             } else {
                 turn.generated += 1;
                 counters.generated.fetch_add(1, Ordering::Relaxed);
-                turn.bytes
-                    .extend(vocab.token_to_piece(token, false, None));
+                turn.bytes.extend(vocab.token_to_piece(token, false, None));
                 if turn.generated >= turn.max_tokens {
                     Some(Finish::Length)
                 } else if slot.in_kv.len() + 1 >= limit {

@@ -131,12 +131,15 @@ pub fn load_model(config: &EngineConfig) -> Result<LlamaModel, EngineError> {
 /// The model's chat template (from GGUF metadata), or ChatML when it has none.
 pub fn chat_template(model: &LlamaModel) -> Result<ChatTemplate, EngineError> {
     let vocab = model.vocab();
-    let piece = |t: LlamaToken| {
-        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
-    };
+    let piece =
+        |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
     let bos = piece(vocab.bos());
     let eos = piece(vocab.eos());
-    let source = match model.chat_template(None).ok().and_then(|t| t.to_string().ok()) {
+    let source = match model
+        .chat_template(None)
+        .ok()
+        .and_then(|t| t.to_string().ok())
+    {
         Some(s) => s,
         None => {
             tracing::warn!("the model has no chat template; using ChatML");

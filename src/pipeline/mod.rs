@@ -193,7 +193,9 @@ pub async fn generate(
             if template_tx.send(chat).is_err() {
                 return Ok(());
             }
-            batch::run(&model, &mut ctx, &config, &sampling, jobs_rx, &stop, &counters)
+            batch::run(
+                &model, &mut ctx, &config, &sampling, jobs_rx, &stop, &counters,
+            )
         })
     };
     let chat = match template_rx.await {
@@ -273,17 +275,18 @@ pub async fn generate(
     drop(context);
 
     // The feeding stage: a bounded queue, so chains are built and handed over as slots free up.
-    let feed = async_stream::stream! {
+    let mut feed = Box::pin(async_stream::stream! {
         for chain in chains {
             yield chain;
         }
-    };
-    futures::pin_mut!(feed);
+    });
     while let Some(chain) = feed.next().await {
         if stop.draining() || jobs_tx.send(Box::new(chain)).await.is_err() {
             break;
         }
     }
+    // Chains never handed over hold the writer's sender: drop them, or the writer never ends.
+    drop(feed);
     drop(jobs_tx);
 
     let engine_result = engine_task
@@ -340,7 +343,10 @@ async fn write_loop(
                 reason,
             } => {
                 tracing::warn!(prompt = %prompt_id, stage, round, "failed: {reason}");
-                progress.println(format!("prompt {}… failed at {stage}: {reason}", &prompt_id[..12]));
+                progress.println(format!(
+                    "prompt {}… failed at {stage}: {reason}",
+                    &prompt_id[..12]
+                ));
                 let r = store
                     .record_failure(&run_id, prompt_id, stage, *round, reason)
                     .await;

@@ -1,0 +1,153 @@
+//! Bad input at the command line: a clear message naming the file and place, a non-zero exit,
+//! no panic, and no database created. None of these load the model.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn generate(dir: &Path, extra: &[&str], constitution: &Path, prompts: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .arg("generate")
+        .arg("--model")
+        .arg(common::model())
+        .arg("--constitution")
+        .arg(constitution)
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--db")
+        .arg(dir.join("out.db"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_clean_failure(out: &Output, dir: &Path, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+    assert!(!dir.join("out.db").exists(), "a database was created");
+}
+
+#[test]
+fn strict_stops_on_a_bad_prompt_line_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("p.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"fine\"}\n{\"prompt\": 3}\n{\"prompt\": \"also fine\"}\n",
+    )
+    .unwrap();
+    let out = generate(
+        dir.path(),
+        &["--strict"],
+        &common::repo("constitutions/harmless-helpful.yaml"),
+        &prompts,
+    );
+    assert_clean_failure(
+        &out,
+        dir.path(),
+        &format!("{}:2: invalid JSON", prompts.display()),
+    );
+}
+
+#[test]
+fn a_broken_constitution_is_reported_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let constitution = dir.path().join("c.yaml");
+    std::fs::write(
+        &constitution,
+        "name: t\nprinciples:\n  - id: a\n    critique_request: c\n",
+    )
+    .unwrap();
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(1));
+    let out = generate(dir.path(), &[], &constitution, &prompts);
+    assert_clean_failure(
+        &out,
+        dir.path(),
+        &format!(
+            "{}:3:5: missing field `revision_request`",
+            constitution.display()
+        ),
+    );
+}
+
+#[test]
+fn bad_flags_and_missing_files_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let constitution = common::repo("constitutions/harmless-helpful.yaml");
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(1));
+
+    let out = generate(dir.path(), &["--rounds", "9"], &constitution, &prompts);
+    assert_clean_failure(&out, dir.path(), "--rounds must be between 1 and 4");
+
+    let out = generate(dir.path(), &["--top-p", "0"], &constitution, &prompts);
+    assert_clean_failure(&out, dir.path(), "--top-p");
+
+    let out = generate(
+        dir.path(),
+        &[],
+        &constitution,
+        &dir.path().join("nope.jsonl"),
+    );
+    assert_clean_failure(&out, dir.path(), "nope.jsonl");
+
+    let not_a_model = dir.path().join("model.gguf");
+    std::fs::write(&not_a_model, b"definitely not a model").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["generate", "--constitution"])
+        .arg(&constitution)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--db")
+        .arg(dir.path().join("out.db"))
+        .arg("--model")
+        .arg(&not_a_model)
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, dir.path(), "not a GGUF file");
+
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(
+        templates.join("critique.jinja"),
+        "{{ principle.critique_requets }}",
+    )
+    .unwrap();
+    std::fs::write(
+        templates.join("revision.jinja"),
+        "{{ principle.revision_request }}",
+    )
+    .unwrap();
+    let out = generate(
+        dir.path(),
+        &["--templates", templates.to_str().unwrap()],
+        &constitution,
+        &prompts,
+    );
+    assert_clean_failure(&out, dir.path(), "critique.jinja");
+}
+
+#[test]
+fn export_and_stats_need_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.db");
+    for args in [
+        vec!["stats", "--db", missing.to_str().unwrap()],
+        vec!["export", "--db", missing.to_str().unwrap(), "-o", "x.jsonl"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+        assert!(!missing.exists());
+    }
+}

@@ -1,0 +1,75 @@
+//! Helpers shared by the integration tests that drive the real default model.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use tenets::pipeline::GenerateOptions;
+
+/// Model runs take every core: tests in one binary take turns (never oversubscribe).
+pub static MODEL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The default model; the tests need it (scripts/setup or scripts/fetch-model fetches it).
+pub fn model() -> PathBuf {
+    let path = tenets::models::default_model_path();
+    assert!(
+        path.exists(),
+        "default model not found at {}: run scripts/fetch-model first",
+        path.display()
+    );
+    path
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Writes `prompts` as a JSONL prompt file.
+pub fn write_prompts(dir: &Path, name: &str, prompts: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    let body: String = prompts
+        .iter()
+        .map(|p| format!("{}\n", serde_json::json!({ "prompt": p })))
+        .collect();
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// Small, fast settings on the real model.
+pub fn options(prompts: &Path, db: &Path) -> GenerateOptions {
+    let mut o = GenerateOptions::new(
+        &model(),
+        &repo("constitutions/harmless-helpful.yaml"),
+        prompts,
+        db,
+    );
+    o.max_tokens = 24;
+    o.ctx_per_sequence = 1024;
+    o.threads = tenets::engine::default_threads();
+    o
+}
+
+/// Distinct, ordinary prompts.
+pub fn prompts(n: usize) -> Vec<String> {
+    let topics = [
+        "the moon",
+        "bread",
+        "rivers",
+        "chess",
+        "bicycles",
+        "tea",
+        "volcanoes",
+        "owls",
+        "glass",
+        "maps",
+        "bees",
+        "clocks",
+    ];
+    (0..n)
+        .map(|i| {
+            format!(
+                "Tell me one fact about {} (#{i}).",
+                topics[i % topics.len()]
+            )
+        })
+        .collect()
+}

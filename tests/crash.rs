@@ -1,0 +1,162 @@
+//! Losing nothing: `tenets generate` killed with SIGKILL mid-run, then run again with the same
+//! command, completes every prompt exactly once; Ctrl-C (SIGINT) stops cleanly and resumes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::SqlitePool;
+use tenets::store::Store;
+
+fn spawn(prompts: &Path, db: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args([
+            "generate",
+            "--quiet",
+            "--parallel",
+            "4",
+            "--max-tokens",
+            "24",
+            "--ctx",
+            "1024",
+        ])
+        .arg("--model")
+        .arg(common::model())
+        .arg("--constitution")
+        .arg(common::repo("constitutions/harmless-helpful.yaml"))
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--db")
+        .arg(db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn steps_so_far(db: &Path) -> i64 {
+    if !db.exists() {
+        return 0;
+    }
+    let options = SqliteConnectOptions::new().filename(db).read_only(true);
+    let Ok(pool) = SqlitePool::connect_with(options).await else {
+        return 0;
+    };
+    let n = sqlx::query_scalar("SELECT COUNT(*) FROM steps")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+    pool.close().await;
+    n
+}
+
+/// Waits until at least `n` steps are committed (or the child exits).
+async fn wait_for_steps(child: &mut Child, db: &Path, n: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = steps_so_far(db).await;
+        if done >= n || Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            return done;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn assert_complete_once(db: &Path, prompts: i64) {
+    let store = Store::open_existing(db).await.unwrap();
+    let count = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM steps WHERE stage = 'answer'").await,
+        prompts
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM steps WHERE stage = 'critique'").await,
+        prompts
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM steps WHERE stage = 'revision'").await,
+        prompts
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM pairs").await, prompts);
+    assert_eq!(
+        count("SELECT COUNT(DISTINCT prompt_id) FROM pairs").await,
+        prompts
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM failures").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM runs").await, 1);
+    assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_rerun_completes_every_prompt_once() {
+    let _one_at_a_time = common::MODEL_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(24));
+    let db = dir.path().join("crash.db");
+
+    let mut child = spawn(&prompts, &db);
+    let before_kill = wait_for_steps(&mut child, &db, 20).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        before_kill >= 20,
+        "only {before_kill} steps before the kill"
+    );
+    assert!(
+        before_kill < 72,
+        "the run finished before it could be killed"
+    );
+
+    let mut rerun = spawn(&prompts, &db);
+    let status = rerun.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(rerun.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("already complete"), "{err}");
+    assert_complete_once(&db, 24).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_cleanly_and_the_rerun_resumes() {
+    let _one_at_a_time = common::MODEL_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(16));
+    let db = dir.path().join("int.db");
+
+    let mut child = spawn(&prompts, &db);
+    wait_for_steps(&mut child, &db, 8).await;
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    // Either it was stopped (exit 130, told to resume) or it had just finished.
+    if status.code() == Some(130) {
+        assert!(err.contains("rerun the same command to resume"), "{err}");
+    } else {
+        assert!(status.success(), "{err}");
+    }
+    // Steps in flight were finished and committed; nothing is half-written.
+    let store = Store::open_existing(&db).await.unwrap();
+    assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    store.close().await;
+
+    let status = spawn(&prompts, &db).wait().unwrap();
+    assert!(status.success());
+    assert_complete_once(&db, 16).await;
+}

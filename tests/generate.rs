@@ -1,0 +1,198 @@
+//! End to end on the real default model: generate with 2 rounds and 4 parallel sequences,
+//! resume, export in both formats, template-looking user text kept verbatim, and a prompt too
+//! long for its context failing alone.
+
+mod common;
+
+use std::collections::HashMap;
+
+use polars::prelude::SerReader;
+use sqlx::Row;
+use tenets::engine::StopSignal;
+use tenets::export::{self, Format, Kind};
+use tenets::pipeline;
+use tenets::store::Store;
+
+const TEMPLATE_PROMPT: &str = "Explain {{ user.name }} and {% if x %}yes{% endif %} in Jinja. {#";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_resume_and_export() {
+    let _one_at_a_time = common::MODEL_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut texts = common::prompts(7);
+    texts.push(TEMPLATE_PROMPT.to_string());
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &texts);
+    let db = dir.path().join("out.db");
+    let mut options = common::options(&prompts, &db);
+    options.rounds = 2;
+    options.parallel = 4;
+
+    let summary = pipeline::generate(&options, StopSignal::default())
+        .await
+        .unwrap();
+    assert_eq!(summary.prompts, 8);
+    assert_eq!(summary.steps_written, 8 * 5);
+    assert_eq!(summary.failures, 0);
+    assert!(!summary.interrupted);
+
+    let store = Store::open_existing(&db).await.unwrap();
+    // Every prompt: one answer, two critiques, two revisions, one pair.
+    let rows =
+        sqlx::query("SELECT prompt_id, stage, COUNT(*) FROM steps GROUP BY prompt_id, stage")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let mut per_prompt: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    for r in rows {
+        per_prompt
+            .entry(r.get(0))
+            .or_default()
+            .insert(r.get(1), r.get(2));
+    }
+    assert_eq!(per_prompt.len(), 8);
+    for stages in per_prompt.values() {
+        assert_eq!(stages["answer"], 1);
+        assert_eq!(stages["critique"], 2);
+        assert_eq!(stages["revision"], 2);
+    }
+    let pairs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pairs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(pairs, 8);
+    // Critiques name the principle they used; the answer names none.
+    let unnamed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM steps WHERE (stage = 'answer') != (principle_id IS NULL)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(unnamed, 0);
+
+    // Follow-up turns reuse the KV cache: far fewer tokens decoded than the conversation holds.
+    let (prompt_tokens, prefill_tokens): (i64, i64) = sqlx::query_as(
+        "SELECT SUM(prompt_tokens), SUM(prefill_tokens) FROM steps WHERE stage != 'answer'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        (prefill_tokens as f64) < 0.5 * prompt_tokens as f64,
+        "decoded {prefill_tokens} of {prompt_tokens}"
+    );
+
+    // User text that looks like a template is stored byte for byte.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT messages FROM prompts")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(stored.iter().any(|m| {
+        let messages: Vec<tenets::chat::Message> = serde_json::from_str(m).unwrap();
+        messages[0].content == TEMPLATE_PROMPT
+    }));
+
+    // JSONL export: TRL conversational columns plus provenance; the template prompt intact.
+    let jsonl = dir.path().join("dpo.jsonl");
+    let n = export::export(&store, Kind::Dpo, Format::Jsonl, &jsonl)
+        .await
+        .unwrap();
+    assert_eq!(n, 8);
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for row in &rows {
+        for key in [
+            "prompt",
+            "chosen",
+            "rejected",
+            "prompt_id",
+            "run_id",
+            "model_sha256",
+            "constitution_sha256",
+            "template_sha256",
+            "principles",
+            "seed",
+            "temperature",
+        ] {
+            assert!(row.get(key).is_some(), "missing {key} in {row}");
+        }
+        assert_eq!(row["chosen"][0]["role"], "assistant");
+        assert_eq!(row["principles"].as_array().unwrap().len(), 2);
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r["prompt"][0]["content"].as_str() == Some(TEMPLATE_PROMPT)));
+
+    // Parquet exports read back with the right columns and types.
+    for (kind, columns) in [
+        (
+            Kind::Dpo,
+            vec!["prompt", "chosen", "rejected", "run_id", "principles"],
+        ),
+        (Kind::Sft, vec!["messages", "run_id", "principles"]),
+    ] {
+        let path = dir.path().join(format!("{kind:?}.parquet"));
+        assert_eq!(
+            export::export(&store, kind, Format::Parquet, &path)
+                .await
+                .unwrap(),
+            8
+        );
+        let df = polars::prelude::ParquetReader::new(std::fs::File::open(&path).unwrap())
+            .finish()
+            .unwrap();
+        assert_eq!(df.height(), 8);
+        for c in columns {
+            let column = df.column(c).unwrap_or_else(|_| panic!("no column {c}"));
+            if c == "prompt" || c == "messages" || c == "chosen" {
+                assert!(
+                    matches!(column.dtype(), polars::prelude::DataType::List(_)),
+                    "{c}: {:?}",
+                    column.dtype()
+                );
+            }
+        }
+    }
+    store.close().await;
+
+    // The same command again finds everything done and writes nothing.
+    let again = pipeline::generate(&options, StopSignal::default())
+        .await
+        .unwrap();
+    assert_eq!(again.run_id, summary.run_id);
+    assert_eq!(again.already_complete, 8);
+    assert_eq!(again.steps_written, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_too_long_for_the_context_fails_alone() {
+    let _one_at_a_time = common::MODEL_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut texts = common::prompts(3);
+    texts.insert(1, "word ".repeat(600));
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &texts);
+    let db = dir.path().join("out.db");
+    let mut options = common::options(&prompts, &db);
+    options.ctx_per_sequence = 256;
+    options.parallel = 2;
+
+    let summary = pipeline::generate(&options, StopSignal::default())
+        .await
+        .unwrap();
+    assert_eq!(summary.failures, 1);
+    let store = Store::open_existing(&db).await.unwrap();
+    let reasons: Vec<(String, String)> = sqlx::query_as("SELECT stage, reason FROM failures")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(reasons.len(), 1);
+    assert_eq!(reasons[0].0, "answer");
+    assert!(reasons[0].1.contains("context"), "{}", reasons[0].1);
+    let pairs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pairs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(pairs, 3);
+}
