@@ -1,1 +1,156 @@
-fn main() {}
+//! Generate throughput against its ceiling, measured in one run on the same model and threads.
+//!
+//! 1. Anchor: a plain llama-cpp-2 loop that prefills N chat prompts and decodes N sequences
+//!    together in every batch for a fixed number of tokens — the most tokens/s this machine's
+//!    llama.cpp gives at this batch width.
+//! 2. `tenets generate` on the same prompts (answer → critique → revision, greedy, --parallel N).
+//! 3. From the run's store: conversation tokens in the critique and revision turns, and how many
+//!    of them were actually decoded (the rest came from the KV cache).
+//!
+//! Run: `cargo bench --bench generate` (env: BENCH_PARALLEL=16, BENCH_MAX_TOKENS=96).
+
+use std::time::Instant;
+
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::sampling::LlamaSampler;
+use tenets::chat::Message;
+use tenets::engine::{self, batch, EngineConfig, StopSignal};
+use tenets::pipeline::{self, GenerateOptions};
+use tenets::prompt;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The anchor: N sequences, prefill then lockstep decode of `max_tokens` each (EOG ignored, so
+/// every sequence decodes the full count).
+fn plain_batched_decode(
+    config: &EngineConfig,
+    prompts: &[Vec<Message>],
+    max_tokens: usize,
+) -> (u64, f64) {
+    let model = engine::load_model(config).expect("model");
+    let chat = engine::chat_template(&model).expect("chat template");
+    let mut ctx = batch::new_context(&model, config).expect("context");
+    let started = Instant::now();
+    let mut batch = LlamaBatch::new(config.batch_tokens, 1);
+    let mut positions = Vec::new();
+    let mut samplers: Vec<LlamaSampler> = Vec::new();
+    let mut next = Vec::new();
+    // Prefill one sequence per decode call, sampling its first token right away.
+    for (seq, messages) in prompts.iter().enumerate() {
+        let tokens = engine::tokenize_segments(&model, &chat.render(messages, true).unwrap());
+        batch.clear();
+        for (i, t) in tokens.iter().enumerate() {
+            batch
+                .add(*t, i as i32, &[seq as i32], i + 1 == tokens.len())
+                .unwrap();
+        }
+        ctx.decode(&mut batch).unwrap();
+        let mut sampler = LlamaSampler::greedy();
+        next.push(sampler.sample(&ctx, batch.n_tokens() - 1));
+        samplers.push(sampler);
+        positions.push(tokens.len() as i32);
+    }
+    let mut generated = prompts.len() as u64;
+    for _ in 1..max_tokens {
+        batch.clear();
+        for seq in 0..prompts.len() {
+            batch
+                .add(next[seq], positions[seq], &[seq as i32], true)
+                .unwrap();
+            positions[seq] += 1;
+        }
+        ctx.decode(&mut batch).unwrap();
+        for seq in 0..prompts.len() {
+            next[seq] = samplers[seq].sample(&ctx, seq as i32);
+        }
+        generated += prompts.len() as u64;
+    }
+    (generated, started.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let parallel = env_usize("BENCH_PARALLEL", 16);
+    let max_tokens = env_usize("BENCH_MAX_TOKENS", 96);
+    let threads = env_usize("BENCH_THREADS", engine::default_threads());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model_path = tenets::models::default_model_path();
+    assert!(
+        model_path.exists(),
+        "run scripts/fetch-model first ({})",
+        model_path.display()
+    );
+
+    // The first N bundled prompts, as one prompt file for both sides.
+    let set = prompt::load(&root.join("prompts/sets/demo.jsonl")).expect("prompts");
+    let mut items = set.items;
+    items.truncate(parallel);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompt_file = dir.path().join("bench.jsonl");
+    let body: String = items
+        .iter()
+        .map(|i| format!("{}\n", serde_json::json!({ "messages": i.messages })))
+        .collect();
+    std::fs::write(&prompt_file, body).expect("write prompts");
+
+    let mut config = EngineConfig::new(&model_path);
+    config.parallel = parallel;
+    config.threads = threads;
+    config.ctx_per_sequence = 2048;
+    let messages: Vec<Vec<Message>> = items.iter().map(|i| i.messages.clone()).collect();
+    let (anchor_tokens, anchor_secs) = plain_batched_decode(&config, &messages, max_tokens);
+    let anchor_rate = anchor_tokens as f64 / anchor_secs;
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = dir.path().join("bench.db");
+    let mut options = GenerateOptions::new(
+        &model_path,
+        &root.join("constitutions/harmless-helpful.yaml"),
+        &prompt_file,
+        &db,
+    );
+    options.parallel = parallel;
+    options.max_tokens = max_tokens;
+    options.temperature = 0.0;
+    options.threads = threads;
+    options.rounds = 1;
+    let summary = runtime
+        .block_on(pipeline::generate(&options, StopSignal::default()))
+        .expect("generate");
+    let rate = summary.generated_tokens as f64 / summary.seconds;
+
+    let (prompt_tokens, prefill_tokens): (i64, i64) = runtime.block_on(async {
+        let store = tenets::store::Store::open_existing(&db).await.expect("db");
+        let row = sqlx::query_as(
+            "SELECT SUM(prompt_tokens), SUM(prefill_tokens) FROM steps WHERE stage != 'answer'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("query");
+        store.close().await;
+        row
+    });
+
+    println!(
+        "generate bench: {parallel} sequences, ≤{max_tokens} new tokens a turn, {threads} threads"
+    );
+    println!(
+        "  anchor  plain llama-cpp-2 batched decode: {anchor_tokens} tokens in {anchor_secs:.1} s = {anchor_rate:.1} tok/s"
+    );
+    println!(
+        "  tenets  generate (answer+critique+revision): {} tokens in {:.1} s = {rate:.1} tok/s  ({} steps)",
+        summary.generated_tokens, summary.seconds, summary.steps_written
+    );
+    println!(
+        "  ratio   tenets / anchor tok/s = {:.2}×",
+        rate / anchor_rate
+    );
+    println!(
+        "  reuse   critique+revision turns decoded {prefill_tokens} of {prompt_tokens} conversation tokens = {:.2}× of re-encoding",
+        prefill_tokens as f64 / prompt_tokens.max(1) as f64
+    );
+}

@@ -35,16 +35,16 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn type_matches(node: &Node, ty: &str) -> bool {
-    match (&node.value, ty) {
-        (Value::Scalar(Scalar::Null), "null") => true,
-        (Value::Scalar(Scalar::Bool(_)), "boolean") => true,
-        (Value::Scalar(Scalar::Int(_)), "integer" | "number") => true,
-        (Value::Scalar(Scalar::Float(_)), "number") => true,
-        (Value::Scalar(Scalar::Str(_)), "string") => true,
-        (Value::Seq(_), "array") => true,
-        (Value::Map(_), "object") => true,
-        _ => false,
-    }
+    matches!(
+        (&node.value, ty),
+        (Value::Scalar(Scalar::Null), "null")
+            | (Value::Scalar(Scalar::Bool(_)), "boolean")
+            | (Value::Scalar(Scalar::Int(_)), "integer" | "number")
+            | (Value::Scalar(Scalar::Float(_)), "number")
+            | (Value::Scalar(Scalar::Str(_)), "string")
+            | (Value::Seq(_), "array")
+            | (Value::Map(_), "object")
+    )
 }
 
 fn type_word(ty: &str) -> &'static str {

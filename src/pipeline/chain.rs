@@ -69,8 +69,17 @@ pub struct Chain {
     principles: Vec<String>,
     /// Completed steps in plan order.
     done: Vec<StepRecord>,
-    /// The step being generated: (stage, round, principle, request text, seed).
-    current: Option<(String, i64, Option<String>, Option<String>, u32)>,
+    /// The step being generated.
+    current: Option<Pending>,
+}
+
+/// What a turn in flight will be recorded as.
+struct Pending {
+    stage: String,
+    round: i64,
+    principle_id: Option<String>,
+    request: Option<String>,
+    seed: u32,
 }
 
 impl Chain {
@@ -191,7 +200,13 @@ impl Session for Chain {
             Err(e) => return Next::Wait(self.fail(stage, round, e.to_string())),
         };
         let seed = self.turn_seed(stage, round);
-        self.current = Some((stage.to_string(), round, principle_id, request, seed));
+        self.current = Some(Pending {
+            stage: stage.to_string(),
+            round,
+            principle_id,
+            request,
+            seed,
+        });
         Next::Turn(TurnRequest {
             segments,
             max_tokens: self.run.max_tokens,
@@ -200,7 +215,14 @@ impl Session for Chain {
     }
 
     fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
-        let Some((stage, round, principle_id, request, seed)) = self.current.take() else {
+        let Some(Pending {
+            stage,
+            round,
+            principle_id,
+            request,
+            seed,
+        }) = self.current.take()
+        else {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(false);
             return rx;
