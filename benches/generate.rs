@@ -4,7 +4,9 @@
 //!    together in every batch for a fixed number of tokens — the most tokens/s this machine's
 //!    llama.cpp gives at this batch width.
 //! 2. `tenets generate` on the same prompts (answer → critique → revision, greedy, --parallel N).
-//! 3. From the run's store: conversation tokens in the critique and revision turns, and how many
+//! 3. A second anchor for the same job done the plain way: 16 sequences in one batch, each turn
+//!    re-encoding the whole conversation (answer, then critique, then revision), greedy.
+//! 4. From the run's store: conversation tokens in the critique and revision turns, and how many
 //!    of them were actually decoded (the rest came from the KV cache).
 //!
 //! Run: `cargo bench --bench generate` (env: BENCH_PARALLEL=16, BENCH_MAX_TOKENS=96).
@@ -73,6 +75,86 @@ fn plain_batched_decode(
     (generated, started.elapsed().as_secs_f64())
 }
 
+/// The same answer → critique → revision job without KV reuse or continuous batching: each turn
+/// clears the cache, encodes every conversation in full, and decodes all sequences in lockstep
+/// until each has stopped or reached `max_tokens`.
+fn plain_reencoding_job(
+    config: &EngineConfig,
+    prompts: &[Vec<Message>],
+    requests: &[(String, String)],
+    max_tokens: usize,
+) -> (u64, u64, f64) {
+    let model = engine::load_model(config).expect("model");
+    let chat = engine::chat_template(&model).expect("chat template");
+    let mut ctx = batch::new_context(&model, config).expect("context");
+    let vocab = model.vocab();
+    let started = Instant::now();
+    let mut conversations: Vec<Vec<Message>> = prompts.to_vec();
+    let (mut generated, mut encoded) = (0u64, 0u64);
+    let mut batch = LlamaBatch::new(config.batch_tokens, 1);
+    for turn in 0..3 {
+        if turn > 0 {
+            for (conversation, (critique, revision)) in conversations.iter_mut().zip(requests) {
+                let request = if turn == 1 { critique } else { revision };
+                conversation.push(Message::user(request.clone()));
+            }
+        }
+        ctx.clear_kv_cache();
+        let n = conversations.len();
+        let mut positions = vec![0i32; n];
+        let mut next = vec![None; n];
+        let mut samplers: Vec<LlamaSampler> = (0..n).map(|_| LlamaSampler::greedy()).collect();
+        let mut texts = vec![Vec::new(); n];
+        for (seq, conversation) in conversations.iter().enumerate() {
+            let tokens =
+                engine::tokenize_segments(&model, &chat.render(conversation, true).unwrap());
+            encoded += tokens.len() as u64;
+            for chunk in tokens.chunks(config.batch_tokens) {
+                batch.clear();
+                for t in chunk {
+                    let last = positions[seq] as usize + 1 == tokens.len();
+                    batch.add(*t, positions[seq], &[seq as i32], last).unwrap();
+                    positions[seq] += 1;
+                }
+                ctx.decode(&mut batch).unwrap();
+            }
+            next[seq] = Some(samplers[seq].sample(&ctx, batch.n_tokens() - 1));
+        }
+        for _ in 0..max_tokens {
+            batch.clear();
+            let mut rows = Vec::new();
+            for seq in 0..n {
+                if let Some(t) = next[seq] {
+                    if vocab.is_eog(t) || texts[seq].len() >= max_tokens {
+                        next[seq] = None;
+                        continue;
+                    }
+                    texts[seq].push(t);
+                    generated += 1;
+                    batch.add(t, positions[seq], &[seq as i32], true).unwrap();
+                    positions[seq] += 1;
+                    rows.push(seq);
+                }
+            }
+            if rows.is_empty() {
+                break;
+            }
+            ctx.decode(&mut batch).unwrap();
+            for (row, seq) in rows.into_iter().enumerate() {
+                next[seq] = Some(samplers[seq].sample(&ctx, row as i32));
+            }
+        }
+        for (conversation, tokens) in conversations.iter_mut().zip(&texts) {
+            let bytes: Vec<u8> = tokens
+                .iter()
+                .flat_map(|t| vocab.token_to_piece(*t, false, None))
+                .collect();
+            conversation.push(Message::assistant(String::from_utf8_lossy(&bytes)));
+        }
+    }
+    (generated, encoded, started.elapsed().as_secs_f64())
+}
+
 fn main() {
     let parallel = env_usize("BENCH_PARALLEL", 16);
     let max_tokens = env_usize("BENCH_MAX_TOKENS", 96);
@@ -104,6 +186,26 @@ fn main() {
     let messages: Vec<Vec<Message>> = items.iter().map(|i| i.messages.clone()).collect();
     let (anchor_tokens, anchor_secs) = plain_batched_decode(&config, &messages, max_tokens);
     let anchor_rate = anchor_tokens as f64 / anchor_secs;
+
+    // The plain job uses the same principles tenets samples for each prompt.
+    let constitution =
+        tenets::constitution::Constitution::load(&root.join("constitutions/harmless-helpful.yaml"))
+            .expect("constitution");
+    let templates = tenets::turns::TurnTemplates::bundled().expect("templates");
+    let requests: Vec<(String, String)> = items
+        .iter()
+        .map(|item| {
+            let p = constitution.sample_principles(42, &item.id, 1)[0];
+            let render = |t| templates.render(t, &constitution, p, 1, 1).expect("render");
+            (
+                render(tenets::turns::Turn::Critique),
+                render(tenets::turns::Turn::Revision),
+            )
+        })
+        .collect();
+    let (plain_tokens, plain_encoded, plain_secs) =
+        plain_reencoding_job(&config, &messages, &requests, max_tokens);
+    let plain_rate = plain_tokens as f64 / plain_secs;
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let db = dir.path().join("bench.db");
@@ -146,8 +248,16 @@ fn main() {
         summary.generated_tokens, summary.seconds, summary.steps_written
     );
     println!(
+        "  plain   same job re-encoding each turn: {plain_tokens} tokens in {plain_secs:.1} s = {plain_rate:.1} tok/s ({plain_encoded} prompt tokens encoded)"
+    );
+    println!(
         "  ratio   tenets / anchor tok/s = {:.2}×",
         rate / anchor_rate
+    );
+    println!(
+        "  ratio   tenets / plain job: {:.2}× the tok/s, {:.2}× the wall time",
+        rate / plain_rate,
+        summary.seconds / plain_secs
     );
     println!(
         "  reuse   critique+revision turns decoded {prefill_tokens} of {prompt_tokens} conversation tokens = {:.2}× of re-encoding",

@@ -157,9 +157,6 @@ pub async fn generate(
         }
         for line in &lines {
             tracing::warn!("skipped {line}");
-            if !options.quiet {
-                eprintln!("skipped {line}");
-            }
         }
     }
     engine::check_model_file(&options.model)?;
