@@ -244,8 +244,8 @@ fn main() {
         "  anchor  plain llama-cpp-2 batched decode: {anchor_tokens} tokens in {anchor_secs:.1} s = {anchor_rate:.1} tok/s"
     );
     println!(
-        "  tenets  generate (answer+critique+revision): {} tokens in {:.1} s = {rate:.1} tok/s  ({} steps)",
-        summary.generated_tokens, summary.seconds, summary.steps_written
+        "  tenets  generate (answer+critique+revision): {} tokens in {:.1} s = {rate:.1} tok/s  ({} steps, {:.1} sequences per batch on average, {} prompt tokens decoded)",
+        summary.generated_tokens, summary.seconds, summary.steps_written, summary.mean_batch_width, summary.prefilled_tokens
     );
     println!(
         "  plain   same job re-encoding each turn: {plain_tokens} tokens in {plain_secs:.1} s = {plain_rate:.1} tok/s ({plain_encoded} prompt tokens encoded)"

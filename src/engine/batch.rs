@@ -140,6 +140,9 @@ impl StopSignal {
 pub struct Counters {
     pub generated: AtomicU64,
     pub prefilled: AtomicU64,
+    /// llama.cpp decode calls, and the sequences sampled in them (mean batch width).
+    pub batches: AtomicU64,
+    pub sampled: AtomicU64,
 }
 
 struct Turn {
@@ -339,6 +342,10 @@ pub fn run(
         }
         ctx.decode(&mut batch)
             .map_err(|e| EngineError::Decode(e.to_string()))?;
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .sampled
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
 
         // 4. Account for what entered the KV cache, then sample.
         for (i, take) in chunks {

@@ -126,6 +126,8 @@ pub struct GenerateSummary {
     pub bad_lines: usize,
     pub generated_tokens: u64,
     pub prefilled_tokens: u64,
+    /// Mean number of sequences sampled per llama.cpp batch.
+    pub mean_batch_width: f64,
     pub seconds: f64,
     /// True when a stop request ended the run before every prompt was done.
     pub interrupted: bool,
@@ -302,6 +304,8 @@ pub async fn generate(
     summary.failures = failures;
     summary.generated_tokens = counters.generated.load(Ordering::Relaxed);
     summary.prefilled_tokens = counters.prefilled.load(Ordering::Relaxed);
+    summary.mean_batch_width = counters.sampled.load(Ordering::Relaxed) as f64
+        / counters.batches.load(Ordering::Relaxed).max(1) as f64;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.interrupted = stop.draining();
     store.close().await;
