@@ -1,8 +1,9 @@
 //! Generate throughput against its ceiling, measured in one run on the same model and threads.
 //!
 //! 1. Anchor: a plain llama-cpp-2 loop that prefills N chat prompts and decodes N sequences
-//!    together in every batch for a fixed number of tokens — the most tokens/s this machine's
-//!    llama.cpp gives at this batch width.
+//!    together in every batch, each for as many tokens as a whole chain may generate (3 turns of
+//!    `max_tokens`), so its contexts grow as the chains' do — the most tokens/s this machine's
+//!    llama.cpp gives at this batch width and length.
 //! 2. `tenets generate` on the same prompts (answer → critique → revision, greedy, --parallel N).
 //! 3. A second anchor for the same job done the plain way: 16 sequences in one batch, each turn
 //!    re-encoding the whole conversation (answer, then critique, then revision), greedy.
@@ -184,7 +185,26 @@ fn main() {
     config.threads = threads;
     config.ctx_per_sequence = 2048;
     let messages: Vec<Vec<Message>> = items.iter().map(|i| i.messages.clone()).collect();
-    let (anchor_tokens, anchor_secs) = plain_batched_decode(&config, &messages, max_tokens);
+    // tenets first, then the anchors, each from a fresh model load.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = dir.path().join("bench.db");
+    let mut options = GenerateOptions::new(
+        &model_path,
+        &root.join("constitutions/harmless-helpful.yaml"),
+        &prompt_file,
+        &db,
+    );
+    options.parallel = parallel;
+    options.max_tokens = max_tokens;
+    options.temperature = 0.0;
+    options.threads = threads;
+    options.rounds = 1;
+    let summary = runtime
+        .block_on(pipeline::generate(&options, StopSignal::default()))
+        .expect("generate");
+    let rate = summary.generated_tokens as f64 / summary.seconds;
+
+    let (anchor_tokens, anchor_secs) = plain_batched_decode(&config, &messages, 3 * max_tokens);
     let anchor_rate = anchor_tokens as f64 / anchor_secs;
 
     // The plain job uses the same principles tenets samples for each prompt.
@@ -207,24 +227,6 @@ fn main() {
         plain_reencoding_job(&config, &messages, &requests, max_tokens);
     let plain_rate = plain_tokens as f64 / plain_secs;
 
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let db = dir.path().join("bench.db");
-    let mut options = GenerateOptions::new(
-        &model_path,
-        &root.join("constitutions/harmless-helpful.yaml"),
-        &prompt_file,
-        &db,
-    );
-    options.parallel = parallel;
-    options.max_tokens = max_tokens;
-    options.temperature = 0.0;
-    options.threads = threads;
-    options.rounds = 1;
-    let summary = runtime
-        .block_on(pipeline::generate(&options, StopSignal::default()))
-        .expect("generate");
-    let rate = summary.generated_tokens as f64 / summary.seconds;
-
     let (prompt_tokens, prefill_tokens): (i64, i64) = runtime.block_on(async {
         let store = tenets::store::Store::open_existing(&db).await.expect("db");
         let row = sqlx::query_as(
@@ -241,11 +243,16 @@ fn main() {
         "generate bench: {parallel} sequences, ≤{max_tokens} new tokens a turn, {threads} threads"
     );
     println!(
-        "  anchor  plain llama-cpp-2 batched decode: {anchor_tokens} tokens in {anchor_secs:.1} s = {anchor_rate:.1} tok/s"
+        "  anchor  plain llama-cpp-2 batched decode, {} tokens a sequence: {anchor_tokens} tokens in {anchor_secs:.1} s = {anchor_rate:.1} tok/s",
+        3 * max_tokens
     );
     println!(
         "  tenets  generate (answer+critique+revision): {} tokens in {:.1} s = {rate:.1} tok/s  ({} steps, {:.1} sequences per batch on average, {} prompt tokens decoded)",
         summary.generated_tokens, summary.seconds, summary.steps_written, summary.mean_batch_width, summary.prefilled_tokens
+    );
+    println!(
+        "          of which {:.1} s inside llama.cpp decode",
+        summary.decode_seconds
     );
     println!(
         "  plain   same job re-encoding each turn: {plain_tokens} tokens in {plain_secs:.1} s = {plain_rate:.1} tok/s ({plain_encoded} prompt tokens encoded)"

@@ -113,6 +113,11 @@ pub async fn collect(store: &Store) -> Result<Vec<RunStats>, StoreError> {
     Ok(out)
 }
 
+/// The first `n` characters of a hash, for display.
+fn short(hash: &str, n: usize) -> &str {
+    hash.get(..n).unwrap_or(hash)
+}
+
 /// A plain-text view for the terminal.
 pub fn render(stats: &[RunStats]) -> String {
     use std::fmt::Write;
@@ -124,10 +129,10 @@ pub fn render(stats: &[RunStats]) -> String {
         let _ = writeln!(
             s,
             "run {}  ({}, constitution {}, model {}…, {} round(s))",
-            &run.run_id[..16],
+            short(&run.run_id, 16),
             run.created_at,
             run.constitution,
-            &run.model_sha256[..12],
+            short(&run.model_sha256, 12),
             run.rounds
         );
         for c in &run.stages {

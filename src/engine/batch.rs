@@ -143,6 +143,8 @@ pub struct Counters {
     /// llama.cpp decode calls, and the sequences sampled in them (mean batch width).
     pub batches: AtomicU64,
     pub sampled: AtomicU64,
+    /// Time spent inside llama.cpp's decode, in microseconds.
+    pub decode_micros: AtomicU64,
 }
 
 struct Turn {
@@ -340,8 +342,13 @@ pub fn run(
                 room -= take;
             }
         }
+        let decode_started = std::time::Instant::now();
         ctx.decode(&mut batch)
             .map_err(|e| EngineError::Decode(e.to_string()))?;
+        counters.decode_micros.fetch_add(
+            decode_started.elapsed().as_micros() as u64,
+            Ordering::Relaxed,
+        );
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters
             .sampled

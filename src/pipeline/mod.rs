@@ -128,6 +128,8 @@ pub struct GenerateSummary {
     pub prefilled_tokens: u64,
     /// Mean number of sequences sampled per llama.cpp batch.
     pub mean_batch_width: f64,
+    /// Seconds inside llama.cpp's decode calls.
+    pub decode_seconds: f64,
     pub seconds: f64,
     /// True when a stop request ended the run before every prompt was done.
     pub interrupted: bool,
@@ -306,8 +308,17 @@ pub async fn generate(
     summary.prefilled_tokens = counters.prefilled.load(Ordering::Relaxed);
     summary.mean_batch_width = counters.sampled.load(Ordering::Relaxed) as f64
         / counters.batches.load(Ordering::Relaxed).max(1) as f64;
+    summary.decode_seconds = counters.decode_micros.load(Ordering::Relaxed) as f64 / 1e6;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.interrupted = stop.draining();
+    tracing::info!(
+        seconds = summary.seconds,
+        decode_seconds = summary.decode_seconds,
+        mean_batch_width = summary.mean_batch_width,
+        generated = summary.generated_tokens,
+        prefilled = summary.prefilled_tokens,
+        "generate finished"
+    );
     store.close().await;
     Ok(summary)
 }
