@@ -82,9 +82,9 @@ pub enum PromptError {
     Format { path: PathBuf, message: String },
 }
 
-/// The JSONL line shape: either `prompt` or `messages`.
+/// The JSONL line shape: either `prompt` or `messages`. Other fields (ids, categories, sources
+/// that datasets carry) are ignored.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JsonLine {
     #[serde(default)]
     prompt: Option<String>,
@@ -92,10 +92,6 @@ struct JsonLine {
     messages: Option<Vec<Message>>,
     #[serde(default)]
     kind: Option<String>,
-    /// Accepted and ignored: many datasets carry their own ids.
-    #[serde(default)]
-    #[allow(dead_code)]
-    id: Option<serde_json::Value>,
 }
 
 /// Reads a prompt file; the format follows the extension (`.jsonl`/`.json`, `.csv`,
@@ -227,10 +223,23 @@ fn parse_jsonl(bytes: &[u8]) -> Vec<Row> {
             }),
             (Some(prompt), None) => check_messages(vec![Message::user(prompt)], parsed.kind, line),
             (None, Some(messages)) => check_messages(messages, parsed.kind, line),
-            (None, None) => Err(BadLine {
-                line,
-                message: "missing field `prompt` (or `messages`)".into(),
-            }),
+            (None, None) => {
+                let found: Vec<String> =
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+                        .map(|m| m.keys().map(|k| format!("`{k}`")).collect())
+                        .unwrap_or_default();
+                Err(BadLine {
+                    line,
+                    message: format!(
+                        "missing field `prompt` (or `messages`); the line has {}",
+                        if found.is_empty() {
+                            "no fields".to_string()
+                        } else {
+                            found.join(", ")
+                        }
+                    ),
+                })
+            }
         };
         rows.push(row);
     }
@@ -347,6 +356,15 @@ fn parquet_as_jsonl(path: &Path) -> Result<Vec<u8>, PromptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jsonl_ignores_extra_fields_and_names_what_it_found() {
+        let rows =
+            parse_jsonl(b"{\"prompt\": \"hi\", \"category\": \"x\"}\n{\"promt\": \"typo\"}\n");
+        assert!(rows[0].is_ok());
+        let bad = rows[1].as_ref().unwrap_err();
+        assert!(bad.message.contains("`promt`"), "{}", bad.message);
+    }
 
     #[test]
     fn jsonl_reports_bad_lines_and_keeps_good_ones() {

@@ -151,3 +151,21 @@ fn export_and_stats_need_an_existing_database() {
         assert!(!missing.exists());
     }
 }
+
+#[test]
+fn gpu_layers_without_a_gpu_backend_warns_loudly_and_runs_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(1));
+    let out = generate(
+        dir.path(),
+        &["--gpu-layers", "99", "--max-tokens", "4", "--quiet"],
+        &common::repo("constitutions/harmless-helpful.yaml"),
+        &prompts,
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    if !tenets::engine::gpu_offload_available().unwrap() {
+        assert!(err.contains("no GPU backend"), "{err}");
+    }
+    assert!(err.contains("3 steps written"), "{err}");
+}

@@ -114,10 +114,6 @@ pub fn load_model(config: &EngineConfig) -> Result<LlamaModel, EngineError> {
              running on the CPU. Rebuild with `--features cuda`, `vulkan` or `metal`.",
             config.gpu_layers
         );
-        eprintln!(
-            "WARNING: --gpu-layers {} asked for, but no GPU backend is compiled in; running on the CPU.",
-            config.gpu_layers
-        );
     }
     let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
     LlamaModel::load_from_file(backend, &config.model_path, &params).map_err(|e| {
