@@ -81,6 +81,8 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
+        // Some templates print today's date; a fixed one keeps a resumed run's conversations
+        // (and so its KV reuse and outputs) identical to the interrupted run's.
         env.add_function("strftime_now", |_fmt: String| "1 January 2026".to_string());
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ChatError::Compile(e.to_string()))?;
