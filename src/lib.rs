@@ -15,4 +15,5 @@ pub mod pipeline;
 pub mod prompt;
 pub mod stats;
 pub mod store;
+pub mod train;
 pub mod turns;

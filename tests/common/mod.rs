@@ -19,6 +19,17 @@ pub fn model() -> PathBuf {
     path
 }
 
+/// The second test model (Gemma 3 270M Q4_K_M), fetched by scripts/fetch-model.
+pub fn second_model() -> PathBuf {
+    let path = tenets::models::models_dir().join(tenets::models::SECOND_MODEL_FILE);
+    assert!(
+        path.exists(),
+        "second test model not found at {}: run scripts/fetch-model first",
+        path.display()
+    );
+    path
+}
+
 pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }

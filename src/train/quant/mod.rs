@@ -1,0 +1,154 @@
+//! Quantized block formats of GGUF tensors: one module per family, each with its block layout,
+//! a size assertion and a plain scalar dequantizer that the fast kernels are tested against.
+//!
+//! A row of `n` weights is `n / block_elements` consecutive blocks of `block_bytes` bytes.
+
+pub mod float;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_0;
+
+/// Element types of GGUF tensors that tenets reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QuantType {
+    /// From ggml's `ggml_type` number.
+    pub fn from_ggml(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => QuantType::F32,
+            1 => QuantType::F16,
+            2 => QuantType::Q4_0,
+            3 => QuantType::Q4_1,
+            6 => QuantType::Q5_0,
+            7 => QuantType::Q5_1,
+            8 => QuantType::Q8_0,
+            12 => QuantType::Q4K,
+            13 => QuantType::Q5K,
+            14 => QuantType::Q6K,
+            30 => QuantType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// Weights per block.
+    pub fn block_elements(self) -> usize {
+        match self {
+            QuantType::F32 | QuantType::F16 | QuantType::BF16 => 1,
+            QuantType::Q4_0 => q4_0::BLOCK_ELEMENTS,
+            QuantType::Q4_1 => q4_1::BLOCK_ELEMENTS,
+            QuantType::Q5_0 => q5_0::BLOCK_ELEMENTS,
+            QuantType::Q5_1 => q5_1::BLOCK_ELEMENTS,
+            QuantType::Q8_0 => q8_0::BLOCK_ELEMENTS,
+            QuantType::Q4K => q4_k::BLOCK_ELEMENTS,
+            QuantType::Q5K => q5_k::BLOCK_ELEMENTS,
+            QuantType::Q6K => q6_k::BLOCK_ELEMENTS,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantType::F32 => 4,
+            QuantType::F16 | QuantType::BF16 => 2,
+            QuantType::Q4_0 => q4_0::BLOCK_BYTES,
+            QuantType::Q4_1 => q4_1::BLOCK_BYTES,
+            QuantType::Q5_0 => q5_0::BLOCK_BYTES,
+            QuantType::Q5_1 => q5_1::BLOCK_BYTES,
+            QuantType::Q8_0 => q8_0::BLOCK_BYTES,
+            QuantType::Q4K => q4_k::BLOCK_BYTES,
+            QuantType::Q5K => q5_k::BLOCK_BYTES,
+            QuantType::Q6K => q6_k::BLOCK_BYTES,
+        }
+    }
+
+    /// Bytes taken by a row of `n` weights (`n` a multiple of the block size).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_elements() * self.block_bytes()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{kind:?} row: {bytes} bytes cannot hold {elements} weights ({expected} bytes needed)")]
+pub struct RowSizeError {
+    pub kind: QuantType,
+    pub bytes: usize,
+    pub elements: usize,
+    pub expected: usize,
+}
+
+/// Dequantizes one row: `out.len()` weights from `bytes` — the scalar reference path.
+pub fn dequantize_row(kind: QuantType, bytes: &[u8], out: &mut [f32]) -> Result<(), RowSizeError> {
+    let n = out.len();
+    let expected = if n % kind.block_elements() == 0 {
+        kind.row_bytes(n)
+    } else {
+        usize::MAX
+    };
+    if bytes.len() != expected {
+        return Err(RowSizeError {
+            kind,
+            bytes: bytes.len(),
+            elements: n,
+            expected,
+        });
+    }
+    let (e, b) = (kind.block_elements(), kind.block_bytes());
+    let blocks = bytes.chunks_exact(b).zip(out.chunks_exact_mut(e));
+    match kind {
+        QuantType::F32 => {
+            blocks.for_each(|(x, y)| y[0] = f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+        }
+        QuantType::F16 => {
+            blocks.for_each(|(x, y)| y[0] = float::f16_to_f32(u16::from_le_bytes([x[0], x[1]])))
+        }
+        QuantType::BF16 => {
+            blocks.for_each(|(x, y)| y[0] = float::bf16_to_f32(u16::from_le_bytes([x[0], x[1]])))
+        }
+        QuantType::Q4_0 => blocks.for_each(|(x, y)| q4_0::dequantize(x, y)),
+        QuantType::Q4_1 => blocks.for_each(|(x, y)| q4_1::dequantize(x, y)),
+        QuantType::Q5_0 => blocks.for_each(|(x, y)| q5_0::dequantize(x, y)),
+        QuantType::Q5_1 => blocks.for_each(|(x, y)| q5_1::dequantize(x, y)),
+        QuantType::Q8_0 => blocks.for_each(|(x, y)| q8_0::dequantize(x, y)),
+        QuantType::Q4K => blocks.for_each(|(x, y)| q4_k::dequantize(x, y)),
+        QuantType::Q5K => blocks.for_each(|(x, y)| q5_k::dequantize(x, y)),
+        QuantType::Q6K => blocks.for_each(|(x, y)| q6_k::dequantize(x, y)),
+    }
+    Ok(())
+}
+
+/// Reads the little-endian f16 at `at` as f32.
+pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    float::f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_row_sizes_are_errors() {
+        let mut out = vec![0.0; 32];
+        assert!(dequantize_row(QuantType::Q8_0, &[0; 33], &mut out).is_err());
+        let mut odd = vec![0.0; 31];
+        assert!(dequantize_row(QuantType::Q8_0, &[0; 34], &mut odd).is_err());
+        assert!(dequantize_row(QuantType::Q8_0, &[0; 34], &mut out).is_ok());
+    }
+}

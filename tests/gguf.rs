@@ -1,0 +1,347 @@
+//! The native GGUF reader and the scalar dequantizers on the real default model, checked against
+//! an independent implementation (gguf-py's `quants.dequantize`, figures recorded below), and
+//! against truncated, corrupted and hand-made hostile files: errors, never panics.
+
+mod common;
+
+use std::io::Write;
+
+use tenets::train::gguf::{Gguf, GgufError};
+use tenets::train::quant::{dequantize_row, QuantType};
+
+/// (tensor, type, elements, Σx, Σx², first three values as f64: they are exact f32 values).
+type Reference = (&'static str, QuantType, usize, f64, f64, [f64; 3]);
+
+/// The default model's figures from gguf 0.17 (Python) on the same file.
+const REFERENCE: &[Reference] = &[
+    (
+        "token_embd.weight",
+        QuantType::Q8_0,
+        49152 * 576,
+        -15353.04449415207,
+        520415.71544763993,
+        [
+            -0.10654449462890625,
+            0.032978057861328125,
+            0.048198699951171875,
+        ],
+    ),
+    (
+        "blk.0.attn_q.weight",
+        QuantType::Q4_1,
+        576 * 576,
+        59.22322082519531,
+        26749.573275085306,
+        [-0.0963134765625, 0.1573486328125, -0.0963134765625],
+    ),
+    (
+        "blk.0.ffn_down.weight",
+        QuantType::Q4_1,
+        1536 * 576,
+        150.63577270507812,
+        33220.11995097203,
+        [-0.330810546875, 0.3460693359375, 0.0753173828125],
+    ),
+    (
+        "output_norm.weight",
+        QuantType::F32,
+        576,
+        1038.33203125,
+        1921.7355499267578,
+        [1.7578125, 1.8203125, 1.78125],
+    ),
+];
+
+/// The same figures for one tensor of each type in Gemma 3 270M Q4_K_M.
+const GEMMA_REFERENCE: &[Reference] = &[
+    (
+        "output_norm.weight",
+        QuantType::F32,
+        640,
+        16861.6953125,
+        1871095.028137207,
+        [7.125, 9.5625, 47.0],
+    ),
+    (
+        "token_embd.weight",
+        QuantType::Q8_0,
+        167772160,
+        -27668.36862385273,
+        278708.59100772557,
+        [
+            -0.007244110107421875,
+            0.042860984802246094,
+            -0.034409523010253906,
+        ],
+    ),
+    (
+        "blk.0.attn_k.weight",
+        QuantType::Q5_0,
+        163840,
+        32.07246398925781,
+        256.29940138361417,
+        [0.0, -0.027557373046875, 0.011810302734375],
+    ),
+    (
+        "blk.0.attn_output.weight",
+        QuantType::Q4K,
+        655360,
+        -1.8330761790275574,
+        930.2992641774874,
+        [
+            -0.015705108642578125,
+            0.04966926574707031,
+            -0.03749656677246094,
+        ],
+    ),
+    (
+        "blk.0.ffn_down.weight",
+        QuantType::Q6K,
+        1310720,
+        6.480193614959717,
+        610.7072775584979,
+        [
+            0.0052117109298706055,
+            0.02171546220779419,
+            -0.02518993616104126,
+        ],
+    ),
+];
+
+/// Dequantizes each named tensor row by row and compares with the reference figures.
+fn check_against_reference(gguf: &Gguf, reference: &[Reference]) {
+    for (name, kind, elements, sum, sum_sq, first) in reference {
+        let t = gguf.tensor(name).unwrap();
+        assert_eq!(t.kind, *kind, "{name}");
+        assert_eq!(t.elements() as usize, *elements, "{name}");
+        let row = t.dims[0] as usize;
+        let row_bytes = kind.row_bytes(row);
+        let mut out = vec![0.0f32; row];
+        let (mut s, mut s2) = (0.0f64, 0.0f64);
+        for (r, bytes) in gguf.data(t).chunks_exact(row_bytes).enumerate() {
+            dequantize_row(*kind, bytes, &mut out).unwrap();
+            if r == 0 {
+                let head: Vec<f64> = out[..3].iter().map(|x| f64::from(*x)).collect();
+                assert_eq!(head, first, "{name}");
+            }
+            for x in &out {
+                s += f64::from(*x);
+                s2 += f64::from(*x) * f64::from(*x);
+            }
+        }
+        assert!(
+            (s - sum).abs() <= 1e-6 * sum_sq.max(1.0),
+            "{name}: Σx {s} vs {sum}"
+        );
+        assert!(
+            (s2 - sum_sq).abs() <= 1e-9 * sum_sq,
+            "{name}: Σx² {s2} vs {sum_sq}"
+        );
+    }
+}
+
+#[test]
+fn reads_gemma_k_quants_like_the_reference() {
+    let gguf = Gguf::open(&common::second_model()).unwrap();
+    assert_eq!(gguf.architecture(), Some("gemma3"));
+    assert_eq!(gguf.tensors.len(), 236);
+    check_against_reference(&gguf, GEMMA_REFERENCE);
+}
+
+#[test]
+fn reads_the_default_model_and_dequantizes_like_the_reference() {
+    let gguf = Gguf::open(&common::model()).unwrap();
+    assert_eq!(gguf.version, 3);
+    assert_eq!(gguf.architecture(), Some("llama"));
+    assert_eq!(gguf.tensors.len(), 272);
+    let count = |k| gguf.tensors.iter().filter(|t| t.kind == k).count();
+    assert_eq!(
+        (
+            count(QuantType::Q4_1),
+            count(QuantType::F32),
+            count(QuantType::Q8_0)
+        ),
+        (210, 61, 1)
+    );
+    assert_eq!(
+        gguf.get("llama.embedding_length").and_then(|v| v.as_u64()),
+        Some(576)
+    );
+    let tokens = gguf.get("tokenizer.ggml.tokens").unwrap();
+    assert!(matches!(tokens, tenets::train::gguf::Value::Array(a) if a.len() == 49152));
+
+    check_against_reference(&gguf, REFERENCE);
+}
+
+fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+    path
+}
+
+/// The model's header: everything before the tensor data.
+fn header() -> Vec<u8> {
+    let path = common::model();
+    let gguf = Gguf::open(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    bytes[..gguf.data_offset as usize].to_vec()
+}
+
+#[test]
+fn truncated_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header();
+    // Cut inside the metadata, inside the tensor infos, and with the data missing.
+    for cut in [
+        3,
+        10,
+        30,
+        1000,
+        header.len() / 2,
+        header.len() - 10,
+        header.len(),
+    ] {
+        let path = write(dir.path(), "cut.gguf", &header[..cut]);
+        match Gguf::open(&path) {
+            Err(
+                GgufError::NotGguf { .. } | GgufError::Corrupt { .. } | GgufError::Tensor { .. },
+            ) => {}
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+    let path = write(dir.path(), "cut.gguf", &header);
+    let err = Gguf::open(&path).unwrap_err().to_string();
+    assert!(err.contains("past the end of the file"), "{err}");
+}
+
+/// A minimal GGUF: magic, version, counts, then `rest`.
+fn handmade(tensors: u64, kvs: u64, rest: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(tensors.to_le_bytes());
+    b.extend(kvs.to_le_bytes());
+    b.extend(rest);
+    b
+}
+
+fn kv_string(key: &str, value_len: u64) -> Vec<u8> {
+    let mut b = (key.len() as u64).to_le_bytes().to_vec();
+    b.extend(key.as_bytes());
+    b.extend(8u32.to_le_bytes());
+    b.extend(value_len.to_le_bytes());
+    b
+}
+
+#[test]
+fn hostile_headers_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("magic", b"GGML\x03\0\0\0".to_vec(), "not a GGUF file"),
+        (
+            "version",
+            {
+                let mut b = handmade(0, 0, &[]);
+                b[4] = 9;
+                b
+            },
+            "version 9",
+        ),
+        (
+            "huge string",
+            handmade(0, 1, &kv_string("a", 1 << 60)),
+            "needs 1152921504606846976 bytes",
+        ),
+        ("counts", handmade(u64::MAX, 1, &[]), "cannot fit"),
+        (
+            "huge array",
+            handmade(0, 1, &{
+                let mut b = 1u64.to_le_bytes().to_vec();
+                b.extend(b"a");
+                b.extend(9u32.to_le_bytes());
+                b.extend(4u32.to_le_bytes());
+                b.extend((1u64 << 40).to_le_bytes());
+                b
+            }),
+            "array of",
+        ),
+        (
+            "unknown type",
+            handmade(0, 1, &{
+                let mut b = 1u64.to_le_bytes().to_vec();
+                b.extend(b"a");
+                b.extend(99u32.to_le_bytes());
+                b
+            }),
+            "unknown metadata type 99",
+        ),
+        (
+            "too many dims",
+            handmade(1, 0, &{
+                let mut b = 1u64.to_le_bytes().to_vec();
+                b.extend(b"t");
+                b.extend(9u32.to_le_bytes());
+                b
+            }),
+            "9 dimensions",
+        ),
+        (
+            "unsupported tensor type",
+            handmade(1, 0, &{
+                let mut b = 1u64.to_le_bytes().to_vec();
+                b.extend(b"t");
+                b.extend(1u32.to_le_bytes());
+                b.extend(32u64.to_le_bytes());
+                b.extend(19u32.to_le_bytes());
+                b.extend(0u64.to_le_bytes());
+                b
+            }),
+            "ggml type 19",
+        ),
+        (
+            "overflowing dims",
+            handmade(1, 0, &{
+                let mut b = 1u64.to_le_bytes().to_vec();
+                b.extend(b"t");
+                b.extend(2u32.to_le_bytes());
+                b.extend(u64::MAX.to_le_bytes());
+                b.extend(u64::MAX.to_le_bytes());
+                b.extend(0u32.to_le_bytes());
+                b.extend(0u64.to_le_bytes());
+                b
+            }),
+            "overflow",
+        ),
+    ];
+    for (what, bytes, needle) in cases {
+        let path = write(dir.path(), "h.gguf", &bytes);
+        let err = Gguf::open(&path).expect_err(what).to_string();
+        assert!(err.contains(needle), "{what}: {err}");
+        assert!(err.contains("h.gguf"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn random_corruption_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header();
+    // A fixed xorshift sequence: the same corruptions every run.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..200 {
+        let mut bytes = header.clone();
+        for _ in 0..4 {
+            let at = (next() % bytes.len() as u64) as usize;
+            bytes[at] = next() as u8;
+        }
+        let path = write(dir.path(), "flip.gguf", &bytes);
+        let _ = Gguf::open(&path); // Ok or Err; a panic fails the test
+    }
+}
