@@ -150,3 +150,17 @@ fn schema_command_prints_json_schema() {
     let weight = &schema["definitions"]["Principle"]["properties"]["weight"];
     assert_eq!(weight["exclusiveMinimum"], serde_json::json!(0.0));
 }
+
+#[test]
+fn the_committed_schema_file_matches_the_code() {
+    // The bundled constitutions point editors at ./constitution.schema.json; keep it current
+    // with `tenets schema > constitution.schema.json`.
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("constitution.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(committed, tenets::constitution::json_schema());
+}
