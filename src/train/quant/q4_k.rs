@@ -22,17 +22,23 @@ pub fn scale_min(j: usize, scales: &[u8]) -> (u8, u8) {
     }
 }
 
-pub fn dequantize(block: &[u8], out: &mut [f32]) {
+/// For 64-weight chunk `chunk` (0..4) of a Q4_K/Q5_K block (which share the `d`, `dmin`,
+/// `scales` header): the effective (scale, minimum) of its first and second 32 weights.
+pub fn chunk_scales(block: &[u8], chunk: usize) -> [(f32, f32); 2] {
     let d = super::f16_at(block, 0);
     let dmin = super::f16_at(block, 2);
     let scales = &block[4..16];
+    [2 * chunk, 2 * chunk + 1].map(|j| {
+        let (sc, m) = scale_min(j, scales);
+        (d * f32::from(sc), dmin * f32::from(m))
+    })
+}
+
+pub fn dequantize(block: &[u8], out: &mut [f32]) {
     let qs = &block[16..144];
     for chunk in 0..4 {
         let q = &qs[32 * chunk..32 * chunk + 32];
-        let (sc0, m0) = scale_min(2 * chunk, scales);
-        let (sc1, m1) = scale_min(2 * chunk + 1, scales);
-        let (d0, min0) = (d * f32::from(sc0), dmin * f32::from(m0));
-        let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
+        let [(d0, min0), (d1, min1)] = chunk_scales(block, chunk);
         let y = &mut out[64 * chunk..64 * chunk + 64];
         for l in 0..32 {
             y[l] = d0 * f32::from(q[l] & 0x0F) - min0;

@@ -3,24 +3,18 @@
 //! bits come from `qs` as in Q4_K; bit `2c` / `2c + 1` of `qh[l]` is the 5th bit of weight `l`
 //! of the first / second half of 64-weight chunk `c`. Weight = d · scale · q − dmin · min.
 
-use super::q4_k::scale_min;
+use super::q4_k::chunk_scales;
 
 pub const BLOCK_ELEMENTS: usize = 256;
 pub const BLOCK_BYTES: usize = 2 + 2 + 12 + 32 + 128;
 const _: () = assert!(BLOCK_BYTES == 176);
 
 pub fn dequantize(block: &[u8], out: &mut [f32]) {
-    let d = super::f16_at(block, 0);
-    let dmin = super::f16_at(block, 2);
-    let scales = &block[4..16];
     let qh = &block[16..48];
     let qs = &block[48..176];
     for chunk in 0..4 {
         let q = &qs[32 * chunk..32 * chunk + 32];
-        let (sc0, m0) = scale_min(2 * chunk, scales);
-        let (sc1, m1) = scale_min(2 * chunk + 1, scales);
-        let (d0, min0) = (d * f32::from(sc0), dmin * f32::from(m0));
-        let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
+        let [(d0, min0), (d1, min1)] = chunk_scales(block, chunk);
         let (bit0, bit1) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
         let y = &mut out[64 * chunk..64 * chunk + 64];
         for l in 0..32 {
