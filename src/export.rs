@@ -58,10 +58,7 @@ pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> 
     let db_rows = sqlx::query(sql)
         .fetch_all(store.pool())
         .await
-        .map_err(|source| StoreError::Sqlx {
-            path: store.path().to_path_buf(),
-            source,
-        })?;
+        .map_err(store.err())?;
     let mut out = Vec::with_capacity(db_rows.len());
     for row in db_rows {
         let messages: Vec<Message> = serde_json::from_str(row.get::<&str, _>(1))

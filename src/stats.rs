@@ -30,19 +30,12 @@ pub struct Count {
     pub count: i64,
 }
 
-fn err(store: &Store) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-    |source| StoreError::Sqlx {
-        path: store.path().to_path_buf(),
-        source,
-    }
-}
-
 async fn counts(store: &Store, sql: &str, run_id: &str) -> Result<Vec<Count>, StoreError> {
     let rows = sqlx::query(sql)
         .bind(run_id)
         .fetch_all(store.pool())
         .await
-        .map_err(err(store))?;
+        .map_err(store.err())?;
     Ok(rows
         .into_iter()
         .map(|r| Count {
@@ -58,7 +51,7 @@ pub async fn collect(store: &Store) -> Result<Vec<RunStats>, StoreError> {
     )
     .fetch_all(store.pool())
     .await
-    .map_err(err(store))?;
+    .map_err(store.err())?;
     let mut out = Vec::new();
     for run in runs {
         let run_id: String = run.get(0);
@@ -93,7 +86,7 @@ pub async fn collect(store: &Store) -> Result<Vec<RunStats>, StoreError> {
         .bind(&run_id)
         .fetch_one(store.pool())
         .await
-        .map_err(err(store))?;
+        .map_err(store.err())?;
         out.push(RunStats {
             run_id,
             created_at: run.get(1),

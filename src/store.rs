@@ -140,7 +140,8 @@ impl Store {
         })
     }
 
-    fn err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    /// Wraps a sqlx error with this database's path.
+    pub fn err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         |source| StoreError::Sqlx {
             path: self.path.clone(),
             source,

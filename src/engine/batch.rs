@@ -32,7 +32,6 @@ pub struct Sampling {
     /// 0 means greedy.
     pub temperature: f32,
     pub top_p: f32,
-    pub max_tokens: usize,
 }
 
 /// One turn for the model to generate.

@@ -179,7 +179,6 @@ pub async fn generate(
     let sampling = Sampling {
         temperature: options.temperature,
         top_p: options.top_p,
-        max_tokens: options.max_tokens,
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let (template_tx, template_rx) = oneshot::channel::<Arc<ChatTemplate>>();
