@@ -169,3 +169,29 @@ fn gpu_layers_without_a_gpu_backend_warns_loudly_and_runs_on_the_cpu() {
     }
     assert!(err.contains("3 steps written"), "{err}");
 }
+
+#[test]
+fn a_truncated_model_is_named_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::fs::read(common::model()).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &model[..3_000_000]).unwrap();
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(1));
+    let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["generate", "--model"])
+        .arg(&truncated)
+        .arg("--constitution")
+        .arg(common::repo("constitutions/harmless-helpful.yaml"))
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--db")
+        .arg(dir.path().join("out.db"))
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, dir.path(), "truncated.gguf");
+    assert!(
+        stderr(&out).contains("past the end of the file"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -85,23 +85,22 @@ pub fn gpu_offload_available() -> Result<bool, EngineError> {
     Ok(backend()?.supports_gpu_offload())
 }
 
-/// Checks the file before llama.cpp sees it, so that common mistakes get a clear message.
+/// Checks the file before llama.cpp sees it (and before a run writes anything): the header,
+/// metadata and every tensor's extent are read with tenets' bounds-checked GGUF reader, so a
+/// wrong, truncated or corrupt file gets a message that says what is wrong and where.
 pub fn check_model_file(path: &Path) -> Result<(), EngineError> {
-    use std::io::Read;
-    let fail = |message: String| EngineError::Model {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-    let mut magic = [0u8; 4];
-    file.read_exact(&mut magic)
-        .map_err(|_| fail("file is too short to be a GGUF model".into()))?;
-    if &magic != b"GGUF" {
-        return Err(fail(
-            "not a GGUF file (it does not start with the GGUF magic bytes)".into(),
-        ));
-    }
-    Ok(())
+    crate::train::gguf::Gguf::open(path)
+        .map(drop)
+        .map_err(|e| EngineError::Model {
+            path: path.to_path_buf(),
+            message: strip_path(&e.to_string(), path),
+        })
+}
+
+/// The GGUF reader's messages start with the path; the model error adds it again.
+fn strip_path(message: &str, path: &Path) -> String {
+    let prefix = format!("{}: ", path.display());
+    message.strip_prefix(&prefix).unwrap_or(message).to_string()
 }
 
 /// Loads a model file with the configured offload.
