@@ -217,101 +217,82 @@ fn truncated_files_are_errors() {
     assert!(err.contains("past the end of the file"), "{err}");
 }
 
-/// A minimal GGUF: magic, version, counts, then `rest`.
-fn handmade(tensors: u64, kvs: u64, rest: &[u8]) -> Vec<u8> {
-    let mut b = b"GGUF".to_vec();
-    b.extend(3u32.to_le_bytes());
-    b.extend(tensors.to_le_bytes());
-    b.extend(kvs.to_le_bytes());
-    b.extend(rest);
-    b
+/// Little-endian bytes for hand-made headers: `Le::default().s("key").u32(8).0`.
+#[derive(Default)]
+struct Le(Vec<u8>);
+
+impl Le {
+    fn u32(mut self, v: u32) -> Self {
+        self.0.extend(v.to_le_bytes());
+        self
+    }
+    fn u64(mut self, v: u64) -> Self {
+        self.0.extend(v.to_le_bytes());
+        self
+    }
+    /// A GGUF string: u64 length, then the bytes.
+    fn s(self, text: &str) -> Self {
+        let mut me = self.u64(text.len() as u64);
+        me.0.extend(text.as_bytes());
+        me
+    }
 }
 
-fn kv_string(key: &str, value_len: u64) -> Vec<u8> {
-    let mut b = (key.len() as u64).to_le_bytes().to_vec();
-    b.extend(key.as_bytes());
-    b.extend(8u32.to_le_bytes());
-    b.extend(value_len.to_le_bytes());
+/// A minimal GGUF: magic, version 3, counts, then `rest`.
+fn handmade(tensors: u64, kvs: u64, rest: Le) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(Le::default().u32(3).u64(tensors).u64(kvs).0);
+    b.extend(rest.0);
     b
 }
 
 #[test]
 fn hostile_headers_are_errors() {
     let dir = tempfile::tempdir().unwrap();
+    let mut bad_version = handmade(0, 0, Le::default());
+    bad_version[4] = 9;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("magic", b"GGML\x03\0\0\0".to_vec(), "not a GGUF file"),
-        (
-            "version",
-            {
-                let mut b = handmade(0, 0, &[]);
-                b[4] = 9;
-                b
-            },
-            "version 9",
-        ),
+        ("version", bad_version, "version 9"),
         (
             "huge string",
-            handmade(0, 1, &kv_string("a", 1 << 60)),
+            handmade(0, 1, Le::default().s("a").u32(8).u64(1 << 60)),
             "needs 1152921504606846976 bytes",
         ),
-        ("counts", handmade(u64::MAX, 1, &[]), "cannot fit"),
+        ("counts", handmade(u64::MAX, 1, Le::default()), "cannot fit"),
         (
             "huge array",
-            handmade(0, 1, &{
-                let mut b = 1u64.to_le_bytes().to_vec();
-                b.extend(b"a");
-                b.extend(9u32.to_le_bytes());
-                b.extend(4u32.to_le_bytes());
-                b.extend((1u64 << 40).to_le_bytes());
-                b
-            }),
+            handmade(0, 1, Le::default().s("a").u32(9).u32(4).u64(1 << 40)),
             "array of",
         ),
         (
             "unknown type",
-            handmade(0, 1, &{
-                let mut b = 1u64.to_le_bytes().to_vec();
-                b.extend(b"a");
-                b.extend(99u32.to_le_bytes());
-                b
-            }),
+            handmade(0, 1, Le::default().s("a").u32(99)),
             "unknown metadata type 99",
         ),
         (
             "too many dims",
-            handmade(1, 0, &{
-                let mut b = 1u64.to_le_bytes().to_vec();
-                b.extend(b"t");
-                b.extend(9u32.to_le_bytes());
-                b
-            }),
+            handmade(1, 0, Le::default().s("t").u32(9)),
             "9 dimensions",
         ),
         (
             "unsupported tensor type",
-            handmade(1, 0, &{
-                let mut b = 1u64.to_le_bytes().to_vec();
-                b.extend(b"t");
-                b.extend(1u32.to_le_bytes());
-                b.extend(32u64.to_le_bytes());
-                b.extend(19u32.to_le_bytes());
-                b.extend(0u64.to_le_bytes());
-                b
-            }),
+            handmade(1, 0, Le::default().s("t").u32(1).u64(32).u32(19).u64(0)),
             "ggml type 19",
         ),
         (
             "overflowing dims",
-            handmade(1, 0, &{
-                let mut b = 1u64.to_le_bytes().to_vec();
-                b.extend(b"t");
-                b.extend(2u32.to_le_bytes());
-                b.extend(u64::MAX.to_le_bytes());
-                b.extend(u64::MAX.to_le_bytes());
-                b.extend(0u32.to_le_bytes());
-                b.extend(0u64.to_le_bytes());
-                b
-            }),
+            handmade(
+                1,
+                0,
+                Le::default()
+                    .s("t")
+                    .u32(2)
+                    .u64(u64::MAX)
+                    .u64(u64::MAX)
+                    .u32(0)
+                    .u64(0),
+            ),
             "overflow",
         ),
     ];
