@@ -195,3 +195,20 @@ fn a_truncated_model_is_named_before_anything_is_written() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_file_that_is_not_a_database_is_named_once_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("notes.db");
+    std::fs::write(&db, "my notes\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["stats", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("{}", db.display())), "{err}");
+    assert_eq!(err.matches("file is not a database").count(), 1, "{err}");
+    assert_eq!(std::fs::read_to_string(&db).unwrap(), "my notes\n");
+}
