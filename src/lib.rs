@@ -13,6 +13,7 @@ pub mod hash;
 pub mod models;
 pub mod pipeline;
 pub mod prompt;
+pub mod score;
 pub mod stats;
 pub mod store;
 pub mod train;

@@ -11,7 +11,9 @@ use tenets::constitution::{self, starter, Constitution};
 use tenets::engine::StopSignal;
 use tenets::export::{self, Format, Kind};
 use tenets::pipeline::{self, GenerateOptions};
+use tenets::score::{self, ScoreEngine, ScoreInput, ScoreOptions};
 use tenets::store::Store;
+use tenets::train::quant::matmul::Kernel;
 use tenets::{models, stats};
 
 #[derive(Parser)]
@@ -52,6 +54,8 @@ enum Command {
     Schema,
     /// Write a commented starter constitution NAME.yaml (and the schema next to it).
     Init { name: String },
+    /// Per-token log-probabilities of a text or a chat, from the native engine or llama.cpp.
+    Score(ScoreArgs),
     /// Summarise a database: steps per stage and principle, pairs, failures.
     Stats {
         #[arg(long)]
@@ -107,6 +111,48 @@ struct GenerateArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// GGUF model file [default: the model fetched by scripts/setup]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// native: tenets' own forward over the quantized weights; llama: llama.cpp.
+    #[arg(long, value_enum, default_value = "native")]
+    engine: EngineArg,
+    /// A UTF-8 text file, scored as it is.
+    #[arg(
+        long,
+        required_unless_present = "chat_file",
+        conflicts_with = "chat_file"
+    )]
+    text_file: Option<PathBuf>,
+    /// A JSON chat ([{"role": ..., "content": ...}, ...]), framed by the model's chat template.
+    #[arg(long)]
+    chat_file: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Compute threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Native engine kernels.
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel: KernelArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Native,
+    Llama,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KernelArg {
+    Auto,
+    Scalar,
+    Avx2,
 }
 
 fn init_logging(verbose: u8) {
@@ -186,6 +232,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { name } => init(&name),
+        Command::Score(args) => score(args),
         Command::Stats { db, json } => {
             let store = Store::open_existing(&db).await?;
             let stats = stats::collect(&store).await?;
@@ -242,6 +289,55 @@ fn init(name: &str) -> Result<ExitCode> {
         starter::SCHEMA_FILE,
         path.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn score(args: ScoreArgs) -> Result<ExitCode> {
+    let model = args.model.unwrap_or_else(models::default_model_path);
+    if !model.exists() {
+        bail!(
+            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
+            model.display()
+        );
+    }
+    let engine = match args.engine {
+        EngineArg::Native => ScoreEngine::Native,
+        EngineArg::Llama => ScoreEngine::Llama,
+    };
+    let mut options = ScoreOptions::new(model, engine);
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        options.threads = threads;
+    }
+    options.kernel = match args.kernel {
+        KernelArg::Auto => Kernel::detect(),
+        KernelArg::Scalar => Kernel::Scalar,
+        KernelArg::Avx2 => Kernel::Avx2,
+    };
+    let input = match (args.text_file, args.chat_file) {
+        (Some(path), _) => {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: not UTF-8 text (invalid byte at offset {})",
+                    path.display(),
+                    e.utf8_error().valid_up_to()
+                )
+            })?;
+            ScoreInput::Text(text)
+        }
+        (None, Some(path)) => ScoreInput::Chat(score::read_chat_file(&path)?),
+        (None, None) => bail!("give --text-file or --chat-file"),
+    };
+    let report = score::score(&options, &input)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", score::render(&report));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,6 +6,7 @@
 //! (answer, critique, revision) belongs to the pipeline.
 
 pub mod batch;
+pub mod score;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

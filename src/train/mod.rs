@@ -2,4 +2,5 @@
 //! independent of llama.cpp. Model code, LoRA, DPO and the optimiser build on these.
 
 pub mod gguf;
+pub mod model;
 pub mod quant;

@@ -3,7 +3,10 @@
 //!
 //! A row of `n` weights is `n / block_elements` consecutive blocks of `block_bytes` bytes.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod float;
+pub mod matmul;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -46,6 +49,23 @@ impl QuantType {
             30 => QuantType::BF16,
             _ => return None,
         })
+    }
+
+    /// ggml's `ggml_type` number.
+    pub fn ggml_id(self) -> u32 {
+        match self {
+            QuantType::F32 => 0,
+            QuantType::F16 => 1,
+            QuantType::Q4_0 => 2,
+            QuantType::Q4_1 => 3,
+            QuantType::Q5_0 => 6,
+            QuantType::Q5_1 => 7,
+            QuantType::Q8_0 => 8,
+            QuantType::Q4K => 12,
+            QuantType::Q5K => 13,
+            QuantType::Q6K => 14,
+            QuantType::BF16 => 30,
+        }
     }
 
     /// Weights per block.
@@ -137,6 +157,47 @@ pub fn dequantize_row(kind: QuantType, bytes: &[u8], out: &mut [f32]) -> Result<
 /// Reads the little-endian f16 at `at` as f32.
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     float::f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// Random but well-formed blocks for `n` weights (finite scales of a realistic size), for tests and
+/// benchmarks of the kernels.
+pub fn random_blocks(kind: QuantType, n: usize, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut bytes = vec![0u8; kind.row_bytes(n)];
+    rng.fill(bytes.as_mut_slice());
+    let half = |rng: &mut rand_chacha::ChaCha8Rng, scale: f32| {
+        // An f16 in ±[scale/2, scale): sign, exponent near scale's, random mantissa.
+        let e = (scale.log2().floor() as i32 + 14).clamp(1, 30) as u16;
+        let sign = if rng.gen::<bool>() { 0x8000 } else { 0 };
+        (sign | (e << 10) | rng.gen_range(0..0x400u16)).to_le_bytes()
+    };
+    // Offsets of the f16 fields in each block.
+    let fields: &[usize] = match kind {
+        QuantType::F32 => {
+            for v in bytes.chunks_exact_mut(4) {
+                v.copy_from_slice(&rng.gen_range(-1.0f32..1.0).to_le_bytes());
+            }
+            &[]
+        }
+        QuantType::F16 => &[0],
+        QuantType::BF16 => {
+            for v in bytes.chunks_exact_mut(2) {
+                let x = rng.gen_range(-1.0f32..1.0).to_bits();
+                v.copy_from_slice(&((x >> 16) as u16).to_le_bytes());
+            }
+            &[]
+        }
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
+        QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4K | QuantType::Q5K => &[0, 2],
+        QuantType::Q6K => &[208],
+    };
+    for block in bytes.chunks_exact_mut(kind.block_bytes()) {
+        for &at in fields {
+            block[at..at + 2].copy_from_slice(&half(&mut rng, 0.05));
+        }
+    }
+    bytes
 }
 
 #[cfg(test)]

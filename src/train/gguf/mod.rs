@@ -5,6 +5,8 @@
 //! before it is used, so a truncated, corrupt or hostile file gives a [`GgufError`] naming what
 //! and where — never a panic, an out-of-bounds read or a huge allocation.
 
+pub mod writer;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,58 @@
+//! Log-probabilities of a given token sequence under llama.cpp: the whole sequence decoded in
+//! one batch with logits at every position — the reference the native forward is checked
+//! against, and `tenets score --engine llama`.
+
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use std::num::NonZeroU32;
+
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+
+use super::{backend, EngineConfig, EngineError};
+
+/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED`.
+const FLASH_ATTENTION_DISABLED: i32 = 0;
+use crate::train::model::{score_row, TokenScore};
+
+/// For each position `i ≥ 1`, the log-probability llama.cpp gives `tokens[i]` after
+/// `tokens[..i]` and its top choice there.
+pub fn score_tokens(
+    model: &LlamaModel,
+    config: &EngineConfig,
+    tokens: &[LlamaToken],
+) -> Result<Vec<TokenScore>, EngineError> {
+    if tokens.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let n = tokens.len();
+    let threads = i32::try_from(config.threads.max(1)).unwrap_or(1);
+    let batch_len = u32::try_from(n).unwrap_or(u32::MAX);
+    // The most exact llama.cpp there is: an f32 KV cache and no flash attention (whose f16
+    // accumulators would add their own error), so what remains is its weight arithmetic.
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(batch_len.next_multiple_of(256)))
+        .with_n_batch(batch_len)
+        .with_n_ubatch(batch_len)
+        .with_n_seq_max(1)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_type_k(KvCacheType::F32)
+        .with_type_v(KvCacheType::F32)
+        .with_flash_attention_policy(FLASH_ATTENTION_DISABLED);
+    let mut ctx = model
+        .new_context(backend()?, params)
+        .map_err(|e| EngineError::Context(format!("{e} (n_ctx for {n} tokens)")))?;
+    let mut batch = LlamaBatch::new(n, 1);
+    for (i, &t) in tokens.iter().enumerate() {
+        batch
+            .add(t, i as i32, &[0], i + 1 < n)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+    }
+    ctx.decode(&mut batch)
+        .map_err(|e| EngineError::Decode(e.to_string()))?;
+    Ok((0..n - 1)
+        .map(|i| score_row(ctx.get_logits_ith(i as i32), tokens[i + 1].0 as u32))
+        .collect())
+}

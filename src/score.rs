@@ -1,0 +1,269 @@
+//! Per-token log-probabilities of a text or a chat under a model, from the native forward
+//! ([`crate::train::model`]) or from llama.cpp ([`crate::engine::score`]) — `tenets score`, the
+//! check a user runs to see that the two agree on their own model, and what the trainer's
+//! reference log-probs are checked with.
+//!
+//! Text is tokenized by llama.cpp's tokenizer for both engines (the same tokens go to both), with
+//! special-token parsing off: user text is data. A chat goes through the model's own template.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::chat::Message;
+use crate::engine::{self, EngineConfig, EngineError};
+use crate::train::model::{Model, ModelError, TokenScore};
+use crate::train::quant::matmul::{Compute, Kernel, MatmulError};
+
+/// Which implementation computes the log-probs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreEngine {
+    /// tenets' own forward over the quantized weights (f32 activations).
+    Native,
+    /// llama.cpp through llama-cpp-2 (f32 KV cache, no flash attention: its most exact mode).
+    Llama,
+}
+
+impl ScoreEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreEngine::Native => "native",
+            ScoreEngine::Llama => "llama",
+        }
+    }
+}
+
+/// What to score.
+#[derive(Debug, Clone)]
+pub enum ScoreInput {
+    /// Plain text (a BOS token first when the model wants one).
+    Text(String),
+    /// A conversation, framed by the model's chat template.
+    Chat(Vec<Message>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    ChatFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Matmul(#[from] MatmulError),
+    #[error("the input is {0} token(s): at least 2 are needed to score anything")]
+    TooShort(usize),
+}
+
+/// How to score.
+#[derive(Debug, Clone)]
+pub struct ScoreOptions {
+    pub model: PathBuf,
+    pub engine: ScoreEngine,
+    pub threads: usize,
+    /// Native engine kernels (default: the fastest this CPU runs).
+    pub kernel: Kernel,
+}
+
+impl ScoreOptions {
+    pub fn new(model: impl Into<PathBuf>, engine: ScoreEngine) -> Self {
+        ScoreOptions {
+            model: model.into(),
+            engine,
+            threads: engine::default_threads(),
+            kernel: Kernel::detect(),
+        }
+    }
+}
+
+/// One token and, from the second on, how the model scored it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoredToken {
+    pub id: u32,
+    pub piece: String,
+    /// log p(token | tokens before it); absent for the first token.
+    pub logprob: Option<f64>,
+    /// The model's most likely token at this position, and its log-probability.
+    pub top: Option<u32>,
+    pub top_logprob: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreReport {
+    pub engine: &'static str,
+    pub model: String,
+    pub tokens: Vec<ScoredToken>,
+    /// Tokens with a log-probability (all but the first).
+    pub scored: usize,
+    pub sum_logprob: f64,
+    pub mean_logprob: f64,
+    pub perplexity: f64,
+    /// Time spent computing (model load and tokenization excluded).
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+}
+
+/// Reads a chat file: a JSON array of `{"role", "content"}` messages, or an object with such
+/// an array under `messages`.
+pub fn read_chat_file(path: &Path) -> Result<Vec<Message>, ScoreError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum ChatFile {
+        List(Vec<Message>),
+        Object { messages: Vec<Message> },
+    }
+    let bad = |message: String| ScoreError::ChatFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let messages = match serde_json::from_str::<ChatFile>(&text) {
+        Ok(ChatFile::List(m)) | Ok(ChatFile::Object { messages: m }) => m,
+        Err(e) => {
+            return Err(bad(format!(
+                "line {}, column {}: expected a JSON array of {{\"role\", \"content\"}} messages \
+                 (or {{\"messages\": [...]}}): {e}",
+                e.line(),
+                e.column()
+            )))
+        }
+    };
+    if messages.is_empty() {
+        return Err(bad("the chat has no messages".into()));
+    }
+    Ok(messages)
+}
+
+/// Tokenizes the input with the model's tokenizer (and chat template).
+pub fn tokenize(
+    model: &llama_cpp_2::model::LlamaModel,
+    input: &ScoreInput,
+) -> Result<Vec<u32>, ScoreError> {
+    let tokens = match input {
+        ScoreInput::Text(text) => {
+            let vocab = model.vocab();
+            vocab.tokenize(text.as_bytes(), vocab.should_add_bos(), false)
+        }
+        ScoreInput::Chat(messages) => {
+            let template = engine::chat_template(model)?;
+            let segments = template
+                .render(messages, false)
+                .map_err(EngineError::from)?;
+            engine::tokenize_segments(model, &segments)
+        }
+    };
+    Ok(tokens.into_iter().map(|t| t.0 as u32).collect())
+}
+
+/// Scores the input with the chosen engine.
+pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, ScoreError> {
+    let config = EngineConfig {
+        threads: options.threads,
+        ..EngineConfig::new(&options.model)
+    };
+    let llama = engine::load_model(&config)?;
+    let tokens = tokenize(&llama, input)?;
+    if tokens.len() < 2 {
+        return Err(ScoreError::TooShort(tokens.len()));
+    }
+    let started = Instant::now();
+    let scores = match options.engine {
+        ScoreEngine::Llama => {
+            let ids: Vec<_> = tokens
+                .iter()
+                .map(|&t| llama_cpp_2::token::LlamaToken(t as i32))
+                .collect();
+            engine::score::score_tokens(&llama, &config, &ids)?
+        }
+        ScoreEngine::Native => {
+            let compute = Compute::new(options.threads, options.kernel)?;
+            let model = Model::open(&options.model)?;
+            model.score(&compute, &tokens)?
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let vocab = llama.vocab();
+    let piece = |t: u32| {
+        String::from_utf8_lossy(&vocab.token_to_piece(
+            llama_cpp_2::token::LlamaToken(t as i32),
+            true,
+            None,
+        ))
+        .into_owned()
+    };
+    Ok(report(options, &tokens, &scores, seconds, piece))
+}
+
+fn report(
+    options: &ScoreOptions,
+    tokens: &[u32],
+    scores: &[TokenScore],
+    seconds: f64,
+    piece: impl Fn(u32) -> String,
+) -> ScoreReport {
+    let mut out = vec![ScoredToken {
+        id: tokens[0],
+        piece: piece(tokens[0]),
+        logprob: None,
+        top: None,
+        top_logprob: None,
+    }];
+    out.extend(tokens[1..].iter().zip(scores).map(|(&id, s)| ScoredToken {
+        id,
+        piece: piece(id),
+        logprob: Some(s.logprob),
+        top: Some(s.top),
+        top_logprob: Some(s.top_logprob),
+    }));
+    let sum: f64 = scores.iter().map(|s| s.logprob).sum();
+    let scored = scores.len();
+    let mean = sum / scored.max(1) as f64;
+    ScoreReport {
+        engine: options.engine.name(),
+        model: options.model.display().to_string(),
+        tokens: out,
+        scored,
+        sum_logprob: sum,
+        mean_logprob: mean,
+        perplexity: (-mean).exp(),
+        seconds,
+        tokens_per_second: tokens.len() as f64 / seconds.max(1e-9),
+    }
+}
+
+/// A plain-text table of the report, one token a line.
+pub fn render(report: &ScoreReport) -> String {
+    let mut out = format!(
+        "{} engine, {}\n{:>6}  {:>10}  {:>8}  token\n",
+        report.engine, report.model, "pos", "logprob", "top"
+    );
+    for (i, t) in report.tokens.iter().enumerate() {
+        let lp = t.logprob.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let top = match t.top {
+            Some(top) if top == t.id => "=".to_string(),
+            Some(top) => top.to_string(),
+            None => "-".to_string(),
+        };
+        out.push_str(&format!("{i:>6}  {lp:>10}  {top:>8}  {:?}\n", t.piece));
+    }
+    out.push_str(&format!(
+        "{} tokens scored: sum {:.3}, mean {:.4} nats, perplexity {:.3}; {:.2} s ({:.1} tokens/s)\n",
+        report.scored,
+        report.sum_logprob,
+        report.mean_logprob,
+        report.perplexity,
+        report.seconds,
+        report.tokens_per_second
+    ));
+    out
+}

@@ -1,0 +1,376 @@
+//! The native transformer forward over a GGUF file's weights as they are stored — still
+//! quantized, memory-mapped, decoded a panel at a time by the kernels in
+//! [`crate::train::quant::matmul`]. Llama (SmolLM2) and Gemma 3, with f32 activations; it computes
+//! what llama.cpp computes for the same file, and is the base the LoRA trainer builds on.
+
+pub mod config;
+pub mod ops;
+
+use std::path::{Path, PathBuf};
+
+use crate::train::gguf::{Gguf, GgufError, TensorInfo};
+use crate::train::quant::dequantize_row;
+use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
+
+pub use config::{Activation, Architecture, Config, RopeLayout};
+use ops::{AttentionShape, RopeTable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("{path}: metadata key `{key}` is missing or not a number")]
+    MissingKey { path: PathBuf, key: String },
+    #[error("{path}: tensor `{name}` is missing")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        got: Vec<u64>,
+        expected: Vec<u64>,
+    },
+    #[error("{path}: unsupported {what}")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("token {token} is outside the vocabulary of {vocab}")]
+    Token { token: u32, vocab: usize },
+    #[error(transparent)]
+    Matmul(#[from] MatmulError),
+}
+
+impl ModelError {
+    fn missing_key(gguf: &Gguf, key: &str) -> Self {
+        ModelError::MissingKey {
+            path: gguf.path().to_path_buf(),
+            key: key.to_string(),
+        }
+    }
+}
+
+/// A weight matrix in the file: `rows` outputs of `cols` inputs.
+#[derive(Debug, Clone)]
+struct Weight {
+    tensor: TensorInfo,
+    rows: usize,
+    cols: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Weight,
+    k: Weight,
+    v: Weight,
+    o: Weight,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// The log-probability the model gives the token that actually comes next, and its own top
+/// choice there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenScore {
+    pub logprob: f64,
+    pub top: u32,
+    pub top_logprob: f64,
+}
+
+/// A model ready to run: the mapped file, its config and where each weight lies.
+pub struct Model {
+    gguf: Gguf,
+    config: Config,
+    embed: Weight,
+    output: Weight,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// Tokens whose logits are computed together at the output head: bounds the logits buffer
+/// (vocabularies reach 262 144) while keeping the matmul wide.
+const HEAD_CHUNK: usize = 32;
+
+impl Model {
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        Model::load(Gguf::open(path)?)
+    }
+
+    pub fn load(gguf: Gguf) -> Result<Self, ModelError> {
+        let config = Config::from_gguf(&gguf)?;
+        let c = &config;
+        let (e, qd, kvd) = (c.embedding, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let embed = weight(&gguf, "token_embd.weight", c.vocab, e)?;
+        let output = match gguf.tensor("output.weight") {
+            Some(_) => weight(&gguf, "output.weight", c.vocab, e)?,
+            None => embed.clone(),
+        };
+        let output_norm = vector(&gguf, "output_norm.weight", e)?;
+        let gemma = c.architecture == Architecture::Gemma3;
+        let mut layers = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let name = |n: &str| format!("blk.{l}.{n}.weight");
+            let required_for_gemma =
+                |n: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
+                    if gemma {
+                        vector(&gguf, &name(n), len).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
+            layers.push(Layer {
+                attn_norm: vector(&gguf, &name("attn_norm"), e)?,
+                q: weight(&gguf, &name("attn_q"), qd, e)?,
+                k: weight(&gguf, &name("attn_k"), kvd, e)?,
+                v: weight(&gguf, &name("attn_v"), kvd, e)?,
+                o: weight(&gguf, &name("attn_output"), e, qd)?,
+                q_norm: required_for_gemma("attn_q_norm", c.head_dim)?,
+                k_norm: required_for_gemma("attn_k_norm", c.head_dim)?,
+                post_attn_norm: required_for_gemma("post_attention_norm", e)?,
+                ffn_norm: vector(&gguf, &name("ffn_norm"), e)?,
+                gate: weight(&gguf, &name("ffn_gate"), c.feed_forward, e)?,
+                up: weight(&gguf, &name("ffn_up"), c.feed_forward, e)?,
+                down: weight(&gguf, &name("ffn_down"), e, c.feed_forward)?,
+                post_ffn_norm: required_for_gemma("post_ffw_norm", e)?,
+            });
+        }
+        Ok(Model {
+            gguf,
+            config,
+            embed,
+            output,
+            output_norm,
+            layers,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn path(&self) -> &Path {
+        self.gguf.path()
+    }
+
+    /// Bytes of the model file (what stays mapped; weights are never expanded as a whole).
+    pub fn file_bytes(&self) -> u64 {
+        self.gguf.tensors.iter().map(|t| t.size).sum()
+    }
+
+    fn matrix(&self, w: &Weight) -> Result<Matrix<'_>, ModelError> {
+        Ok(Matrix::blocks(
+            w.tensor.kind,
+            w.rows,
+            w.cols,
+            self.gguf.data(&w.tensor),
+        )?)
+    }
+
+    /// `x · Wᵀ` for `tokens` rows of `x`.
+    fn linear(&self, compute: &Compute, x: &[f32], w: &Weight) -> Result<Vec<f32>, ModelError> {
+        let mut y = vec![0.0; x.len() / w.cols * w.rows];
+        compute.matmul_t(x, &self.matrix(w)?, &mut y)?;
+        Ok(y)
+    }
+
+    /// The hidden state after the final norm, `tokens × embedding`, for tokens at positions
+    /// `0..tokens.len()`.
+    pub fn hidden(&self, compute: &Compute, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let (n, e) = (tokens.len(), c.embedding);
+        let mut x = self.embed_tokens(tokens)?;
+        // One RoPE table per distinct base (Gemma 3's local and global layers differ).
+        let mut tables: Vec<(f32, RopeTable)> = Vec::new();
+        for l in 0..c.layers {
+            let base = c.rope_base_of(l);
+            if !tables.iter().any(|(b, _)| *b == base) {
+                tables.push((base, RopeTable::new(n, c.rope_dims, base, c.rope_scale)));
+            }
+        }
+        let mut h = vec![0.0; n * e];
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            ops::rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut h);
+            let mut q = self.linear(compute, &h, &layer.q)?;
+            let mut k = self.linear(compute, &h, &layer.k)?;
+            let v = self.linear(compute, &h, &layer.v)?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                ops::rms_norm_in_place(&mut q, qn, c.norm_eps);
+                ops::rms_norm_in_place(&mut k, kn, c.norm_eps);
+            }
+            let base = c.rope_base_of(l);
+            let table = tables
+                .iter()
+                .find(|(b, _)| *b == base)
+                .map(|(_, t)| t)
+                .expect("a table was made for every layer's base");
+            ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
+            ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
+            let shape = AttentionShape {
+                tokens: n,
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: c.head_dim,
+                scale: c.attention_scale,
+                window: c.window_of(l),
+            };
+            let att = ops::attention(compute, &q, &k, &v, shape)?;
+            let mut o = self.linear(compute, &att, &layer.o)?;
+            if let Some(post) = &layer.post_attn_norm {
+                ops::rms_norm_in_place(&mut o, post, c.norm_eps);
+            }
+            add_assign(&mut x, &o);
+
+            // Feed-forward block.
+            ops::rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut h);
+            let gate = self.linear(compute, &h, &layer.gate)?;
+            let up = self.linear(compute, &h, &layer.up)?;
+            let mut act = vec![0.0; gate.len()];
+            ops::glu(&gate, &up, c.activation, &mut act);
+            let mut down = self.linear(compute, &act, &layer.down)?;
+            if let Some(post) = &layer.post_ffn_norm {
+                ops::rms_norm_in_place(&mut down, post, c.norm_eps);
+            }
+            add_assign(&mut x, &down);
+        }
+        ops::rms_norm_in_place(&mut x, &self.output_norm, c.norm_eps);
+        Ok(x)
+    }
+
+    /// Token embeddings (scaled for Gemma), `tokens × embedding`.
+    fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let e = c.embedding;
+        let bytes = self.gguf.data(&self.embed.tensor);
+        let row_bytes = self.embed.tensor.kind.row_bytes(e);
+        let mut x = vec![0.0; tokens.len() * e];
+        for (&t, out) in tokens.iter().zip(x.chunks_exact_mut(e)) {
+            let at = t as usize;
+            if at >= c.vocab {
+                return Err(ModelError::Token {
+                    token: t,
+                    vocab: c.vocab,
+                });
+            }
+            dequantize_row(
+                self.embed.tensor.kind,
+                &bytes[at * row_bytes..(at + 1) * row_bytes],
+                out,
+            )
+            .map_err(|err| ModelError::Unsupported {
+                path: self.path().to_path_buf(),
+                what: err.to_string(),
+            })?;
+            if c.embedding_scale != 1.0 {
+                out.iter_mut().for_each(|v| *v *= c.embedding_scale);
+            }
+        }
+        Ok(x)
+    }
+
+    /// Logits of `rows` hidden states (`rows × vocab`), softcapped where the model says so.
+    pub fn logits(&self, compute: &Compute, hidden: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let mut logits = self.linear(compute, hidden, &self.output)?;
+        if let Some(cap) = self.config.final_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
+        Ok(logits)
+    }
+
+    /// For each position `i ≥ 1`: the log-probability of `tokens[i]` after `tokens[..i]`, and
+    /// the model's top choice there. `tokens.len() − 1` scores.
+    pub fn score(&self, compute: &Compute, tokens: &[u32]) -> Result<Vec<TokenScore>, ModelError> {
+        if tokens.len() < 2 {
+            // Still check the tokens, so a bad id is reported the same way.
+            self.embed_tokens(tokens)?;
+            return Ok(Vec::new());
+        }
+        let e = self.config.embedding;
+        let hidden = self.hidden(compute, &tokens[..tokens.len() - 1])?;
+        let mut scores = Vec::with_capacity(tokens.len() - 1);
+        for (chunk, next) in hidden
+            .chunks(HEAD_CHUNK * e)
+            .zip(tokens[1..].chunks(HEAD_CHUNK))
+        {
+            let logits = self.logits(compute, chunk)?;
+            for (row, &next) in logits.chunks_exact(self.config.vocab).zip(next) {
+                scores.push(score_row(row, next));
+            }
+        }
+        Ok(scores)
+    }
+}
+
+/// Log-softmax of one row of logits, read at `next` and at its maximum.
+pub fn score_row(row: &[f32], next: u32) -> TokenScore {
+    let (top, max) = row
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        });
+    let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+    let log_z = f64::from(max) + sum.ln();
+    TokenScore {
+        logprob: f64::from(row[next as usize]) - log_z,
+        top: top as u32,
+        top_logprob: f64::from(max) - log_z,
+    }
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// The tensor `name` as a weight of `rows` outputs and `cols` inputs, shape checked.
+fn weight(gguf: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+    let tensor = gguf.tensor(name).ok_or_else(|| ModelError::MissingTensor {
+        path: gguf.path().to_path_buf(),
+        name: name.to_string(),
+    })?;
+    let expected = vec![cols as u64, rows as u64];
+    if tensor.dims != expected {
+        return Err(ModelError::Shape {
+            path: gguf.path().to_path_buf(),
+            name: name.to_string(),
+            got: tensor.dims.clone(),
+            expected,
+        });
+    }
+    Ok(Weight {
+        tensor: tensor.clone(),
+        rows,
+        cols,
+    })
+}
+
+/// A 1-D tensor (norm weights) decoded to f32.
+fn vector(gguf: &Gguf, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let tensor = gguf.tensor(name).ok_or_else(|| ModelError::MissingTensor {
+        path: gguf.path().to_path_buf(),
+        name: name.to_string(),
+    })?;
+    if tensor.dims != [len as u64] || tensor.kind.block_elements() != 1 {
+        return Err(ModelError::Shape {
+            path: gguf.path().to_path_buf(),
+            name: name.to_string(),
+            got: tensor.dims.clone(),
+            expected: vec![len as u64],
+        });
+    }
+    let mut out = vec![0.0; len];
+    dequantize_row(tensor.kind, gguf.data(tensor), &mut out).map_err(|err| {
+        ModelError::Unsupported {
+            path: gguf.path().to_path_buf(),
+            what: format!("tensor `{name}`: {err}"),
+        }
+    })?;
+    Ok(out)
+}

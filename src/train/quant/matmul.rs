@@ -1,0 +1,555 @@
+//! Products of f32 activations with a weight matrix stored as GGUF blocks:
+//! `y = x · Wᵀ` (the forward pass of a linear layer) and `dx = dy · W` (the backward pass through a
+//! frozen weight). W is decoded a panel of rows at a time into a small f32 buffer — never as a
+//! whole — and each panel meets every token in a register-blocked micro-kernel: AVX2+FMA where
+//! the CPU has it (chosen at run time), a plain scalar loop everywhere else. Panels are spread
+//! over a thread pool; every output element is summed by one thread in a fixed order, so results
+//! do not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use super::{dequantize_row, QuantType};
+
+/// Rows of W decoded together: small enough that the panel stays in L2 next to the activations.
+const PANEL_ROWS: usize = 16;
+
+/// Which micro-kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust, any CPU: the reference the fast paths are tested against.
+    Scalar,
+    /// x86-64 AVX2 with FMA.
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        if Kernel::Avx2.available() {
+            Kernel::Avx2
+        } else {
+            Kernel::Scalar
+        }
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MatmulError {
+    #[error("{kind:?} matrix of {rows}×{cols}: {bytes} bytes given, {expected} needed")]
+    Size {
+        kind: QuantType,
+        rows: usize,
+        cols: usize,
+        bytes: usize,
+        expected: usize,
+    },
+    #[error("{kind:?} rows hold blocks of {block} weights; {cols} columns is not a multiple")]
+    Columns {
+        kind: QuantType,
+        cols: usize,
+        block: usize,
+    },
+    #[error("{what}: {got} values given, {expected} expected")]
+    Operand {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    #[error("the {0:?} kernel does not run on this CPU")]
+    Unavailable(Kernel),
+    #[error("cannot start the compute threads: {0}")]
+    Threads(String),
+}
+
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Blocks {
+        kind: QuantType,
+        bytes: &'a [u8],
+        row_bytes: usize,
+    },
+    F32(&'a [f32]),
+}
+
+/// A `rows × cols` weight matrix, row-major: row `r` holds the `cols` weights that produce output
+/// `r` (ggml's layout, `dims[0] = cols`).
+#[derive(Clone, Copy)]
+pub struct Matrix<'a> {
+    rows: usize,
+    cols: usize,
+    source: Source<'a>,
+}
+
+impl<'a> Matrix<'a> {
+    /// A matrix in GGUF blocks (any [`QuantType`], F32/F16/BF16 included).
+    pub fn blocks(
+        kind: QuantType,
+        rows: usize,
+        cols: usize,
+        bytes: &'a [u8],
+    ) -> Result<Self, MatmulError> {
+        let block = kind.block_elements();
+        if cols % block != 0 {
+            return Err(MatmulError::Columns { kind, cols, block });
+        }
+        let row_bytes = kind.row_bytes(cols);
+        let expected = row_bytes.saturating_mul(rows);
+        if bytes.len() != expected {
+            return Err(MatmulError::Size {
+                kind,
+                rows,
+                cols,
+                bytes: bytes.len(),
+                expected,
+            });
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            source: Source::Blocks {
+                kind,
+                bytes,
+                row_bytes,
+            },
+        })
+    }
+
+    /// A matrix of plain f32 values (activations, LoRA factors), used in place.
+    pub fn f32(rows: usize, cols: usize, values: &'a [f32]) -> Result<Self, MatmulError> {
+        if values.len() != rows * cols {
+            return Err(MatmulError::Size {
+                kind: QuantType::F32,
+                rows,
+                cols,
+                bytes: values.len() * 4,
+                expected: rows * cols * 4,
+            });
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            source: Source::F32(values),
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn kind(&self) -> QuantType {
+        match self.source {
+            Source::Blocks { kind, .. } => kind,
+            Source::F32(_) => QuantType::F32,
+        }
+    }
+
+    /// Weights per block along a row: column ranges handed to threads start on these.
+    fn block(&self) -> usize {
+        match self.source {
+            Source::Blocks { kind, .. } => kind.block_elements(),
+            Source::F32(_) => 1,
+        }
+    }
+
+    /// Rows `r0..r1`, columns `c0..c1` (`c0`, `c1` on block boundaries or at `cols`) as f32:
+    /// returns the values and the stride between rows. Decodes into `scratch` when needed.
+    fn panel<'s>(
+        &'s self,
+        rows: std::ops::Range<usize>,
+        c0: usize,
+        c1: usize,
+        scratch: &'s mut Vec<f32>,
+    ) -> (&'s [f32], usize) {
+        match self.source {
+            Source::F32(values) => {
+                let start = rows.start * self.cols + c0;
+                let end = (rows.end - 1) * self.cols + c1;
+                (&values[start..end], self.cols)
+            }
+            Source::Blocks {
+                kind,
+                bytes,
+                row_bytes,
+            } => {
+                let width = c1 - c0;
+                let (b0, b1) = (kind.row_bytes(c0), kind.row_bytes(c1));
+                scratch.clear();
+                scratch.resize(rows.len() * width, 0.0);
+                for (r, out) in rows.zip(scratch.chunks_exact_mut(width)) {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    // Sizes were checked when the matrix was made.
+                    let _ = dequantize_row(kind, &row[b0..b1], out);
+                }
+                (scratch.as_slice(), width)
+            }
+        }
+    }
+}
+
+/// Kernels and the threads they run on.
+pub struct Compute {
+    kernel: Kernel,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compute")
+            .field("kernel", &self.kernel)
+            .field("threads", &self.threads())
+            .finish()
+    }
+}
+
+impl Compute {
+    /// `threads` compute threads (never more than free cores: the work is pure arithmetic).
+    pub fn new(threads: usize, kernel: Kernel) -> Result<Self, MatmulError> {
+        if !kernel.available() {
+            return Err(MatmulError::Unavailable(kernel));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("tenets-compute-{i}"))
+            .build()
+            .map_err(|e| MatmulError::Threads(e.to_string()))?;
+        Ok(Compute { kernel, pool })
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs `f` on the compute threads (for work beside the matmuls, such as attention heads).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// `y = x · Wᵀ`: `x` is `tokens × W.cols`, `y` is `tokens × W.rows`, both row-major.
+    pub fn matmul_t(&self, x: &[f32], w: &Matrix, y: &mut [f32]) -> Result<(), MatmulError> {
+        let tokens = check_operand("x", x.len(), w.cols)?;
+        check_len("y", y.len(), tokens * w.rows)?;
+        let kernel = self.kernel;
+        let panels: Vec<(usize, Vec<f32>)> = self.pool.install(|| {
+            (0..w.rows.div_ceil(PANEL_ROWS))
+                .into_par_iter()
+                .map_init(Vec::new, |scratch, p| {
+                    let rows = p * PANEL_ROWS..((p + 1) * PANEL_ROWS).min(w.rows);
+                    let n = rows.len();
+                    let (panel, stride) = w.panel(rows.clone(), 0, w.cols, scratch);
+                    let mut out = vec![0.0; tokens * n];
+                    let dot = Dot {
+                        x,
+                        k: w.cols,
+                        w: panel,
+                        w_stride: stride,
+                        n,
+                    };
+                    dot_panel(kernel, &dot, tokens, &mut out);
+                    (rows.start, out)
+                })
+                .collect()
+        });
+        scatter_columns(y, w.rows, tokens, &panels);
+        Ok(())
+    }
+
+    /// `dx = dy · W`: `dy` is `tokens × W.rows`, `dx` is `tokens × W.cols` (overwritten).
+    pub fn matmul_dx(&self, dy: &[f32], w: &Matrix, dx: &mut [f32]) -> Result<(), MatmulError> {
+        let tokens = check_operand("dy", dy.len(), w.rows)?;
+        check_len("dx", dx.len(), tokens * w.cols)?;
+        let kernel = self.kernel;
+        // Columns are split on block boundaries; each thread decodes only its part of each row.
+        let block = w.block();
+        let blocks = w.cols / block;
+        let per_task = (blocks.div_ceil(self.threads() * 4)).max(64usize.div_ceil(block));
+        let spans: Vec<(usize, usize)> = (0..blocks)
+            .step_by(per_task)
+            .map(|b| (b * block, ((b + per_task) * block).min(w.cols)))
+            .collect();
+        let parts: Vec<(usize, Vec<f32>)> = self.pool.install(|| {
+            spans
+                .par_iter()
+                .map_init(Vec::new, |scratch, &(c0, c1)| {
+                    let width = c1 - c0;
+                    let mut out = vec![0.0; tokens * width];
+                    for r0 in (0..w.rows).step_by(PANEL_ROWS) {
+                        let rows = r0..(r0 + PANEL_ROWS).min(w.rows);
+                        let n = rows.len();
+                        let (panel, stride) = w.panel(rows, c0, c1, scratch);
+                        let axpy = Axpy {
+                            dy,
+                            dy_stride: w.rows,
+                            r0,
+                            n,
+                            w: panel,
+                            w_stride: stride,
+                            width,
+                        };
+                        axpy_panel(kernel, &axpy, tokens, &mut out);
+                    }
+                    (c0, out)
+                })
+                .collect()
+        });
+        scatter_columns(dx, w.cols, tokens, &parts);
+        Ok(())
+    }
+}
+
+/// Copies each `(first column, tokens × width block)` into its columns of `out` (rows of
+/// `out_width`).
+fn scatter_columns(out: &mut [f32], out_width: usize, tokens: usize, blocks: &[(usize, Vec<f32>)]) {
+    for (c0, block) in blocks {
+        let width = block.len() / tokens.max(1);
+        for (t, part) in block.chunks_exact(width.max(1)).enumerate() {
+            out[t * out_width + c0..t * out_width + c0 + width].copy_from_slice(part);
+        }
+    }
+}
+
+fn check_operand(what: &'static str, len: usize, width: usize) -> Result<usize, MatmulError> {
+    if width == 0 || len % width != 0 {
+        return Err(MatmulError::Operand {
+            what,
+            got: len,
+            expected: len.div_ceil(width.max(1)) * width,
+        });
+    }
+    Ok(len / width)
+}
+
+fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), MatmulError> {
+    if got != expected {
+        return Err(MatmulError::Operand {
+            what,
+            got,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// One `dot_panel` call: `tokens` rows of `x` (length `k`) against `n` rows of `w`.
+pub(super) struct Dot<'a> {
+    pub x: &'a [f32],
+    pub k: usize,
+    pub w: &'a [f32],
+    pub w_stride: usize,
+    pub n: usize,
+}
+
+/// One `axpy_panel` call: panel rows `r0..r0 + n` of W (`w`, `width` columns each) weighted by
+/// the matching columns of `dy` (rows of `dy_stride`).
+pub(super) struct Axpy<'a> {
+    pub dy: &'a [f32],
+    pub dy_stride: usize,
+    pub r0: usize,
+    pub n: usize,
+    pub w: &'a [f32],
+    pub w_stride: usize,
+    pub width: usize,
+}
+
+/// `out[t·n + r] = x[t] · w[r]`.
+fn dot_panel(kernel: Kernel, d: &Dot, tokens: usize, out: &mut [f32]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Compute::new` only accepts the AVX2 kernel when the CPU has AVX2 and FMA.
+        Kernel::Avx2 => unsafe { super::avx2::dot_panel(d, tokens, out) },
+        _ => {
+            for t in 0..tokens {
+                let xt = &d.x[t * d.k..(t + 1) * d.k];
+                for r in 0..d.n {
+                    let wr = &d.w[r * d.w_stride..r * d.w_stride + d.k];
+                    out[t * d.n + r] = xt.iter().zip(wr).map(|(a, b)| a * b).sum();
+                }
+            }
+        }
+    }
+}
+
+/// `out[t] += Σ_r dy[t][r0 + r] · w[r]` over the panel's rows.
+fn axpy_panel(kernel: Kernel, a: &Axpy, tokens: usize, out: &mut [f32]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot_panel`.
+        Kernel::Avx2 => unsafe { super::avx2::axpy_panel(a, tokens, out) },
+        _ => {
+            for t in 0..tokens {
+                let o = &mut out[t * a.width..(t + 1) * a.width];
+                for r in 0..a.n {
+                    let g = a.dy[t * a.dy_stride + a.r0 + r];
+                    let wr = &a.w[r * a.w_stride..r * a.w_stride + a.width];
+                    for (o, w) in o.iter_mut().zip(wr) {
+                        *o += g * w;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::quant::random_blocks;
+    use rand::{Rng, SeedableRng};
+
+    const ALL: [QuantType; 11] = [
+        QuantType::F32,
+        QuantType::F16,
+        QuantType::BF16,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ];
+
+    fn activations(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    /// The matrix decoded whole, in f64: the plain definition the kernels must match.
+    fn dense(w: &Matrix) -> Vec<f64> {
+        let mut scratch = Vec::new();
+        let (v, stride) = w.panel(0..w.rows, 0, w.cols, &mut scratch);
+        (0..w.rows)
+            .flat_map(|r| {
+                v[r * stride..r * stride + w.cols]
+                    .iter()
+                    .map(|&x| f64::from(x))
+            })
+            .collect()
+    }
+
+    fn close(got: &[f32], want: &[f64], scale: &[f64]) {
+        for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
+            let tol = 1e-5 * s + 1e-6;
+            assert!(
+                (f64::from(*g) - w).abs() <= tol,
+                "element {i}: {g} vs {w} (tolerance {tol})"
+            );
+        }
+    }
+
+    /// Every kernel, every block type, row lengths that are and are not multiples of the SIMD
+    /// width, token and row counts that leave partial register tiles: against f64 sums.
+    #[test]
+    fn kernels_match_the_definition() {
+        let kernels: Vec<Kernel> = [Kernel::Scalar, Kernel::Avx2]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect();
+        for kind in ALL {
+            let block = kind.block_elements();
+            let widths: Vec<usize> = if block == 1 {
+                vec![1, 7, 8, 9, 37, 100]
+            } else {
+                vec![block, 3 * block]
+            };
+            for (case, &cols) in widths.iter().enumerate() {
+                for (rows, tokens) in [(1, 1), (5, 3), (37, 7), (18, 13)] {
+                    let seed = case as u64 * 1000 + rows as u64;
+                    let bytes = random_blocks(kind, rows * cols, seed);
+                    let w = Matrix::blocks(kind, rows, cols, &bytes).unwrap();
+                    let wd = dense(&w);
+                    let x = activations(tokens * cols, seed + 1);
+                    let dy = activations(tokens * rows, seed + 2);
+                    let (mut want_y, mut scale_y) =
+                        (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
+                    for t in 0..tokens {
+                        for r in 0..rows {
+                            for c in 0..cols {
+                                let p = f64::from(x[t * cols + c]) * wd[r * cols + c];
+                                want_y[t * rows + r] += p;
+                                scale_y[t * rows + r] += p.abs();
+                            }
+                        }
+                    }
+                    let (mut want_dx, mut scale_dx) =
+                        (vec![0.0; tokens * cols], vec![0.0; tokens * cols]);
+                    for t in 0..tokens {
+                        for c in 0..cols {
+                            for r in 0..rows {
+                                let p = f64::from(dy[t * rows + r]) * wd[r * cols + c];
+                                want_dx[t * cols + c] += p;
+                                scale_dx[t * cols + c] += p.abs();
+                            }
+                        }
+                    }
+                    for &kernel in &kernels {
+                        for threads in [1, 2] {
+                            let compute = Compute::new(threads, kernel).unwrap();
+                            let mut y = vec![f32::NAN; tokens * rows];
+                            compute.matmul_t(&x, &w, &mut y).unwrap();
+                            close(&y, &want_y, &scale_y);
+                            let mut dx = vec![f32::NAN; tokens * cols];
+                            compute.matmul_dx(&dy, &w, &mut dx).unwrap();
+                            close(&dx, &want_dx, &scale_dx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_threads() {
+        let bytes = random_blocks(QuantType::Q4K, 70 * 512, 9);
+        let w = Matrix::blocks(QuantType::Q4K, 70, 512, &bytes).unwrap();
+        let x = activations(11 * 512, 3);
+        let kernel = Kernel::detect();
+        let mut ys = Vec::new();
+        for threads in [1, 2, 3] {
+            let mut y = vec![0.0; 11 * 70];
+            Compute::new(threads, kernel)
+                .unwrap()
+                .matmul_t(&x, &w, &mut y)
+                .unwrap();
+            ys.push(y);
+        }
+        assert_eq!(ys[0], ys[1]);
+        assert_eq!(ys[0], ys[2]);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let bytes = vec![0u8; 34 * 2];
+        assert!(Matrix::blocks(QuantType::Q8_0, 2, 32, &bytes).is_ok());
+        assert!(Matrix::blocks(QuantType::Q8_0, 3, 32, &bytes).is_err());
+        assert!(Matrix::blocks(QuantType::Q8_0, 1, 48, &bytes).is_err());
+        let w = Matrix::blocks(QuantType::Q8_0, 2, 32, &bytes).unwrap();
+        let compute = Compute::new(1, Kernel::Scalar).unwrap();
+        let mut y = vec![0.0; 2];
+        assert!(compute.matmul_t(&[0.0; 31], &w, &mut y).is_err());
+        assert!(compute.matmul_t(&[0.0; 32], &w, &mut [0.0; 3]).is_err());
+        assert!(compute.matmul_dx(&[0.0; 3], &w, &mut [0.0; 32]).is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! The native forward (`src/train/model`) checked on both test models (SmolLM2 Q4_1, Gemma 3
+//! Q4_K_M) and three texts, scoring their first `TOKENS` tokens:
+//!
+//! (a) exact: against an f64 reference forward on the same dequantized weights
+//!     (`tests/reference`), mean |Δ log-prob| ≤ 1e-3 nats;
+//! (b) llama.cpp on the same weights written out as f32 (by our GGUF writer): the same graph
+//!     without llama.cpp's 8-bit activation rounding — mean |Δ| ≤ 2e-3, top-1 ≥ 99%;
+//! (c) llama.cpp on the quantized file itself: the native forward must sit as close to it as
+//!     llama.cpp's own exact run (b) does — what remains is llama.cpp's activation rounding.
+//!
+//! Every figure is printed (`cargo test --release --test forward -- --nocapture`).
+
+mod common;
+mod reference;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use tenets::engine::{self, EngineConfig};
+use tenets::score::{self, ScoreInput};
+use tenets::train::gguf::writer::GgufWriter;
+use tenets::train::gguf::Gguf;
+use tenets::train::model::{Model, TokenScore};
+use tenets::train::quant::dequantize_row;
+use tenets::train::quant::matmul::{Compute, Kernel};
+use tenets::train::quant::QuantType;
+
+const TEXTS: [&str; 3] = ["printing-press", "sourdough", "rust-errors"];
+/// Tokens scored per text (every text has more): ≥ 200, small enough for the f64 reference.
+const TOKENS: usize = 208;
+
+/// The models take every core: one test at a time.
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn text(name: &str) -> String {
+    std::fs::read_to_string(common::repo(&format!("tests/fixtures/texts/{name}.txt"))).unwrap()
+}
+
+/// The model with every tensor decoded to f32, as a GGUF llama.cpp loads.
+fn dequantized_copy(src: &Path, dst: &Path) {
+    let g = Gguf::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (key, value) in &g.metadata {
+        w.metadata(key, value.clone()).unwrap();
+    }
+    w.metadata("general.file_type", tenets::train::gguf::Value::U32(0))
+        .unwrap();
+    for t in &g.tensors {
+        let mut values = vec![0f32; t.elements() as usize];
+        let row = t.dims[0] as usize;
+        let row_bytes = t.kind.row_bytes(row);
+        for (bytes, out) in g
+            .data(t)
+            .chunks_exact(row_bytes)
+            .zip(values.chunks_exact_mut(row))
+        {
+            dequantize_row(t.kind, bytes, out).unwrap();
+        }
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.tensor(&t.name, &t.dims, QuantType::F32, bytes).unwrap();
+    }
+    w.write(dst).unwrap();
+}
+
+fn llama_scores(model: &Path, tokens: &[u32]) -> Vec<TokenScore> {
+    let config = EngineConfig::new(model);
+    let llama = engine::load_model(&config).unwrap();
+    let ids: Vec<_> = tokens
+        .iter()
+        .map(|&t| llama_cpp_2::token::LlamaToken(t as i32))
+        .collect();
+    engine::score::score_tokens(&llama, &config, &ids).unwrap()
+}
+
+struct Distance {
+    mean: f64,
+    max: f64,
+    top1: f64,
+}
+
+fn distance(a: &[TokenScore], b: &[TokenScore]) -> Distance {
+    assert_eq!(a.len(), b.len());
+    let diffs: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x.logprob - y.logprob).abs())
+        .collect();
+    Distance {
+        mean: diffs.iter().sum::<f64>() / diffs.len() as f64,
+        max: diffs.iter().cloned().fold(0.0, f64::max),
+        top1: a.iter().zip(b).filter(|(x, y)| x.top == y.top).count() as f64 / a.len() as f64,
+    }
+}
+
+fn check_model(path: &Path) {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = dir.path().join("f32.gguf");
+    dequantized_copy(path, &f32_path);
+
+    let llama = engine::load_model(&EngineConfig::new(path)).unwrap();
+    let native = Model::open(path).unwrap();
+    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    let (mut to_f32, mut to_quantized, mut exact_to_quantized) = (vec![], vec![], vec![]);
+    for text_name in TEXTS {
+        let all = score::tokenize(&llama, &ScoreInput::Text(text(text_name))).unwrap();
+        assert!(
+            all.len() >= TOKENS,
+            "{text_name}: only {} tokens",
+            all.len()
+        );
+        let tokens = &all[..TOKENS];
+
+        let ours = native.score(&compute, tokens).unwrap();
+        let exact = reference::logprobs(path, tokens);
+        let mean_exact = ours
+            .iter()
+            .zip(&exact)
+            .map(|(s, e)| (s.logprob - e).abs())
+            .sum::<f64>()
+            / exact.len() as f64;
+        println!("{name} {text_name}: (a) native vs f64 reference: mean |Δ| {mean_exact:.2e}");
+        assert!(
+            mean_exact <= 1e-3,
+            "{text_name}: mean |Δ| {mean_exact} vs the f64 reference"
+        );
+
+        let llama_f32 = llama_scores(&f32_path, tokens);
+        let llama_q = llama_scores(path, tokens);
+        let b = distance(&ours, &llama_f32);
+        let c = distance(&ours, &llama_q);
+        let own = distance(&llama_f32, &llama_q);
+        println!(
+            "{name} {text_name}: (b) vs llama.cpp on f32 weights: mean {:.2e}, max {:.2e}, top-1 {:.1}%",
+            b.mean,
+            b.max,
+            100.0 * b.top1
+        );
+        println!(
+            "{name} {text_name}: (c) vs llama.cpp on the quantized file: mean {:.4}, max {:.3}, top-1 {:.1}% \
+             (llama.cpp f32 vs quantized: mean {:.4}, top-1 {:.1}%)",
+            c.mean,
+            c.max,
+            100.0 * c.top1,
+            own.mean,
+            100.0 * own.top1
+        );
+        assert!(b.mean <= 2e-3 && b.top1 >= 0.99, "{text_name}: (b) failed");
+        to_f32.push(b);
+        to_quantized.push(c);
+        exact_to_quantized.push(own);
+    }
+    // (c) over all texts: as close to quantized llama.cpp as its own exact run is.
+    let mean =
+        |d: &[Distance], f: fn(&Distance) -> f64| d.iter().map(f).sum::<f64>() / d.len() as f64;
+    let (ours_mean, own_mean) = (
+        mean(&to_quantized, |d| d.mean),
+        mean(&exact_to_quantized, |d| d.mean),
+    );
+    let (ours_top1, own_top1) = (
+        mean(&to_quantized, |d| d.top1),
+        mean(&exact_to_quantized, |d| d.top1),
+    );
+    println!(
+        "{name}: (c) over {} texts: native {ours_mean:.4} nats / {:.1}% top-1; llama.cpp's own exact run {own_mean:.4} / {:.1}%",
+        TEXTS.len(),
+        100.0 * ours_top1,
+        100.0 * own_top1
+    );
+    assert!(
+        (ours_mean - own_mean).abs() <= 0.1 * own_mean + 2e-3,
+        "(c) mean"
+    );
+    assert!(ours_top1 >= own_top1 - 0.01, "(c) top-1");
+    assert!(ours_mean <= 0.12, "(c) far from llama.cpp: {ours_mean}");
+}
+
+#[test]
+fn smollm2_forward_matches_the_references() {
+    check_model(&common::model());
+}
+
+#[test]
+fn gemma3_forward_matches_the_references() {
+    check_model(&common::second_model());
+}
