@@ -12,6 +12,10 @@
 //!
 //! Run: `cargo bench --bench generate` (env: BENCH_PARALLEL=16, BENCH_MAX_TOKENS=96).
 
+mod common;
+
+use common::env_usize;
+
 use std::time::Instant;
 
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -20,13 +24,6 @@ use tenets::chat::Message;
 use tenets::engine::{self, batch, EngineConfig, StopSignal};
 use tenets::pipeline::{self, GenerateOptions};
 use tenets::prompt;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The anchor: N sequences, prefill then lockstep decode of `max_tokens` each (EOG ignored, so
 /// every sequence decodes the full count).

@@ -4,28 +4,12 @@
 //!
 //! Run: `cargo bench --bench kernels` (env: BENCH_THREADS=2, BENCH_TOKENS=128).
 
-use std::time::Instant;
+mod common;
+
+use common::{best, env_usize};
 
 use tenets::train::quant::matmul::{Compute, Kernel, Matrix};
 use tenets::train::quant::{random_blocks, QuantType};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Best seconds of `runs` calls.
-fn best(runs: usize, mut f: impl FnMut()) -> f64 {
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 fn main() {
     let threads = env_usize("BENCH_THREADS", 2);

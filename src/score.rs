@@ -118,26 +118,33 @@ pub fn read_chat_file(path: &Path) -> Result<Vec<Message>, ScoreError> {
         source,
     })?;
     #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum ChatFile {
-        List(Vec<Message>),
-        Object { messages: Vec<Message> },
+    #[serde(deny_unknown_fields)]
+    struct ChatObject {
+        messages: Vec<Message>,
     }
     let bad = |message: String| ScoreError::ChatFile {
         path: path.to_path_buf(),
         message,
     };
-    let messages = match serde_json::from_str::<ChatFile>(&text) {
-        Ok(ChatFile::List(m)) | Ok(ChatFile::Object { messages: m }) => m,
-        Err(e) => {
-            return Err(bad(format!(
-                "line {}, column {}: expected a JSON array of {{\"role\", \"content\"}} messages \
-                 (or {{\"messages\": [...]}}): {e}",
-                e.line(),
-                e.column()
-            )))
-        }
+    let expected =
+        "expected a JSON array of {\"role\", \"content\"} messages (or {\"messages\": [...]})";
+    let parsed = if text.trim_start().starts_with('{') {
+        serde_json::from_str::<ChatObject>(&text).map(|c| c.messages)
+    } else {
+        serde_json::from_str::<Vec<Message>>(&text)
     };
+    let messages = parsed.map_err(|e| {
+        // serde_json ends its message with the position, which is already said first.
+        let text = e.to_string();
+        let detail = text
+            .rsplit_once(" at line ")
+            .map_or(text.as_str(), |(d, _)| d);
+        bad(format!(
+            "line {}, column {}: {detail} ({expected})",
+            e.line(),
+            e.column()
+        ))
+    })?;
     if messages.is_empty() {
         return Err(bad("the chat has no messages".into()));
     }

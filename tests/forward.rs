@@ -185,3 +185,182 @@ fn smollm2_forward_matches_the_references() {
 fn gemma3_forward_matches_the_references() {
     check_model(&common::second_model());
 }
+
+/// A small random model of `arch` in f32 with the default model's tokenizer (so llama.cpp loads
+/// it): 6 layers, so a Gemma 3 model has five sliding-window layers (window 8) and one global.
+fn tiny_model(dst: &Path, arch: &str) {
+    use rand::{Rng, SeedableRng};
+    use tenets::train::gguf::Value;
+    let tokenizer = Gguf::open(&common::model()).unwrap();
+    let vocab = tokenizer.tensor("token_embd.weight").unwrap().dims[1];
+    let mut w = GgufWriter::new();
+    for (key, value) in &tokenizer.metadata {
+        if key.starts_with("tokenizer.") {
+            w.metadata(key, value.clone()).unwrap();
+        }
+    }
+    let gemma = arch == "gemma3";
+    let (embd, layers, heads, kv_heads, head_dim, ff) = (64u64, 6u64, 4u64, 2u64, 32u64, 96u64);
+    let mut meta = |k: &str, v: Value| w.metadata(&format!("{arch}.{k}"), v).unwrap();
+    meta("context_length", Value::U32(512));
+    meta("embedding_length", Value::U32(embd as u32));
+    meta("block_count", Value::U32(layers as u32));
+    meta("feed_forward_length", Value::U32(ff as u32));
+    meta("attention.head_count", Value::U32(heads as u32));
+    meta("attention.head_count_kv", Value::U32(kv_heads as u32));
+    meta("attention.key_length", Value::U32(head_dim as u32));
+    meta("attention.value_length", Value::U32(head_dim as u32));
+    meta("attention.layer_norm_rms_epsilon", Value::F32(1e-6));
+    meta("rope.freq_base", Value::F32(if gemma { 1e6 } else { 1e4 }));
+    meta("rope.dimension_count", Value::U32(head_dim as u32));
+    if gemma {
+        meta("attention.sliding_window", Value::U32(8));
+    }
+    w.metadata("general.architecture", Value::String(arch.into()))
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64], around: f32, spread: f32| {
+        let n: u64 = dims.iter().product();
+        let bytes = (0..n)
+            .flat_map(|_| (around + rng.gen_range(-spread..spread)).to_le_bytes())
+            .collect();
+        w.tensor(name, dims, QuantType::F32, bytes).unwrap();
+    };
+    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+    add(&mut w, "token_embd.weight", &[embd, vocab], 0.0, 0.5);
+    add(&mut w, "output_norm.weight", &[embd], 1.0, 0.2);
+    for l in 0..layers {
+        let n = |t: &str| format!("blk.{l}.{t}.weight");
+        add(&mut w, &n("attn_norm"), &[embd], 1.0, 0.2);
+        add(&mut w, &n("attn_q"), &[embd, q], 0.0, 0.3);
+        add(&mut w, &n("attn_k"), &[embd, kv], 0.0, 0.3);
+        add(&mut w, &n("attn_v"), &[embd, kv], 0.0, 0.3);
+        add(&mut w, &n("attn_output"), &[q, embd], 0.0, 0.2);
+        add(&mut w, &n("ffn_norm"), &[embd], 1.0, 0.2);
+        add(&mut w, &n("ffn_gate"), &[embd, ff], 0.0, 0.3);
+        add(&mut w, &n("ffn_up"), &[embd, ff], 0.0, 0.3);
+        add(&mut w, &n("ffn_down"), &[ff, embd], 0.0, 0.2);
+        if gemma {
+            add(&mut w, &n("attn_q_norm"), &[head_dim], 1.0, 0.2);
+            add(&mut w, &n("attn_k_norm"), &[head_dim], 1.0, 0.2);
+            add(&mut w, &n("post_attention_norm"), &[embd], 1.0, 0.2);
+            add(&mut w, &n("post_ffw_norm"), &[embd], 1.0, 0.2);
+        }
+    }
+    w.write(dst).unwrap();
+}
+
+/// Sliding windows shorter than the text, grouped-query attention and head sizes that differ
+/// from embedding/heads, on small random models: native, f64 reference and llama.cpp agree.
+#[test]
+fn small_random_models_agree_with_llama_cpp() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    for arch in ["llama", "gemma3"] {
+        let path = dir.path().join(format!("{arch}.gguf"));
+        tiny_model(&path, arch);
+        let llama = engine::load_model(&EngineConfig::new(&path)).unwrap();
+        let all = score::tokenize(&llama, &ScoreInput::Text(text("sourdough"))).unwrap();
+        let tokens = &all[..48];
+        let ours = Model::open(&path).unwrap().score(&compute, tokens).unwrap();
+        let exact = reference::logprobs(&path, tokens);
+        let theirs = llama_scores(&path, tokens);
+        let to_exact = ours
+            .iter()
+            .zip(&exact)
+            .map(|(s, e)| (s.logprob - e).abs())
+            .fold(0.0, f64::max);
+        let d = distance(&ours, &theirs);
+        println!(
+            "random {arch}: max |Δ| to the f64 reference {to_exact:.1e}; to llama.cpp mean {:.1e}, max {:.1e}, top-1 {:.1}%",
+            d.mean,
+            d.max,
+            100.0 * d.top1
+        );
+        assert!(to_exact < 1e-4, "{arch}: {to_exact}");
+        assert!(d.mean < 1e-3 && d.max < 1e-2, "{arch}: far from llama.cpp");
+    }
+}
+
+/// Decides each tensor's fate in a copy: `None` drops it, `Some(dims)` keeps it with `dims`.
+type TensorChange<'a> = &'a dyn Fn(&str, &[u64]) -> Option<Vec<u64>>;
+
+/// A copy of `src` with one change: a tensor dropped, a tensor given other dimensions (same
+/// bytes reinterpreted), or another architecture name.
+fn altered_copy(src: &Path, dst: &Path, change: TensorChange, arch: &str) {
+    let g = Gguf::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (key, value) in &g.metadata {
+        let key = key.replacen(g.architecture().unwrap(), arch, 1);
+        w.metadata(&key, value.clone()).unwrap();
+    }
+    w.metadata(
+        "general.architecture",
+        tenets::train::gguf::Value::String(arch.into()),
+    )
+    .unwrap();
+    for t in &g.tensors {
+        if let Some(dims) = change(&t.name, &t.dims) {
+            w.tensor(&t.name, &dims, t.kind, g.data(t).to_vec())
+                .unwrap();
+        }
+    }
+    w.write(dst).unwrap();
+}
+
+#[test]
+fn broken_models_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.gguf");
+    tiny_model(&good, "llama");
+    let keep = |_: &str, dims: &[u64]| Some(dims.to_vec());
+    let message = |change: TensorChange, arch: &str| {
+        let path = dir.path().join("bad.gguf");
+        altered_copy(&good, &path, change, arch);
+        match Model::open(&path) {
+            Ok(_) => panic!("{arch}: loaded"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let unsupported = message(&keep, "gpt2");
+    assert!(
+        unsupported.contains("unsupported architecture `gpt2`"),
+        "{unsupported}"
+    );
+    let missing = message(
+        &|name: &str, dims: &[u64]| (name != "blk.3.ffn_up.weight").then(|| dims.to_vec()),
+        "llama",
+    );
+    assert!(
+        missing.contains("bad.gguf") && missing.contains("tensor `blk.3.ffn_up.weight` is missing"),
+        "{missing}"
+    );
+    let reshaped = message(
+        &|name: &str, dims: &[u64]| {
+            Some(if name == "blk.0.attn_q.weight" {
+                vec![dims[1], dims[0]]
+            } else {
+                dims.to_vec()
+            })
+        },
+        "llama",
+    );
+    assert!(
+        reshaped.contains("tensor `blk.0.attn_q.weight` has shape [128, 64], expected [64, 128]"),
+        "{reshaped}"
+    );
+
+    let model = Model::open(&good).unwrap();
+    let compute = Compute::new(1, Kernel::Scalar).unwrap();
+    let vocab = model.config().vocab as u32;
+    let err = model
+        .score(&compute, &[1, vocab, 2])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("token {vocab} is outside the vocabulary")),
+        "{err}"
+    );
+    assert!(model.score(&compute, &[1]).unwrap().is_empty());
+}

@@ -1,5 +1,7 @@
-//! The embedded trainer's native side: reading GGUF files and the quantized weights in them,
-//! independent of llama.cpp. Model code, LoRA, DPO and the optimiser build on these.
+//! The embedded trainer's native side, independent of llama.cpp: GGUF files in and out
+//! ([`gguf`]), the quantized weights in them and the kernels that multiply by them ([`quant`]),
+//! and the transformer forward over those weights ([`model`]). LoRA, DPO and the optimiser build
+//! on these.
 
 pub mod gguf;
 pub mod model;

@@ -1,5 +1,5 @@
 //! A GGUF reader: header, metadata of every type, tensor infos and the aligned data section of a
-//! memory-mapped model file, for the native forward and trainer.
+//! memory-mapped model file, for the native forward and trainer ([`writer`] writes them).
 //!
 //! Every length and offset read from the file is checked against the bytes that are really there
 //! before it is used, so a truncated, corrupt or hostile file gives a [`GgufError`] naming what

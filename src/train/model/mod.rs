@@ -229,7 +229,7 @@ impl Model {
             let gate = self.linear(compute, &h, &layer.gate)?;
             let up = self.linear(compute, &h, &layer.up)?;
             let mut act = vec![0.0; gate.len()];
-            ops::glu(&gate, &up, c.activation, &mut act);
+            ops::glu(compute, &gate, &up, c.activation, &mut act);
             let mut down = self.linear(compute, &act, &layer.down)?;
             if let Some(post) = &layer.post_ffn_norm {
                 ops::rms_norm_in_place(&mut down, post, c.norm_eps);

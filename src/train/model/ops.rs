@@ -1,6 +1,8 @@
 //! The forward ops of the transformer, one small function each, on row-major f32 activations
 //! (`tokens × width`). Each is written so that its backward can sit beside it.
 
+use rayon::prelude::*;
+
 use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
 
 use super::config::{Activation, RopeLayout};
@@ -86,21 +88,33 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// GELU, tanh approximation (what Gemma was trained with and llama.cpp computes).
+/// GELU, tanh approximation (what Gemma was trained with and llama.cpp computes):
+/// `½x(1 + tanh u) = x · sigmoid(2u)` with `u = √(2/π)(x + 0.044715x³)` — one `exp`.
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+    let u = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+    x / (1.0 + (-2.0 * u).exp())
 }
 
-/// Gated unit: `out = act(gate) · up`.
-pub fn glu(gate: &[f32], up: &[f32], activation: Activation, out: &mut [f32]) {
+/// Values per parallel task in element-wise ops.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// Gated unit: `out = act(gate) · up`, spread over the compute threads.
+pub fn glu(compute: &Compute, gate: &[f32], up: &[f32], activation: Activation, out: &mut [f32]) {
     let act = match activation {
         Activation::Silu => silu,
         Activation::GeluTanh => gelu_tanh,
     };
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = act(g) * u;
-    }
+    compute.install(|| {
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
+            .zip(up.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(|((out, gate), up)| {
+                for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                    *o = act(g) * u;
+                }
+            })
+    });
 }
 
 /// Softmax of one row in place, over its first `len` values; the rest become 0.
@@ -133,6 +147,10 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
+/// Queries handled together: bounds the score block, and lets each block skip the keys none of
+/// its queries can see (later ones, and those behind a sliding window).
+const QUERY_BLOCK: usize = 64;
+
 /// Causal grouped-query attention: query head `h` reads key/value head `h / (heads / kv_heads)`.
 /// `q` is `tokens × heads·head_dim`, `k` and `v` are `tokens × kv_heads·head_dim`; returns
 /// `tokens × heads·head_dim`. Scores and the weighted sum go through the matmul kernels.
@@ -152,30 +170,45 @@ pub fn attention(
         window,
     } = shape;
     let group = heads / kv_heads;
+    let first_key = |t: usize| window.map_or(0, |w| (t + 1).saturating_sub(w));
     let mut out = vec![0.0; n * heads * d];
     let mut qh = vec![0.0; n * d];
     let mut kh = vec![0.0; n * d];
     let mut vh = vec![0.0; n * d];
-    let mut scores = vec![0.0; n * n];
-    let mut oh = vec![0.0; n * d];
+    let mut scores = Vec::new();
+    let mut oh = Vec::new();
     for kv in 0..kv_heads {
         gather_head(k, kv_heads, d, kv, &mut kh);
         gather_head(v, kv_heads, d, kv, &mut vh);
-        let keys = Matrix::f32(n, d, &kh)?;
-        let values = Matrix::f32(n, d, &vh)?;
         for h in kv * group..(kv + 1) * group {
             gather_head(q, heads, d, h, &mut qh);
-            compute.matmul_t(&qh, &keys, &mut scores)?;
-            for (t, row) in scores.chunks_exact_mut(n).enumerate() {
-                let start = window.map_or(0, |w| (t + 1).saturating_sub(w));
-                for s in &mut row[start..=t] {
-                    *s *= scale;
+            for q0 in (0..n).step_by(QUERY_BLOCK) {
+                let q1 = (q0 + QUERY_BLOCK).min(n);
+                // Keys k0..q1 are all any query of this block sees.
+                let k0 = first_key(q0);
+                let width = q1 - k0;
+                let keys = Matrix::f32(width, d, &kh[k0 * d..q1 * d])?;
+                let values = Matrix::f32(width, d, &vh[k0 * d..q1 * d])?;
+                scores.resize((q1 - q0) * width, 0.0);
+                compute.matmul_t(&qh[q0 * d..q1 * d], &keys, &mut scores)?;
+                compute.install(|| {
+                    scores
+                        .par_chunks_mut(width)
+                        .enumerate()
+                        .for_each(|(i, row)| {
+                            let t = q0 + i;
+                            let (start, end) = (first_key(t) - k0, t + 1 - k0);
+                            for s in &mut row[start..end] {
+                                *s *= scale;
+                            }
+                            softmax_prefix(row, start, end);
+                        })
+                });
+                oh.resize((q1 - q0) * d, 0.0);
+                compute.matmul_dx(&scores, &values, &mut oh)?;
+                for (t, o) in (q0..q1).zip(oh.chunks_exact(d)) {
+                    out[t * heads * d + h * d..t * heads * d + (h + 1) * d].copy_from_slice(o);
                 }
-                softmax_prefix(row, start, t + 1);
-            }
-            compute.matmul_dx(&scores, &values, &mut oh)?;
-            for (t, o) in oh.chunks_exact(d).enumerate() {
-                out[t * heads * d + h * d..t * heads * d + (h + 1) * d].copy_from_slice(o);
             }
         }
     }
