@@ -1,8 +1,10 @@
 //! Dataset export for the HF/TRL ecosystem: DPO pairs and SFT conversations, as JSONL or Parquet.
 //!
-//! DPO rows use TRL's conversational format — `prompt` (the user messages), `chosen` (the final
-//! revision) and `rejected` (the original answer), each a list of `{role, content}` — and SFT
-//! rows a `messages` list. Every row carries its provenance (run, model and constitution hashes,
+//! DPO rows use TRL's conversational format — `prompt` (the user messages), `chosen` and
+//! `rejected`, each a list of `{role, content}` — and SFT rows a `messages` list. A DPO pair is the
+//! final revision against the original answer; once `tenets label` has judged it, the pair is
+//! oriented by the latest judge's soft label (`chosen_is_revision` says which way), with `label`
+//! = p(chosen ≻ rejected) ≥ 0.5 and `weight` = 2·label − 1 for cDPO-style training. Every row carries its provenance (run, model and constitution hashes,
 //! principles, sampling settings). Parquet is written through polars from the same rows, so the
 //! two formats cannot disagree. Files are written to a temporary name and renamed into place:
 //! an interrupted export leaves nothing half-written.
@@ -48,7 +50,11 @@ pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> 
                c.output, c.finish, a.output, a.finish, \
                (SELECT json_group_array(principle_id) FROM \
                   (SELECT principle_id FROM steps s WHERE s.run_id = pr.run_id \
-                   AND s.prompt_id = pr.prompt_id AND s.stage = 'critique' ORDER BY s.round)) \
+                   AND s.prompt_id = pr.prompt_id AND s.stage = 'critique' ORDER BY s.round)), \
+               (SELECT l.p_chosen FROM labels l JOIN judges j ON j.id = l.judge_id \
+                  WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1), \
+               (SELECT l.judge_id FROM labels l JOIN judges j ON j.id = l.judge_id \
+                  WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1) \
                FROM pairs pr \
                JOIN prompts p ON p.id = pr.prompt_id \
                JOIN runs r ON r.id = pr.run_id \
@@ -67,14 +73,31 @@ pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> 
             .map_err(|e| ExportError::Corrupt(format!("principles: {e}")))?;
         let chosen: String = row.get(14);
         let rejected: String = row.get(16);
+        let p_revision: Option<f64> = row.get(19);
+        let judge_id: Option<String> = row.get(20);
         let mut value = match kind {
-            Kind::Dpo => json!({
-                "prompt": messages,
-                "chosen": [Message::assistant(chosen)],
-                "rejected": [Message::assistant(rejected)],
-                "chosen_finish": row.get::<String, _>(15),
-                "rejected_finish": row.get::<String, _>(17),
-            }),
+            Kind::Dpo => {
+                // A judged pair is oriented by its label: the revision is not assumed to win.
+                let (finish_c, finish_r) = (row.get::<String, _>(15), row.get::<String, _>(17));
+                let revision_wins = p_revision.is_none_or(|p| p >= 0.5);
+                let (chosen, rejected, chosen_finish, rejected_finish) = if revision_wins {
+                    (chosen, rejected, finish_c, finish_r)
+                } else {
+                    (rejected, chosen, finish_r, finish_c)
+                };
+                let label = p_revision.map(|p| p.max(1.0 - p));
+                json!({
+                    "prompt": messages,
+                    "chosen": [Message::assistant(chosen)],
+                    "rejected": [Message::assistant(rejected)],
+                    "chosen_finish": chosen_finish,
+                    "rejected_finish": rejected_finish,
+                    "chosen_is_revision": revision_wins,
+                    "label": label,
+                    "weight": label.map(|l| 2.0 * l - 1.0),
+                    "judge_id": judge_id,
+                })
+            }
             Kind::Sft => {
                 let mut conversation = messages;
                 conversation.push(Message::assistant(chosen));

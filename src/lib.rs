@@ -10,6 +10,7 @@ pub mod constitution;
 pub mod engine;
 pub mod export;
 pub mod hash;
+pub mod label;
 pub mod models;
 pub mod pipeline;
 pub mod prompt;

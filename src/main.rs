@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tenets::constitution::{self, starter, Constitution};
 use tenets::engine::StopSignal;
 use tenets::export::{self, Format, Kind};
+use tenets::pipeline::label::LabelOptions;
 use tenets::pipeline::{self, GenerateOptions};
 use tenets::score::{self, ScoreEngine, ScoreInput, ScoreOptions};
 use tenets::store::Store;
@@ -54,6 +55,8 @@ enum Command {
     Schema,
     /// Write a commented starter constitution NAME.yaml (and the schema next to it).
     Init { name: String },
+    /// Judge every pair in a database under the constitution's comparison questions (AI feedback).
+    Label(LabelArgs),
     /// Per-token log-probabilities of a text or a chat, from the native engine or llama.cpp.
     Score(ScoreArgs),
     /// Summarise a database: steps per stage and principle, pairs, failures.
@@ -108,6 +111,41 @@ struct GenerateArgs {
     /// Stop before anything runs if any prompt line is bad.
     #[arg(long)]
     strict: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct LabelArgs {
+    /// Database written by `tenets generate`.
+    #[arg(long)]
+    db: PathBuf,
+    /// Judge model [default: the model of the database's latest run]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Constitution whose comparison questions are asked [default: the latest run's]
+    #[arg(long)]
+    constitution: Option<PathBuf>,
+    /// Directory with a judge.jinja frame [default: the bundled prompts/judge.jinja]
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    /// Comparison questions asked per pair, each in both orders.
+    #[arg(long, default_value_t = 2)]
+    questions: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Sequences judged together in each llama.cpp batch.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
+    /// Compute threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Context tokens per sequence.
+    #[arg(long, default_value_t = 2048)]
+    ctx: usize,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -232,6 +270,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { name } => init(&name),
+        Command::Label(args) => label(args).await,
         Command::Score(args) => score(args),
         Command::Stats { db, json } => {
             let store = Store::open_existing(&db).await?;
@@ -289,6 +328,64 @@ fn init(name: &str) -> Result<ExitCode> {
         starter::SCHEMA_FILE,
         path.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First Ctrl-C: finish the turns in flight, commit them, stop. Second: stop at once.
+fn stop_on_ctrl_c() -> StopSignal {
+    let stop = StopSignal::default();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping: finishing the turns in flight (Ctrl-C again to abandon them)");
+            signal.drain();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("abandoning in-flight turns; completed work is saved");
+                signal.abort();
+            }
+        }
+    });
+    stop
+}
+
+async fn label(args: LabelArgs) -> Result<ExitCode> {
+    let mut options = LabelOptions::new(&args.db);
+    options.model = args.model;
+    options.constitution = args.constitution;
+    options.templates = args.templates;
+    options.questions = args.questions;
+    options.seed = args.seed;
+    options.parallel = args.parallel;
+    options.gpu_layers = args.gpu_layers;
+    if let Some(threads) = args.threads {
+        options.threads = threads;
+    }
+    options.ctx_per_sequence = args.ctx;
+    options.quiet = args.quiet;
+    let summary = pipeline::label::label(&options, stop_on_ctrl_c())
+        .await
+        .context("label failed")?;
+    eprintln!(
+        "judge {}: {} pairs ({} already labeled), {} judgments and {} labels written, {} failed, {:.1} s",
+        &summary.judge_id[..16],
+        summary.pairs,
+        summary.already_labeled,
+        summary.judgments_written,
+        summary.labels_written,
+        summary.failures,
+        summary.seconds,
+    );
+    eprintln!(
+        "labels: mean p(chosen ≻ rejected) {:.3}; orders disagree on {:.1}% of questions; mean P(A) {:.3}; answer mass {:.3}",
+        summary.mean_p_chosen,
+        100.0 * summary.order_disagreement,
+        summary.mean_p_a,
+        summary.mean_answer_mass,
+    );
+    if summary.interrupted {
+        eprintln!("interrupted: rerun the same command to resume");
+        return Ok(ExitCode::from(130));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -365,25 +462,7 @@ async fn generate(args: GenerateArgs) -> Result<ExitCode> {
     options.strict = args.strict;
     options.quiet = args.quiet;
 
-    // First Ctrl-C: finish the turns in flight, commit them, stop. Second: stop at once.
-    let stop = StopSignal::default();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "\nstopping: finishing the turns in flight (Ctrl-C again to abandon them)"
-                );
-                stop.drain();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("abandoning in-flight turns; completed steps are saved");
-                    stop.abort();
-                }
-            }
-        });
-    }
-
-    let summary = pipeline::generate(&options, stop)
+    let summary = pipeline::generate(&options, stop_on_ctrl_c())
         .await
         .context("generate failed")?;
     eprintln!(

@@ -1,5 +1,6 @@
 //! `tenets stats`: what a database holds — per run, steps per stage and principle, pairs,
-//! truncations, failures and their reasons, token counts (and how much the KV cache saved).
+//! truncations, failures and their reasons, token counts (and how much the KV cache saved); per
+//! judge (`tenets label`), labels, how often the revision won, and the judge's position bias.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -24,6 +25,36 @@ pub struct RunStats {
     pub followup_prefill_tokens: i64,
 }
 
+/// One judge's labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct JudgeStats {
+    pub judge_id: String,
+    pub created_at: String,
+    pub model_sha256: String,
+    pub questions_per_pair: i64,
+    pub labeled_pairs: i64,
+    pub judgments: i64,
+    /// Mean p(revision ≻ original answer).
+    pub mean_p_revision: f64,
+    /// Pairs where the judge preferred the revision (p > 0.5).
+    pub revision_preferred: i64,
+    /// Pairs whose label is within 0.1 of 0.5.
+    pub near_even: i64,
+    /// Share of (pair, question) whose two orders picked different winners.
+    pub order_disagreement: f64,
+    /// Mean P(A): 0.5 for a judge without a position preference.
+    pub mean_p_a: f64,
+    /// Mean probability put on "A" or "B" at all.
+    pub mean_answer_mass: f64,
+}
+
+/// Everything `tenets stats` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub runs: Vec<RunStats>,
+    pub judges: Vec<JudgeStats>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Count {
     pub name: String,
@@ -45,7 +76,50 @@ async fn counts(store: &Store, sql: &str, run_id: &str) -> Result<Vec<Count>, St
         .collect())
 }
 
-pub async fn collect(store: &Store) -> Result<Vec<RunStats>, StoreError> {
+pub async fn collect(store: &Store) -> Result<Stats, StoreError> {
+    Ok(Stats {
+        runs: collect_runs(store).await?,
+        judges: collect_judges(store).await?,
+    })
+}
+
+async fn collect_judges(store: &Store) -> Result<Vec<JudgeStats>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT j.id, j.created_at, j.model_sha256, j.questions_per_pair, \
+           (SELECT COUNT(*) FROM labels l WHERE l.judge_id = j.id), \
+           (SELECT COUNT(*) FROM judgments g WHERE g.judge_id = j.id), \
+           (SELECT COALESCE(AVG(p_chosen), 0) FROM labels l WHERE l.judge_id = j.id), \
+           (SELECT COUNT(*) FROM labels l WHERE l.judge_id = j.id AND p_chosen > 0.5), \
+           (SELECT COUNT(*) FROM labels l WHERE l.judge_id = j.id AND ABS(p_chosen - 0.5) < 0.1), \
+           (SELECT COALESCE(CAST(SUM(order_disagreements) AS REAL) \
+              / NULLIF(SUM(judgments) / 2, 0), 0) FROM labels l WHERE l.judge_id = j.id), \
+           (SELECT COALESCE(AVG(p_a), 0) FROM judgments g WHERE g.judge_id = j.id), \
+           (SELECT COALESCE(AVG(mass_a + mass_b), 0) FROM judgments g WHERE g.judge_id = j.id) \
+         FROM judges j ORDER BY j.created_at, j.id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(store.err())?;
+    Ok(rows
+        .into_iter()
+        .map(|r| JudgeStats {
+            judge_id: r.get(0),
+            created_at: r.get(1),
+            model_sha256: r.get(2),
+            questions_per_pair: r.get(3),
+            labeled_pairs: r.get(4),
+            judgments: r.get(5),
+            mean_p_revision: r.get(6),
+            revision_preferred: r.get(7),
+            near_even: r.get(8),
+            order_disagreement: r.get(9),
+            mean_p_a: r.get(10),
+            mean_answer_mass: r.get(11),
+        })
+        .collect())
+}
+
+async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
     let runs = sqlx::query(
         "SELECT id, created_at, constitution_name, model_sha256, rounds FROM runs ORDER BY created_at",
     )
@@ -112,13 +186,13 @@ fn short(hash: &str, n: usize) -> &str {
 }
 
 /// A plain-text view for the terminal.
-pub fn render(stats: &[RunStats]) -> String {
+pub fn render(stats: &Stats) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    if stats.is_empty() {
+    if stats.runs.is_empty() {
         return "no runs in this database\n".into();
     }
-    for run in stats {
+    for run in &stats.runs {
         let _ = writeln!(
             s,
             "run {}  ({}, constitution {}, model {}…, {} round(s))",
@@ -160,6 +234,30 @@ pub fn render(stats: &[RunStats]) -> String {
             s,
             "  tokens: {} generated; follow-up turns decoded {} of {} conversation tokens ({:.2}×)",
             run.generated_tokens, run.followup_prefill_tokens, run.followup_prompt_tokens, saved
+        );
+    }
+    for judge in &stats.judges {
+        let _ = writeln!(
+            s,
+            "judge {}  ({}, model {}…, {} question(s) × 2 orders per pair)",
+            short(&judge.judge_id, 16),
+            judge.created_at,
+            short(&judge.model_sha256, 12),
+            judge.questions_per_pair
+        );
+        let _ = writeln!(
+            s,
+            "  {} pairs labeled ({} judgments); revision preferred in {}, within 0.1 of even in {}",
+            judge.labeled_pairs, judge.judgments, judge.revision_preferred, judge.near_even
+        );
+        let _ = writeln!(
+            s,
+            "  mean p(revision ≻ answer) {:.3}; orders disagree on {:.1}% of questions; \
+             mean P(A) {:.3}; answer mass {:.3}",
+            judge.mean_p_revision,
+            100.0 * judge.order_disagreement,
+            judge.mean_p_a,
+            judge.mean_answer_mass
         );
     }
     s

@@ -4,7 +4,7 @@
 //! Rows are keyed by content hashes and inserted with `ON CONFLICT DO NOTHING`, so a rerun of
 //! the same work can never duplicate them. Schema changes live in `migrations/`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -87,6 +87,80 @@ impl StepRecord {
 pub fn step_id(run_id: &str, prompt_id: &str, stage: &str, round: i64) -> String {
     hash::of_parts(&[run_id, prompt_id, stage, &round.to_string()])
 }
+
+/// Everything that identifies a judge; its hash is the judge id.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JudgeRecord {
+    pub model_path: String,
+    pub model_sha256: String,
+    pub chat_template_sha256: String,
+    pub constitution_sha256: String,
+    pub frame_sha256: String,
+    pub questions_per_pair: i64,
+    pub seed: i64,
+}
+
+impl JudgeRecord {
+    /// The same judge whatever path the model file had.
+    pub fn id(&self) -> String {
+        hash::of_parts(&[
+            &self.model_sha256,
+            &self.chat_template_sha256,
+            &self.constitution_sha256,
+            &self.frame_sha256,
+            &self.questions_per_pair.to_string(),
+            &self.seed.to_string(),
+        ])
+    }
+}
+
+/// A pair as the judge sees it.
+#[derive(Debug, Clone)]
+pub struct PairForLabel {
+    pub pair_id: String,
+    pub messages: Vec<crate::chat::Message>,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+/// One comparison question about one pair in one order.
+#[derive(Debug, Clone)]
+pub struct JudgmentRecord {
+    pub judge_id: String,
+    pub pair_id: String,
+    pub question_id: String,
+    pub swapped: bool,
+    pub mass_a: f64,
+    pub mass_b: f64,
+    pub p_a: f64,
+    pub p_chosen: f64,
+    pub prompt_tokens: i64,
+    pub prefill_tokens: i64,
+}
+
+impl JudgmentRecord {
+    pub fn id(&self) -> String {
+        hash::of_parts(&[
+            &self.judge_id,
+            &self.pair_id,
+            &self.question_id,
+            if self.swapped { "swapped" } else { "straight" },
+        ])
+    }
+}
+
+/// A pair's soft label under a judge.
+#[derive(Debug, Clone)]
+pub struct LabelRecord {
+    pub judge_id: String,
+    pub pair_id: String,
+    pub p_chosen: f64,
+    pub judgments: i64,
+    pub order_disagreements: i64,
+}
+
+/// Judgments already stored for one pair: (question id, swapped, p_chosen).
+pub type StoredJudgments = Vec<(String, bool, f64)>;
 
 #[derive(Clone)]
 pub struct Store {
@@ -342,6 +416,143 @@ impl Store {
             .bind(&step.prompt_id)
             .bind(&id)
             .bind(rejected)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err())?;
+        }
+        tx.commit().await.map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The model file and constitution (as JSON) of the most recent run, if any.
+    pub async fn latest_run(&self) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT model_path, constitution_json FROM runs ORDER BY created_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.err())?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Registers a judge (idempotent); returns its id.
+    pub async fn upsert_judge(&self, judge: &JudgeRecord) -> Result<String, StoreError> {
+        let id = judge.id();
+        sqlx::query(
+            "INSERT INTO judges (id, model_path, model_sha256, chat_template_sha256, \
+             constitution_sha256, frame_sha256, questions_per_pair, seed) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&judge.model_path)
+        .bind(&judge.model_sha256)
+        .bind(&judge.chat_template_sha256)
+        .bind(&judge.constitution_sha256)
+        .bind(&judge.frame_sha256)
+        .bind(judge.questions_per_pair)
+        .bind(judge.seed)
+        .execute(&self.pool)
+        .await
+        .map_err(self.err())?;
+        Ok(id)
+    }
+
+    /// Every pair with its prompt and both answers, in a stable order.
+    pub async fn pairs_for_labels(&self) -> Result<Vec<PairForLabel>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pr.id, p.messages, c.output, a.output FROM pairs pr \
+             JOIN prompts p ON p.id = pr.prompt_id \
+             JOIN steps c ON c.id = pr.chosen_step \
+             JOIN steps a ON a.id = pr.rejected_step \
+             ORDER BY pr.created_at, pr.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err())?;
+        rows.into_iter()
+            .map(|r| {
+                let messages =
+                    serde_json::from_str(r.get::<&str, _>(1)).map_err(|e| StoreError::Other {
+                        path: self.path.clone(),
+                        message: format!("prompt messages of pair {}: {e}", r.get::<&str, _>(0)),
+                    })?;
+                Ok(PairForLabel {
+                    pair_id: r.get(0),
+                    messages,
+                    chosen: r.get(2),
+                    rejected: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    /// A judge's stored judgments, by pair, and the pairs it has labeled.
+    pub async fn judge_progress(
+        &self,
+        judge_id: &str,
+    ) -> Result<(HashMap<String, StoredJudgments>, HashSet<String>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT pair_id, question_id, swapped, p_chosen FROM judgments WHERE judge_id = ?",
+        )
+        .bind(judge_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err())?;
+        let mut judgments: HashMap<String, StoredJudgments> = HashMap::new();
+        for r in rows {
+            judgments.entry(r.get(0)).or_default().push((
+                r.get(1),
+                r.get::<i64, _>(2) == 1,
+                r.get(3),
+            ));
+        }
+        let labeled = sqlx::query("SELECT pair_id FROM labels WHERE judge_id = ?")
+            .bind(judge_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err())?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok((judgments, labeled))
+    }
+
+    /// Commits one judgment, and the pair's label when this judgment completes it.
+    pub async fn commit_judgment(
+        &self,
+        j: &JudgmentRecord,
+        label: Option<&LabelRecord>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(self.err())?;
+        sqlx::query(
+            "INSERT INTO judgments (id, judge_id, pair_id, question_id, swapped, mass_a, mass_b, \
+             p_a, p_chosen, prompt_tokens, prefill_tokens) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(j.id())
+        .bind(&j.judge_id)
+        .bind(&j.pair_id)
+        .bind(&j.question_id)
+        .bind(i64::from(j.swapped))
+        .bind(j.mass_a)
+        .bind(j.mass_b)
+        .bind(j.p_a)
+        .bind(j.p_chosen)
+        .bind(j.prompt_tokens)
+        .bind(j.prefill_tokens)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.err())?;
+        if let Some(l) = label {
+            sqlx::query(
+                "INSERT INTO labels (judge_id, pair_id, p_chosen, judgments, order_disagreements) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&l.judge_id)
+            .bind(&l.pair_id)
+            .bind(l.p_chosen)
+            .bind(l.judgments)
+            .bind(l.order_disagreements)
             .execute(&mut *tx)
             .await
             .map_err(self.err())?;

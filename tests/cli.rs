@@ -140,6 +140,7 @@ fn export_and_stats_need_an_existing_database() {
     for args in [
         vec!["stats", "--db", missing.to_str().unwrap()],
         vec!["export", "--db", missing.to_str().unwrap(), "-o", "x.jsonl"],
+        vec!["label", "--db", missing.to_str().unwrap()],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
             .args(&args)
@@ -211,4 +212,55 @@ fn a_file_that_is_not_a_database_is_named_once_and_left_alone() {
     assert!(err.contains(&format!("{}", db.display())), "{err}");
     assert_eq!(err.matches("file is not a database").count(), 1, "{err}");
     assert_eq!(std::fs::read_to_string(&db).unwrap(), "my notes\n");
+}
+
+#[test]
+fn label_settings_and_an_empty_database_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("empty.db");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .arg("label")
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--questions", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--questions must be at least 1"),
+        "{}",
+        stderr(&out)
+    );
+    // A database with the schema but no generate run: nothing to take a judge from.
+    std::fs::write(&db, b"").unwrap();
+    let out = run(&[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no generate run"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"));
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    std::fs::write(frames.join("judge.jinja"), "{{ conversation }} {{ typo }}").unwrap();
+    let out = run(&[
+        "--model",
+        common::model().to_str().unwrap(),
+        "--constitution",
+        common::repo("constitutions/harmless-helpful.yaml")
+            .to_str()
+            .unwrap(),
+        "--templates",
+        frames.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("judge.jinja") && err.contains("undefined"),
+        "{err}"
+    );
 }

@@ -42,6 +42,9 @@ pub struct TurnRequest {
     pub segments: Vec<Segment>,
     pub max_tokens: usize,
     pub seed: u32,
+    /// When set, nothing is generated: the turn reports the probability of each token set at
+    /// the position after the conversation (a judge reading its answer, see `label`).
+    pub probe: Option<Arc<Vec<Vec<LlamaToken>>>>,
 }
 
 /// Why generation of a turn stopped.
@@ -74,6 +77,8 @@ pub struct TurnOutput {
     /// Of those, the ones actually decoded (the rest came from the KV cache).
     pub prefill_tokens: usize,
     pub generated_tokens: usize,
+    /// For a probe turn: the probability of each of its token sets (summed over the set).
+    pub probe_mass: Vec<f64>,
 }
 
 /// A turn that could not run.
@@ -153,6 +158,7 @@ struct Turn {
     generated: usize,
     bytes: Vec<u8>,
     sampler: LlamaSampler,
+    probe: Option<Arc<Vec<Vec<LlamaToken>>>>,
 }
 
 enum State {
@@ -374,6 +380,21 @@ pub fn run(
                     continue;
                 }
             };
+            if let Some(sets) = turn.probe.take() {
+                let output = TurnOutput {
+                    text: String::new(),
+                    finish: Finish::Stop,
+                    prompt_tokens: turn.prompt_tokens,
+                    prefill_tokens: turn.prefill_tokens,
+                    generated_tokens: 0,
+                    probe_mass: token_set_mass(ctx.get_logits_ith(row), &sets),
+                };
+                slot.state = match slot.session.as_mut() {
+                    Some(session) => State::Waiting(session.finish_turn(Ok(output))),
+                    None => State::Free,
+                };
+                continue;
+            }
             let token = turn.sampler.sample(ctx, row);
             let finish = if vocab.is_eog(token) {
                 Some(Finish::Stop)
@@ -398,6 +419,7 @@ pub fn run(
                         prompt_tokens: turn.prompt_tokens,
                         prefill_tokens: turn.prefill_tokens,
                         generated_tokens: turn.generated,
+                        probe_mass: Vec::new(),
                     };
                     match slot.session.as_mut() {
                         Some(session) => State::Waiting(session.finish_turn(Ok(output))),
@@ -407,6 +429,24 @@ pub fn run(
             };
         }
     }
+}
+
+/// The probability of each token set under the softmax of `logits` (a token listed twice in a
+/// set counts once).
+pub fn token_set_mass(logits: &[f32], sets: &[Vec<LlamaToken>]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    sets.iter()
+        .map(|set| {
+            let mut ids: Vec<usize> = set.iter().map(|t| t.0 as usize).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.iter()
+                .filter_map(|&i| logits.get(i))
+                .map(|&l| f64::from(l - max).exp() / z)
+                .sum()
+        })
+        .collect()
 }
 
 fn add(
@@ -464,6 +504,7 @@ fn start_turn(
         generated: 0,
         bytes: Vec::new(),
         sampler: sampler(sampling, request.seed),
+        probe: request.probe,
     };
     Ok(State::Prefill(turn, pending))
 }

@@ -211,6 +211,7 @@ impl Session for Chain {
             segments,
             max_tokens: self.run.max_tokens,
             seed,
+            probe: None,
         })
     }
 

@@ -6,6 +6,7 @@
 //! at most the turns in flight; the same command resumes from the store.
 
 pub mod chain;
+pub mod label;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -16,7 +17,6 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chat::ChatTemplate;
 use crate::constitution::{Constitution, ConstitutionError};
 use crate::engine::batch::{self, Counters, Sampling};
 use crate::engine::{self, EngineConfig, EngineError, Session, StopSignal};
@@ -181,33 +181,16 @@ pub async fn generate(
         top_p: options.top_p,
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
-    let (template_tx, template_rx) = oneshot::channel::<Arc<ChatTemplate>>();
     let counters = Arc::new(Counters::default());
-    let engine_task = {
-        let stop = stop.clone();
-        let counters = counters.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-            let model = engine::load_model(&config)?;
-            let chat = Arc::new(engine::chat_template(&model)?);
-            let mut ctx = batch::new_context(&model, &config)?;
-            if template_tx.send(chat).is_err() {
-                return Ok(());
-            }
-            batch::run(
-                &model, &mut ctx, &config, &sampling, jobs_rx, &stop, &counters,
-            )
-        })
-    };
-    let chat = match template_rx.await {
-        Ok(chat) => chat,
-        Err(_) => {
-            return Err(match engine_task.await {
-                Ok(Err(e)) => e.into(),
-                Ok(Ok(())) => PipelineError::Internal("engine stopped before starting".into()),
-                Err(e) => PipelineError::Internal(e.to_string()),
-            })
-        }
-    };
+    let (chat, engine_task) = start_engine(
+        config,
+        sampling,
+        jobs_rx,
+        stop.clone(),
+        counters.clone(),
+        |model| Ok(Arc::new(engine::chat_template(model)?)),
+    )
+    .await?;
 
     let run = RunRecord {
         model_path: options.model.display().to_string(),
@@ -263,7 +246,7 @@ pub async fn generate(
         }
     }
 
-    let progress = progress_bar(options.quiet, remaining_steps as u64);
+    let progress = progress_bar(options.quiet, remaining_steps as u64, "steps");
     let writer = tokio::spawn(write_loop(
         store.clone(),
         run_id.clone(),
@@ -289,17 +272,10 @@ pub async fn generate(
     drop(feed);
     drop(jobs_tx);
 
-    let engine_result = engine_task
-        .await
-        .map_err(|e| PipelineError::Internal(e.to_string()))?;
     // Chains (and with them the writer's senders) are gone once the engine returns.
-    let written = writer
-        .await
-        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    let (steps_written, failures) = join_stages(engine_task, writer).await?;
     ticker.abort();
     progress.finish_and_clear();
-    let (steps_written, failures) = written?;
-    engine_result?;
 
     summary.steps_written = steps_written;
     summary.failures = failures;
@@ -320,6 +296,55 @@ pub async fn generate(
     );
     store.close().await;
     Ok(summary)
+}
+
+/// Starts the engine thread: it loads the model, hands what `ready` makes of it back (the chat
+/// template, answer tokens …), then serves the sessions sent on `jobs` until that channel closes.
+pub(crate) async fn start_engine<R: Send + 'static>(
+    config: EngineConfig,
+    sampling: Sampling,
+    jobs: mpsc::Receiver<Box<dyn Session>>,
+    stop: StopSignal,
+    counters: Arc<Counters>,
+    ready: impl FnOnce(&llama_cpp_2::model::LlamaModel) -> Result<R, EngineError> + Send + 'static,
+) -> Result<(R, EngineTask), PipelineError> {
+    let (ready_tx, ready_rx) = oneshot::channel::<R>();
+    let task = tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+        let model = engine::load_model(&config)?;
+        let made = ready(&model)?;
+        let mut ctx = batch::new_context(&model, &config)?;
+        if ready_tx.send(made).is_err() {
+            return Ok(());
+        }
+        batch::run(&model, &mut ctx, &config, &sampling, jobs, &stop, &counters)
+    });
+    match ready_rx.await {
+        Ok(made) => Ok((made, task)),
+        Err(_) => Err(match task.await {
+            Ok(Err(e)) => e.into(),
+            Ok(Ok(())) => PipelineError::Internal("engine stopped before starting".into()),
+            Err(e) => PipelineError::Internal(e.to_string()),
+        }),
+    }
+}
+
+pub(crate) type EngineTask = tokio::task::JoinHandle<Result<(), EngineError>>;
+
+/// Waits for the engine and then the store writer (which ends once every session, and with it
+/// every sender, is gone); the writer's result, or the first error.
+pub(crate) async fn join_stages<W>(
+    engine_task: EngineTask,
+    writer: tokio::task::JoinHandle<Result<W, PipelineError>>,
+) -> Result<W, PipelineError> {
+    let engine_result = engine_task
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    let written = writer
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    let written = written?;
+    engine_result?;
+    Ok(written)
 }
 
 /// The f32 flag value as the f64 a person typed (0.7, not 0.699999988).
@@ -376,14 +401,14 @@ async fn write_loop(
     Ok((steps, failures))
 }
 
-fn progress_bar(quiet: bool, total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(quiet: bool, total: u64, unit: &str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+            &format!("{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  ETA {{eta}}"),
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );

@@ -1,0 +1,468 @@
+//! `tenets label`: every pair in a database judged by a model under a constitution's comparison
+//! questions, both orders, into SQLite.
+//!
+//! The same shape as generate: pairs to do are fed to the engine thread as sessions; each
+//! session asks its `k × 2` probe turns one after another on one slot — each question straight
+//! then swapped, so the conversation and question already in the slot's KV cache are reused and
+//! only the options are decoded again — and hands each result to the store writer, going on only
+//! once it is durable. The pair's label is written
+//! with its last judgment. A rerun skips what is stored.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{join_stages, progress_bar, start_engine, PipelineError};
+use crate::chat::{ChatTemplate, Message, Segment};
+use crate::constitution::{Comparison, Constitution};
+use crate::engine::batch::{Counters, Next, Sampling};
+use crate::engine::{self, EngineConfig, Session, StopSignal};
+use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
+use crate::label::frame::JudgeFrame;
+use crate::label::{self, AnswerTokens, Verdict, ANSWER_PREFIX};
+use crate::store::{JudgeRecord, JudgmentRecord, LabelRecord, PairForLabel, Store};
+
+/// Everything `tenets label` needs.
+#[derive(Debug, Clone)]
+pub struct LabelOptions {
+    pub db: PathBuf,
+    /// Judge model [default: the model of the database's latest run].
+    pub model: Option<PathBuf>,
+    /// Comparison questions [default: the constitution of the database's latest run].
+    pub constitution: Option<PathBuf>,
+    /// A directory with a `judge.jinja` frame [default: the bundled one].
+    pub templates: Option<PathBuf>,
+    /// Comparison questions asked per pair (each in both orders).
+    pub questions: usize,
+    pub seed: u64,
+    pub parallel: usize,
+    pub threads: usize,
+    pub gpu_layers: u32,
+    pub ctx_per_sequence: usize,
+    pub quiet: bool,
+}
+
+impl LabelOptions {
+    pub fn new(db: impl Into<PathBuf>) -> Self {
+        LabelOptions {
+            db: db.into(),
+            model: None,
+            constitution: None,
+            templates: None,
+            questions: 2,
+            seed: 42,
+            parallel: 8,
+            threads: engine::default_threads(),
+            gpu_layers: 0,
+            ctx_per_sequence: 2048,
+            quiet: true,
+        }
+    }
+}
+
+/// What a label run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LabelSummary {
+    pub judge_id: String,
+    pub pairs: usize,
+    pub already_labeled: usize,
+    pub judgments_written: usize,
+    pub labels_written: usize,
+    pub failures: usize,
+    /// Over this judge's labels in the database: mean p(chosen ≻ rejected).
+    pub mean_p_chosen: f64,
+    /// Share of (pair, question) whose two orders picked different winners.
+    pub order_disagreement: f64,
+    /// Mean P(A) over all judgments: 0.5 for a judge without a position preference.
+    pub mean_p_a: f64,
+    /// Mean probability the judge put on "A" or "B" at all (how well it kept to the format).
+    pub mean_answer_mass: f64,
+    pub prefilled_tokens: u64,
+    pub seconds: f64,
+    pub interrupted: bool,
+}
+
+/// What every session of a label run shares.
+struct LabelContext {
+    judge_id: String,
+    chat: Arc<ChatTemplate>,
+    frame: JudgeFrame,
+    answers: Arc<Vec<Vec<LlamaToken>>>,
+    writer: mpsc::Sender<LabelWrite>,
+}
+
+/// A judgment to make durable (with the pair's label when it is the last), or a pair that
+/// cannot be judged; `ack` says "durable; go on".
+struct LabelWrite {
+    judgment: Option<(JudgmentRecord, Option<LabelRecord>)>,
+    failure: Option<(String, String)>,
+    ack: oneshot::Sender<bool>,
+}
+
+/// One pair's questions, asked one turn at a time.
+struct PairSession {
+    context: Arc<LabelContext>,
+    pair: PairForLabel,
+    /// (question, swapped) still to ask: each question straight, then swapped.
+    todo: VecDeque<(Comparison, bool)>,
+    /// Judgments of this pair so far (stored and new): (question id, swapped, p_chosen).
+    done: Vec<(String, bool, f64)>,
+    current: Option<(Comparison, bool)>,
+}
+
+impl PairSession {
+    fn segments(&self, question: &Comparison, swapped: bool) -> Result<Vec<Segment>, String> {
+        let (a, b) = if swapped {
+            (&self.pair.rejected, &self.pair.chosen)
+        } else {
+            (&self.pair.chosen, &self.pair.rejected)
+        };
+        let text = self
+            .context
+            .frame
+            .render(&self.pair.messages, &question.question, a, b)
+            .map_err(|e| e.to_string())?;
+        let mut segments = self
+            .context
+            .chat
+            .render(&[Message::user(text)], true)
+            .map_err(|e| e.to_string())?;
+        segments.push(Segment {
+            text: ANSWER_PREFIX.to_string(),
+            from_template: false,
+        });
+        Ok(segments)
+    }
+
+    fn write(
+        &self,
+        judgment: Option<(JudgmentRecord, Option<LabelRecord>)>,
+        failure: Option<(String, String)>,
+    ) -> oneshot::Receiver<bool> {
+        let (ack, rx) = oneshot::channel();
+        // If the writer is gone the receiver reports closed, which ends this session.
+        let _ = self.context.writer.blocking_send(LabelWrite {
+            judgment,
+            failure,
+            ack,
+        });
+        rx
+    }
+}
+
+impl Session for PairSession {
+    fn next_turn(&mut self) -> Next {
+        let Some((question, swapped)) = self.todo.pop_front() else {
+            return Next::Done;
+        };
+        match self.segments(&question, swapped) {
+            Ok(segments) => {
+                self.current = Some((question, swapped));
+                Next::Turn(TurnRequest {
+                    segments,
+                    max_tokens: 1,
+                    seed: 0,
+                    probe: Some(self.context.answers.clone()),
+                })
+            }
+            Err(reason) => Next::Wait(self.write(None, Some((self.pair.pair_id.clone(), reason)))),
+        }
+    }
+
+    fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
+        let Some((question, swapped)) = self.current.take() else {
+            // No turn was in flight: nothing to record, end the session.
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(false);
+            return rx;
+        };
+        let output = match outcome {
+            Ok(output) => output,
+            Err(failure) => {
+                self.todo.clear();
+                return self.write(None, Some((self.pair.pair_id.clone(), failure.to_string())));
+            }
+        };
+        let (mass_a, mass_b) = match output.probe_mass.as_slice() {
+            [a, b] => (*a, *b),
+            _ => (0.0, 0.0),
+        };
+        let verdict = Verdict::new(mass_a, mass_b, swapped);
+        let judgment = JudgmentRecord {
+            judge_id: self.context.judge_id.clone(),
+            pair_id: self.pair.pair_id.clone(),
+            question_id: question.id.clone(),
+            swapped,
+            mass_a,
+            mass_b,
+            p_a: verdict.p_a,
+            p_chosen: verdict.p_chosen,
+            prompt_tokens: output.prompt_tokens as i64,
+            prefill_tokens: output.prefill_tokens as i64,
+        };
+        self.done
+            .push((question.id.clone(), swapped, verdict.p_chosen));
+        let label = self.todo.is_empty().then(|| {
+            let (p_chosen, disagreements) = label::combine(&self.done);
+            LabelRecord {
+                judge_id: self.context.judge_id.clone(),
+                pair_id: self.pair.pair_id.clone(),
+                p_chosen,
+                judgments: self.done.len() as i64,
+                order_disagreements: disagreements as i64,
+            }
+        });
+        self.write(Some((judgment, label)), None)
+    }
+}
+
+/// Runs (or resumes) labeling of every pair in the database.
+pub async fn label(
+    options: &LabelOptions,
+    stop: StopSignal,
+) -> Result<LabelSummary, PipelineError> {
+    let started = Instant::now();
+    if options.questions == 0 {
+        return Err(PipelineError::Setting(
+            "--questions must be at least 1".into(),
+        ));
+    }
+    if options.parallel == 0 || options.parallel > 256 {
+        return Err(PipelineError::Setting(
+            "--parallel must be between 1 and 256".into(),
+        ));
+    }
+    if options.threads == 0 {
+        return Err(PipelineError::Setting(
+            "--threads must be at least 1".into(),
+        ));
+    }
+    let store = Store::open_existing(&options.db).await?;
+    let latest = store.latest_run().await?;
+    let constitution = match (&options.constitution, &latest) {
+        (Some(path), _) => Constitution::load(path)?,
+        (None, Some((_, json))) => serde_json::from_str(json).map_err(|e| {
+            PipelineError::Setting(format!(
+                "the constitution stored with the latest run cannot be read ({e}); pass --constitution"
+            ))
+        })?,
+        (None, None) => {
+            return Err(PipelineError::Setting(format!(
+                "{} holds no generate run: nothing to label",
+                options.db.display()
+            )))
+        }
+    };
+    if constitution.comparisons.is_empty() {
+        return Err(PipelineError::Setting(format!(
+            "constitution `{}` has no comparison questions to judge with",
+            constitution.name
+        )));
+    }
+    let model = match (&options.model, &latest) {
+        (Some(path), _) => path.clone(),
+        (None, Some((path, _))) => PathBuf::from(path),
+        (None, None) => {
+            return Err(PipelineError::Setting(format!(
+                "{} holds no generate run to take the judge model from; pass --model FILE.gguf",
+                options.db.display()
+            )))
+        }
+    };
+    if !model.exists() {
+        return Err(PipelineError::Setting(format!(
+            "judge model {} not found; pass --model FILE.gguf",
+            model.display()
+        )));
+    }
+    let frame = match &options.templates {
+        Some(dir) => JudgeFrame::from_dir(dir)?,
+        None => JudgeFrame::bundled()?,
+    };
+    engine::check_model_file(&model)?;
+    let model_sha256 = store.model_sha256(&model).await?;
+    let pairs = store.pairs_for_labels().await?;
+
+    let config = EngineConfig {
+        model_path: model.clone(),
+        gpu_layers: options.gpu_layers,
+        threads: options.threads,
+        parallel: options.parallel,
+        ctx_per_sequence: options.ctx_per_sequence,
+        batch_tokens: 512,
+    };
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
+    let counters = Arc::new(Counters::default());
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+    };
+    let ((chat, answers), engine_task) = start_engine(
+        config,
+        greedy,
+        jobs_rx,
+        stop.clone(),
+        counters.clone(),
+        |model| {
+            Ok((
+                Arc::new(engine::chat_template(model)?),
+                AnswerTokens::of(model),
+            ))
+        },
+    )
+    .await?;
+    if answers.a.is_empty() || answers.b.is_empty() {
+        stop.abort();
+        return Err(PipelineError::Setting(format!(
+            "the judge's vocabulary has no single token for \"A\" or \"B\" ({})",
+            model.display()
+        )));
+    }
+    let judge = JudgeRecord {
+        model_path: model.display().to_string(),
+        model_sha256,
+        chat_template_sha256: chat.source_hash().to_string(),
+        constitution_sha256: constitution.content_hash(),
+        frame_sha256: frame.hash().to_string(),
+        questions_per_pair: options.questions as i64,
+        seed: options.seed as i64,
+    };
+    let judge_id = store.upsert_judge(&judge).await?;
+    let (mut stored, labeled) = store.judge_progress(&judge_id).await?;
+    tracing::info!(judge = %judge_id, pairs = pairs.len(), "label");
+
+    let (writer_tx, writer_rx) = mpsc::channel::<LabelWrite>(options.parallel * 2);
+    let context = Arc::new(LabelContext {
+        judge_id: judge_id.clone(),
+        chat,
+        frame,
+        answers: Arc::new(answers.sets()),
+        writer: writer_tx,
+    });
+    let mut summary = LabelSummary {
+        judge_id: judge_id.clone(),
+        pairs: pairs.len(),
+        ..LabelSummary::default()
+    };
+    let mut sessions: Vec<PairSession> = Vec::new();
+    let mut remaining = 0u64;
+    for pair in pairs {
+        if labeled.contains(&pair.pair_id) {
+            summary.already_labeled += 1;
+            continue;
+        }
+        let done = stored.remove(&pair.pair_id).unwrap_or_default();
+        // Each question in both orders back to back: the two share the conversation and the
+        // question in the slot's KV cache (the frame asks before it lists the options).
+        let todo: VecDeque<(Comparison, bool)> = label::questions_for(
+            &constitution.comparisons,
+            options.questions,
+            options.seed,
+            &pair.pair_id,
+        )
+        .into_iter()
+        .flat_map(|q| [(q.clone(), false), (q.clone(), true)])
+        .filter(|(q, swapped)| !done.iter().any(|d| d.0 == q.id && d.1 == *swapped))
+        .collect();
+        remaining += todo.len() as u64;
+        sessions.push(PairSession {
+            context: context.clone(),
+            pair,
+            todo,
+            done,
+            current: None,
+        });
+    }
+    drop(context);
+
+    let progress = progress_bar(options.quiet, remaining, "judgments");
+    let writer = tokio::spawn(write_loop(
+        store.clone(),
+        writer_rx,
+        stop.clone(),
+        progress.clone(),
+    ));
+    for session in sessions {
+        if stop.draining() || jobs_tx.send(Box::new(session)).await.is_err() {
+            break;
+        }
+    }
+    drop(jobs_tx);
+    let (judgments, labels, failures) = join_stages(engine_task, writer).await?;
+    progress.finish_and_clear();
+
+    summary.judgments_written = judgments;
+    summary.labels_written = labels;
+    summary.failures = failures;
+    let figures = judge_figures(&store, &judge_id).await?;
+    summary.mean_p_chosen = figures.0;
+    summary.order_disagreement = figures.1;
+    summary.mean_p_a = figures.2;
+    summary.mean_answer_mass = figures.3;
+    summary.prefilled_tokens = counters.prefilled.load(Ordering::Relaxed);
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.interrupted = stop.draining();
+    store.close().await;
+    Ok(summary)
+}
+
+/// (mean p_chosen over labels, order disagreement rate, mean P(A), mean answer mass).
+async fn judge_figures(
+    store: &Store,
+    judge_id: &str,
+) -> Result<(f64, f64, f64, f64), PipelineError> {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT (SELECT COALESCE(AVG(p_chosen), 0) FROM labels WHERE judge_id = ?1), \
+         (SELECT COALESCE(CAST(SUM(order_disagreements) AS REAL) / NULLIF(SUM(judgments) / 2, 0), 0) \
+            FROM labels WHERE judge_id = ?1), \
+         (SELECT COALESCE(AVG(p_a), 0) FROM judgments WHERE judge_id = ?1), \
+         (SELECT COALESCE(AVG(mass_a + mass_b), 0) FROM judgments WHERE judge_id = ?1)",
+    )
+    .bind(judge_id)
+    .fetch_one(store.pool())
+    .await
+    .map_err(store.err())?;
+    Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+}
+
+/// Commits each judgment (and label), then acknowledges it.
+async fn write_loop(
+    store: Store,
+    mut rx: mpsc::Receiver<LabelWrite>,
+    stop: StopSignal,
+    progress: indicatif::ProgressBar,
+) -> Result<(usize, usize, usize), PipelineError> {
+    let (mut judgments, mut labels, mut failures) = (0, 0, 0);
+    while let Some(LabelWrite {
+        judgment,
+        failure,
+        ack,
+    }) = rx.recv().await
+    {
+        if let Some((pair, reason)) = failure {
+            tracing::warn!(pair = %pair, "cannot judge: {reason}");
+            progress.println(format!("pair {}… cannot be judged: {reason}", &pair[..12]));
+            failures += 1;
+            let _ = ack.send(false);
+            continue;
+        }
+        if let Some((j, label)) = judgment {
+            if let Err(e) = store.commit_judgment(&j, label.as_ref()).await {
+                stop.abort();
+                let _ = ack.send(false);
+                return Err(e.into());
+            }
+            judgments += 1;
+            labels += usize::from(label.is_some());
+            progress.inc(1);
+        }
+        let _ = ack.send(!stop.draining());
+    }
+    Ok((judgments, labels, failures))
+}
