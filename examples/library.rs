@@ -41,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let store = Store::open_existing(&db).await?;
-    for row in export::rows(&store, Kind::Dpo).await? {
+    let filters = tenets::filters::PairFilters::default();
+    for row in export::rows(&store, Kind::Dpo, &filters).await?.rows {
         println!("\nPROMPT:   {}", row["prompt"][0]["content"]);
         println!("REJECTED: {}", row["rejected"][0]["content"]);
         println!(

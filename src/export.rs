@@ -9,6 +9,7 @@
 //! two formats cannot disagree. Files are written to a temporary name and renamed into place:
 //! an interrupted export leaves nothing half-written.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 use crate::chat::Message;
+use crate::filters::{Dropped, PairFilters};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,8 +44,19 @@ pub enum ExportError {
     Corrupt(String),
 }
 
-/// Builds the export rows (as JSON objects) from a store.
-pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> {
+/// Export rows and what the filters left out.
+#[derive(Debug, Clone, Default)]
+pub struct ExportRows {
+    pub rows: Vec<Value>,
+    pub dropped: BTreeMap<Dropped, usize>,
+}
+
+/// Builds the export rows (as JSON objects) from a store, leaving out what `filters` drop.
+pub async fn rows(
+    store: &Store,
+    kind: Kind,
+    filters: &PairFilters,
+) -> Result<ExportRows, ExportError> {
     let sql = "SELECT p.id, p.messages, p.kind, r.id, r.model_sha256, r.chat_template_sha256, \
                r.constitution_name, r.constitution_sha256, r.template_sha256, r.rounds, \
                r.temperature, r.top_p, r.max_tokens, r.seed, \
@@ -65,7 +78,7 @@ pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> 
         .fetch_all(store.pool())
         .await
         .map_err(store.err())?;
-    let mut out = Vec::with_capacity(db_rows.len());
+    let mut out = ExportRows::default();
     for row in db_rows {
         let messages: Vec<Message> = serde_json::from_str(row.get::<&str, _>(1))
             .map_err(|e| ExportError::Corrupt(format!("prompt messages: {e}")))?;
@@ -75,10 +88,23 @@ pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> 
         let rejected: String = row.get(16);
         let p_revision: Option<f64> = row.get(19);
         let judge_id: Option<String> = row.get(20);
+        let (finish_c, finish_r) = (row.get::<String, _>(15), row.get::<String, _>(17));
+        let verdict = match kind {
+            Kind::Dpo => filters.check(
+                [&finish_c, &finish_r],
+                [&chosen, &rejected],
+                p_revision.map(|p| (2.0 * p - 1.0).abs()),
+            ),
+            // An SFT row is the revision alone: only its own truncation matters.
+            Kind::Sft => filters.check([&finish_c, "stop"], [&chosen, ""], None),
+        };
+        if let Some(reason) = verdict {
+            *out.dropped.entry(reason).or_default() += 1;
+            continue;
+        }
         let mut value = match kind {
             Kind::Dpo => {
                 // A judged pair is oriented by its label: the revision is not assumed to win.
-                let (finish_c, finish_r) = (row.get::<String, _>(15), row.get::<String, _>(17));
                 let revision_wins = p_revision.is_none_or(|p| p >= 0.5);
                 let (chosen, rejected, chosen_finish, rejected_finish) = if revision_wins {
                     (chosen, rejected, finish_c, finish_r)
@@ -103,7 +129,7 @@ pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> 
                 conversation.push(Message::assistant(chosen));
                 json!({
                     "messages": conversation,
-                    "finish": row.get::<String, _>(15),
+                    "finish": finish_c,
                 })
             }
         };
@@ -126,21 +152,23 @@ pub async fn rows(store: &Store, kind: Kind) -> Result<Vec<Value>, ExportError> 
         if let (Some(obj), Value::Object(extra)) = (value.as_object_mut(), provenance) {
             obj.extend(extra);
         }
-        out.push(value);
+        out.rows.push(value);
     }
     Ok(out)
 }
 
-/// Writes the export file; returns the number of rows.
+/// Writes the export file; returns the rows written and what the filters dropped.
 pub async fn export(
     store: &Store,
     kind: Kind,
     format: Format,
+    filters: &PairFilters,
     out: &Path,
-) -> Result<usize, ExportError> {
-    let rows = rows(store, kind).await?;
+) -> Result<ExportRows, ExportError> {
+    let exported = rows(store, kind, filters).await?;
+    let rows = &exported.rows;
     let mut jsonl = Vec::new();
-    for row in &rows {
+    for row in rows {
         serde_json::to_writer(&mut jsonl, row).map_err(|e| ExportError::Corrupt(e.to_string()))?;
         jsonl.push(b'\n');
     }
@@ -154,7 +182,7 @@ pub async fn export(
         }
     };
     write_atomically(out, &bytes)?;
-    Ok(rows.len())
+    Ok(exported)
 }
 
 fn to_parquet(jsonl: &[u8], n_rows: usize) -> Result<Vec<u8>, String> {

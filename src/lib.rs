@@ -9,6 +9,7 @@ pub mod chat;
 pub mod constitution;
 pub mod engine;
 pub mod export;
+pub mod filters;
 pub mod hash;
 pub mod label;
 pub mod models;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tenets::constitution::{self, starter, Constitution};
 use tenets::engine::StopSignal;
 use tenets::export::{self, Format, Kind};
+use tenets::filters::PairFilters;
 use tenets::pipeline::label::LabelOptions;
 use tenets::pipeline::{self, GenerateOptions};
 use tenets::score::{self, ScoreEngine, ScoreInput, ScoreOptions};
@@ -45,6 +46,15 @@ enum Command {
         format: Format,
         #[arg(short, long)]
         out: PathBuf,
+        /// Keep pairs where an answer hit the token or context limit (dropped by default).
+        #[arg(long)]
+        include_truncated: bool,
+        /// Drop pairs whose two answers are at least this similar (1 − normalised edit distance).
+        #[arg(long, default_value_t = 0.95)]
+        max_similarity: f64,
+        /// Drop labeled pairs whose weight (2·label − 1) is below this (kept, weighted, if unset).
+        #[arg(long)]
+        min_margin: Option<f64>,
     },
     /// Check constitution files; prints every problem as file:line:col: message.
     Validate {
@@ -255,10 +265,27 @@ async fn run(command: Command) -> Result<ExitCode> {
             kind,
             format,
             out,
+            include_truncated,
+            max_similarity,
+            min_margin,
         } => {
+            if !(0.0..=1.0).contains(&max_similarity) {
+                bail!("--max-similarity must be between 0 and 1");
+            }
+            if min_margin.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+                bail!("--min-margin must be between 0 and 1");
+            }
+            let filters = PairFilters {
+                include_truncated,
+                max_similarity,
+                min_margin,
+            };
             let store = Store::open_existing(&db).await?;
-            let n = export::export(&store, kind, format, &out).await?;
-            eprintln!("wrote {n} rows to {}", out.display());
+            let exported = export::export(&store, kind, format, &filters, &out).await?;
+            eprintln!("wrote {} rows to {}", exported.rows.len(), out.display());
+            for (reason, count) in &exported.dropped {
+                eprintln!("  dropped {count}: {}", reason.as_str());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate(&files)),

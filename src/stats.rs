@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use crate::filters::{edit_similarity, PairFilters};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize)]
@@ -18,6 +19,11 @@ pub struct RunStats {
     pub principles: Vec<Count>,
     pub pairs: i64,
     pub truncated: i64,
+    /// Quality filters: revisions whose preamble was stripped; pairs `export` drops by default
+    /// because an answer was truncated, or because the two answers are near-identical.
+    pub preambles_stripped: i64,
+    pub pairs_truncated: i64,
+    pub pairs_near_identical: i64,
     pub failures: Vec<Count>,
     pub generated_tokens: i64,
     /// Conversation tokens of critique/revision turns, and how many of them were decoded.
@@ -155,12 +161,33 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
                (SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND finish != 'stop'), \
                (SELECT COALESCE(SUM(generated_tokens), 0) FROM steps WHERE run_id = ?1), \
                (SELECT COALESCE(SUM(prompt_tokens), 0) FROM steps WHERE run_id = ?1 AND stage != 'answer'), \
-               (SELECT COALESCE(SUM(prefill_tokens), 0) FROM steps WHERE run_id = ?1 AND stage != 'answer')",
+               (SELECT COALESCE(SUM(prefill_tokens), 0) FROM steps WHERE run_id = ?1 AND stage != 'answer'), \
+               (SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND preamble IS NOT NULL)",
         )
         .bind(&run_id)
         .fetch_one(store.pool())
         .await
         .map_err(store.err())?;
+        let pair_rows = sqlx::query(
+            "SELECT c.output, c.finish, a.output, a.finish FROM pairs pr \
+             JOIN steps c ON c.id = pr.chosen_step JOIN steps a ON a.id = pr.rejected_step \
+             WHERE pr.run_id = ?",
+        )
+        .bind(&run_id)
+        .fetch_all(store.pool())
+        .await
+        .map_err(store.err())?;
+        let defaults = PairFilters::default();
+        let (mut pairs_truncated, mut pairs_near_identical) = (0, 0);
+        for r in &pair_rows {
+            let (c, cf, a, af): (&str, &str, &str, &str) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            if cf != "stop" || af != "stop" {
+                pairs_truncated += 1;
+            }
+            if edit_similarity(c, a) >= defaults.max_similarity {
+                pairs_near_identical += 1;
+            }
+        }
         out.push(RunStats {
             run_id,
             created_at: run.get(1),
@@ -171,6 +198,9 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
             principles,
             pairs: totals.get(0),
             truncated: totals.get(1),
+            preambles_stripped: totals.get(5),
+            pairs_truncated,
+            pairs_near_identical,
             failures,
             generated_tokens: totals.get(2),
             followup_prompt_tokens: totals.get(3),
@@ -210,6 +240,12 @@ pub fn render(stats: &Stats) -> String {
             s,
             "  {:<10} {:>6}  (hit max tokens or context)",
             "truncated", run.truncated
+        );
+        let _ = writeln!(
+            s,
+            "  filters: {} revision preamble(s) stripped; export drops by default {} pair(s) \
+             with a truncated answer and {} with near-identical answers",
+            run.preambles_stripped, run.pairs_truncated, run.pairs_near_identical
         );
         if !run.principles.is_empty() {
             let _ = writeln!(s, "  critiques per principle:");

@@ -76,6 +76,8 @@ pub struct StepRecord {
     pub generated_tokens: i64,
     pub seed: i64,
     pub template_sha256: String,
+    /// A revision's opening line stripped by the preamble filter.
+    pub preamble: Option<String>,
 }
 
 impl StepRecord {
@@ -339,7 +341,7 @@ impl Store {
     ) -> Result<HashMap<String, Vec<StepRecord>>, StoreError> {
         let rows = sqlx::query(
             "SELECT run_id, prompt_id, stage, round, principle_id, request, output, finish, \
-             prompt_tokens, prefill_tokens, generated_tokens, seed, template_sha256 \
+             prompt_tokens, prefill_tokens, generated_tokens, seed, template_sha256, preamble \
              FROM steps WHERE run_id = ? ORDER BY prompt_id, round, stage",
         )
         .bind(run_id)
@@ -362,6 +364,7 @@ impl Store {
                 generated_tokens: row.get(10),
                 seed: row.get(11),
                 template_sha256: row.get(12),
+                preamble: row.get(13),
             };
             out.entry(step.prompt_id.clone()).or_default().push(step);
         }
@@ -379,8 +382,8 @@ impl Store {
         let id = step.id();
         sqlx::query(
             "INSERT INTO steps (id, run_id, prompt_id, stage, round, principle_id, request, output, \
-             finish, prompt_tokens, prefill_tokens, generated_tokens, seed, template_sha256) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             finish, prompt_tokens, prefill_tokens, generated_tokens, seed, template_sha256, \
+             preamble) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(&id)
         .bind(&step.run_id)
@@ -396,6 +399,7 @@ impl Store {
         .bind(step.generated_tokens)
         .bind(step.seed)
         .bind(&step.template_sha256)
+        .bind(&step.preamble)
         .execute(&mut *tx)
         .await
         .map_err(self.err())?;

@@ -10,6 +10,7 @@ use polars::prelude::SerReader;
 use sqlx::Row;
 use tenets::engine::StopSignal;
 use tenets::export::{self, Format, Kind};
+use tenets::filters::{Dropped, PairFilters};
 use tenets::pipeline;
 use tenets::store::Store;
 
@@ -93,10 +94,47 @@ async fn generate_resume_and_export() {
 
     // JSONL export: TRL conversational columns plus provenance; the template prompt intact.
     let jsonl = dir.path().join("dpo.jsonl");
-    let n = export::export(&store, Kind::Dpo, Format::Jsonl, &jsonl)
+    // Answers of ≤ 24 tokens are mostly cut off: keep them here, where the format is the point.
+    let everything = PairFilters {
+        include_truncated: true,
+        max_similarity: 1.01,
+        min_margin: None,
+    };
+    let n = export::export(&store, Kind::Dpo, Format::Jsonl, &everything, &jsonl)
         .await
-        .unwrap();
+        .unwrap()
+        .rows
+        .len();
     assert_eq!(n, 8);
+    // By default, pairs with a truncated answer are left out and counted.
+    let filtered = export::export(
+        &store,
+        Kind::Dpo,
+        Format::Jsonl,
+        &PairFilters::default(),
+        &dir.path().join("f.jsonl"),
+    )
+    .await
+    .unwrap();
+    let truncated: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pairs pr JOIN steps c ON c.id = pr.chosen_step \
+         JOIN steps a ON a.id = pr.rejected_step WHERE c.finish != 'stop' OR a.finish != 'stop'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        filtered
+            .dropped
+            .get(&Dropped::Truncated)
+            .copied()
+            .unwrap_or(0) as i64,
+        truncated
+    );
+    assert_eq!(
+        filtered.rows.len() + filtered.dropped.values().sum::<usize>(),
+        8
+    );
     let text = std::fs::read_to_string(&jsonl).unwrap();
     let rows: Vec<serde_json::Value> = text
         .lines()
@@ -135,9 +173,11 @@ async fn generate_resume_and_export() {
     ] {
         let path = dir.path().join(format!("{kind:?}.parquet"));
         assert_eq!(
-            export::export(&store, kind, Format::Parquet, &path)
+            export::export(&store, kind, Format::Parquet, &everything, &path)
                 .await
-                .unwrap(),
+                .unwrap()
+                .rows
+                .len(),
             8
         );
         let df = polars::prelude::ParquetReader::new(std::fs::File::open(&path).unwrap())

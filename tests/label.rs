@@ -171,10 +171,16 @@ async fn labels_are_both_orders_durable_and_resume() {
 
     // Export orients each pair by its label.
     let out = dir.path().join("dpo.jsonl");
+    let everything = tenets::filters::PairFilters {
+        include_truncated: true,
+        max_similarity: 1.01,
+        min_margin: None,
+    };
     tenets::export::export(
         &store,
         tenets::export::Kind::Dpo,
         tenets::export::Format::Jsonl,
+        &everything,
         &out,
     )
     .await

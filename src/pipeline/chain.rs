@@ -232,6 +232,12 @@ impl Session for Chain {
             Ok(output) => output,
             Err(failure) => return self.fail(&stage, round, failure.to_string()),
         };
+        // A revision that opens with "Here is a revised response:" keeps only the response; the
+        // opening is recorded beside it.
+        let (text, preamble) = match stage.as_str() {
+            "revision" => crate::filters::strip_preamble(output.text.trim()),
+            _ => (output.text.trim().to_string(), None),
+        };
         let step = StepRecord {
             run_id: self.run.run_id.clone(),
             prompt_id: self.prompt.id.clone(),
@@ -239,13 +245,14 @@ impl Session for Chain {
             round,
             principle_id,
             request,
-            output: output.text.trim().to_string(),
+            output: text,
             finish: output.finish.as_str().to_string(),
             prompt_tokens: output.prompt_tokens as i64,
             prefill_tokens: output.prefill_tokens as i64,
             generated_tokens: output.generated_tokens as i64,
             seed: i64::from(seed),
             template_sha256: self.run.templates.hash().to_string(),
+            preamble,
         };
         let last = self.done.len() + 1 == self.run.plan().len();
         let pair_with = (last && self.run.rounds > 0)

@@ -1,0 +1,216 @@
+//! Quality filters for generated preference data. Each one is counted where it acts — never a
+//! silent drop: revision preambles are stripped at generation and kept in the step's row;
+//! truncated answers, near-identical pairs and low-margin labels are dropped at export and
+//! reported there and by `tenets stats`.
+
+/// Words that make an opening line a preamble ("Here is a revised response:") rather than
+/// content: one word naming the act and one naming the thing.
+const ACT_WORDS: [&str; 6] = [
+    "revised",
+    "rewritten",
+    "improved",
+    "updated",
+    "revision",
+    "edited",
+];
+const THING_WORDS: [&str; 5] = ["response", "answer", "version", "revision", "reply"];
+/// A preamble is a short line: longer openings are content even when they use these words.
+const PREAMBLE_MAX_WORDS: usize = 9;
+
+/// Splits a leading "Here is a revised response:" (or the like) from a revision. Returns the text
+/// without it and the preamble removed, if there was one.
+pub fn strip_preamble(text: &str) -> (String, Option<String>) {
+    let trimmed = text.trim_start();
+    let line_end = trimmed.find('\n').unwrap_or(trimmed.len());
+    let first_line = &trimmed[..line_end];
+    // The preamble ends at a colon on the first line, or is the whole first line.
+    let (head, rest) = match first_line.find(':') {
+        Some(colon) => (&trimmed[..colon], &trimmed[colon + 1..]),
+        None if line_end < trimmed.len() => (first_line, &trimmed[line_end..]),
+        None => return (text.to_string(), None),
+    };
+    let words: Vec<String> = head
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let has = |set: &[&str]| words.iter().any(|w| set.contains(&w.as_str()));
+    let is_preamble = !words.is_empty()
+        && words.len() <= PREAMBLE_MAX_WORDS
+        && has(&ACT_WORDS)
+        && has(&THING_WORDS)
+        && !rest.trim().is_empty();
+    if !is_preamble {
+        return (text.to_string(), None);
+    }
+    let preamble = trimmed[..trimmed.len() - rest.len()].trim().to_string();
+    (strip_quotes(rest.trim()).to_string(), Some(preamble))
+}
+
+/// Removes one pair of quotes wrapped around the whole text (models often quote a revision).
+fn strip_quotes(text: &str) -> &str {
+    for (open, close) in [('"', '"'), ('“', '”')] {
+        if let Some(inner) = text.strip_prefix(open).and_then(|t| t.strip_suffix(close)) {
+            if !inner.contains(open) && !inner.contains(close) {
+                return inner.trim();
+            }
+        }
+    }
+    text
+}
+
+/// 1 − (character edit distance / length of the longer text): 1 for identical texts, 0 for
+/// texts with nothing in common.
+pub fn edit_similarity(a: &str, b: &str) -> f64 {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let longest = a.len().max(b.len());
+    if longest == 0 {
+        return 1.0;
+    }
+    // Levenshtein distance, one row at a time.
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut row = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != cb);
+            row[j + 1] = substitute.min(prev[j + 1] + 1).min(row[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut row);
+    }
+    1.0 - prev[b.len()] as f64 / longest as f64
+}
+
+/// Which pairs `tenets export` leaves out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairFilters {
+    /// Keep pairs where either answer hit the token or context limit.
+    pub include_truncated: bool,
+    /// Drop pairs whose answers are at least this similar (`edit_similarity`).
+    pub max_similarity: f64,
+    /// Drop labeled pairs whose weight (2·label − 1) is below this.
+    pub min_margin: Option<f64>,
+}
+
+impl Default for PairFilters {
+    fn default() -> Self {
+        PairFilters {
+            include_truncated: false,
+            max_similarity: 0.95,
+            min_margin: None,
+        }
+    }
+}
+
+/// Why a pair was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Dropped {
+    Truncated,
+    NearIdentical,
+    LowMargin,
+}
+
+impl Dropped {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Truncated => "truncated (hit max tokens or context)",
+            Dropped::NearIdentical => "chosen ≈ rejected",
+            Dropped::LowMargin => "label margin below --min-margin",
+        }
+    }
+}
+
+impl PairFilters {
+    /// The first reason to drop a pair, if any.
+    pub fn check(
+        &self,
+        finishes: [&str; 2],
+        answers: [&str; 2],
+        weight: Option<f64>,
+    ) -> Option<Dropped> {
+        if !self.include_truncated && finishes.iter().any(|f| *f != "stop") {
+            return Some(Dropped::Truncated);
+        }
+        if edit_similarity(answers[0], answers[1]) >= self.max_similarity {
+            return Some(Dropped::NearIdentical);
+        }
+        match (self.min_margin, weight) {
+            (Some(min), Some(w)) if w < min => Some(Dropped::LowMargin),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preambles_are_stripped_and_content_is_kept() {
+        let (text, pre) = strip_preamble("Here is a revised response:\n\nBread needs flour.");
+        assert_eq!(
+            (text.as_str(), pre.as_deref()),
+            ("Bread needs flour.", Some("Here is a revised response:"))
+        );
+        let (text, pre) = strip_preamble("Sure! Here's the rewritten answer: \"Tea is a drink.\"");
+        assert_eq!((text.as_str(), pre.is_some()), ("Tea is a drink.", true));
+        let (text, pre) = strip_preamble("Revised response\nOwls hunt at night.");
+        assert_eq!(
+            (text.as_str(), pre.is_some()),
+            ("Owls hunt at night.", true)
+        );
+        // Content that merely mentions the words, or has nothing after the colon, stays.
+        for keep in [
+            "Note: the answer depends on your version of Python.",
+            "The revised tax code changed how the answer is computed: see section 4 of the law.",
+            "Revised response:",
+            "Bread needs flour, water and salt.",
+        ] {
+            assert_eq!(strip_preamble(keep), (keep.to_string(), None), "{keep}");
+        }
+    }
+
+    #[test]
+    fn similarity_is_one_minus_normalised_edit_distance() {
+        assert_eq!(edit_similarity("abc", "abc"), 1.0);
+        assert_eq!(edit_similarity("", ""), 1.0);
+        assert_eq!(edit_similarity("abc", ""), 0.0);
+        assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn each_filter_drops_its_case_and_keeps_the_rest() {
+        let f = PairFilters {
+            min_margin: Some(0.2),
+            ..PairFilters::default()
+        };
+        let (a, b) = ("A careful, helpful answer.", "I can't help with that.");
+        assert_eq!(f.check(["stop", "stop"], [a, b], Some(0.5)), None);
+        assert_eq!(
+            f.check(["stop", "length"], [a, b], None),
+            Some(Dropped::Truncated)
+        );
+        assert_eq!(
+            f.check(["stop", "stop"], [a, "A careful, helpful answer!"], None),
+            Some(Dropped::NearIdentical)
+        );
+        assert_eq!(
+            f.check(["stop", "stop"], [a, b], Some(0.1)),
+            Some(Dropped::LowMargin)
+        );
+        assert_eq!(
+            f.check(["stop", "stop"], [a, b], None),
+            None,
+            "unlabeled pairs have no margin"
+        );
+        let keep_truncated = PairFilters {
+            include_truncated: true,
+            ..PairFilters::default()
+        };
+        assert_eq!(
+            keep_truncated.check(["context", "stop"], [a, b], None),
+            None
+        );
+    }
+}
