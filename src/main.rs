@@ -11,6 +11,7 @@ use tenets::constitution::{self, starter, Constitution};
 use tenets::engine::StopSignal;
 use tenets::export::{self, Format, Kind};
 use tenets::filters::PairFilters;
+use tenets::label::CotSettings;
 use tenets::pipeline::label::LabelOptions;
 use tenets::pipeline::{self, GenerateOptions};
 use tenets::score::{self, ScoreEngine, ScoreInput, ScoreOptions};
@@ -143,6 +144,15 @@ struct LabelArgs {
     /// Comparison questions asked per pair, each in both orders.
     #[arg(long, default_value_t = 2)]
     questions: usize,
+    /// Chain of thought: the judge reasons before its answer is read.
+    #[arg(long)]
+    cot: bool,
+    /// With --cot: most tokens of reasoning.
+    #[arg(long, default_value_t = 192, requires = "cot")]
+    cot_tokens: usize,
+    /// With --cot: P(A) is clamped into LOW,HIGH (the CAI paper's 0.4,0.6).
+    #[arg(long, default_value = "0.4,0.6", requires = "cot", value_parser = parse_clamp)]
+    cot_clamp: (f64, f64),
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Sequences judged together in each llama.cpp batch.
@@ -358,6 +368,14 @@ fn init(name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn parse_clamp(text: &str) -> Result<(f64, f64), String> {
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("`{v}`: {e}"));
+    match text.split_once(',') {
+        Some((low, high)) => Ok((parse(low)?, parse(high)?)),
+        None => Err("expected LOW,HIGH (for example 0.4,0.6)".into()),
+    }
+}
+
 /// First Ctrl-C: finish the turns in flight, commit them, stop. Second: stop at once.
 fn stop_on_ctrl_c() -> StopSignal {
     let stop = StopSignal::default();
@@ -381,6 +399,10 @@ async fn label(args: LabelArgs) -> Result<ExitCode> {
     options.constitution = args.constitution;
     options.templates = args.templates;
     options.questions = args.questions;
+    options.cot = args.cot.then_some(CotSettings {
+        max_tokens: args.cot_tokens,
+        clamp: args.cot_clamp,
+    });
     options.seed = args.seed;
     options.parallel = args.parallel;
     options.gpu_layers = args.gpu_layers;

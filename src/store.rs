@@ -100,6 +100,9 @@ pub struct JudgeRecord {
     pub frame_sha256: String,
     pub questions_per_pair: i64,
     pub seed: i64,
+    /// Chain-of-thought: reasoning tokens (0: none) and the clamp on P(A).
+    pub cot_tokens: i64,
+    pub cot_clamp: Option<(f64, f64)>,
 }
 
 impl JudgeRecord {
@@ -112,6 +115,8 @@ impl JudgeRecord {
             &self.frame_sha256,
             &self.questions_per_pair.to_string(),
             &self.seed.to_string(),
+            &self.cot_tokens.to_string(),
+            &format!("{:?}", self.cot_clamp),
         ])
     }
 }
@@ -138,6 +143,8 @@ pub struct JudgmentRecord {
     pub p_chosen: f64,
     pub prompt_tokens: i64,
     pub prefill_tokens: i64,
+    /// The reasoning a chain-of-thought judgment was read after.
+    pub reasoning: Option<String>,
 }
 
 impl JudgmentRecord {
@@ -444,8 +451,9 @@ impl Store {
         let id = judge.id();
         sqlx::query(
             "INSERT INTO judges (id, model_path, model_sha256, chat_template_sha256, \
-             constitution_sha256, frame_sha256, questions_per_pair, seed) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             constitution_sha256, frame_sha256, questions_per_pair, seed, cot_tokens, \
+             cot_clamp_low, cot_clamp_high) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(&id)
         .bind(&judge.model_path)
@@ -455,6 +463,9 @@ impl Store {
         .bind(&judge.frame_sha256)
         .bind(judge.questions_per_pair)
         .bind(judge.seed)
+        .bind(judge.cot_tokens)
+        .bind(judge.cot_clamp.map(|c| c.0))
+        .bind(judge.cot_clamp.map(|c| c.1))
         .execute(&self.pool)
         .await
         .map_err(self.err())?;
@@ -530,8 +541,8 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(self.err())?;
         sqlx::query(
             "INSERT INTO judgments (id, judge_id, pair_id, question_id, swapped, mass_a, mass_b, \
-             p_a, p_chosen, prompt_tokens, prefill_tokens) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             p_a, p_chosen, prompt_tokens, prefill_tokens, reasoning) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(j.id())
         .bind(&j.judge_id)
@@ -544,6 +555,7 @@ impl Store {
         .bind(j.p_chosen)
         .bind(j.prompt_tokens)
         .bind(j.prefill_tokens)
+        .bind(&j.reasoning)
         .execute(&mut *tx)
         .await
         .map_err(self.err())?;

@@ -269,3 +269,47 @@ async fn label_survives_kill_9() {
     assert_eq!(store.integrity_check().await.unwrap(), "ok");
     store.close().await;
 }
+
+/// Chain of thought: the judge reasons first (stored with the judgment), and P(A) is clamped.
+#[tokio::test(flavor = "multi_thread")]
+async fn chain_of_thought_judgments_keep_their_reasoning_and_are_clamped() {
+    let _guard = common::MODEL_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = generate_pairs(dir.path(), 3).await;
+    let mut options = label_options(&db);
+    options.questions = 1;
+    options.cot = Some(tenets::label::CotSettings {
+        max_tokens: 16,
+        clamp: (0.4, 0.6),
+    });
+    let summary = label(&options, StopSignal::default()).await.unwrap();
+    assert_eq!((summary.judgments_written, summary.labels_written), (6, 3));
+    let store = Store::open_existing(&db).await.unwrap();
+    let rows =
+        sqlx::query("SELECT reasoning, mass_a, mass_b, p_a, p_chosen, swapped FROM judgments")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    for r in &rows {
+        let reasoning: Option<String> = r.get(0);
+        assert!(
+            reasoning.is_some_and(|t| !t.is_empty()),
+            "reasoning is stored"
+        );
+        let (ma, mb, pa, pc): (f64, f64, f64, f64) = (r.get(1), r.get(2), r.get(3), r.get(4));
+        assert!((0.4..=0.6).contains(&pa), "P(A) {pa} is clamped");
+        assert!((pa - (ma / (ma + mb)).clamp(0.4, 0.6)).abs() < 1e-9);
+        let want = if r.get::<i64, _>(5) == 1 {
+            1.0 - pa
+        } else {
+            pa
+        };
+        assert!((pc - want).abs() < 1e-9);
+    }
+    let cot: i64 = sqlx::query_scalar("SELECT cot_tokens FROM judges")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(cot, 16);
+    store.close().await;
+}

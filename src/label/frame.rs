@@ -1,6 +1,6 @@
 //! The judge's multiple-choice frame: a minijinja template (bundled `prompts/judge.jinja`, or
 //! `judge.jinja` in a user's `--templates DIR`) that lays out the conversation, the comparison
-//! question and the two options. Rendered with strict undefined; the conversation and answers go
+//! question and the two options (`cot`: whether the judge is to reason first). Rendered with strict undefined; the conversation and answers go
 //! in as values — data, never template source.
 
 use std::path::Path;
@@ -50,7 +50,8 @@ impl JudgeFrame {
             })?;
         let frame = JudgeFrame { env, hash, origin };
         // Fail now, not at the first pair.
-        frame.render(&[Message::user("x")], "q", "a", "b")?;
+        frame.render(&[Message::user("x")], "q", "a", "b", false)?;
+        frame.render(&[Message::user("x")], "q", "a", "b", true)?;
         Ok(frame)
     }
 
@@ -59,13 +60,15 @@ impl JudgeFrame {
         &self.hash
     }
 
-    /// The frame for one question with `option_a` shown as (A) and `option_b` as (B).
+    /// The frame for one question with `option_a` shown as (A) and `option_b` as (B); `cot` asks
+    /// the judge to reason before it answers.
     pub fn render(
         &self,
         conversation: &[Message],
         question: &str,
         option_a: &str,
         option_b: &str,
+        cot: bool,
     ) -> Result<String, FrameError> {
         let fail = |e: minijinja::Error| FrameError::Template {
             name: format!("{}/{NAME}", self.origin),
@@ -78,6 +81,7 @@ impl JudgeFrame {
                 question => question,
                 option_a => option_a,
                 option_b => option_b,
+                cot => cot,
             })
             .map_err(fail)?;
         Ok(text.trim().to_string())
@@ -97,6 +101,7 @@ mod tests {
                 "Which is better?",
                 "It is {{ answer }}.",
                 "B's text",
+                false,
             )
             .unwrap();
         assert!(

@@ -21,6 +21,29 @@ use crate::hash;
 /// Text the judge's reply starts with; the next token is its answer.
 pub const ANSWER_PREFIX: &str = "The answer is: (";
 
+/// In chain-of-thought mode the reply starts with this, the judge reasons, and then
+/// [`ANSWER_PREFIX`] follows on a new paragraph.
+pub const COT_PREFIX: &str = "Let's think step by step.";
+
+/// Chain-of-thought judging: reasoning length and the clamp on its probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CotSettings {
+    /// Most tokens of reasoning before the answer is read.
+    pub max_tokens: usize,
+    /// P(A) after reasoning is clamped into this range (the CAI paper's [0.4, 0.6]): reasoning
+    /// makes a judge overconfident, and a label should not claim more than it knows.
+    pub clamp: (f64, f64),
+}
+
+impl Default for CotSettings {
+    fn default() -> Self {
+        CotSettings {
+            max_tokens: 192,
+            clamp: (0.4, 0.6),
+        }
+    }
+}
+
 /// The token forms of each answer letter in one vocabulary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnswerTokens {
@@ -100,9 +123,14 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    pub fn new(mass_a: f64, mass_b: f64, swapped: bool) -> Self {
+    /// `clamp` bounds P(A) (chain-of-thought judgments); the masses stay as read.
+    pub fn new(mass_a: f64, mass_b: f64, swapped: bool, clamp: Option<(f64, f64)>) -> Self {
         let total = mass_a + mass_b;
         let p_a = if total > 0.0 { mass_a / total } else { 0.5 };
+        let p_a = match clamp {
+            Some((low, high)) => p_a.clamp(low, high),
+            None => p_a,
+        };
         Verdict {
             mass_a,
             mass_b,
@@ -141,11 +169,15 @@ mod tests {
 
     #[test]
     fn the_swap_is_undone() {
-        let straight = Verdict::new(0.6, 0.2, false);
+        let straight = Verdict::new(0.6, 0.2, false, None);
         assert!((straight.p_a - 0.75).abs() < 1e-12 && (straight.p_chosen - 0.75).abs() < 1e-12);
-        let swapped = Verdict::new(0.6, 0.2, true);
+        let swapped = Verdict::new(0.6, 0.2, true, None);
         assert!((swapped.p_chosen - 0.25).abs() < 1e-12);
-        assert_eq!(Verdict::new(0.0, 0.0, false).p_a, 0.5);
+        assert_eq!(Verdict::new(0.0, 0.0, false, None).p_a, 0.5);
+        // Chain-of-thought answers are clamped, then the swap is undone.
+        let cot = Verdict::new(0.6, 0.2, true, Some((0.4, 0.6)));
+        assert!((cot.p_a - 0.6).abs() < 1e-12 && (cot.p_chosen - 0.4).abs() < 1e-12);
+        assert_eq!((cot.mass_a, cot.mass_b), (0.6, 0.2));
     }
 
     #[test]

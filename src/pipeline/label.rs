@@ -24,7 +24,7 @@ use crate::engine::batch::{Counters, Next, Sampling};
 use crate::engine::{self, EngineConfig, Session, StopSignal};
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
 use crate::label::frame::JudgeFrame;
-use crate::label::{self, AnswerTokens, Verdict, ANSWER_PREFIX};
+use crate::label::{self, AnswerTokens, CotSettings, Verdict, ANSWER_PREFIX, COT_PREFIX};
 use crate::store::{JudgeRecord, JudgmentRecord, LabelRecord, PairForLabel, Store};
 
 /// Everything `tenets label` needs.
@@ -39,6 +39,8 @@ pub struct LabelOptions {
     pub templates: Option<PathBuf>,
     /// Comparison questions asked per pair (each in both orders).
     pub questions: usize,
+    /// Chain-of-thought judging: the judge reasons before its answer is read.
+    pub cot: Option<CotSettings>,
     pub seed: u64,
     pub parallel: usize,
     pub threads: usize,
@@ -55,6 +57,7 @@ impl LabelOptions {
             constitution: None,
             templates: None,
             questions: 2,
+            cot: None,
             seed: 42,
             parallel: 8,
             threads: engine::default_threads(),
@@ -93,6 +96,7 @@ struct LabelContext {
     chat: Arc<ChatTemplate>,
     frame: JudgeFrame,
     answers: Arc<Vec<Vec<LlamaToken>>>,
+    cot: Option<CotSettings>,
     writer: mpsc::Sender<LabelWrite>,
 }
 
@@ -112,28 +116,50 @@ struct PairSession {
     todo: VecDeque<(Comparison, bool)>,
     /// Judgments of this pair so far (stored and new): (question id, swapped, p_chosen).
     done: Vec<(String, bool, f64)>,
-    current: Option<(Comparison, bool)>,
+    /// The turn in flight.
+    current: Option<Asked>,
+    /// A chain-of-thought question whose reasoning is done and whose answer is next.
+    reasoned: Option<Asked>,
+}
+
+/// A question in one order, and (chain of thought) the judge's reasoning once it has some.
+struct Asked {
+    question: Comparison,
+    swapped: bool,
+    reasoning: Option<String>,
 }
 
 impl PairSession {
-    fn segments(&self, question: &Comparison, swapped: bool) -> Result<Vec<Segment>, String> {
-        let (a, b) = if swapped {
+    /// The judge's conversation for `asked`: the frame as the user turn, then the reply so far —
+    /// the answer prefix, or (chain of thought) the reasoning prompt, the reasoning once there is
+    /// some, and then the answer prefix.
+    fn segments(&self, asked: &Asked, answer: bool) -> Result<Vec<Segment>, String> {
+        let (a, b) = if asked.swapped {
             (&self.pair.rejected, &self.pair.chosen)
         } else {
             (&self.pair.chosen, &self.pair.rejected)
         };
+        let cot = self.context.cot.is_some();
         let text = self
             .context
             .frame
-            .render(&self.pair.messages, &question.question, a, b)
+            .render(&self.pair.messages, &asked.question.question, a, b, cot)
             .map_err(|e| e.to_string())?;
         let mut segments = self
             .context
             .chat
             .render(&[Message::user(text)], true)
             .map_err(|e| e.to_string())?;
+        let reply = match (cot, answer) {
+            (false, _) => ANSWER_PREFIX.to_string(),
+            (true, false) => COT_PREFIX.to_string(),
+            (true, true) => format!(
+                "{COT_PREFIX} {}\n\n{ANSWER_PREFIX}",
+                asked.reasoning.as_deref().unwrap_or("").trim()
+            ),
+        };
         segments.push(Segment {
-            text: ANSWER_PREFIX.to_string(),
+            text: reply,
             from_template: false,
         });
         Ok(segments)
@@ -157,28 +183,50 @@ impl PairSession {
 
 impl Session for PairSession {
     fn next_turn(&mut self) -> Next {
-        let Some((question, swapped)) = self.todo.pop_front() else {
-            return Next::Done;
+        // A reasoned question is answered next; otherwise the next question starts.
+        let (asked, answer) = match self.reasoned.take() {
+            Some(asked) => (asked, true),
+            None => match self.todo.pop_front() {
+                Some((question, swapped)) => {
+                    let asked = Asked {
+                        question,
+                        swapped,
+                        reasoning: None,
+                    };
+                    (asked, self.context.cot.is_none())
+                }
+                None => return Next::Done,
+            },
         };
-        match self.segments(&question, swapped) {
+        match self.segments(&asked, answer) {
             Ok(segments) => {
-                self.current = Some((question, swapped));
-                Next::Turn(TurnRequest {
-                    segments,
-                    max_tokens: 1,
-                    seed: 0,
-                    probe: Some(self.context.answers.clone()),
-                })
+                let request = if answer {
+                    TurnRequest {
+                        segments,
+                        max_tokens: 1,
+                        seed: 0,
+                        probe: Some(self.context.answers.clone()),
+                    }
+                } else {
+                    TurnRequest {
+                        segments,
+                        max_tokens: self.context.cot.map_or(1, |c| c.max_tokens),
+                        seed: 0,
+                        probe: None,
+                    }
+                };
+                self.current = Some(asked);
+                Next::Turn(request)
             }
             Err(reason) => Next::Wait(self.write(None, Some((self.pair.pair_id.clone(), reason)))),
         }
     }
 
     fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
-        let Some((question, swapped)) = self.current.take() else {
+        let (ack, rx) = oneshot::channel();
+        let Some(mut asked) = self.current.take() else {
             // No turn was in flight: nothing to record, end the session.
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(false);
+            let _ = ack.send(false);
             return rx;
         };
         let output = match outcome {
@@ -188,25 +236,34 @@ impl Session for PairSession {
                 return self.write(None, Some((self.pair.pair_id.clone(), failure.to_string())));
             }
         };
+        if self.context.cot.is_some() && asked.reasoning.is_none() {
+            // The reasoning is in; its answer is the next turn (nothing to store yet).
+            asked.reasoning = Some(output.text.trim().to_string());
+            self.reasoned = Some(asked);
+            let _ = ack.send(true);
+            return rx;
+        }
         let (mass_a, mass_b) = match output.probe_mass.as_slice() {
             [a, b] => (*a, *b),
             _ => (0.0, 0.0),
         };
-        let verdict = Verdict::new(mass_a, mass_b, swapped);
+        let clamp = self.context.cot.map(|c| c.clamp);
+        let verdict = Verdict::new(mass_a, mass_b, asked.swapped, clamp);
         let judgment = JudgmentRecord {
             judge_id: self.context.judge_id.clone(),
             pair_id: self.pair.pair_id.clone(),
-            question_id: question.id.clone(),
-            swapped,
+            question_id: asked.question.id.clone(),
+            swapped: asked.swapped,
             mass_a,
             mass_b,
             p_a: verdict.p_a,
             p_chosen: verdict.p_chosen,
             prompt_tokens: output.prompt_tokens as i64,
             prefill_tokens: output.prefill_tokens as i64,
+            reasoning: asked.reasoning,
         };
         self.done
-            .push((question.id.clone(), swapped, verdict.p_chosen));
+            .push((asked.question.id.clone(), asked.swapped, verdict.p_chosen));
         let label = self.todo.is_empty().then(|| {
             let (p_chosen, disagreements) = label::combine(&self.done);
             LabelRecord {
@@ -331,6 +388,8 @@ pub async fn label(
         frame_sha256: frame.hash().to_string(),
         questions_per_pair: options.questions as i64,
         seed: options.seed as i64,
+        cot_tokens: options.cot.map_or(0, |c| c.max_tokens as i64),
+        cot_clamp: options.cot.map(|c| c.clamp),
     };
     let judge_id = store.upsert_judge(&judge).await?;
     let (mut stored, labeled) = store.judge_progress(&judge_id).await?;
@@ -342,6 +401,7 @@ pub async fn label(
         chat,
         frame,
         answers: Arc::new(answers.sets()),
+        cot: options.cot,
         writer: writer_tx,
     });
     let mut summary = LabelSummary {
@@ -376,6 +436,7 @@ pub async fn label(
             todo,
             done,
             current: None,
+            reasoned: None,
         });
     }
     drop(context);
