@@ -1,7 +1,8 @@
 //! Quality filters for generated preference data. Each one is counted where it acts — never a
-//! silent drop: revision preambles are stripped at generation and kept in the step's row;
-//! truncated answers, near-identical pairs and low-margin labels are dropped at export and
-//! reported there and by `tenets stats`.
+//! silent drop: exact and near-duplicate prompts are dropped when a prompt file is read (stored
+//! with the prompt they matched); revision preambles are stripped at generation and kept in the
+//! step's row; truncated answers, near-identical pairs and low-margin labels are dropped at
+//! export and reported there and by `tenets stats`.
 
 /// Words that make an opening line a preamble ("Here is a revised response:") rather than
 /// content: one word naming the act and one naming the thing.
@@ -142,6 +143,88 @@ impl PairFilters {
     }
 }
 
+/// MinHash signature length and its LSH banding (bands × rows = hashes).
+const MINHASH: usize = 128;
+const BANDS: usize = 32;
+const ROWS: usize = MINHASH / BANDS;
+
+/// Estimated Jaccard similarity (of word 3-gram sets) at which two prompts are near-duplicates.
+pub const NEAR_DUPLICATE: f64 = 0.9;
+
+/// FNV-1a, 64-bit: a fixed hash, so signatures are the same on every machine and version.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64's finaliser: derives the `i`-th hash of a shingle from its base hash.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// MinHash signature of a text's word 3-grams (lower-cased, punctuation ignored).
+fn signature(text: &str) -> [u64; MINHASH] {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let shingles: Vec<u64> = if words.len() < 3 {
+        vec![fnv1a(words.join(" ").as_bytes())]
+    } else {
+        words
+            .windows(3)
+            .map(|w| fnv1a(w.join(" ").as_bytes()))
+            .collect()
+    };
+    let mut sig = [u64::MAX; MINHASH];
+    for s in shingles {
+        for (i, m) in sig.iter_mut().enumerate() {
+            *m = (*m).min(mix(s ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        }
+    }
+    sig
+}
+
+/// Near-duplicates among `texts` (in order): for each text that is one, `(its index, the index
+/// of the earlier text it matches)`. Candidates come from LSH buckets; a pair counts when the
+/// signatures' estimated Jaccard similarity is at least `threshold`.
+pub fn near_duplicates(texts: &[&str], threshold: f64) -> Vec<(usize, usize)> {
+    let signatures: Vec<[u64; MINHASH]> = texts.iter().map(|t| signature(t)).collect();
+    let mut buckets: std::collections::HashMap<(usize, u64), Vec<usize>> =
+        std::collections::HashMap::new();
+    let mut found = Vec::new();
+    for (i, sig) in signatures.iter().enumerate() {
+        let mut matched = None;
+        for band in 0..BANDS {
+            let key = (band, fnv1a(&bytes_of(&sig[band * ROWS..(band + 1) * ROWS])));
+            let bucket = buckets.entry(key).or_default();
+            if matched.is_none() {
+                matched = bucket.iter().copied().find(|&j| {
+                    let same = sig
+                        .iter()
+                        .zip(&signatures[j])
+                        .filter(|(a, b)| a == b)
+                        .count();
+                    same as f64 / MINHASH as f64 >= threshold
+                });
+            }
+            bucket.push(i);
+        }
+        if let Some(j) = matched {
+            found.push((i, j));
+        }
+    }
+    found
+}
+
+fn bytes_of(values: &[u64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +252,26 @@ mod tests {
         ] {
             assert_eq!(strip_preamble(keep), (keep.to_string(), None), "{keep}");
         }
+    }
+
+    #[test]
+    fn near_duplicate_prompts_are_found_and_distinct_ones_kept() {
+        let texts = [
+            "How do I kill a Python process that is stuck in an infinite loop on Linux?",
+            "Write a poem about the sea at night.",
+            "how do I kill a python process that is stuck in an infinite loop on linux",
+            "How do I kill a Python process that is stuck in an endless loop on Windows?",
+            "Write a poem about the sea at night!",
+        ];
+        let found = near_duplicates(&texts, NEAR_DUPLICATE);
+        // Case and punctuation do not make a prompt new; other words do.
+        assert_eq!(found, vec![(2, 0), (4, 1)]);
+        // Prompts that differ by one word in seven are not near-duplicates at 0.9.
+        let numbered: Vec<String> = (0..24)
+            .map(|i| format!("Tell me one fact about the moon (#{i})."))
+            .collect();
+        let refs: Vec<&str> = numbered.iter().map(String::as_str).collect();
+        assert!(near_duplicates(&refs, NEAR_DUPLICATE).is_empty());
     }
 
     #[test]

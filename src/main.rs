@@ -525,6 +525,12 @@ async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         summary.seconds,
         summary.generated_tokens as f64 / summary.seconds.max(1e-9),
     );
+    if summary.duplicates > 0 || summary.bad_lines > 0 {
+        eprintln!(
+            "left out: {} duplicate or near-duplicate prompt(s), {} bad line(s) (see `tenets stats`)",
+            summary.duplicates, summary.bad_lines
+        );
+    }
     if summary.interrupted {
         eprintln!("interrupted: rerun the same command to resume");
         return Ok(ExitCode::from(130));

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::chat::Message;
+use crate::filters;
 use crate::hash;
 
 /// Longest prompt accepted, in bytes; longer lines are reported, not loaded.
@@ -57,8 +58,18 @@ pub struct PromptSet {
     pub path: PathBuf,
     pub items: Vec<PromptItem>,
     pub bad: Vec<BadLine>,
-    /// Lines that repeated an earlier prompt: (line, line of the first occurrence).
-    pub duplicates: Vec<(usize, usize)>,
+    /// Prompts left out because they repeat an earlier one, exactly or nearly.
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// A prompt left out as a duplicate, and the one it matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    pub line: usize,
+    /// True for the same messages; false for a near-duplicate (MinHash, see `filters`).
+    pub exact: bool,
+    pub of_line: usize,
+    pub of_id: String,
 }
 
 impl PromptSet {
@@ -129,7 +140,12 @@ pub fn load(path: &Path) -> Result<PromptSet, PromptError> {
         match row {
             Ok(item) => {
                 if let Some(first) = first_line.get(&item.id) {
-                    set.duplicates.push((item.line, *first));
+                    set.duplicates.push(Duplicate {
+                        line: item.line,
+                        exact: true,
+                        of_line: *first,
+                        of_id: item.id.clone(),
+                    });
                 } else {
                     first_line.insert(item.id.clone(), item.line);
                     set.items.push(item);
@@ -138,6 +154,7 @@ pub fn load(path: &Path) -> Result<PromptSet, PromptError> {
             Err(bad) => set.bad.push(bad),
         }
     }
+    drop_near_duplicates(&mut set);
     if set.items.is_empty() && set.bad.is_empty() {
         return Err(PromptError::Format {
             path: path.to_path_buf(),
@@ -145,6 +162,40 @@ pub fn load(path: &Path) -> Result<PromptSet, PromptError> {
         });
     }
     Ok(set)
+}
+
+/// Leaves out prompts that nearly repeat an earlier one (same words up to case, punctuation and
+/// a few changes), recording which one each matched.
+fn drop_near_duplicates(set: &mut PromptSet) {
+    let texts: Vec<String> = set
+        .items
+        .iter()
+        .map(|i| {
+            i.messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let found = filters::near_duplicates(&refs, filters::NEAR_DUPLICATE);
+    if found.is_empty() {
+        return;
+    }
+    let mut dropped = vec![false; set.items.len()];
+    for &(i, j) in &found {
+        dropped[i] = true;
+        set.duplicates.push(Duplicate {
+            line: set.items[i].line,
+            exact: false,
+            of_line: set.items[j].line,
+            of_id: set.items[j].id.clone(),
+        });
+    }
+    let mut keep = dropped.iter().map(|d| !d);
+    set.items.retain(|_| keep.next().unwrap_or(true));
+    set.duplicates.sort_by_key(|d| d.line);
 }
 
 type Row = Result<PromptItem, BadLine>;

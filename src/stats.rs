@@ -22,6 +22,9 @@ pub struct RunStats {
     /// Quality filters: revisions whose preamble was stripped; pairs `export` drops by default
     /// because an answer was truncated, or because the two answers are near-identical.
     pub preambles_stripped: i64,
+    /// Prompts left out as exact or near duplicates of another.
+    pub duplicate_prompts: i64,
+    pub near_duplicate_prompts: i64,
     pub pairs_truncated: i64,
     pub pairs_near_identical: i64,
     pub failures: Vec<Count>,
@@ -162,7 +165,9 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
                (SELECT COALESCE(SUM(generated_tokens), 0) FROM steps WHERE run_id = ?1), \
                (SELECT COALESCE(SUM(prompt_tokens), 0) FROM steps WHERE run_id = ?1 AND stage != 'answer'), \
                (SELECT COALESCE(SUM(prefill_tokens), 0) FROM steps WHERE run_id = ?1 AND stage != 'answer'), \
-               (SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND preamble IS NOT NULL)",
+               (SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND preamble IS NOT NULL), \
+               (SELECT COUNT(*) FROM dropped_prompts WHERE run_id = ?1 AND reason = 'duplicate'), \
+               (SELECT COUNT(*) FROM dropped_prompts WHERE run_id = ?1 AND reason = 'near-duplicate')",
         )
         .bind(&run_id)
         .fetch_one(store.pool())
@@ -199,6 +204,8 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
             pairs: totals.get(0),
             truncated: totals.get(1),
             preambles_stripped: totals.get(5),
+            duplicate_prompts: totals.get(6),
+            near_duplicate_prompts: totals.get(7),
             pairs_truncated,
             pairs_near_identical,
             failures,
@@ -243,9 +250,14 @@ pub fn render(stats: &Stats) -> String {
         );
         let _ = writeln!(
             s,
-            "  filters: {} revision preamble(s) stripped; export drops by default {} pair(s) \
-             with a truncated answer and {} with near-identical answers",
-            run.preambles_stripped, run.pairs_truncated, run.pairs_near_identical
+            "  filters: {} duplicate and {} near-duplicate prompt(s) left out; {} revision \
+             preamble(s) stripped; export drops by default {} pair(s) with a truncated answer \
+             and {} with near-identical answers",
+            run.duplicate_prompts,
+            run.near_duplicate_prompts,
+            run.preambles_stripped,
+            run.pairs_truncated,
+            run.pairs_near_identical
         );
         if !run.principles.is_empty() {
             let _ = writeln!(s, "  critiques per principle:");

@@ -435,6 +435,36 @@ impl Store {
         Ok(())
     }
 
+    /// Records the prompts a run left out as duplicates (idempotent).
+    pub async fn record_dropped_prompts(
+        &self,
+        run_id: &str,
+        source: &str,
+        dropped: &[crate::prompt::Duplicate],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(self.err())?;
+        for d in dropped {
+            sqlx::query(
+                "INSERT INTO dropped_prompts (run_id, source, line, reason, matched_prompt_id) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(source)
+            .bind(d.line as i64)
+            .bind(if d.exact {
+                "duplicate"
+            } else {
+                "near-duplicate"
+            })
+            .bind(&d.of_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.err())?;
+        }
+        tx.commit().await.map_err(self.err())?;
+        Ok(())
+    }
+
     /// The model file and constitution (as JSON) of the most recent run, if any.
     pub async fn latest_run(&self) -> Result<Option<(String, String)>, StoreError> {
         let row = sqlx::query(

@@ -22,6 +22,9 @@ async fn generate_resume_and_export() {
     let dir = tempfile::tempdir().unwrap();
     let mut texts = common::prompts(7);
     texts.push(TEMPLATE_PROMPT.to_string());
+    // An exact repeat and a near one (case and punctuation): left out, and recorded.
+    texts.push(texts[0].clone());
+    texts.push(texts[1].to_uppercase().replace('.', "!"));
     let prompts = common::write_prompts(dir.path(), "p.jsonl", &texts);
     let db = dir.path().join("out.db");
     let mut options = common::options(&prompts, &db);
@@ -32,11 +35,35 @@ async fn generate_resume_and_export() {
         .await
         .unwrap();
     assert_eq!(summary.prompts, 8);
+    assert_eq!(summary.duplicates, 2);
     assert_eq!(summary.steps_written, 8 * 5);
     assert_eq!(summary.failures, 0);
     assert!(!summary.interrupted);
 
     let store = Store::open_existing(&db).await.unwrap();
+    let dropped = sqlx::query(
+        "SELECT d.line, d.reason, p.line FROM dropped_prompts d \
+         JOIN prompts p ON p.id = d.matched_prompt_id ORDER BY d.line",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let dropped: Vec<(i64, String, i64)> = dropped
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        dropped,
+        vec![(9, "duplicate".into(), 1), (10, "near-duplicate".into(), 2)]
+    );
+    let stats = tenets::stats::collect(&store).await.unwrap();
+    assert_eq!(
+        (
+            stats.runs[0].duplicate_prompts,
+            stats.runs[0].near_duplicate_prompts
+        ),
+        (1, 1)
+    );
     // Every prompt: one answer, two critiques, two revisions, one pair.
     let rows =
         sqlx::query("SELECT prompt_id, stage, COUNT(*) FROM steps GROUP BY prompt_id, stage")

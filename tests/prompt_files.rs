@@ -1,5 +1,7 @@
 //! Prompt files in every supported format, read through the public loader.
 
+mod common;
+
 use std::path::Path;
 
 use polars::prelude::*;
@@ -69,7 +71,24 @@ fn text_csv_and_duplicates() {
     std::fs::write(&txt, "one\n\ntwo\r\none\n").unwrap();
     let set = prompt::load(&txt).unwrap();
     assert_eq!(set.items.len(), 2);
-    assert_eq!(set.duplicates, vec![(4, 1)]);
+    assert_eq!(set.duplicates.len(), 1);
+    let d = &set.duplicates[0];
+    assert_eq!((d.line, d.exact, d.of_line), (4, true, 1));
+
+    // Near-duplicates (case, punctuation) are left out too, naming the prompt they match.
+    let near = dir.path().join("near.txt");
+    std::fs::write(
+        &near,
+        "How do I bake sourdough bread at home without a mixer?\n\
+         Write a haiku about autumn leaves.\n\
+         how do i bake sourdough bread at home, without a mixer\n",
+    )
+    .unwrap();
+    let set = prompt::load(&near).unwrap();
+    assert_eq!(set.items.len(), 2);
+    let d = &set.duplicates[0];
+    assert_eq!((d.line, d.exact, d.of_line), (3, false, 1));
+    assert_eq!(d.of_id, set.items[0].id);
 
     let csv = dir.path().join("p.csv");
     std::fs::write(&csv, "kind,prompt\nbenign,\"a, with comma\"\nharmful,\n").unwrap();
@@ -96,4 +115,11 @@ fn oversize_line_is_reported_not_loaded() {
     assert_eq!(set.items.len(), 1);
     assert_eq!(set.bad[0].line, 2);
     assert!(set.bad[0].message.contains("byte limit"));
+}
+
+#[test]
+fn the_bundled_demo_prompts_are_all_distinct() {
+    let set = prompt::load(&common::repo("prompts/sets/demo.jsonl")).unwrap();
+    assert_eq!(set.items.len(), 64);
+    assert!(set.duplicates.is_empty(), "{:?}", set.duplicates);
 }

@@ -124,6 +124,8 @@ pub struct GenerateSummary {
     pub steps_written: usize,
     pub failures: usize,
     pub bad_lines: usize,
+    /// Prompts left out as exact or near duplicates of another.
+    pub duplicates: usize,
     pub generated_tokens: u64,
     pub prefilled_tokens: u64,
     /// Mean number of sequences sampled per llama.cpp batch.
@@ -207,8 +209,22 @@ pub async fn generate(
         seed: options.seed as i64,
     };
     let run_id = store.upsert_run(&run).await?;
+    let source = options.prompts.display().to_string();
+    store.upsert_prompts(&prompt_set.items, &source).await?;
+    for d in &prompt_set.duplicates {
+        tracing::warn!(
+            "skipped {source}:{}: {} of line {}",
+            d.line,
+            if d.exact {
+                "duplicate"
+            } else {
+                "near-duplicate"
+            },
+            d.of_line
+        );
+    }
     store
-        .upsert_prompts(&prompt_set.items, &options.prompts.display().to_string())
+        .record_dropped_prompts(&run_id, &source, &prompt_set.duplicates)
         .await?;
     let mut stored = store.steps_of_run(&run_id).await?;
     tracing::info!(run = %run_id, prompts = prompt_set.items.len(), "generate");
@@ -232,6 +248,7 @@ pub async fn generate(
         run_id: run_id.clone(),
         prompts: prompt_set.items.len(),
         bad_lines: prompt_set.bad.len(),
+        duplicates: prompt_set.duplicates.len(),
         ..GenerateSummary::default()
     };
     let mut remaining_steps = 0;
