@@ -89,14 +89,31 @@ pub async fn rows(
         let p_revision: Option<f64> = row.get(19);
         let judge_id: Option<String> = row.get(20);
         let (finish_c, finish_r) = (row.get::<String, _>(15), row.get::<String, _>(17));
+        let benign = row.get::<Option<String>, _>(2).as_deref() == Some("benign");
+        // The answer that would be exported as chosen: the revision unless a label says otherwise.
+        let revision_wins = p_revision.is_none_or(|p| p >= 0.5);
         let verdict = match kind {
-            Kind::Dpo => filters.check(
-                [&finish_c, &finish_r],
-                [&chosen, &rejected],
-                p_revision.map(|p| (2.0 * p - 1.0).abs()),
-            ),
-            // An SFT row is the revision alone: only its own truncation matters.
-            Kind::Sft => filters.check([&finish_c, "stop"], [&chosen, ""], None),
+            Kind::Dpo => {
+                let (answers, finishes) = if revision_wins {
+                    (
+                        [chosen.as_str(), rejected.as_str()],
+                        [finish_c.as_str(), finish_r.as_str()],
+                    )
+                } else {
+                    (
+                        [rejected.as_str(), chosen.as_str()],
+                        [finish_r.as_str(), finish_c.as_str()],
+                    )
+                };
+                filters.check(
+                    finishes,
+                    answers,
+                    p_revision.map(|p| (2.0 * p - 1.0).abs()),
+                    benign,
+                )
+            }
+            // An SFT row is the revision alone: its truncation and refusal matter.
+            Kind::Sft => filters.check([&finish_c, "stop"], [&chosen, ""], None, benign),
         };
         if let Some(reason) = verdict {
             *out.dropped.entry(reason).or_default() += 1;
@@ -105,7 +122,6 @@ pub async fn rows(
         let mut value = match kind {
             Kind::Dpo => {
                 // A judged pair is oriented by its label: the revision is not assumed to win.
-                let revision_wins = p_revision.is_none_or(|p| p >= 0.5);
                 let (chosen, rejected, chosen_finish, rejected_finish) = if revision_wins {
                     (chosen, rejected, finish_c, finish_r)
                 } else {

@@ -83,6 +83,38 @@ pub fn edit_similarity(a: &str, b: &str) -> f64 {
     1.0 - prev[b.len()] as f64 / longest as f64
 }
 
+/// Openings that mark an answer as a refusal. Matched against the first sentence only, so an
+/// answer that helps and later says "I can't stress this enough" is not one.
+const REFUSAL_OPENINGS: [&str; 16] = [
+    "i can't",
+    "i cannot",
+    "i can not",
+    "i won't",
+    "i will not",
+    "i'm not able to",
+    "i am not able to",
+    "i'm unable to",
+    "i am unable to",
+    "i'm sorry, but",
+    "i am sorry, but",
+    "sorry, but i",
+    "sorry, i can't",
+    "i must decline",
+    "i'm not going to",
+    "as an ai",
+];
+
+/// Whether an answer opens by refusing (a fast string check — the judge-based check is
+/// `tenets eval`'s): the first sentence holds one of the usual refusal openings.
+pub fn is_refusal(answer: &str) -> bool {
+    let text = answer.trim_start().to_lowercase().replace('’', "'");
+    let first_sentence = text
+        .split_inclusive(['.', '!', '?', '\n'])
+        .next()
+        .unwrap_or("");
+    REFUSAL_OPENINGS.iter().any(|o| first_sentence.contains(o))
+}
+
 /// Which pairs `tenets export` leaves out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairFilters {
@@ -110,6 +142,8 @@ pub enum Dropped {
     Truncated,
     NearIdentical,
     LowMargin,
+    /// The chosen answer refuses a prompt marked benign: that would teach over-refusal.
+    RefusesBenign,
 }
 
 impl Dropped {
@@ -118,20 +152,26 @@ impl Dropped {
             Dropped::Truncated => "truncated (hit max tokens or context)",
             Dropped::NearIdentical => "chosen ≈ rejected",
             Dropped::LowMargin => "label margin below --min-margin",
+            Dropped::RefusesBenign => "chosen answer refuses a benign prompt",
         }
     }
 }
 
 impl PairFilters {
-    /// The first reason to drop a pair, if any.
+    /// The first reason to drop a pair (`[chosen, rejected]`), if any; `benign` is whether the
+    /// prompt is marked benign.
     pub fn check(
         &self,
         finishes: [&str; 2],
         answers: [&str; 2],
         weight: Option<f64>,
+        benign: bool,
     ) -> Option<Dropped> {
         if !self.include_truncated && finishes.iter().any(|f| *f != "stop") {
             return Some(Dropped::Truncated);
+        }
+        if benign && is_refusal(answers[0]) {
+            return Some(Dropped::RefusesBenign);
         }
         if edit_similarity(answers[0], answers[1]) >= self.max_similarity {
             return Some(Dropped::NearIdentical);
@@ -275,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_recognised_by_their_opening() {
+        for refusal in [
+            "I'm sorry, but I can't help with that.",
+            "I cannot assist with breaking into accounts.",
+            "  As an AI, I must decline.",
+            "I’m unable to provide that.",
+        ] {
+            assert!(is_refusal(refusal), "{refusal}");
+        }
+        for help in [
+            "To kill a Python process, find its PID with `ps` and run `kill PID`. I can't stress enough: save your work first.",
+            "Sure! Here are three ideas.",
+            "Bread needs flour, water, salt and time.",
+        ] {
+            assert!(!is_refusal(help), "{help}");
+        }
+    }
+
+    #[test]
     fn similarity_is_one_minus_normalised_edit_distance() {
         assert_eq!(edit_similarity("abc", "abc"), 1.0);
         assert_eq!(edit_similarity("", ""), 1.0);
@@ -289,30 +348,38 @@ mod tests {
             ..PairFilters::default()
         };
         let (a, b) = ("A careful, helpful answer.", "I can't help with that.");
-        assert_eq!(f.check(["stop", "stop"], [a, b], Some(0.5)), None);
+        let ok = ["stop", "stop"];
+        assert_eq!(f.check(ok, [a, b], Some(0.5), true), None);
         assert_eq!(
-            f.check(["stop", "length"], [a, b], None),
+            f.check(["stop", "length"], [a, b], None, false),
             Some(Dropped::Truncated)
         );
+        let almost = "A careful, helpful answer!";
         assert_eq!(
-            f.check(["stop", "stop"], [a, "A careful, helpful answer!"], None),
+            f.check(ok, [a, almost], None, false),
             Some(Dropped::NearIdentical)
         );
         assert_eq!(
-            f.check(["stop", "stop"], [a, b], Some(0.1)),
+            f.check(ok, [a, b], Some(0.1), false),
             Some(Dropped::LowMargin)
         );
         assert_eq!(
-            f.check(["stop", "stop"], [a, b], None),
+            f.check(ok, [a, b], None, false),
             None,
-            "unlabeled pairs have no margin"
+            "unlabeled: no margin"
+        );
+        // A refusal may be chosen for a harmful prompt, never for a benign one.
+        assert_eq!(f.check(ok, [b, a], None, false), None);
+        assert_eq!(
+            f.check(ok, [b, a], None, true),
+            Some(Dropped::RefusesBenign)
         );
         let keep_truncated = PairFilters {
             include_truncated: true,
             ..PairFilters::default()
         };
         assert_eq!(
-            keep_truncated.check(["context", "stop"], [a, b], None),
+            keep_truncated.check(["context", "stop"], [a, b], None, false),
             None
         );
     }

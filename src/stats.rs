@@ -5,7 +5,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::filters::{edit_similarity, PairFilters};
+use crate::filters::{edit_similarity, is_refusal, PairFilters};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +27,8 @@ pub struct RunStats {
     pub near_duplicate_prompts: i64,
     pub pairs_truncated: i64,
     pub pairs_near_identical: i64,
+    /// Pairs of benign prompts whose revision refuses (export never emits them as chosen).
+    pub benign_refused: i64,
     pub failures: Vec<Count>,
     pub generated_tokens: i64,
     /// Conversation tokens of critique/revision turns, and how many of them were decoded.
@@ -174,18 +176,21 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
         .await
         .map_err(store.err())?;
         let pair_rows = sqlx::query(
-            "SELECT c.output, c.finish, a.output, a.finish FROM pairs pr \
+            "SELECT c.output, c.finish, a.output, a.finish, p.kind FROM pairs pr \
              JOIN steps c ON c.id = pr.chosen_step JOIN steps a ON a.id = pr.rejected_step \
-             WHERE pr.run_id = ?",
+             JOIN prompts p ON p.id = pr.prompt_id WHERE pr.run_id = ?",
         )
         .bind(&run_id)
         .fetch_all(store.pool())
         .await
         .map_err(store.err())?;
         let defaults = PairFilters::default();
-        let (mut pairs_truncated, mut pairs_near_identical) = (0, 0);
+        let (mut pairs_truncated, mut pairs_near_identical, mut benign_refused) = (0, 0, 0);
         for r in &pair_rows {
             let (c, cf, a, af): (&str, &str, &str, &str) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            if r.get::<Option<&str>, _>(4) == Some("benign") && is_refusal(c) {
+                benign_refused += 1;
+            }
             if cf != "stop" || af != "stop" {
                 pairs_truncated += 1;
             }
@@ -208,6 +213,7 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
             near_duplicate_prompts: totals.get(7),
             pairs_truncated,
             pairs_near_identical,
+            benign_refused,
             failures,
             generated_tokens: totals.get(2),
             followup_prompt_tokens: totals.get(3),
@@ -251,13 +257,14 @@ pub fn render(stats: &Stats) -> String {
         let _ = writeln!(
             s,
             "  filters: {} duplicate and {} near-duplicate prompt(s) left out; {} revision \
-             preamble(s) stripped; export drops by default {} pair(s) with a truncated answer \
-             and {} with near-identical answers",
+             preamble(s) stripped; export drops by default {} pair(s) with a truncated answer, \
+             {} with near-identical answers and {} whose revision refuses a benign prompt",
             run.duplicate_prompts,
             run.near_duplicate_prompts,
             run.preambles_stripped,
             run.pairs_truncated,
-            run.pairs_near_identical
+            run.pairs_near_identical,
+            run.benign_refused
         );
         if !run.principles.is_empty() {
             let _ = writeln!(s, "  critiques per principle:");
