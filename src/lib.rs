@@ -15,6 +15,7 @@ pub mod label;
 pub mod models;
 pub mod pipeline;
 pub mod prompt;
+pub mod redteam;
 pub mod score;
 pub mod stats;
 pub mod store;

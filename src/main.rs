@@ -13,6 +13,7 @@ use tenets::export::{self, Format, Kind};
 use tenets::filters::PairFilters;
 use tenets::label::CotSettings;
 use tenets::pipeline::label::LabelOptions;
+use tenets::pipeline::redteam::RedteamOptions;
 use tenets::pipeline::{self, GenerateOptions};
 use tenets::score::{self, ScoreEngine, ScoreInput, ScoreOptions};
 use tenets::store::Store;
@@ -70,6 +71,9 @@ enum Command {
     Label(LabelArgs),
     /// Per-token log-probabilities of a text or a chat, from the native engine or llama.cpp.
     Score(ScoreArgs),
+    /// Have the model write new prompts: adversarial ones for the constitution's restricted
+    /// topics (one per attack style) and benign look-alikes for its allowed topics.
+    Redteam(RedteamArgs),
     /// Summarise a database: steps per stage and principle, pairs, failures.
     Stats {
         #[arg(long)]
@@ -166,6 +170,40 @@ struct LabelArgs {
     /// Context tokens per sequence.
     #[arg(long, default_value_t = 2048)]
     ctx: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct RedteamArgs {
+    /// GGUF model file [default: the model fetched by scripts/setup]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    constitution: PathBuf,
+    /// The prompt file to write (JSONL: prompt, kind, topic, style).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Adversarial prompts per restricted topic and attack style.
+    #[arg(long, default_value_t = 1)]
+    per_topic: usize,
+    /// Benign look-alike prompts per adversarial one.
+    #[arg(long, default_value_t = 1.0)]
+    helpful_ratio: f64,
+    #[arg(long, default_value_t = 0.9)]
+    temperature: f32,
+    #[arg(long, default_value_t = 96)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// Compute threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -309,6 +347,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Init { name } => init(&name),
         Command::Label(args) => label(args).await,
         Command::Score(args) => score(args),
+        Command::Redteam(args) => redteam(args).await,
         Command::Stats { db, json } => {
             let store = Store::open_existing(&db).await?;
             let stats = stats::collect(&store).await?;
@@ -365,6 +404,44 @@ fn init(name: &str) -> Result<ExitCode> {
         starter::SCHEMA_FILE,
         path.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn redteam(args: RedteamArgs) -> Result<ExitCode> {
+    let model = args.model.unwrap_or_else(models::default_model_path);
+    if !model.exists() {
+        bail!(
+            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
+            model.display()
+        );
+    }
+    let mut options = RedteamOptions::new(model, &args.constitution, &args.out);
+    options.per_topic = args.per_topic;
+    options.helpful_ratio = args.helpful_ratio;
+    options.temperature = args.temperature;
+    options.max_tokens = args.max_tokens;
+    options.seed = args.seed;
+    options.parallel = args.parallel;
+    options.gpu_layers = args.gpu_layers;
+    if let Some(threads) = args.threads {
+        options.threads = threads;
+    }
+    options.quiet = args.quiet;
+    let summary = pipeline::redteam::redteam(&options, stop_on_ctrl_c())
+        .await
+        .context("redteam failed")?;
+    eprintln!(
+        "wrote {} prompts ({} adversarial, {} benign look-alikes) of {} asked for to {} in {:.1} s",
+        summary.kept_harmful + summary.kept_benign,
+        summary.kept_harmful,
+        summary.kept_benign,
+        summary.requested,
+        args.out.display(),
+        summary.seconds
+    );
+    for (reason, count) in &summary.rejected {
+        eprintln!("  not kept {count}: {reason:?}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

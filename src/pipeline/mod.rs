@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod label;
+pub mod redteam;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
