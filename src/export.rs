@@ -170,6 +170,21 @@ pub async fn rows(
         }
         out.rows.push(value);
     }
+    if let Some(ratio) = filters.helpful_ratio {
+        let kinds: Vec<Option<&str>> = out.rows.iter().map(|r| r["kind"].as_str()).collect();
+        let keys: Vec<&str> = out
+            .rows
+            .iter()
+            .map(|r| r["prompt_id"].as_str().unwrap_or(""))
+            .collect();
+        let keep = crate::filters::balance(&kinds, &keys, ratio);
+        let dropped = keep.iter().filter(|k| !**k).count();
+        if dropped > 0 {
+            out.dropped.insert(Dropped::HelpfulRatio, dropped);
+        }
+        let mut keep = keep.into_iter();
+        out.rows.retain(|_| keep.next().unwrap_or(true));
+    }
     Ok(out)
 }
 

@@ -124,6 +124,9 @@ pub struct PairFilters {
     pub max_similarity: f64,
     /// Drop labeled pairs whose weight (2·label − 1) is below this.
     pub min_margin: Option<f64>,
+    /// Benign pairs per harmful pair in the export (by prompt `kind`): the larger side is
+    /// subsampled, deterministically, to this ratio.
+    pub helpful_ratio: Option<f64>,
 }
 
 impl Default for PairFilters {
@@ -132,6 +135,7 @@ impl Default for PairFilters {
             include_truncated: false,
             max_similarity: 0.95,
             min_margin: None,
+            helpful_ratio: None,
         }
     }
 }
@@ -144,6 +148,8 @@ pub enum Dropped {
     LowMargin,
     /// The chosen answer refuses a prompt marked benign: that would teach over-refusal.
     RefusesBenign,
+    /// Left out to bring benign and harmful pairs to `--helpful-ratio`.
+    HelpfulRatio,
 }
 
 impl Dropped {
@@ -153,6 +159,7 @@ impl Dropped {
             Dropped::NearIdentical => "chosen ≈ rejected",
             Dropped::LowMargin => "label margin below --min-margin",
             Dropped::RefusesBenign => "chosen answer refuses a benign prompt",
+            Dropped::HelpfulRatio => "beyond --helpful-ratio (benign : harmful)",
         }
     }
 }
@@ -181,6 +188,34 @@ impl PairFilters {
             _ => None,
         }
     }
+}
+
+/// Which of `kinds` (each "benign", "harmful" or anything else) to keep so that benign : harmful
+/// is `ratio`: the larger side is cut, keeping the items whose `keys` hash lowest (the same
+/// choice on every run); other kinds are all kept.
+pub fn balance(kinds: &[Option<&str>], keys: &[&str], ratio: f64) -> Vec<bool> {
+    let side = |kind: &str| -> Vec<usize> {
+        let mut ids: Vec<usize> = (0..kinds.len())
+            .filter(|&i| kinds[i] == Some(kind))
+            .collect();
+        ids.sort_by_key(|&i| fnv1a(keys[i].as_bytes()));
+        ids
+    };
+    let (benign, harmful) = (side("benign"), side("harmful"));
+    let want_benign = (harmful.len() as f64 * ratio).round() as usize;
+    let (cut, keep_n) = if benign.len() > want_benign {
+        (&benign, want_benign)
+    } else if ratio > 0.0 {
+        let want_harmful = (benign.len() as f64 / ratio).round() as usize;
+        (&harmful, want_harmful.min(harmful.len()))
+    } else {
+        (&benign, 0)
+    };
+    let mut keep = vec![true; kinds.len()];
+    for &i in &cut[keep_n..] {
+        keep[i] = false;
+    }
+    keep
 }
 
 /// MinHash signature length and its LSH banding (bands × rows = hashes).
@@ -312,6 +347,45 @@ mod tests {
             .collect();
         let refs: Vec<&str> = numbered.iter().map(String::as_str).collect();
         assert!(near_duplicates(&refs, NEAR_DUPLICATE).is_empty());
+    }
+
+    #[test]
+    fn balancing_keeps_the_asked_ratio_and_every_other_kind() {
+        let kinds: Vec<Option<&str>> = [
+            vec![Some("benign"); 6],
+            vec![Some("harmful"); 2],
+            vec![None, Some("other")],
+        ]
+        .concat();
+        let keys: Vec<String> = (0..kinds.len()).map(|i| format!("p{i}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let count = |keep: &[bool], kind: Option<&str>| {
+            keep.iter()
+                .zip(&kinds)
+                .filter(|(k, x)| **k && **x == kind)
+                .count()
+        };
+        let keep = balance(&kinds, &keys, 1.0);
+        assert_eq!(
+            (count(&keep, Some("benign")), count(&keep, Some("harmful"))),
+            (2, 2)
+        );
+        assert_eq!(count(&keep, None) + count(&keep, Some("other")), 2);
+        assert_eq!(
+            keep,
+            balance(&kinds, &keys, 1.0),
+            "the same choice every time"
+        );
+        let keep = balance(&kinds, &keys, 6.0);
+        assert_eq!(
+            (count(&keep, Some("benign")), count(&keep, Some("harmful"))),
+            (6, 1)
+        );
+        let keep = balance(&kinds, &keys, 0.0);
+        assert_eq!(
+            (count(&keep, Some("benign")), count(&keep, Some("harmful"))),
+            (0, 2)
+        );
     }
 
     #[test]

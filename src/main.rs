@@ -57,6 +57,9 @@ enum Command {
         /// Drop labeled pairs whose weight (2·label − 1) is below this (kept, weighted, if unset).
         #[arg(long)]
         min_margin: Option<f64>,
+        /// Benign pairs per harmful pair (by prompt kind): the larger side is subsampled.
+        #[arg(long)]
+        helpful_ratio: Option<f64>,
     },
     /// Check constitution files; prints every problem as file:line:col: message.
     Validate {
@@ -316,7 +319,11 @@ async fn run(command: Command) -> Result<ExitCode> {
             include_truncated,
             max_similarity,
             min_margin,
+            helpful_ratio,
         } => {
+            if helpful_ratio.is_some_and(|r| !(r.is_finite() && r >= 0.0)) {
+                bail!("--helpful-ratio must be 0 or more");
+            }
             if !(0.0..=1.0).contains(&max_similarity) {
                 bail!("--max-similarity must be between 0 and 1");
             }
@@ -327,6 +334,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 include_truncated,
                 max_similarity,
                 min_margin,
+                helpful_ratio,
             };
             let store = Store::open_existing(&db).await?;
             let exported = export::export(&store, kind, format, &filters, &out).await?;

@@ -126,6 +126,7 @@ async fn generate_resume_and_export() {
         include_truncated: true,
         max_similarity: 1.01,
         min_margin: None,
+        helpful_ratio: None,
     };
     let n = export::export(&store, Kind::Dpo, Format::Jsonl, &everything, &jsonl)
         .await

@@ -175,6 +175,7 @@ async fn labels_are_both_orders_durable_and_resume() {
         include_truncated: true,
         max_similarity: 1.01,
         min_margin: None,
+        helpful_ratio: None,
     };
     tenets::export::export(
         &store,
