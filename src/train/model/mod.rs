@@ -222,7 +222,7 @@ impl Model {
             if let Some(post) = &layer.post_attn_norm {
                 ops::rms_norm_in_place(&mut o, post, c.norm_eps);
             }
-            add_assign(&mut x, &o);
+            ops::add_assign(&mut x, &o);
 
             // Feed-forward block.
             ops::rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut h);
@@ -234,7 +234,7 @@ impl Model {
             if let Some(post) = &layer.post_ffn_norm {
                 ops::rms_norm_in_place(&mut down, post, c.norm_eps);
             }
-            add_assign(&mut x, &down);
+            ops::add_assign(&mut x, &down);
         }
         ops::rms_norm_in_place(&mut x, &self.output_norm, c.norm_eps);
         Ok(x)
@@ -323,10 +323,6 @@ pub fn score_row(row: &[f32], next: u32) -> TokenScore {
         top: top as u32,
         top_logprob: f64::from(max) - log_z,
     }
-}
-
-fn add_assign(x: &mut [f32], y: &[f32]) {
-    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
 
 /// The tensor `name` as a weight of `rows` outputs and `cols` inputs, shape checked.

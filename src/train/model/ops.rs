@@ -1,5 +1,6 @@
-//! The forward ops of the transformer, one small function each, on row-major f32 activations
-//! (`tokens × width`). Each is written so that its backward can sit beside it.
+//! The ops of the transformer, one small function each, on row-major f32 activations
+//! (`tokens × width`), each forward with its backward beside it (the trainer's; the tests
+//! check every backward against finite differences of its forward).
 
 use rayon::prelude::*;
 
@@ -36,6 +37,40 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// Backward of [`rms_norm`]: the gradient of `x` from `dy`; the weight's gradient is added into
+/// `dweight`. Per row, with `r = 1/√(mean(x²) + eps)`:
+/// `dx_j = r·w_j·dy_j − (r³/n)·x_j·Σ_i dy_i·w_i·x_i` and `dw_i += dy_i·x_i·r`.
+pub fn rms_norm_backward(
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    dy: &[f32],
+    dweight: &mut [f32],
+) -> Vec<f32> {
+    let n = weight.len();
+    let mut dx = vec![0.0; x.len()];
+    for ((xr, dyr), dxr) in x
+        .chunks_exact(n)
+        .zip(dy.chunks_exact(n))
+        .zip(dx.chunks_exact_mut(n))
+    {
+        let ms = xr.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / n as f64;
+        let r = 1.0 / (ms + f64::from(eps)).sqrt();
+        let dot: f64 = xr
+            .iter()
+            .zip(dyr)
+            .zip(weight)
+            .map(|((&x, &g), &w)| f64::from(g) * f64::from(w) * f64::from(x))
+            .sum();
+        let k = r * r * r / n as f64 * dot;
+        for i in 0..n {
+            dxr[i] = (r * f64::from(weight[i]) * f64::from(dyr[i]) - k * f64::from(xr[i])) as f32;
+            dweight[i] += (f64::from(dyr[i]) * f64::from(xr[i]) * r) as f32;
+        }
+    }
+    dx
+}
+
 /// cos and sin of the RoPE angles `θ(p, i) = p · scale · base^(−2i/dims)` for positions
 /// `0..positions` and pairs `i < dims/2`.
 pub struct RopeTable {
@@ -64,6 +99,30 @@ impl RopeTable {
 /// Rotates the first `2 · pairs` dimensions of every head of every token (row `t` is at
 /// position `t`).
 pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, table: &RopeTable, layout: RopeLayout) {
+    rotate_pairs(x, heads, head_dim, table, layout, 1.0);
+}
+
+/// Backward of [`rope`], in place: each pair is rotated back by its angle (the rotation's
+/// transpose).
+pub fn rope_backward(
+    dx: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    table: &RopeTable,
+    layout: RopeLayout,
+) {
+    rotate_pairs(dx, heads, head_dim, table, layout, -1.0);
+}
+
+/// Rotates each pair by `direction · θ` (1: forward, −1: back).
+fn rotate_pairs(
+    x: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    table: &RopeTable,
+    layout: RopeLayout,
+    direction: f32,
+) {
     let pairs = table.pairs;
     for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
         let (cos, sin) = (
@@ -76,9 +135,9 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, table: &RopeTable, lay
                     RopeLayout::Adjacent => (2 * i, 2 * i + 1),
                     RopeLayout::Halves => (i, i + pairs),
                 };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos[i] - x1 * sin[i];
-                head[b] = x0 * sin[i] + x1 * cos[i];
+                let (x0, x1, sin) = (head[a], head[b], direction * sin[i]);
+                head[a] = x0 * cos[i] - x1 * sin;
+                head[b] = x0 * sin + x1 * cos[i];
             }
         }
     }
@@ -96,15 +155,43 @@ pub fn gelu_tanh(x: f32) -> f32 {
     x / (1.0 + (-2.0 * u).exp())
 }
 
+/// d silu(x) / dx = σ(x)·(1 + x·(1 − σ(x))).
+pub fn silu_grad(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + (-x).exp());
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// d gelu_tanh(x) / dx, from `gelu = x·σ(2u)`, `u = c(x + 0.044715x³)`.
+pub fn gelu_tanh_grad(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let u = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+    let s = 1.0 / (1.0 + (-2.0 * u).exp());
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x);
+    s + x * s * (1.0 - s) * 2.0 * du
+}
+
 /// Values per parallel task in element-wise ops.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
-/// Gated unit: `out = act(gate) · up`, spread over the compute threads.
-pub fn glu(compute: &Compute, gate: &[f32], up: &[f32], activation: Activation, out: &mut [f32]) {
-    let act = match activation {
+/// The gate's activation function.
+fn act_of(activation: Activation) -> fn(f32) -> f32 {
+    match activation {
         Activation::Silu => silu,
         Activation::GeluTanh => gelu_tanh,
-    };
+    }
+}
+
+/// The derivative of the gate's activation function.
+fn act_grad_of(activation: Activation) -> fn(f32) -> f32 {
+    match activation {
+        Activation::Silu => silu_grad,
+        Activation::GeluTanh => gelu_tanh_grad,
+    }
+}
+
+/// Gated unit: `out = act(gate) · up`, spread over the compute threads.
+pub fn glu(compute: &Compute, gate: &[f32], up: &[f32], activation: Activation, out: &mut [f32]) {
+    let act = act_of(activation);
     compute.install(|| {
         out.par_chunks_mut(ELEMENTWISE_CHUNK)
             .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
@@ -115,6 +202,24 @@ pub fn glu(compute: &Compute, gate: &[f32], up: &[f32], activation: Activation, 
                 }
             })
     });
+}
+
+/// Backward of [`glu`]: from `dout`, the gradients of `gate` and `up`.
+pub fn glu_backward(
+    gate: &[f32],
+    up: &[f32],
+    activation: Activation,
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (act, grad) = (act_of(activation), act_grad_of(activation));
+    let dgate = gate
+        .iter()
+        .zip(up)
+        .zip(dout)
+        .map(|((&g, &u), &d)| d * u * grad(g))
+        .collect();
+    let dup = gate.iter().zip(dout).map(|(&g, &d)| d * act(g)).collect();
+    (dgate, dup)
 }
 
 /// Softmax of one row in place, over its first `len` values; the rest become 0.
@@ -147,6 +252,44 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
+impl AttentionShape {
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// The first key the query at `t` sees.
+    fn first_key(&self, t: usize) -> usize {
+        self.window.map_or(0, |w| (t + 1).saturating_sub(w))
+    }
+}
+
+/// The attention weights of queries `q0..q0 + rows` (one head, `queries` holding their rows)
+/// over keys `k0..q0 + rows`: scaled, masked, softmaxed; `rows × width`.
+fn block_weights(
+    compute: &Compute,
+    shape: &AttentionShape,
+    queries: &[f32],
+    keys: &Matrix,
+    q0: usize,
+    k0: usize,
+) -> Result<Vec<f32>, MatmulError> {
+    let width = keys.rows();
+    let mut p = vec![0.0; queries.len() / shape.head_dim * width];
+    compute.matmul_t(queries, keys, &mut p)?;
+    compute.install(|| {
+        p.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
+            let t = q0 + i;
+            let (start, end) = (shape.first_key(t) - k0, t + 1 - k0);
+            for s in &mut row[start..end] {
+                *s *= shape.scale;
+            }
+            softmax_prefix(row, start, end);
+        })
+    });
+    Ok(p)
+}
+
 /// Queries handled together: bounds the score block, and lets each block skip the keys none of
 /// its queries can see (later ones, and those behind a sliding window).
 const QUERY_BLOCK: usize = 64;
@@ -161,21 +304,10 @@ pub fn attention(
     v: &[f32],
     shape: AttentionShape,
 ) -> Result<Vec<f32>, MatmulError> {
-    let AttentionShape {
-        tokens: n,
-        heads,
-        kv_heads,
-        head_dim: d,
-        scale,
-        window,
-    } = shape;
-    let group = heads / kv_heads;
-    let first_key = |t: usize| window.map_or(0, |w| (t + 1).saturating_sub(w));
+    let (n, heads, kv_heads, d) = (shape.tokens, shape.heads, shape.kv_heads, shape.head_dim);
+    let group = shape.group();
     let mut out = vec![0.0; n * heads * d];
-    let mut qh = vec![0.0; n * d];
-    let mut kh = vec![0.0; n * d];
-    let mut vh = vec![0.0; n * d];
-    let mut scores = Vec::new();
+    let (mut qh, mut kh, mut vh) = (vec![0.0; n * d], vec![0.0; n * d], vec![0.0; n * d]);
     let mut oh = Vec::new();
     for kv in 0..kv_heads {
         gather_head(k, kv_heads, d, kv, &mut kh);
@@ -185,27 +317,12 @@ pub fn attention(
             for q0 in (0..n).step_by(QUERY_BLOCK) {
                 let q1 = (q0 + QUERY_BLOCK).min(n);
                 // Keys k0..q1 are all any query of this block sees.
-                let k0 = first_key(q0);
-                let width = q1 - k0;
-                let keys = Matrix::f32(width, d, &kh[k0 * d..q1 * d])?;
-                let values = Matrix::f32(width, d, &vh[k0 * d..q1 * d])?;
-                scores.resize((q1 - q0) * width, 0.0);
-                compute.matmul_t(&qh[q0 * d..q1 * d], &keys, &mut scores)?;
-                compute.install(|| {
-                    scores
-                        .par_chunks_mut(width)
-                        .enumerate()
-                        .for_each(|(i, row)| {
-                            let t = q0 + i;
-                            let (start, end) = (first_key(t) - k0, t + 1 - k0);
-                            for s in &mut row[start..end] {
-                                *s *= scale;
-                            }
-                            softmax_prefix(row, start, end);
-                        })
-                });
+                let k0 = shape.first_key(q0);
+                let keys = Matrix::f32(q1 - k0, d, &kh[k0 * d..q1 * d])?;
+                let values = Matrix::f32(q1 - k0, d, &vh[k0 * d..q1 * d])?;
+                let weights = block_weights(compute, &shape, &qh[q0 * d..q1 * d], &keys, q0, k0)?;
                 oh.resize((q1 - q0) * d, 0.0);
-                compute.matmul_dx(&scores, &values, &mut oh)?;
+                compute.matmul_dx(&weights, &values, &mut oh)?;
                 for (t, o) in (q0..q1).zip(oh.chunks_exact(d)) {
                     out[t * heads * d + h * d..t * heads * d + (h + 1) * d].copy_from_slice(o);
                 }
@@ -213,6 +330,106 @@ pub fn attention(
         }
     }
     Ok(out)
+}
+
+/// Gradients of attention's inputs.
+#[derive(Debug, Clone)]
+pub struct AttentionGrads {
+    pub dq: Vec<f32>,
+    pub dk: Vec<f32>,
+    pub dv: Vec<f32>,
+}
+
+/// Backward of [`attention`]: from `dout`, the gradients of `q`, `k` and `v`. Scores are
+/// recomputed block by block (nothing from the forward is kept); per block, with P the
+/// attention weights: `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale`,
+/// `dQ = dS·K`, `dK += dSᵀ·Q`.
+pub fn attention_backward(
+    compute: &Compute,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    shape: AttentionShape,
+) -> Result<AttentionGrads, MatmulError> {
+    let (n, heads, kv_heads, d) = (shape.tokens, shape.heads, shape.kv_heads, shape.head_dim);
+    let group = shape.group();
+    let (mut dq, mut dk, mut dv) = (
+        vec![0.0; n * heads * d],
+        vec![0.0; n * kv_heads * d],
+        vec![0.0; n * kv_heads * d],
+    );
+    let (mut qh, mut kh, mut vh, mut doh) = (
+        vec![0.0; n * d],
+        vec![0.0; n * d],
+        vec![0.0; n * d],
+        vec![0.0; n * d],
+    );
+    for kv in 0..kv_heads {
+        gather_head(k, kv_heads, d, kv, &mut kh);
+        gather_head(v, kv_heads, d, kv, &mut vh);
+        let (mut dkh, mut dvh) = (vec![0.0; n * d], vec![0.0; n * d]);
+        for h in kv * group..(kv + 1) * group {
+            gather_head(q, heads, d, h, &mut qh);
+            gather_head(dout, heads, d, h, &mut doh);
+            for q0 in (0..n).step_by(QUERY_BLOCK) {
+                let q1 = (q0 + QUERY_BLOCK).min(n);
+                let (k0, rows) = (shape.first_key(q0), q1 - q0);
+                let width = q1 - k0;
+                let keys = Matrix::f32(width, d, &kh[k0 * d..q1 * d])?;
+                let values = Matrix::f32(width, d, &vh[k0 * d..q1 * d])?;
+                let p = block_weights(compute, &shape, &qh[q0 * d..q1 * d], &keys, q0, k0)?;
+                let mut dp = vec![0.0; rows * width];
+                compute.matmul_t(&doh[q0 * d..q1 * d], &values, &mut dp)?;
+                // dP becomes dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale (masked entries have P = 0).
+                for (pr, dpr) in p.chunks_exact(width).zip(dp.chunks_exact_mut(width)) {
+                    let dot: f32 = pr.iter().zip(dpr.iter()).map(|(a, b)| a * b).sum();
+                    for (g, &pv) in dpr.iter_mut().zip(pr) {
+                        *g = pv * (*g - dot) * shape.scale;
+                    }
+                }
+                let ds = dp;
+                let mut dqb = vec![0.0; rows * d];
+                compute.matmul_dx(&ds, &keys, &mut dqb)?;
+                for (t, g) in (q0..q1).zip(dqb.chunks_exact(d)) {
+                    dq[t * heads * d + h * d..t * heads * d + (h + 1) * d].copy_from_slice(g);
+                }
+                let (ds_t, p_t) = (transpose(&ds, rows, width), transpose(&p, rows, width));
+                let queries = Matrix::f32(rows, d, &qh[q0 * d..q1 * d])?;
+                let grads = Matrix::f32(rows, d, &doh[q0 * d..q1 * d])?;
+                let mut block = vec![0.0; width * d];
+                compute.matmul_dx(&ds_t, &queries, &mut block)?;
+                add_assign(&mut dkh[k0 * d..q1 * d], &block);
+                compute.matmul_dx(&p_t, &grads, &mut block)?;
+                add_assign(&mut dvh[k0 * d..q1 * d], &block);
+            }
+        }
+        scatter_head(&dkh, kv_heads, d, kv, &mut dk);
+        scatter_head(&dvh, kv_heads, d, kv, &mut dv);
+    }
+    Ok(AttentionGrads { dq, dk, dv })
+}
+
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+    out
+}
+
+/// `x += y`, element-wise (residual connections, gradient accumulation).
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// Writes a contiguous head back into its columns: `out[t][h·d .. (h+1)·d] = x[t]`.
+fn scatter_head(x: &[f32], heads: usize, d: usize, h: usize, out: &mut [f32]) {
+    for (row, o) in out.chunks_exact_mut(heads * d).zip(x.chunks_exact(d)) {
+        row[h * d..(h + 1) * d].copy_from_slice(o);
+    }
 }
 
 /// Head `h` of every token, contiguous: `out[t] = x[t][h·d .. (h+1)·d]`.
@@ -251,6 +468,125 @@ mod tests {
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
         assert_eq!(gelu_tanh(0.0), 0.0);
+    }
+
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    /// Checks `analytic` (the gradient of `loss` at `x`) against central differences, in f64
+    /// around the f32 ops.
+    fn check_gradient(x: &[f32], analytic: &[f32], loss: impl Fn(&[f32]) -> f64, what: &str) {
+        let h = 1e-2f32;
+        for i in 0..x.len() {
+            let (mut up, mut down) = (x.to_vec(), x.to_vec());
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (loss(&up) - loss(&down)) / (2.0 * f64::from(h));
+            let a = f64::from(analytic[i]);
+            assert!(
+                (a - numeric).abs() <= 2e-3 + 2e-2 * numeric.abs(),
+                "{what}[{i}]: analytic {a}, numeric {numeric}"
+            );
+        }
+    }
+
+    /// `Σ out ⊙ r`: a loss whose gradient with respect to `out` is `r`.
+    fn weighted(out: &[f32], r: &[f32]) -> f64 {
+        out.iter()
+            .zip(r)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum()
+    }
+
+    #[test]
+    fn rms_norm_backward_matches_finite_differences() {
+        let (x, w, r) = (random(12, 1), random(4, 2), random(12, 3));
+        let mut dw = vec![0.0; 4];
+        let dx = rms_norm_backward(&x, &w, 1e-5, &r, &mut dw);
+        let loss_x = |x: &[f32]| {
+            let mut y = vec![0.0; 12];
+            rms_norm(x, &w, 1e-5, &mut y);
+            weighted(&y, &r)
+        };
+        check_gradient(&x, &dx, loss_x, "dx");
+        let loss_w = |w: &[f32]| {
+            let mut y = vec![0.0; 12];
+            rms_norm(&x, w, 1e-5, &mut y);
+            weighted(&y, &r)
+        };
+        check_gradient(&w, &dw, loss_w, "dw");
+    }
+
+    #[test]
+    fn rope_backward_matches_finite_differences() {
+        for layout in [RopeLayout::Adjacent, RopeLayout::Halves] {
+            let table = RopeTable::new(3, 4, 100.0, 1.0);
+            let (x, r) = (random(3 * 2 * 6, 4), random(3 * 2 * 6, 5));
+            let mut dx = r.clone();
+            rope_backward(&mut dx, 2, 6, &table, layout);
+            let loss = |x: &[f32]| {
+                let mut y = x.to_vec();
+                rope(&mut y, 2, 6, &table, layout);
+                weighted(&y, &r)
+            };
+            check_gradient(&x, &dx, loss, "rope");
+        }
+    }
+
+    #[test]
+    fn glu_backward_matches_finite_differences() {
+        let compute = Compute::new(1, crate::train::quant::matmul::Kernel::Scalar).unwrap();
+        for activation in [Activation::Silu, Activation::GeluTanh] {
+            let (g, u, r) = (random(10, 6), random(10, 7), random(10, 8));
+            let g: Vec<f32> = g.iter().map(|v| v * 3.0).collect();
+            let (dg, du) = glu_backward(&g, &u, activation, &r);
+            let out = |g: &[f32], u: &[f32]| {
+                let mut o = vec![0.0; 10];
+                glu(&compute, g, u, activation, &mut o);
+                weighted(&o, &r)
+            };
+            check_gradient(&g, &dg, |g| out(g, &u), "dgate");
+            check_gradient(&u, &du, |u| out(&g, u), "dup");
+        }
+    }
+
+    #[test]
+    fn attention_backward_matches_finite_differences() {
+        let compute = Compute::new(2, crate::train::quant::matmul::Kernel::detect()).unwrap();
+        // Small shapes, and one long enough for several query blocks behind a sliding window.
+        for (tokens, heads, kv_heads, head_dim, window) in [
+            (6, 4, 2, 3, None),
+            (6, 4, 2, 3, Some(3)),
+            (70, 2, 1, 2, Some(5)),
+        ] {
+            let shape = AttentionShape {
+                tokens,
+                heads,
+                kv_heads,
+                head_dim,
+                scale: 0.7,
+                window,
+            };
+            let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
+            let (q, k, v) = (
+                random(tokens * qw, 9),
+                random(tokens * kw, 10),
+                random(tokens * kw, 11),
+            );
+            let r = random(tokens * qw, 12);
+            let AttentionGrads { dq, dk, dv } =
+                attention_backward(&compute, &q, &k, &v, &r, shape).unwrap();
+            let loss = |q: &[f32], k: &[f32], v: &[f32]| {
+                weighted(&attention(&compute, q, k, v, shape).unwrap(), &r)
+            };
+            check_gradient(&q, &dq, |q| loss(q, &k, &v), "dq");
+            check_gradient(&k, &dk, |k| loss(&q, k, &v), "dk");
+            check_gradient(&v, &dv, |v| loss(&q, &k, v), "dv");
+        }
     }
 
     #[test]
