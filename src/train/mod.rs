@@ -3,6 +3,9 @@
 //! and the transformer forward over those weights ([`model`]). LoRA, DPO and the optimiser build
 //! on these.
 
+pub mod dpo;
 pub mod gguf;
+pub mod lora;
 pub mod model;
+pub mod optim;
 pub mod quant;

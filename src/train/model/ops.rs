@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
+use crate::train::quant::matmul::{transpose, Compute, MatmulError, Matrix};
 
 use super::config::{Activation, RopeLayout};
 
@@ -408,16 +408,6 @@ pub fn attention_backward(
         scatter_head(&dvh, kv_heads, d, kv, &mut dv);
     }
     Ok(AttentionGrads { dq, dk, dv })
-}
-
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = x[r * cols + c];
-        }
-    }
-    out
 }
 
 /// `x += y`, element-wise (residual connections, gradient accumulation).

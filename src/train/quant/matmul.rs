@@ -329,6 +329,17 @@ fn scatter_columns(out: &mut [f32], out_width: usize, tokens: usize, blocks: &[(
     }
 }
 
+/// The transpose of a `rows × cols` row-major matrix.
+pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
+        }
+    }
+    out
+}
+
 fn check_operand(what: &'static str, len: usize, width: usize) -> Result<usize, MatmulError> {
     if width == 0 || len % width != 0 {
         return Err(MatmulError::Operand {
