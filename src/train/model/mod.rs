@@ -3,15 +3,19 @@
 //! [`crate::train::quant::matmul`]. Llama (SmolLM2) and Gemma 3, with f32 activations; it computes
 //! what llama.cpp computes for the same file, and is the base the LoRA trainer builds on.
 
+pub mod backward;
 pub mod config;
 pub mod ops;
 
 use std::path::{Path, PathBuf};
 
 use crate::train::gguf::{Gguf, GgufError, TensorInfo};
+use crate::train::lora::Lora;
 use crate::train::quant::dequantize_row;
 use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
 
+use backward::LayerTrace;
+pub use backward::{Adapters, Target, Trace, TARGETS};
 pub use config::{Activation, Architecture, Config, RopeLayout};
 use ops::{AttentionShape, RopeTable};
 
@@ -179,10 +183,95 @@ impl Model {
     /// The hidden state after the final norm, `tokens × embedding`, for tokens at positions
     /// `0..tokens.len()`.
     pub fn hidden(&self, compute: &Compute, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.run(compute, tokens, None, None)
+    }
+
+    /// The forward pass: with `adapters`, each adapted projection adds its LoRA update; with
+    /// `trace`, every activation the backward needs is kept there.
+    pub(crate) fn run(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        adapters: Option<&Adapters>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (n, e) = (tokens.len(), c.embedding);
         let mut x = self.embed_tokens(tokens)?;
-        // One RoPE table per distinct base (Gemma 3's local and global layers differ).
+        let tables = self.rope_tables(n);
+        let mut h = vec![0.0; n * e];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let lora = |t: Target| adapters.and_then(|a| a.get(l, t));
+            let mut z: [Option<Vec<f32>>; TARGETS] = Default::default();
+            // Attention block.
+            let x_in = trace.is_some().then(|| x.clone());
+            ops::rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut h);
+            let mut q = self.projection(compute, &h, &layer.q, lora(Target::Q), &mut z)?;
+            let mut k = self.projection(compute, &h, &layer.k, lora(Target::K), &mut z)?;
+            let v = self.projection(compute, &h, &layer.v, lora(Target::V), &mut z)?;
+            let (q_pre, k_pre) = match trace.is_some() && layer.q_norm.is_some() {
+                true => (Some(q.clone()), Some(k.clone())),
+                false => (None, None),
+            };
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                ops::rms_norm_in_place(&mut q, qn, c.norm_eps);
+                ops::rms_norm_in_place(&mut k, kn, c.norm_eps);
+            }
+            let table = rope_table(&tables, c.rope_base_of(l));
+            ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
+            ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
+            let shape = self.attention_shape(l, n);
+            let att = ops::attention(compute, &q, &k, &v, shape)?;
+            let mut o = self.projection(compute, &att, &layer.o, lora(Target::O), &mut z)?;
+            let o_pre = (trace.is_some() && layer.post_attn_norm.is_some()).then(|| o.clone());
+            if let Some(post) = &layer.post_attn_norm {
+                ops::rms_norm_in_place(&mut o, post, c.norm_eps);
+            }
+            ops::add_assign(&mut x, &o);
+
+            // Feed-forward block.
+            let x_mid = trace.is_some().then(|| x.clone());
+            ops::rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut h);
+            let gate = self.projection(compute, &h, &layer.gate, lora(Target::Gate), &mut z)?;
+            let up = self.projection(compute, &h, &layer.up, lora(Target::Up), &mut z)?;
+            let mut act = vec![0.0; gate.len()];
+            ops::glu(compute, &gate, &up, c.activation, &mut act);
+            let mut down =
+                self.projection(compute, &act, &layer.down, lora(Target::Down), &mut z)?;
+            let down_pre = (trace.is_some() && layer.post_ffn_norm.is_some()).then(|| down.clone());
+            if let Some(post) = &layer.post_ffn_norm {
+                ops::rms_norm_in_place(&mut down, post, c.norm_eps);
+            }
+            ops::add_assign(&mut x, &down);
+            if let (Some(t), Some(x_in), Some(x_mid)) = (trace.as_deref_mut(), x_in, x_mid) {
+                t.layers.push(LayerTrace {
+                    x: x_in,
+                    q_pre,
+                    k_pre,
+                    q,
+                    k,
+                    v,
+                    att,
+                    o_pre,
+                    x_mid,
+                    gate,
+                    up,
+                    act,
+                    down_pre,
+                    z,
+                });
+            }
+        }
+        if let Some(t) = trace {
+            t.x_final = x.clone();
+        }
+        ops::rms_norm_in_place(&mut x, &self.output_norm, c.norm_eps);
+        Ok(x)
+    }
+
+    /// One RoPE table per distinct base (Gemma 3's local and global layers differ).
+    fn rope_tables(&self, n: usize) -> Vec<(f32, RopeTable)> {
+        let c = &self.config;
         let mut tables: Vec<(f32, RopeTable)> = Vec::new();
         for l in 0..c.layers {
             let base = c.rope_base_of(l);
@@ -190,54 +279,35 @@ impl Model {
                 tables.push((base, RopeTable::new(n, c.rope_dims, base, c.rope_scale)));
             }
         }
-        let mut h = vec![0.0; n * e];
-        for (l, layer) in self.layers.iter().enumerate() {
-            // Attention block.
-            ops::rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut h);
-            let mut q = self.linear(compute, &h, &layer.q)?;
-            let mut k = self.linear(compute, &h, &layer.k)?;
-            let v = self.linear(compute, &h, &layer.v)?;
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                ops::rms_norm_in_place(&mut q, qn, c.norm_eps);
-                ops::rms_norm_in_place(&mut k, kn, c.norm_eps);
-            }
-            let base = c.rope_base_of(l);
-            let table = tables
-                .iter()
-                .find(|(b, _)| *b == base)
-                .map(|(_, t)| t)
-                .expect("a table was made for every layer's base");
-            ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
-            ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
-            let shape = AttentionShape {
-                tokens: n,
-                heads: c.heads,
-                kv_heads: c.kv_heads,
-                head_dim: c.head_dim,
-                scale: c.attention_scale,
-                window: c.window_of(l),
-            };
-            let att = ops::attention(compute, &q, &k, &v, shape)?;
-            let mut o = self.linear(compute, &att, &layer.o)?;
-            if let Some(post) = &layer.post_attn_norm {
-                ops::rms_norm_in_place(&mut o, post, c.norm_eps);
-            }
-            ops::add_assign(&mut x, &o);
+        tables
+    }
 
-            // Feed-forward block.
-            ops::rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut h);
-            let gate = self.linear(compute, &h, &layer.gate)?;
-            let up = self.linear(compute, &h, &layer.up)?;
-            let mut act = vec![0.0; gate.len()];
-            ops::glu(compute, &gate, &up, c.activation, &mut act);
-            let mut down = self.linear(compute, &act, &layer.down)?;
-            if let Some(post) = &layer.post_ffn_norm {
-                ops::rms_norm_in_place(&mut down, post, c.norm_eps);
-            }
-            ops::add_assign(&mut x, &down);
+    fn attention_shape(&self, layer: usize, tokens: usize) -> AttentionShape {
+        let c = &self.config;
+        AttentionShape {
+            tokens,
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attention_scale,
+            window: c.window_of(layer),
         }
-        ops::rms_norm_in_place(&mut x, &self.output_norm, c.norm_eps);
-        Ok(x)
+    }
+
+    /// `x · Wᵀ`, plus the adapter's update when there is one (its `z` kept in `z`).
+    fn projection(
+        &self,
+        compute: &Compute,
+        x: &[f32],
+        w: &Weight,
+        lora: Option<(Target, &Lora)>,
+        z: &mut [Option<Vec<f32>>; TARGETS],
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut y = self.linear(compute, x, w)?;
+        if let Some((target, lora)) = lora {
+            z[target as usize] = Some(lora.forward(compute, x, &mut y)?);
+        }
+        Ok(y)
     }
 
     /// Token embeddings (scaled for Gemma), `tokens × embedding`.
@@ -302,6 +372,15 @@ impl Model {
         }
         Ok(scores)
     }
+}
+
+/// The table of `base` among `tables`.
+fn rope_table(tables: &[(f32, RopeTable)], base: f32) -> &RopeTable {
+    tables
+        .iter()
+        .find(|(b, _)| *b == base)
+        .map(|(_, t)| t)
+        .expect("a table was made for every layer's base")
 }
 
 /// Log-softmax of one row of logits, read at `next` and at its maximum.

@@ -1,0 +1,330 @@
+//! Training through the frozen model: the forward with the activations the backward needs kept
+//! ([`Trace`]), and the backward from per-token log-probability weights to the gradients of the
+//! LoRA factors — through the output head, the final norm and every layer in reverse, each op's
+//! backward from [`super::ops`], each frozen weight's through `dx = dy·W` on its stored blocks.
+
+use super::{ops, rope_table, Model, ModelError, Weight, HEAD_CHUNK};
+use crate::train::lora::{Lora, LoraGrads};
+use crate::train::quant::matmul::Compute;
+
+/// The projections an adapter can sit on.
+pub const TARGETS: usize = 7;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Q = 0,
+    K = 1,
+    V = 2,
+    O = 3,
+    Gate = 4,
+    Up = 5,
+    Down = 6,
+}
+
+impl Target {
+    pub const ALL: [Target; TARGETS] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+
+    /// The name used on the command line (`--targets q,k,v,o,gate,up,down`).
+    pub fn name(self) -> &'static str {
+        ["q", "k", "v", "o", "gate", "up", "down"][self as usize]
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Target::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// LoRA adapters on some projections of every layer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Adapters {
+    pub layers: Vec<[Option<Lora>; TARGETS]>,
+}
+
+impl Adapters {
+    /// Fresh adapters (B = 0) on `targets` of every layer of `model`.
+    pub fn new(model: &Model, targets: &[Target], rank: usize, alpha: f32, seed: u64) -> Self {
+        let layers = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let mut slots: [Option<Lora>; TARGETS] = Default::default();
+                for &t in targets {
+                    let w = layer.weight(t);
+                    let seed =
+                        seed ^ ((l as u64) << 8 | t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    slots[t as usize] = Some(Lora::new(w.cols, w.rows, rank, alpha, seed));
+                }
+                slots
+            })
+            .collect();
+        Adapters { layers }
+    }
+
+    pub fn get(&self, layer: usize, target: Target) -> Option<(Target, &Lora)> {
+        self.layers
+            .get(layer)
+            .and_then(|slots| slots[target as usize].as_ref())
+            .map(|l| (target, l))
+    }
+
+    /// Trainable values in all factors.
+    pub fn parameters(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|l| l.a.len() + l.b.len())
+            .sum()
+    }
+}
+
+/// The gradients of every adapter's factors, in the same slots.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AdapterGrads {
+    pub layers: Vec<[Option<LoraGrads>; TARGETS]>,
+}
+
+/// What the forward keeps for the backward.
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub(crate) layers: Vec<LayerTrace>,
+    /// The residual stream before the final norm.
+    pub(crate) x_final: Vec<f32>,
+}
+
+/// One layer's kept activations.
+#[derive(Debug)]
+pub(crate) struct LayerTrace {
+    /// The layer's input.
+    pub x: Vec<f32>,
+    /// q and k before their norms (Gemma), for the norms' backward.
+    pub q_pre: Option<Vec<f32>>,
+    pub k_pre: Option<Vec<f32>>,
+    /// Attention's inputs (after norm and RoPE) and output.
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub att: Vec<f32>,
+    /// The output projection before its post-norm (Gemma).
+    pub o_pre: Option<Vec<f32>>,
+    /// The residual stream between the attention and feed-forward blocks.
+    pub x_mid: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub act: Vec<f32>,
+    /// The down projection before its post-norm (Gemma).
+    pub down_pre: Option<Vec<f32>>,
+    /// Each adapter's `z = x·Aᵀ`.
+    pub z: [Option<Vec<f32>>; TARGETS],
+}
+
+impl super::Layer {
+    fn weight(&self, t: Target) -> &Weight {
+        match t {
+            Target::Q => &self.q,
+            Target::K => &self.k,
+            Target::V => &self.v,
+            Target::O => &self.o,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
+}
+
+/// Per-position log-probabilities of a sequence and their gradient with respect to the adapters.
+#[derive(Debug, Clone)]
+pub struct LogprobGradients {
+    /// `log p(tokens[i+1] | tokens[..=i])` for every position `i`.
+    pub logps: Vec<f64>,
+    pub grads: AdapterGrads,
+}
+
+impl Model {
+    /// The log-probability of each next token of `tokens` under the model with `adapters`, and
+    /// the gradient of `Σ_i weights[i] · logp_i` with respect to every adapter factor (positions
+    /// with weight 0 — the prompt, padding — contribute nothing).
+    pub fn logprob_gradients(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        adapters: &Adapters,
+        weights: &[f64],
+    ) -> Result<LogprobGradients, ModelError> {
+        let c = &self.config;
+        let (e, vocab) = (c.embedding, c.vocab);
+        let n = tokens.len().saturating_sub(1);
+        let mut trace = Trace::default();
+        let hidden = self.run(compute, &tokens[..n], Some(adapters), Some(&mut trace))?;
+
+        // Head: logp = logit[next] − logsumexp; ∂(w·logp)/∂logits = w·(onehot − softmax).
+        let mut logps = Vec::with_capacity(n);
+        let mut dh = vec![0.0f32; n * e];
+        let head = self.matrix(&self.output)?;
+        for start in (0..n).step_by(HEAD_CHUNK) {
+            let end = (start + HEAD_CHUNK).min(n);
+            let raw = self.linear(compute, &hidden[start * e..end * e], &self.output)?;
+            let mut dlogits = vec![0.0f32; raw.len()];
+            for (i, (row, drow)) in raw
+                .chunks_exact(vocab)
+                .zip(dlogits.chunks_exact_mut(vocab))
+                .enumerate()
+            {
+                let t = start + i;
+                let logits: Vec<f32> = match c.final_softcap {
+                    Some(cap) => row.iter().map(|v| cap * (v / cap).tanh()).collect(),
+                    None => row.to_vec(),
+                };
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+                let next = tokens[t + 1] as usize;
+                // The same arithmetic as `Model::score`, so a zero adapter gives identical values.
+                logps.push(super::score_row(&logits, next as u32).logprob);
+                let w = weights.get(t).copied().unwrap_or(0.0);
+                if w == 0.0 {
+                    continue;
+                }
+                for (j, d) in drow.iter_mut().enumerate() {
+                    let p = f64::from(logits[j] - max).exp() / z;
+                    let onehot = if j == next { 1.0 } else { 0.0 };
+                    let mut g = w * (onehot - p);
+                    if let Some(cap) = c.final_softcap {
+                        let th = (f64::from(row[j]) / f64::from(cap)).tanh();
+                        g *= 1.0 - th * th;
+                    }
+                    *d = g as f32;
+                }
+            }
+            let mut block = vec![0.0f32; (end - start) * e];
+            compute.matmul_dx(&dlogits, &head, &mut block)?;
+            dh[start * e..end * e].copy_from_slice(&block);
+        }
+
+        // Final norm (its weight is frozen: its gradient is dropped).
+        let mut scratch = vec![0.0; e];
+        let mut dx = ops::rms_norm_backward(
+            &trace.x_final,
+            &self.output_norm,
+            c.norm_eps,
+            &dh,
+            &mut scratch,
+        );
+        let tables = self.rope_tables(n);
+        let mut grads = AdapterGrads {
+            layers: (0..self.layers.len()).map(|_| Default::default()).collect(),
+        };
+        for (l, (layer, t)) in self.layers.iter().zip(&trace.layers).enumerate().rev() {
+            let slots = &mut grads.layers[l];
+            // The adapter's gradients and its share of dx, if `target` has one.
+            let mut lora_back = |target: Target,
+                                 input: &[f32],
+                                 dy: &[f32],
+                                 dx: &mut [f32]|
+             -> Result<(), ModelError> {
+                if let (Some((_, lora)), Some(z)) =
+                    (adapters.get(l, target), t.z[target as usize].as_ref())
+                {
+                    slots[target as usize] = Some(lora.backward(compute, input, z, dy, dx)?);
+                }
+                Ok(())
+            };
+
+            // Feed-forward block: x_out = x_mid + post_ffn(down(glu(gate(h2), up(h2)))).
+            let d_down = match (&layer.post_ffn_norm, &t.down_pre) {
+                (Some(w), Some(pre)) => {
+                    ops::rms_norm_backward(pre, w, c.norm_eps, &dx, &mut vec![0.0; e])
+                }
+                _ => dx.clone(),
+            };
+            let mut d_act = self.linear_backward(compute, &d_down, &layer.down)?;
+            lora_back(Target::Down, &t.act, &d_down, &mut d_act)?;
+            let (d_gate, d_up) = ops::glu_backward(&t.gate, &t.up, c.activation, &d_act);
+            let mut h2 = vec![0.0; t.x_mid.len()];
+            ops::rms_norm(&t.x_mid, &layer.ffn_norm, c.norm_eps, &mut h2);
+            let mut d_h2 = self.linear_backward(compute, &d_gate, &layer.gate)?;
+            ops::add_assign(&mut d_h2, &self.linear_backward(compute, &d_up, &layer.up)?);
+            lora_back(Target::Gate, &h2, &d_gate, &mut d_h2)?;
+            lora_back(Target::Up, &h2, &d_up, &mut d_h2)?;
+            let mut d_mid = dx;
+            ops::add_assign(
+                &mut d_mid,
+                &ops::rms_norm_backward(
+                    &t.x_mid,
+                    &layer.ffn_norm,
+                    c.norm_eps,
+                    &d_h2,
+                    &mut vec![0.0; e],
+                ),
+            );
+
+            // Attention block: x_mid = x + post_attn(o(attention(q, k, v))).
+            let d_o = match (&layer.post_attn_norm, &t.o_pre) {
+                (Some(w), Some(pre)) => {
+                    ops::rms_norm_backward(pre, w, c.norm_eps, &d_mid, &mut vec![0.0; e])
+                }
+                _ => d_mid.clone(),
+            };
+            let mut d_att = self.linear_backward(compute, &d_o, &layer.o)?;
+            lora_back(Target::O, &t.att, &d_o, &mut d_att)?;
+            let ops::AttentionGrads { mut dq, mut dk, dv } = ops::attention_backward(
+                compute,
+                &t.q,
+                &t.k,
+                &t.v,
+                &d_att,
+                self.attention_shape(l, n),
+            )?;
+            let table = rope_table(&tables, c.rope_base_of(l));
+            ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
+            ops::rope_backward(&mut dk, c.kv_heads, c.head_dim, table, c.rope_layout);
+            if let (Some(qn), Some(kn), Some(q_pre), Some(k_pre)) =
+                (&layer.q_norm, &layer.k_norm, &t.q_pre, &t.k_pre)
+            {
+                let mut unused = vec![0.0; c.head_dim];
+                dq = ops::rms_norm_backward(q_pre, qn, c.norm_eps, &dq, &mut unused);
+                dk = ops::rms_norm_backward(k_pre, kn, c.norm_eps, &dk, &mut unused);
+            }
+            let mut h = vec![0.0; t.x.len()];
+            ops::rms_norm(&t.x, &layer.attn_norm, c.norm_eps, &mut h);
+            let mut d_h = self.linear_backward(compute, &dq, &layer.q)?;
+            ops::add_assign(&mut d_h, &self.linear_backward(compute, &dk, &layer.k)?);
+            ops::add_assign(&mut d_h, &self.linear_backward(compute, &dv, &layer.v)?);
+            lora_back(Target::Q, &h, &dq, &mut d_h)?;
+            lora_back(Target::K, &h, &dk, &mut d_h)?;
+            lora_back(Target::V, &h, &dv, &mut d_h)?;
+            dx = d_mid;
+            ops::add_assign(
+                &mut dx,
+                &ops::rms_norm_backward(
+                    &t.x,
+                    &layer.attn_norm,
+                    c.norm_eps,
+                    &d_h,
+                    &mut vec![0.0; e],
+                ),
+            );
+        }
+        Ok(LogprobGradients { logps, grads })
+    }
+
+    /// `dx = dy · W` through a frozen weight.
+    fn linear_backward(
+        &self,
+        compute: &Compute,
+        dy: &[f32],
+        w: &Weight,
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut dx = vec![0.0; dy.len() / w.rows * w.cols];
+        compute.matmul_dx(dy, &self.matrix(w)?, &mut dx)?;
+        Ok(dx)
+    }
+}
