@@ -3,6 +3,7 @@
 //! and the transformer forward over those weights ([`model`]). LoRA, DPO and the optimiser build
 //! on these.
 
+pub mod adapter;
 pub mod dpo;
 pub mod gguf;
 pub mod lora;

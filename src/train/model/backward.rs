@@ -150,6 +150,12 @@ pub struct LogprobGradients {
 }
 
 impl Model {
+    /// `(in, out)` of the projection `target` of `layer`.
+    pub fn projection_shape(&self, layer: usize, target: Target) -> (usize, usize) {
+        let w = self.layers[layer].weight(target);
+        (w.cols, w.rows)
+    }
+
     /// The log-probability of each next token of `tokens` under the model with `adapters`, and
     /// the gradient of `Σ_i weights[i] · logp_i` with respect to every adapter factor (positions
     /// with weight 0 — the prompt, padding — contribute nothing).

@@ -353,13 +353,23 @@ impl Model {
     /// For each position `i ≥ 1`: the log-probability of `tokens[i]` after `tokens[..i]`, and
     /// the model's top choice there. `tokens.len() − 1` scores.
     pub fn score(&self, compute: &Compute, tokens: &[u32]) -> Result<Vec<TokenScore>, ModelError> {
+        self.score_adapted(compute, tokens, None)
+    }
+
+    /// [`Model::score`] with LoRA adapters applied.
+    pub fn score_adapted(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        adapters: Option<&Adapters>,
+    ) -> Result<Vec<TokenScore>, ModelError> {
         if tokens.len() < 2 {
             // Still check the tokens, so a bad id is reported the same way.
             self.embed_tokens(tokens)?;
             return Ok(Vec::new());
         }
         let e = self.config.embedding;
-        let hidden = self.hidden(compute, &tokens[..tokens.len() - 1])?;
+        let hidden = self.run(compute, &tokens[..tokens.len() - 1], adapters, None)?;
         let mut scores = Vec::with_capacity(tokens.len() - 1);
         for (chunk, next) in hidden
             .chunks(HEAD_CHUNK * e)

@@ -1,0 +1,165 @@
+//! Adapters in and out as GGUF LoRA files, the format llama.cpp loads (`--lora`,
+//! `llama_adapter_lora_init`): `general.type = adapter`, `adapter.type = lora`,
+//! `adapter.lora.alpha`, the base model's `general.architecture`, and for each adapted weight
+//! `blk.N.<tensor>.weight.lora_a` (ggml shape `[in, rank]`) and `.lora_b` (`[rank, out]`) in f32.
+//! llama.cpp scales the update by `alpha / rank`, as tenets does.
+
+use std::path::{Path, PathBuf};
+
+use super::gguf::writer::{GgufWriter, WriteError};
+use super::gguf::{Gguf, GgufError, Value};
+use super::lora::Lora;
+use super::model::{Adapters, Model, Target};
+use super::quant::{dequantize_row, QuantType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Read(#[from] GgufError),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The base tensor an adapter on `target` modifies.
+pub fn tensor_name(layer: usize, target: Target) -> String {
+    let base = match target {
+        Target::Q => "attn_q",
+        Target::K => "attn_k",
+        Target::V => "attn_v",
+        Target::O => "attn_output",
+        Target::Gate => "ffn_gate",
+        Target::Up => "ffn_up",
+        Target::Down => "ffn_down",
+    };
+    format!("blk.{layer}.{base}.weight")
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Writes `adapters` (made for `model`) as a GGUF LoRA adapter.
+pub fn write_gguf(model: &Model, adapters: &Adapters, path: &Path) -> Result<(), AdapterError> {
+    let invalid = |message: String| AdapterError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let all: Vec<&Lora> = adapters.layers.iter().flatten().flatten().collect();
+    let first = all
+        .first()
+        .ok_or_else(|| invalid("no adapter to write".into()))?;
+    if all
+        .iter()
+        .any(|l| l.rank != first.rank || l.scale != first.scale)
+    {
+        return Err(invalid(
+            "every adapter in one file must share rank and alpha".into(),
+        ));
+    }
+    let arch = match model.config().architecture {
+        super::model::Architecture::Llama => "llama",
+        super::model::Architecture::Gemma3 => "gemma3",
+    };
+    let mut w = GgufWriter::new();
+    w.metadata("general.architecture", Value::String(arch.into()))?;
+    w.metadata("general.type", Value::String("adapter".into()))?;
+    w.metadata("adapter.type", Value::String("lora".into()))?;
+    w.metadata(
+        "adapter.lora.alpha",
+        Value::F32(first.scale * first.rank as f32),
+    )?;
+    w.metadata("general.name", Value::String("tenets LoRA adapter".into()))?;
+    for (l, slots) in adapters.layers.iter().enumerate() {
+        for target in Target::ALL {
+            if let Some(lora) = &slots[target as usize] {
+                let name = tensor_name(l, target);
+                let (input, rank, output) =
+                    (lora.input as u64, lora.rank as u64, lora.output as u64);
+                w.tensor(
+                    &format!("{name}.lora_a"),
+                    &[input, rank],
+                    QuantType::F32,
+                    f32_bytes(&lora.a),
+                )?;
+                w.tensor(
+                    &format!("{name}.lora_b"),
+                    &[rank, output],
+                    QuantType::F32,
+                    f32_bytes(&lora.b),
+                )?;
+            }
+        }
+    }
+    w.write(path)?;
+    Ok(())
+}
+
+/// Reads a GGUF LoRA adapter written for `model` (by tenets or by llama.cpp's converter).
+pub fn read_gguf(model: &Model, path: &Path) -> Result<Adapters, AdapterError> {
+    let invalid = |message: String| AdapterError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let g = Gguf::open(path)?;
+    if g.get("general.type").and_then(Value::as_str) != Some("adapter")
+        || g.get("adapter.type").and_then(Value::as_str) != Some("lora")
+    {
+        return Err(invalid(
+            "not a LoRA adapter (general.type / adapter.type)".into(),
+        ));
+    }
+    let alpha = g
+        .get("adapter.lora.alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| invalid("`adapter.lora.alpha` is missing".into()))? as f32;
+    let read = |name: &str| -> Result<(Vec<u64>, Vec<f32>), AdapterError> {
+        let t = g
+            .tensor(name)
+            .ok_or_else(|| invalid(format!("tensor `{name}` is missing")))?;
+        let mut out = vec![0.0; t.elements() as usize];
+        dequantize_row(t.kind, g.data(t), &mut out)
+            .map_err(|e| invalid(format!("tensor `{name}`: {e}")))?;
+        Ok((t.dims.clone(), out))
+    };
+    let mut adapters = Adapters {
+        layers: (0..model.config().layers)
+            .map(|_| Default::default())
+            .collect(),
+    };
+    let mut found = 0;
+    for (l, slots) in adapters.layers.iter_mut().enumerate() {
+        for target in Target::ALL {
+            let name = tensor_name(l, target);
+            if g.tensor(&format!("{name}.lora_a")).is_none() {
+                continue;
+            }
+            let (a_dims, a) = read(&format!("{name}.lora_a"))?;
+            let (b_dims, b) = read(&format!("{name}.lora_b"))?;
+            let (input, output) = model.projection_shape(l, target);
+            let rank = a_dims.get(1).copied().unwrap_or(0) as usize;
+            if a_dims != [input as u64, rank as u64]
+                || b_dims != [rank as u64, output as u64]
+                || rank == 0
+            {
+                return Err(invalid(format!(
+                    "`{name}`: lora_a {a_dims:?} and lora_b {b_dims:?} do not fit a {output}×{input} weight"
+                )));
+            }
+            slots[target as usize] = Some(Lora {
+                rank,
+                input,
+                output,
+                scale: alpha / rank as f32,
+                a,
+                b,
+            });
+            found += 1;
+        }
+    }
+    if found == 0 {
+        return Err(invalid("no `blk.N.*.lora_a` tensors for this model".into()));
+    }
+    Ok(adapters)
+}
