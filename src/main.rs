@@ -239,6 +239,9 @@ struct ScoreArgs {
     /// Native engine kernels.
     #[arg(long, value_enum, default_value = "auto")]
     kernel: KernelArg,
+    /// A GGUF LoRA adapter to apply (both engines).
+    #[arg(long)]
+    lora: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -542,6 +545,7 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
         }
         options.threads = threads;
     }
+    options.lora = args.lora;
     options.kernel = match args.kernel {
         KernelArg::Auto => Kernel::detect(),
         KernelArg::Scalar => Kernel::Scalar,

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::chat::Message;
 use crate::engine::{self, EngineConfig, EngineError};
+use crate::train::adapter;
 use crate::train::model::{Model, ModelError, TokenScore};
 use crate::train::quant::matmul::{Compute, Kernel, MatmulError};
 
@@ -58,6 +59,8 @@ pub enum ScoreError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Matmul(#[from] MatmulError),
+    #[error(transparent)]
+    Adapter(#[from] crate::train::adapter::AdapterError),
     #[error("the input is {0} token(s): at least 2 are needed to score anything")]
     TooShort(usize),
 }
@@ -70,6 +73,8 @@ pub struct ScoreOptions {
     pub threads: usize,
     /// Native engine kernels (default: the fastest this CPU runs).
     pub kernel: Kernel,
+    /// A GGUF LoRA adapter applied on top of the model.
+    pub lora: Option<PathBuf>,
 }
 
 impl ScoreOptions {
@@ -79,6 +84,7 @@ impl ScoreOptions {
             engine,
             threads: engine::default_threads(),
             kernel: Kernel::detect(),
+            lora: None,
         }
     }
 }
@@ -178,7 +184,7 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
         threads: options.threads,
         ..EngineConfig::new(&options.model)
     };
-    let llama = engine::load_model(&config)?;
+    let mut llama = engine::load_model(&config)?;
     let tokens = tokenize(&llama, input)?;
     if tokens.len() < 2 {
         return Err(ScoreError::TooShort(tokens.len()));
@@ -190,12 +196,21 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
                 .iter()
                 .map(|&t| llama_cpp_2::token::LlamaToken(t as i32))
                 .collect();
-            engine::score::score_tokens(&llama, &config, &ids)?
+            match &options.lora {
+                Some(lora) => {
+                    engine::score::score_tokens_with_lora(&mut llama, &config, &ids, lora, 1.0)?
+                }
+                None => engine::score::score_tokens(&llama, &config, &ids)?,
+            }
         }
         ScoreEngine::Native => {
             let compute = Compute::new(options.threads, options.kernel)?;
             let model = Model::open(&options.model)?;
-            model.score(&compute, &tokens)?
+            let adapters = match &options.lora {
+                Some(lora) => Some(adapter::read_gguf(&model, lora)?),
+                None => None,
+            };
+            model.score_adapted(&compute, &tokens, adapters.as_ref())?
         }
     };
     let seconds = started.elapsed().as_secs_f64();

@@ -163,3 +163,46 @@ fn bad_input_is_named() {
         "not found",
     );
 }
+
+/// `--lora`: both engines apply a GGUF adapter written by tenets, agree, and differ from the
+/// base model; a file that is not an adapter is named.
+#[test]
+fn both_engines_apply_an_adapter() {
+    use rand::{Rng, SeedableRng};
+    use tenets::train::model::{Adapters, Model, Target};
+    let _guard = common::MODEL_LOCK.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::open(&common::model()).unwrap();
+    let mut adapters = Adapters::new(&model, &[Target::Q, Target::V, Target::Down], 4, 8.0, 1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    for lora in adapters.layers.iter_mut().flatten().flatten() {
+        lora.b
+            .iter_mut()
+            .for_each(|v| *v = rng.gen_range(-0.08..0.08));
+    }
+    let lora = dir.path().join("lora.gguf");
+    tenets::train::adapter::write_gguf(&model, &adapters, &lora).unwrap();
+    let text = common::repo("tests/fixtures/texts/sourdough.txt");
+    let (text, lora_arg) = (text.to_str().unwrap(), lora.to_str().unwrap());
+    engines_agree(&["--text-file", text, "--lora", lora_arg]);
+    let adapted = logprobs(&json(&score(&[
+        "--json",
+        "--text-file",
+        text,
+        "--lora",
+        lora_arg,
+    ])));
+    let base = logprobs(&json(&score(&["--json", "--text-file", text])));
+    let moved = adapted[1..]
+        .iter()
+        .zip(&base[1..])
+        .map(|(a, b)| (a.1.unwrap() - b.1.unwrap()).abs())
+        .sum::<f64>()
+        / (base.len() - 1) as f64;
+    assert!(moved > 0.05, "the adapter moved log-probs by only {moved}");
+
+    for engine in ["native", "llama"] {
+        let out = score(&["--engine", engine, "--text-file", text, "--lora", text]);
+        fails_with(&out, "sourdough.txt");
+    }
+}
