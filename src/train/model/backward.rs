@@ -93,6 +93,28 @@ pub struct AdapterGrads {
     pub layers: Vec<[Option<LoraGrads>; TARGETS]>,
 }
 
+impl AdapterGrads {
+    /// Adds `other` (same slots) into these gradients.
+    pub fn add(&mut self, other: &AdapterGrads) {
+        if self.layers.is_empty() {
+            self.layers = other.layers.clone();
+            return;
+        }
+        for (mine, theirs) in self.layers.iter_mut().zip(&other.layers) {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                match (m.as_mut(), t) {
+                    (Some(m), Some(t)) => {
+                        m.a.iter_mut().zip(&t.a).for_each(|(x, y)| *x += y);
+                        m.b.iter_mut().zip(&t.b).for_each(|(x, y)| *x += y);
+                    }
+                    (None, Some(t)) => *m = Some(t.clone()),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// What the forward keeps for the backward.
 #[derive(Debug, Default)]
 pub struct Trace {

@@ -15,7 +15,7 @@ use crate::train::quant::dequantize_row;
 use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
 
 use backward::LayerTrace;
-pub use backward::{Adapters, Target, Trace, TARGETS};
+pub use backward::{AdapterGrads, Adapters, LogprobGradients, Target, Trace, TARGETS};
 pub use config::{Activation, Architecture, Config, RopeLayout};
 use ops::{AttentionShape, RopeTable};
 
