@@ -42,18 +42,12 @@ fn main() {
             flops / anchor_t / 1e9,
             flops / anchor_dx / 1e9
         );
-        for kind in [
-            QuantType::Q4_0,
-            QuantType::Q4_1,
-            QuantType::Q5_0,
-            QuantType::Q5_1,
-            QuantType::Q8_0,
-            QuantType::Q4K,
-            QuantType::Q5K,
-            QuantType::Q6K,
-            QuantType::F16,
-            QuantType::BF16,
-        ] {
+        // Every quantized type, then the half-precision floats.
+        for kind in QuantType::ALL
+            .into_iter()
+            .skip(3)
+            .chain([QuantType::F16, QuantType::BF16])
+        {
             let bytes = random_blocks(kind, rows * cols, 1);
             let w = Matrix::blocks(kind, rows, cols, &bytes).expect("shape");
             let t = best(runs, || compute.matmul_t(&x, &w, &mut y).unwrap());

@@ -40,6 +40,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     #[error("invalid setting: {0}")]
     Setting(String),
     #[error("internal: {0}")]

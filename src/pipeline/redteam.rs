@@ -204,7 +204,7 @@ pub async fn redteam(
     let outputs = join_stages(engine_task, collector).await?;
     progress.finish_and_clear();
     let (kept, rejected) = redteam::keep(outputs);
-    redteam::write(&options.out, &kept).map_err(|e| PipelineError::Internal(e.to_string()))?;
+    redteam::write(&options.out, &kept)?;
     Ok(RedteamSummary {
         requested,
         kept_harmful: kept

@@ -428,20 +428,6 @@ mod tests {
     use crate::train::quant::random_blocks;
     use rand::{Rng, SeedableRng};
 
-    const ALL: [QuantType; 11] = [
-        QuantType::F32,
-        QuantType::F16,
-        QuantType::BF16,
-        QuantType::Q4_0,
-        QuantType::Q4_1,
-        QuantType::Q5_0,
-        QuantType::Q5_1,
-        QuantType::Q8_0,
-        QuantType::Q4K,
-        QuantType::Q5K,
-        QuantType::Q6K,
-    ];
-
     fn activations(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
@@ -478,7 +464,7 @@ mod tests {
             .into_iter()
             .filter(|k| k.available())
             .collect();
-        for kind in ALL {
+        for kind in QuantType::ALL {
             let block = kind.block_elements();
             let widths: Vec<usize> = if block == 1 {
                 vec![1, 7, 8, 9, 37, 100]

@@ -33,6 +33,21 @@ pub enum QuantType {
 }
 
 impl QuantType {
+    /// Every type tenets reads.
+    pub const ALL: [QuantType; 11] = [
+        QuantType::F32,
+        QuantType::F16,
+        QuantType::BF16,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ];
+
     /// From ggml's `ggml_type` number.
     pub fn from_ggml(id: u32) -> Option<Self> {
         Some(match id {
