@@ -115,6 +115,66 @@ pub fn is_refusal(answer: &str) -> bool {
     REFUSAL_OPENINGS.iter().any(|o| first_sentence.contains(o))
 }
 
+/// Whether `edit_similarity(a, b) ≥ threshold`, without the full quadratic table: only edit
+/// distances up to `k = ⌊(1 − threshold)·longest⌋` matter, so only the diagonal band of width
+/// `2k + 1` is computed (Ukkonen), and texts whose lengths differ by more than `k` are rejected
+/// at once. Long answers in big datasets stay cheap.
+pub fn similar_at_least(a: &str, b: &str, threshold: f64) -> bool {
+    if threshold <= 0.0 {
+        return true;
+    }
+    if threshold > 1.0 {
+        return false;
+    }
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let longest = a.len().max(b.len());
+    if longest == 0 {
+        return true;
+    }
+    // The largest distance that still passes, judged exactly as `edit_similarity` would be
+    // (the float estimate can be off by one either way).
+    let passes = |d: usize| 1.0 - d as f64 / longest as f64 >= threshold;
+    let mut k = ((1.0 - threshold) * longest as f64).floor().max(0.0) as usize;
+    while k > 0 && !passes(k) {
+        k -= 1;
+    }
+    while k < longest && passes(k + 1) {
+        k += 1;
+    }
+    if !passes(k) {
+        return false;
+    }
+    if a.len().abs_diff(b.len()) > k {
+        return false;
+    }
+    // dist[j] for the current row, only for |i − j| ≤ k; cells outside count as k + 1.
+    let far = k + 1;
+    let mut prev: Vec<usize> = (0..=b.len())
+        .map(|j| if j <= k { j } else { far })
+        .collect();
+    let mut row = vec![far; b.len() + 1];
+    for i in 1..=a.len() {
+        let (lo, hi) = (i.saturating_sub(k), (i + k).min(b.len()));
+        row.iter_mut().for_each(|v| *v = far);
+        if lo == 0 {
+            row[0] = i.min(far);
+        }
+        let mut best = row[0];
+        for j in lo.max(1)..=hi {
+            let substitute = prev[j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            let v = substitute.min(prev[j] + 1).min(row[j - 1] + 1).min(far);
+            row[j] = v;
+            best = best.min(v);
+        }
+        if best > k {
+            return false;
+        }
+        std::mem::swap(&mut prev, &mut row);
+    }
+    prev[b.len()] <= k
+}
+
 /// Which pairs `tenets export` leaves out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairFilters {
@@ -180,7 +240,7 @@ impl PairFilters {
         if benign && is_refusal(answers[0]) {
             return Some(Dropped::RefusesBenign);
         }
-        if edit_similarity(answers[0], answers[1]) >= self.max_similarity {
+        if similar_at_least(answers[0], answers[1], self.max_similarity) {
             return Some(Dropped::NearIdentical);
         }
         match (self.min_margin, weight) {
@@ -413,6 +473,42 @@ mod tests {
         assert_eq!(edit_similarity("", ""), 1.0);
         assert_eq!(edit_similarity("abc", ""), 0.0);
         assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_banded_check_agrees_with_the_full_distance() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let letters = ['a', 'b', 'c', ' '];
+        for _ in 0..400 {
+            let a: String = (0..rng.gen_range(0..40))
+                .map(|_| letters[rng.gen_range(0..4)])
+                .collect();
+            // Mostly near copies of `a`, some unrelated.
+            let mut b: Vec<char> = a.chars().collect();
+            for _ in 0..rng.gen_range(0..6) {
+                match rng.gen_range(0..3) {
+                    0 if !b.is_empty() => {
+                        let at = rng.gen_range(0..b.len());
+                        b.remove(at);
+                    }
+                    1 => b.insert(rng.gen_range(0..=b.len()), letters[rng.gen_range(0..4)]),
+                    _ if !b.is_empty() => {
+                        let at = rng.gen_range(0..b.len());
+                        b[at] = letters[rng.gen_range(0..4)];
+                    }
+                    _ => {}
+                }
+            }
+            let b: String = b.into_iter().collect();
+            for threshold in [0.0, 0.5, 0.8, 0.9, 0.95, 1.0, 1.01] {
+                assert_eq!(
+                    similar_at_least(&a, &b, threshold),
+                    edit_similarity(&a, &b) >= threshold,
+                    "{a:?} {b:?} at {threshold}"
+                );
+            }
+        }
     }
 
     #[test]

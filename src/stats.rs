@@ -5,7 +5,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::filters::{edit_similarity, is_refusal, PairFilters};
+use crate::filters::{is_refusal, similar_at_least, PairFilters};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize)]
@@ -194,7 +194,7 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
             if cf != "stop" || af != "stop" {
                 pairs_truncated += 1;
             }
-            if edit_similarity(c, a) >= defaults.max_similarity {
+            if similar_at_least(c, a, defaults.max_similarity) {
                 pairs_near_identical += 1;
             }
         }
