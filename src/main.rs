@@ -74,10 +74,10 @@ enum Command {
     Label(LabelArgs),
     /// Per-token log-probabilities of a text or a chat, from the native engine or llama.cpp.
     Score(ScoreArgs),
-    /// Have the model write new prompts: adversarial ones for the constitution's restricted
-    /// topics (one per attack style) and benign look-alikes for its allowed topics.
+    /// Have the model write new prompts from the constitution's topics (adversarial, and benign
+    /// look-alikes).
     Redteam(RedteamArgs),
-    /// Summarise a database: steps per stage and principle, pairs, failures.
+    /// Summarise a database: steps per stage and principle, pairs, filters, failures, judges.
     Stats {
         #[arg(long)]
         db: PathBuf,
