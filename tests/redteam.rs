@@ -76,4 +76,19 @@ fn redteam_writes_a_prompt_file_generate_can_read() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--per-topic must be between 1 and 100"));
     assert!(!dir.path().join("x.jsonl").exists());
+
+    let nowhere = dir.path().join("missing").join("x.jsonl");
+    let bad = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["redteam", "--constitution"])
+        .arg(&constitution)
+        .arg("-o")
+        .arg(&nowhere)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("does not exist") && err.contains("missing"),
+        "{err}"
+    );
 }

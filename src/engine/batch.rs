@@ -107,6 +107,13 @@ pub enum Next {
     Done,
 }
 
+/// A receiver that has already answered `go_on`: for a session with nothing to wait for.
+pub fn resolved(go_on: bool) -> oneshot::Receiver<bool> {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(go_on);
+    rx
+}
+
 /// A conversation the engine drives one turn at a time.
 pub trait Session: Send {
     fn next_turn(&mut self) -> Next;

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::chat::{ChatTemplate, Message};
 use crate::constitution::Constitution;
-use crate::engine::batch::Next;
+use crate::engine::batch::{self, Next};
 use crate::engine::{Session, TurnFailure, TurnOutput, TurnRequest};
 use crate::hash;
 use crate::prompt::PromptItem;
@@ -224,9 +224,7 @@ impl Session for Chain {
             seed,
         }) = self.current.take()
         else {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(false);
-            return rx;
+            return batch::resolved(false);
         };
         let output = match outcome {
             Ok(output) => output,

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{join_stages, progress_bar, start_engine, PipelineError};
 use crate::chat::{ChatTemplate, Message, Segment};
 use crate::constitution::{Comparison, Constitution};
-use crate::engine::batch::{Counters, Next, Sampling};
+use crate::engine::batch::{self, Counters, Next, Sampling};
 use crate::engine::{self, EngineConfig, Session, StopSignal};
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
 use crate::label::frame::JudgeFrame;
@@ -97,14 +97,20 @@ struct LabelContext {
     frame: JudgeFrame,
     answers: Arc<Vec<Vec<LlamaToken>>>,
     cot: Option<CotSettings>,
-    writer: mpsc::Sender<LabelWrite>,
+    writer: mpsc::Sender<LabelRequest>,
 }
 
-/// A judgment to make durable (with the pair's label when it is the last), or a pair that
-/// cannot be judged; `ack` says "durable; go on".
-struct LabelWrite {
-    judgment: Option<(JudgmentRecord, Option<LabelRecord>)>,
-    failure: Option<(String, String)>,
+/// What a pair session asks the store writer to do.
+enum LabelWrite {
+    /// Make a judgment durable (with the pair's label when it is the last).
+    Judgment(JudgmentRecord, Option<LabelRecord>),
+    /// Report a pair that cannot be judged: (pair id, reason).
+    Failure(String, String),
+}
+
+/// A write and the channel that says "durable; go on (true) or stop (false)".
+struct LabelRequest {
+    write: LabelWrite,
     ack: oneshot::Sender<bool>,
 }
 
@@ -165,19 +171,19 @@ impl PairSession {
         Ok(segments)
     }
 
-    fn write(
-        &self,
-        judgment: Option<(JudgmentRecord, Option<LabelRecord>)>,
-        failure: Option<(String, String)>,
-    ) -> oneshot::Receiver<bool> {
+    fn write(&self, write: LabelWrite) -> oneshot::Receiver<bool> {
         let (ack, rx) = oneshot::channel();
         // If the writer is gone the receiver reports closed, which ends this session.
-        let _ = self.context.writer.blocking_send(LabelWrite {
-            judgment,
-            failure,
-            ack,
-        });
+        let _ = self
+            .context
+            .writer
+            .blocking_send(LabelRequest { write, ack });
         rx
+    }
+
+    fn fail(&mut self, reason: String) -> oneshot::Receiver<bool> {
+        self.todo.clear();
+        self.write(LabelWrite::Failure(self.pair.pair_id.clone(), reason))
     }
 }
 
@@ -218,30 +224,24 @@ impl Session for PairSession {
                 self.current = Some(asked);
                 Next::Turn(request)
             }
-            Err(reason) => Next::Wait(self.write(None, Some((self.pair.pair_id.clone(), reason)))),
+            Err(reason) => Next::Wait(self.fail(reason)),
         }
     }
 
     fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
-        let (ack, rx) = oneshot::channel();
         let Some(mut asked) = self.current.take() else {
             // No turn was in flight: nothing to record, end the session.
-            let _ = ack.send(false);
-            return rx;
+            return batch::resolved(false);
         };
         let output = match outcome {
             Ok(output) => output,
-            Err(failure) => {
-                self.todo.clear();
-                return self.write(None, Some((self.pair.pair_id.clone(), failure.to_string())));
-            }
+            Err(failure) => return self.fail(failure.to_string()),
         };
         if self.context.cot.is_some() && asked.reasoning.is_none() {
             // The reasoning is in; its answer is the next turn (nothing to store yet).
             asked.reasoning = Some(output.text.trim().to_string());
             self.reasoned = Some(asked);
-            let _ = ack.send(true);
-            return rx;
+            return batch::resolved(true);
         }
         let (mass_a, mass_b) = match output.probe_mass.as_slice() {
             [a, b] => (*a, *b),
@@ -274,7 +274,7 @@ impl Session for PairSession {
                 order_disagreements: disagreements as i64,
             }
         });
-        self.write(Some((judgment, label)), None)
+        self.write(LabelWrite::Judgment(judgment, label))
     }
 }
 
@@ -395,7 +395,7 @@ pub async fn label(
     let (mut stored, labeled) = store.judge_progress(&judge_id).await?;
     tracing::info!(judge = %judge_id, pairs = pairs.len(), "label");
 
-    let (writer_tx, writer_rx) = mpsc::channel::<LabelWrite>(options.parallel * 2);
+    let (writer_tx, writer_rx) = mpsc::channel::<LabelRequest>(options.parallel * 2);
     let context = Arc::new(LabelContext {
         judge_id: judge_id.clone(),
         chat,
@@ -495,35 +495,31 @@ async fn judge_figures(
 /// Commits each judgment (and label), then acknowledges it.
 async fn write_loop(
     store: Store,
-    mut rx: mpsc::Receiver<LabelWrite>,
+    mut rx: mpsc::Receiver<LabelRequest>,
     stop: StopSignal,
     progress: indicatif::ProgressBar,
 ) -> Result<(usize, usize, usize), PipelineError> {
     let (mut judgments, mut labels, mut failures) = (0, 0, 0);
-    while let Some(LabelWrite {
-        judgment,
-        failure,
-        ack,
-    }) = rx.recv().await
-    {
-        if let Some((pair, reason)) = failure {
-            tracing::warn!(pair = %pair, "cannot judge: {reason}");
-            progress.println(format!("pair {}… cannot be judged: {reason}", &pair[..12]));
-            failures += 1;
-            let _ = ack.send(false);
-            continue;
-        }
-        if let Some((j, label)) = judgment {
-            if let Err(e) = store.commit_judgment(&j, label.as_ref()).await {
-                stop.abort();
+    while let Some(LabelRequest { write, ack }) = rx.recv().await {
+        match write {
+            LabelWrite::Failure(pair, reason) => {
+                tracing::warn!(pair = %pair, "cannot judge: {reason}");
+                progress.println(format!("pair {}… cannot be judged: {reason}", &pair[..12]));
+                failures += 1;
                 let _ = ack.send(false);
-                return Err(e.into());
             }
-            judgments += 1;
-            labels += usize::from(label.is_some());
-            progress.inc(1);
+            LabelWrite::Judgment(j, label) => {
+                if let Err(e) = store.commit_judgment(&j, label.as_ref()).await {
+                    stop.abort();
+                    let _ = ack.send(false);
+                    return Err(e.into());
+                }
+                judgments += 1;
+                labels += usize::from(label.is_some());
+                progress.inc(1);
+                let _ = ack.send(!stop.draining());
+            }
         }
-        let _ = ack.send(!stop.draining());
     }
     Ok((judgments, labels, failures))
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{join_stages, progress_bar, start_engine, PipelineError};
 use crate::chat::Message;
 use crate::constitution::Constitution;
-use crate::engine::batch::{Counters, Finish, Next, Sampling};
+use crate::engine::batch::{self, Counters, Finish, Next, Sampling};
 use crate::engine::{
     self, EngineConfig, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest,
 };
@@ -96,15 +96,14 @@ impl Session for Ask {
     }
 
     fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
-        let (ack, rx) = oneshot::channel();
         if let (Some(request), Ok(output)) = (self.asked.take(), outcome) {
             let truncated = output.finish != Finish::Stop;
             let _ = self
                 .results
                 .blocking_send((request, output.text, truncated));
         }
-        let _ = ack.send(false);
-        rx
+        // One turn per request: the session ends here.
+        batch::resolved(false)
     }
 }
 
@@ -128,6 +127,18 @@ pub async fn redteam(
         return bad(
             "--parallel, --threads and --max-tokens must be at least 1 (--parallel at most 256)",
         );
+    }
+    // The file is written at the end: a missing folder must fail now, not after the model ran.
+    let folder = match options.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !folder.is_dir() {
+        return Err(PipelineError::Setting(format!(
+            "cannot write {}: folder {} does not exist",
+            options.out.display(),
+            folder.display()
+        )));
     }
     let constitution = Constitution::load(&options.constitution)?;
     if constitution.topics.restricted.is_empty() {

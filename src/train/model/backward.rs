@@ -190,7 +190,15 @@ impl Model {
     ) -> Result<LogprobGradients, ModelError> {
         let c = &self.config;
         let (e, vocab) = (c.embedding, c.vocab);
-        let n = tokens.len().saturating_sub(1);
+        if tokens.len() < 2 {
+            // Nothing is predicted; still check the tokens, as `score` does.
+            self.score(compute, tokens)?;
+            return Ok(LogprobGradients {
+                logps: Vec::new(),
+                grads: AdapterGrads::default(),
+            });
+        }
+        let n = tokens.len() - 1;
         let mut trace = Trace::default();
         let hidden = self.run(compute, &tokens[..n], Some(adapters), Some(&mut trace))?;
 

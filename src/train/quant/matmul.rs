@@ -446,6 +446,39 @@ mod tests {
             .collect()
     }
 
+    /// The plain sums in f64, and the sums of the terms' magnitudes (for tolerances):
+    /// `y = x·Wᵀ` (`transposed`, `a` is `tokens × cols`) or `dx = dy·W` (`a` is `tokens × rows`).
+    fn reference(
+        a: &[f32],
+        wd: &[f64],
+        tokens: usize,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (inner, outer) = if transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let (mut want, mut scale) = (vec![0.0; tokens * outer], vec![0.0; tokens * outer]);
+        for t in 0..tokens {
+            for o in 0..outer {
+                for i in 0..inner {
+                    let w = if transposed {
+                        wd[o * cols + i]
+                    } else {
+                        wd[i * cols + o]
+                    };
+                    let p = f64::from(a[t * inner + i]) * w;
+                    want[t * outer + o] += p;
+                    scale[t * outer + o] += p.abs();
+                }
+            }
+        }
+        (want, scale)
+    }
+
     fn close(got: &[f32], want: &[f64], scale: &[f64]) {
         for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
             let tol = 1e-5 * s + 1e-6;
@@ -479,28 +512,8 @@ mod tests {
                     let wd = dense(&w);
                     let x = activations(tokens * cols, seed + 1);
                     let dy = activations(tokens * rows, seed + 2);
-                    let (mut want_y, mut scale_y) =
-                        (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
-                    for t in 0..tokens {
-                        for r in 0..rows {
-                            for c in 0..cols {
-                                let p = f64::from(x[t * cols + c]) * wd[r * cols + c];
-                                want_y[t * rows + r] += p;
-                                scale_y[t * rows + r] += p.abs();
-                            }
-                        }
-                    }
-                    let (mut want_dx, mut scale_dx) =
-                        (vec![0.0; tokens * cols], vec![0.0; tokens * cols]);
-                    for t in 0..tokens {
-                        for c in 0..cols {
-                            for r in 0..rows {
-                                let p = f64::from(dy[t * rows + r]) * wd[r * cols + c];
-                                want_dx[t * cols + c] += p;
-                                scale_dx[t * cols + c] += p.abs();
-                            }
-                        }
-                    }
+                    let (want_y, scale_y) = reference(&x, &wd, tokens, rows, cols, true);
+                    let (want_dx, scale_dx) = reference(&dy, &wd, tokens, rows, cols, false);
                     for &kernel in &kernels {
                         for threads in [1, 2] {
                             let compute = Compute::new(threads, kernel).unwrap();
