@@ -7,13 +7,16 @@
 
 pub mod chat;
 pub mod constitution;
+pub mod dataset;
 pub mod engine;
 pub mod export;
 pub mod filters;
 pub mod hash;
 pub mod label;
 pub mod models;
+pub mod parquet;
 pub mod pipeline;
+pub mod plot;
 pub mod prompt;
 pub mod redteam;
 pub mod score;

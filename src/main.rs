@@ -77,6 +77,8 @@ enum Command {
     /// Have the model write new prompts from the constitution's topics (adversarial, and benign
     /// look-alikes).
     Redteam(RedteamArgs),
+    /// Train a LoRA adapter on the quantized model: DPO/IPO/hinge on pairs, or SFT (resumable).
+    Train(Box<TrainArgs>),
     /// Summarise a database: steps per stage and principle, pairs, filters, failures, judges.
     Stats {
         #[arg(long)]
@@ -126,6 +128,12 @@ struct GenerateArgs {
     /// Context tokens per sequence.
     #[arg(long, default_value_t = 2048)]
     ctx: usize,
+    /// A LoRA adapter (GGUF, e.g. from `tenets train`) to decode with.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// How strongly the adapter applies.
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f32,
     /// Stop before anything runs if any prompt line is bad.
     #[arg(long)]
     strict: bool,
@@ -244,6 +252,101 @@ struct ScoreArgs {
     lora: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// GGUF base model (stays quantized and frozen) [default: the model fetched by scripts/setup]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training data: JSONL or Parquet in TRL's format (prompt/chosen/rejected, or messages).
+    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    data: Option<PathBuf>,
+    /// A tenets database: train on its (labelled) pairs, as `tenets export` would write them.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// The adapter to write (GGUF, for llama.cpp); PEFT files, metrics CSV and curves go beside it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Database for runs, metrics, checkpoints and cached reference log-probs
+    /// [default: the --db database, else OUT.train.db]
+    #[arg(long)]
+    state: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "dpo")]
+    objective: ObjectiveArg,
+    /// Optimiser steps [default: --epochs passes over the data]
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Examples per micro-batch (each runs at its own length: nothing is padded).
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Micro-batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Peak learning rate (AdamW, linear warmup, cosine decay to 0).
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// Warmup steps [default: a tenth of the run, at most 100]
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// DPO/IPO/hinge strength.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// Projections to adapt (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
+    targets: Vec<String>,
+    /// Most tokens of prompt + answer.
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    /// Most prompt tokens; longer prompts keep their end [default: half of --max-length]
+    #[arg(long)]
+    max_prompt_length: Option<usize>,
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 25)]
+    save_every: u64,
+    /// Continue this run from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// With --db: keep pairs where an answer hit the token limit (dropped by default).
+    #[arg(long, requires = "db")]
+    include_truncated: bool,
+    /// With --db: drop labelled pairs whose weight (2·label − 1) is below this.
+    #[arg(long, requires = "db")]
+    min_margin: Option<f64>,
+    /// Skip scoring every example with the trained adapter at the end.
+    #[arg(long)]
+    no_final_eval: bool,
+    /// Compute threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel: KernelArg,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ObjectiveArg {
+    Dpo,
+    Ipo,
+    Hinge,
+    Sft,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum EngineArg {
     Native,
@@ -359,6 +462,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Label(args) => label(args).await,
         Command::Score(args) => score(args),
         Command::Redteam(args) => redteam(args).await,
+        Command::Train(args) => train(*args).await,
         Command::Stats { db, json } => {
             let store = Store::open_existing(&db).await?;
             let stats = stats::collect(&store).await?;
@@ -526,6 +630,95 @@ async fn label(args: LabelArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn train(args: TrainArgs) -> Result<ExitCode> {
+    use tenets::pipeline::train::{self as training, TrainData, TrainOptions};
+    use tenets::train::dpo::Objective;
+    use tenets::train::model::Target;
+    use tenets::train::trainer::Loss;
+    let model = args.model.unwrap_or_else(models::default_model_path);
+    if !model.exists() {
+        bail!(
+            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
+            model.display()
+        );
+    }
+    let data = match (args.data, args.db) {
+        (Some(file), _) => TrainData::File(file),
+        (None, Some(db)) => TrainData::Db(db),
+        (None, None) => bail!("give --data FILE or --db D"),
+    };
+    let mut o = TrainOptions::new(&model, data, &args.out);
+    o.state = args.state;
+    o.loss = match args.objective {
+        ObjectiveArg::Dpo => Loss::Preference(Objective::Dpo),
+        ObjectiveArg::Ipo => Loss::Preference(Objective::Ipo),
+        ObjectiveArg::Hinge => Loss::Preference(Objective::Hinge),
+        ObjectiveArg::Sft => Loss::Sft,
+    };
+    o.steps = args.steps;
+    o.epochs = args.epochs;
+    o.batch = args.batch;
+    o.grad_accum = args.grad_accum;
+    o.lr = args.lr;
+    o.warmup = args.warmup;
+    o.beta = args.beta;
+    o.rank = args.rank;
+    o.alpha = args.alpha;
+    o.targets = Vec::new();
+    for name in &args.targets {
+        let name = name.trim();
+        let target = Target::parse(name).with_context(|| {
+            format!("--targets: unknown projection `{name}` (choose from q,k,v,o,gate,up,down)")
+        })?;
+        if !o.targets.contains(&target) {
+            o.targets.push(target);
+        }
+    }
+    o.max_length = args.max_length;
+    o.max_prompt_length = args.max_prompt_length.unwrap_or(args.max_length / 2);
+    o.max_grad_norm = args.max_grad_norm;
+    o.weight_decay = args.weight_decay;
+    o.seed = args.seed;
+    o.save_every = args.save_every;
+    o.resume = args.resume;
+    o.filters.include_truncated = args.include_truncated;
+    o.filters.min_margin = args.min_margin;
+    o.final_eval = !args.no_final_eval;
+    if let Some(threads) = args.threads {
+        o.threads = threads;
+    }
+    o.kernel = kernel(args.kernel);
+    o.quiet = args.quiet;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping after this step (a checkpoint is saved; --resume continues)");
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let summary = training::train(&o, stop).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", training::render(&summary));
+    }
+    Ok(if summary.stopped {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn kernel(arg: KernelArg) -> Kernel {
+    match arg {
+        KernelArg::Auto => Kernel::detect(),
+        KernelArg::Scalar => Kernel::Scalar,
+        KernelArg::Avx2 => Kernel::Avx2,
+    }
+}
+
 fn score(args: ScoreArgs) -> Result<ExitCode> {
     let model = args.model.unwrap_or_else(models::default_model_path);
     if !model.exists() {
@@ -546,11 +739,7 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
         options.threads = threads;
     }
     options.lora = args.lora;
-    options.kernel = match args.kernel {
-        KernelArg::Auto => Kernel::detect(),
-        KernelArg::Scalar => Kernel::Scalar,
-        KernelArg::Avx2 => Kernel::Avx2,
-    };
+    options.kernel = kernel(args.kernel);
     let input = match (args.text_file, args.chat_file) {
         (Some(path), _) => {
             let bytes =
@@ -597,6 +786,8 @@ async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         options.threads = threads;
     }
     options.ctx_per_sequence = args.ctx;
+    options.lora = args.lora;
+    options.lora_scale = args.lora_scale;
     options.strict = args.strict;
     options.quiet = args.quiet;
 

@@ -359,49 +359,26 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
-/// Reads a Parquet file with polars and re-expresses its rows as JSON lines, so that one parser
-/// (and one set of error messages) serves both formats. Row N is reported as line N.
+/// Reads a Parquet file's prompt columns as JSON lines (see [`crate::parquet`]).
 fn parquet_as_jsonl(path: &Path) -> Result<Vec<u8>, PromptError> {
-    use polars::prelude::*;
-    let format = |message: String| PromptError::Format {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file = std::fs::File::open(path).map_err(|source| PromptError::Read {
-        path: path.to_path_buf(),
-        source,
+    let columns = ["prompt", "messages", "kind"];
+    let (jsonl, found) = crate::parquet::rows_as_jsonl(path, &columns).map_err(|e| match e {
+        crate::parquet::ParquetError::Read(source) => PromptError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        crate::parquet::ParquetError::Format(message) => PromptError::Format {
+            path: path.to_path_buf(),
+            message,
+        },
     })?;
-    let df = ParquetReader::new(file)
-        .finish()
-        .map_err(|e| format(format!("cannot read Parquet: {e}")))?;
-    let keep: Vec<PlSmallStr> = df
-        .get_column_names()
-        .into_iter()
-        .filter(|c| ["prompt", "messages", "kind"].contains(&c.as_str()))
-        .cloned()
-        .collect();
-    if !keep.iter().any(|c| c == "prompt" || c == "messages") {
-        return Err(format("no `prompt` or `messages` column".into()));
+    if !found.iter().any(|c| c == "prompt" || c == "messages") {
+        return Err(PromptError::Format {
+            path: path.to_path_buf(),
+            message: "no `prompt` or `messages` column".into(),
+        });
     }
-    let mut df = df
-        .select(keep)
-        .map_err(|e| format(format!("cannot select columns: {e}")))?;
-    let mut out = Vec::new();
-    JsonWriter::new(&mut out)
-        .with_json_format(JsonFormat::JsonLines)
-        .finish(&mut df)
-        .map_err(|e| format(format!("cannot convert rows: {e}")))?;
-    // Nulls come out as `"kind":null` etc.; drop null members so the line shape stays valid.
-    let mut cleaned = Vec::with_capacity(out.len());
-    for line in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let mut value: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            map.retain(|_, v| !v.is_null());
-        }
-        cleaned.extend(serde_json::to_vec(&value).unwrap_or_default());
-        cleaned.push(b'\n');
-    }
-    Ok(cleaned)
+    Ok(jsonl)
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ use sqlx::{Row, SqlitePool};
 use crate::hash;
 use crate::prompt::PromptItem;
 
+mod train;
+pub use train::{FinalScores, TrainRunRecord, TrainStepRecord};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
@@ -40,23 +43,39 @@ pub struct RunRecord {
     pub top_p: f64,
     pub max_tokens: i64,
     pub seed: i64,
+    /// The LoRA adapter decoded with, if any: its SHA-256 and scale.
+    pub lora: Option<(String, f64)>,
 }
 
 impl RunRecord {
     /// The run id: a hash of everything that changes what the run produces (the model path is
     /// left out: the same file moved is the same model).
     pub fn id(&self) -> String {
-        hash::of_parts(&[
-            &self.model_sha256,
+        let rounds = self.rounds.to_string();
+        let temperature = format!("{:.6}", self.temperature);
+        let top_p = format!("{:.6}", self.top_p);
+        let max_tokens = self.max_tokens.to_string();
+        let seed = self.seed.to_string();
+        let mut parts = vec![
+            self.model_sha256.as_str(),
             &self.chat_template_sha256,
             &self.constitution_sha256,
             &self.template_sha256,
-            &self.rounds.to_string(),
-            &format!("{:.6}", self.temperature),
-            &format!("{:.6}", self.top_p),
-            &self.max_tokens.to_string(),
-            &self.seed.to_string(),
-        ])
+            &rounds,
+            &temperature,
+            &top_p,
+            &max_tokens,
+            &seed,
+        ];
+        // Runs without an adapter keep the ids they always had.
+        let lora = self
+            .lora
+            .as_ref()
+            .map(|(sha, scale)| format!("lora {sha} {scale:.6}"));
+        if let Some(lora) = &lora {
+            parts.push(lora);
+        }
+        hash::of_parts(&parts)
     }
 }
 
@@ -295,7 +314,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO runs (id, model_path, model_sha256, chat_template_sha256, constitution_name, \
              constitution_sha256, constitution_json, template_sha256, rounds, temperature, top_p, \
-             max_tokens, seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+             max_tokens, seed, lora_sha256, lora_scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(&id)
         .bind(&run.model_path)
@@ -310,6 +330,8 @@ impl Store {
         .bind(run.top_p)
         .bind(run.max_tokens)
         .bind(run.seed)
+        .bind(run.lora.as_ref().map(|l| l.0.clone()))
+        .bind(run.lora.as_ref().map(|l| l.1))
         .execute(&self.pool)
         .await
         .map_err(self.err())?;

@@ -455,6 +455,106 @@ fn lora_gradients_match_finite_differences() {
     }
 }
 
+/// A pair packed around its prompt (the trainer's layout) computes what its two sequences
+/// computed apart: the same log-probs and the same adapter gradients — on both architectures,
+/// with a sliding window (Gemma's is 8 here) shorter than the prompt.
+#[test]
+fn a_packed_pair_equals_its_two_sequences() {
+    use rand::{Rng, SeedableRng};
+    use tenets::train::model::backward::Prediction;
+    use tenets::train::model::{Adapters, Branch, Target};
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    for (arch, path) in tiny_models(dir.path()) {
+        let model = Model::open(&path).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut draw = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(0..5000)).collect() };
+        let (prompt, chosen, rejected) = (draw(20), draw(10), draw(12));
+        let mut adapters = Adapters::new(&model, &Target::ALL, 2, 4.0, 5);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
+        for lora in adapters.layers.iter_mut().flatten().flatten() {
+            lora.b
+                .iter_mut()
+                .for_each(|v| *v = rng.gen_range(-0.1..0.1));
+        }
+        let p = prompt.len();
+        let (seq_c, seq_r) = (
+            [&prompt[..], &chosen].concat(),
+            [&prompt[..], &rejected].concat(),
+        );
+        // Apart: answer positions weighted 1 (chosen) and −0.7 (rejected).
+        let mask = |len: usize, w: f64| -> Vec<f64> {
+            (0..len - 1)
+                .map(|i| if i + 1 >= p { w } else { 0.0 })
+                .collect()
+        };
+        let apart_c = model
+            .logprob_gradients(&compute, &seq_c, &adapters, &mask(seq_c.len(), 1.0))
+            .unwrap();
+        let apart_r = model
+            .logprob_gradients(&compute, &seq_r, &adapters, &mask(seq_r.len(), -0.7))
+            .unwrap();
+        let mut apart = apart_c.grads.clone();
+        apart.add(&apart_r.grads);
+
+        // Packed: prompt, chosen, rejected; the rejected answer's first token read at the
+        // prompt's last row.
+        let tokens = [&seq_c[..], &rejected].concat();
+        let branch = Some(Branch {
+            shared: p,
+            start: seq_c.len(),
+        });
+        let mut predictions: Vec<Prediction> = (p..seq_c.len())
+            .map(|i| Prediction {
+                row: i - 1,
+                token: seq_c[i],
+                weight: 1.0,
+                group: 0,
+            })
+            .collect();
+        predictions.extend((0..rejected.len()).map(|j| Prediction {
+            row: if j == 0 { p - 1 } else { seq_c.len() + j - 1 },
+            token: rejected[j],
+            weight: 1.0,
+            group: 1,
+        }));
+        let (logps, traced) = model
+            .forward_traced(&compute, &tokens, branch, &adapters, &predictions)
+            .unwrap();
+        let expected: Vec<f64> = apart_c.logps[p - 1..]
+            .iter()
+            .chain(&apart_r.logps[p - 1..])
+            .copied()
+            .collect();
+        let worst = logps
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert_eq!(logps.len(), expected.len());
+        assert!(worst < 1e-4, "{arch}: packed log-probs differ by {worst}");
+        let packed = model
+            .backward_traced(&compute, traced, &adapters, &[1.0, -0.7])
+            .unwrap();
+        let (mut diff, mut scale) = (0.0f32, 0.0f32);
+        for (a, b) in packed.layers.iter().zip(&apart.layers) {
+            for (a, b) in a.iter().zip(b) {
+                let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+                for (x, y) in a.a.iter().chain(&a.b).zip(b.a.iter().chain(&b.b)) {
+                    diff = diff.max((x - y).abs());
+                    scale = scale.max(y.abs());
+                }
+            }
+        }
+        println!("{arch}: packed vs apart: log-probs within {worst:.1e}, gradients within {diff:.1e} (largest {scale:.2e})");
+        assert!(
+            scale > 0.0 && diff <= 1e-3 * scale,
+            "{arch}: gradients differ by {diff} of {scale}"
+        );
+    }
+}
+
 /// Adapters written as GGUF LoRA files read back unchanged, and llama.cpp applies them: its
 /// log-probs with the adapter agree with the native forward with the adapter, and differ from
 /// the base model's.

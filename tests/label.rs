@@ -198,6 +198,32 @@ async fn labels_are_both_orders_durable_and_resume() {
     }
     assert_eq!(labeled, 6);
     store.close().await;
+
+    // `tenets train --db` trains on the same pairs, with their soft labels.
+    let mut train = tenets::pipeline::train::TrainOptions::new(
+        &common::model(),
+        tenets::pipeline::train::TrainData::Db(db.clone()),
+        &dir.path().join("from-db.gguf"),
+    );
+    train.filters = everything;
+    train.steps = Some(1);
+    train.batch = 6;
+    train.max_length = 128;
+    train.max_prompt_length = 64;
+    train.final_eval = false;
+    train.quiet = true;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trained = tenets::pipeline::train::train(&train, stop).await.unwrap();
+    assert_eq!(trained.examples, 6);
+    assert_eq!(trained.steps_done, 1);
+    assert_eq!(trained.reference_computed, 6);
+    assert_eq!(
+        trained.state, db,
+        "runs and metrics go into the same database"
+    );
+    // Each pair's first loss is ln 2 exactly; their mean over 6 to rounding.
+    assert!((trained.last.unwrap().loss - std::f64::consts::LN_2).abs() < 1e-12);
+    assert!(dir.path().join("from-db.gguf").exists());
 }
 
 /// SIGKILL in the middle of a label run, then the same command: every pair labeled once, every

@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub ctx_per_sequence: usize,
     /// Largest number of tokens in one llama.cpp batch.
     pub batch_tokens: usize,
+    /// A LoRA adapter (GGUF) applied to every sequence, and its scale.
+    pub lora: Option<(PathBuf, f32)>,
 }
 
 impl EngineConfig {
@@ -59,6 +61,7 @@ impl EngineConfig {
             parallel: 8,
             ctx_per_sequence: 2048,
             batch_tokens: 512,
+            lora: None,
         }
     }
 }
@@ -122,6 +125,37 @@ pub fn load_model(config: &EngineConfig) -> Result<LlamaModel, EngineError> {
             message: format!("llama.cpp could not load it ({e}); see the log above for why"),
         }
     })
+}
+
+/// Loads only a model file's vocabulary and metadata (tokenizer, chat template): no weights.
+pub fn load_vocab(path: &Path) -> Result<LlamaModel, EngineError> {
+    check_model_file(path)?;
+    let params = LlamaModelParams::default().with_vocab_only(true);
+    LlamaModel::load_from_file(backend()?, path, &params).map_err(|e| EngineError::Model {
+        path: path.to_path_buf(),
+        message: format!("llama.cpp could not read its vocabulary ({e})"),
+    })
+}
+
+/// Loads the configured LoRA adapter into `model` (llama.cpp frees it with the model).
+pub fn load_lora(
+    model: &mut LlamaModel,
+    config: &EngineConfig,
+) -> Result<Option<(llama_cpp_2::model::LlamaLoraAdapter, f32)>, EngineError> {
+    let Some((path, scale)) = &config.lora else {
+        return Ok(None);
+    };
+    check_model_file(path)?;
+    let adapter = model
+        .lora_adapter_init(path)
+        .map_err(|e| EngineError::Model {
+            path: path.clone(),
+            message: format!(
+                "llama.cpp could not load it as a LoRA adapter for {} ({e}); see the log above",
+                config.model_path.display()
+            ),
+        })?;
+    Ok(Some((adapter, *scale)))
 }
 
 /// The model's chat template (from GGUF metadata), or ChatML when it has none.

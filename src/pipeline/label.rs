@@ -352,6 +352,7 @@ pub async fn label(
         parallel: options.parallel,
         ctx_per_sequence: options.ctx_per_sequence,
         batch_tokens: 512,
+        lora: None,
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());

@@ -8,6 +8,7 @@
 pub mod chain;
 pub mod label;
 pub mod redteam;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -42,6 +43,12 @@ pub enum PipelineError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
+    #[error(transparent)]
+    Model(#[from] crate::train::model::ModelError),
+    #[error("training: {0}")]
+    Train(String),
     #[error("invalid setting: {0}")]
     Setting(String),
     #[error("internal: {0}")]
@@ -67,6 +74,9 @@ pub struct GenerateOptions {
     pub ctx_per_sequence: usize,
     pub strict: bool,
     pub quiet: bool,
+    /// A LoRA adapter (GGUF) to decode with, and its scale.
+    pub lora: Option<PathBuf>,
+    pub lora_scale: f32,
 }
 
 impl GenerateOptions {
@@ -88,6 +98,8 @@ impl GenerateOptions {
             ctx_per_sequence: 2048,
             strict: false,
             quiet: true,
+            lora: None,
+            lora_scale: 1.0,
         }
     }
 
@@ -110,6 +122,9 @@ impl GenerateOptions {
         }
         if self.threads == 0 {
             return bad("--threads must be at least 1");
+        }
+        if !self.lora_scale.is_finite() {
+            return bad("--lora-scale must be a number");
         }
         if self.ctx_per_sequence < 64 {
             return bad("--ctx must be at least 64 tokens");
@@ -171,6 +186,16 @@ pub async fn generate(
     engine::check_model_file(&options.model)?;
     let store = Store::open(&options.db).await?;
     let model_sha256 = store.model_sha256(&options.model).await?;
+    let lora = match &options.lora {
+        Some(path) => {
+            engine::check_model_file(path)?;
+            let sha = crate::hash::of_file(path).map_err(|e| {
+                PipelineError::Setting(format!("cannot read --lora {}: {e}", path.display()))
+            })?;
+            Some((sha, round6(options.lora_scale)))
+        }
+        None => None,
+    };
 
     // The engine thread loads the model, reports its chat template, then serves chains.
     let config = EngineConfig {
@@ -180,6 +205,7 @@ pub async fn generate(
         parallel: options.parallel,
         ctx_per_sequence: options.ctx_per_sequence,
         batch_tokens: 512,
+        lora: options.lora.clone().map(|p| (p, options.lora_scale)),
     };
     let sampling = Sampling {
         temperature: options.temperature,
@@ -210,6 +236,7 @@ pub async fn generate(
         top_p: round6(options.top_p),
         max_tokens: options.max_tokens as i64,
         seed: options.seed as i64,
+        lora,
     };
     let run_id = store.upsert_run(&run).await?;
     let source = options.prompts.display().to_string();
@@ -330,9 +357,14 @@ pub(crate) async fn start_engine<R: Send + 'static>(
 ) -> Result<(R, EngineTask), PipelineError> {
     let (ready_tx, ready_rx) = oneshot::channel::<R>();
     let task = tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        let model = engine::load_model(&config)?;
+        let mut model = engine::load_model(&config)?;
+        let mut lora = engine::load_lora(&mut model, &config)?;
         let made = ready(&model)?;
         let mut ctx = batch::new_context(&model, &config)?;
+        if let Some((adapter, scale)) = lora.as_mut() {
+            ctx.lora_adapter_set(adapter, *scale)
+                .map_err(|e| EngineError::Context(format!("cannot apply the LoRA adapter: {e}")))?;
+        }
         if ready_tx.send(made).is_err() {
             return Ok(());
         }

@@ -161,6 +161,7 @@ pub async fn redteam(
         parallel: options.parallel,
         ctx_per_sequence: 1024,
         batch_tokens: 512,
+        lora: None,
     };
     let sampling = Sampling {
         temperature: options.temperature,

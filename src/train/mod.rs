@@ -9,4 +9,6 @@ pub mod gguf;
 pub mod lora;
 pub mod model;
 pub mod optim;
+pub mod peft;
 pub mod quant;
+pub mod trainer;

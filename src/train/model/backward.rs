@@ -3,7 +3,7 @@
 //! LoRA factors — through the output head, the final norm and every layer in reverse, each op's
 //! backward from [`super::ops`], each frozen weight's through `dx = dy·W` on its stored blocks.
 
-use super::{ops, rope_table, Model, ModelError, Weight, HEAD_CHUNK};
+use super::{ops, rope_table, Branch, Model, ModelError, Weight};
 use crate::train::lora::{Lora, LoraGrads};
 use crate::train::quant::matmul::Compute;
 
@@ -96,23 +96,50 @@ pub struct AdapterGrads {
 impl AdapterGrads {
     /// Adds `other` (same slots) into these gradients.
     pub fn add(&mut self, other: &AdapterGrads) {
-        if self.layers.is_empty() {
-            self.layers = other.layers.clone();
-            return;
+        self.add_scaled(other, 1.0);
+    }
+
+    /// Adds `k · other` (same slots) into these gradients.
+    pub fn add_scaled(&mut self, other: &AdapterGrads, k: f32) {
+        if self.layers.len() < other.layers.len() {
+            self.layers
+                .resize_with(other.layers.len(), Default::default);
         }
         for (mine, theirs) in self.layers.iter_mut().zip(&other.layers) {
             for (m, t) in mine.iter_mut().zip(theirs) {
-                match (m.as_mut(), t) {
-                    (Some(m), Some(t)) => {
-                        m.a.iter_mut().zip(&t.a).for_each(|(x, y)| *x += y);
-                        m.b.iter_mut().zip(&t.b).for_each(|(x, y)| *x += y);
-                    }
-                    (None, Some(t)) => *m = Some(t.clone()),
-                    _ => {}
-                }
+                let Some(t) = t else { continue };
+                let m = m.get_or_insert_with(|| LoraGrads {
+                    a: vec![0.0; t.a.len()],
+                    b: vec![0.0; t.b.len()],
+                });
+                m.a.iter_mut().zip(&t.a).for_each(|(x, y)| *x += k * y);
+                m.b.iter_mut().zip(&t.b).for_each(|(x, y)| *x += k * y);
             }
         }
     }
+}
+
+/// Rows the forward must run for `predictions` (through the last row read), with every
+/// prediction's row and token checked.
+fn rows_needed(
+    tokens: &[u32],
+    predictions: &[Prediction],
+    vocab: usize,
+) -> Result<usize, ModelError> {
+    if let Some(p) = predictions.iter().find(|p| p.token as usize >= vocab) {
+        return Err(ModelError::Token {
+            token: p.token,
+            vocab,
+        });
+    }
+    let last = predictions.iter().map(|p| p.row).max().unwrap_or(0);
+    if last >= tokens.len() {
+        return Err(ModelError::Unsupported {
+            path: std::path::PathBuf::new(),
+            what: format!("a prediction reads row {last} of {} tokens", tokens.len()),
+        });
+    }
+    Ok(last + 1)
 }
 
 /// What the forward keeps for the backward.
@@ -166,10 +193,36 @@ impl super::Layer {
 /// Per-position log-probabilities of a sequence and their gradient with respect to the adapters.
 #[derive(Debug, Clone)]
 pub struct LogprobGradients {
-    /// `log p(tokens[i+1] | tokens[..=i])` for every position `i`.
+    /// `log p(tokens[i+1] | tokens[..=i])` for every position `i` (or, from
+    /// [`Model::packed_gradients`], one per prediction).
     pub logps: Vec<f64>,
     pub grads: AdapterGrads,
 }
+
+/// A next-token prediction read at the output head: the hidden state of row `row` predicts
+/// `token`; `weight` is its share of its group's objective (`Σ weight · log p`). Groups (the
+/// chosen and the rejected answer of a pair) get their gradients apart, so a loss that needs
+/// every log-prob first can weigh them after one forward: see [`Model::forward_traced`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    pub row: usize,
+    pub token: u32,
+    pub weight: f64,
+    pub group: usize,
+}
+
+/// A forward kept for its backward: the activations, and per prediction group the gradient
+/// of that group's objective with respect to the final hidden states.
+pub struct Traced {
+    trace: Trace,
+    rows: usize,
+    branch: Option<Branch>,
+    head_grads: Vec<Vec<f32>>,
+}
+
+/// Rows of logits computed together when only some rows are read (training): wide enough that
+/// the head's weights are decoded once or twice per sequence.
+const PREDICTION_CHUNK: usize = 128;
 
 impl Model {
     /// `(in, out)` of the projection `target` of `layer`.
@@ -188,9 +241,15 @@ impl Model {
         adapters: &Adapters,
         weights: &[f64],
     ) -> Result<LogprobGradients, ModelError> {
-        let c = &self.config;
-        let (e, vocab) = (c.embedding, c.vocab);
-        if tokens.len() < 2 {
+        let predictions: Vec<Prediction> = (0..tokens.len().saturating_sub(1))
+            .map(|i| Prediction {
+                row: i,
+                token: tokens[i + 1],
+                weight: weights.get(i).copied().unwrap_or(0.0),
+                group: 0,
+            })
+            .collect();
+        if predictions.is_empty() {
             // Nothing is predicted; still check the tokens, as `score` does.
             self.score(compute, tokens)?;
             return Ok(LogprobGradients {
@@ -198,51 +257,95 @@ impl Model {
                 grads: AdapterGrads::default(),
             });
         }
-        let n = tokens.len() - 1;
-        let mut trace = Trace::default();
-        let hidden = self.run(compute, &tokens[..n], Some(adapters), Some(&mut trace))?;
+        self.packed_gradients(compute, tokens, None, adapters, &predictions)
+    }
 
-        // Head: logp = logit[next] − logsumexp; ∂(w·logp)/∂logits = w·(onehot − softmax).
-        let mut logps = Vec::with_capacity(n);
+    /// The log-probability of each prediction under the model with `adapters` (forward only;
+    /// the same arithmetic as [`Model::packed_gradients`], so the two agree to the bit).
+    pub fn packed_logps(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        branch: Option<Branch>,
+        adapters: Option<&Adapters>,
+        predictions: &[Prediction],
+    ) -> Result<Vec<f64>, ModelError> {
+        let n = rows_needed(tokens, predictions, self.config.vocab)?;
+        let hidden = self.run_packed(compute, &tokens[..n], branch, adapters, None)?;
+        Ok(self.head(compute, &hidden, predictions, 0)?.0)
+    }
+
+    /// Log-probabilities of `predictions` over `tokens` (which may pack two continuations of a
+    /// prefix, see [`Branch`]) and the gradient of `Σ weight · logp` with respect to every
+    /// adapter factor. Only the rows predictions read go through the output head.
+    pub fn packed_gradients(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        branch: Option<Branch>,
+        adapters: &Adapters,
+        predictions: &[Prediction],
+    ) -> Result<LogprobGradients, ModelError> {
+        let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
+        let (logps, traced) =
+            self.forward_traced(compute, tokens, branch, adapters, predictions)?;
+        let grads = self.backward_traced(compute, traced, adapters, &vec![1.0; groups])?;
+        Ok(LogprobGradients { logps, grads })
+    }
+
+    /// The forward half of [`Model::packed_gradients`]: each prediction's log-prob, and what
+    /// [`Model::backward_traced`] needs.
+    pub fn forward_traced(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        branch: Option<Branch>,
+        adapters: &Adapters,
+        predictions: &[Prediction],
+    ) -> Result<(Vec<f64>, Traced), ModelError> {
+        let n = rows_needed(tokens, predictions, self.config.vocab)?;
+        let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
+        let mut trace = Trace::default();
+        let hidden = self.run_packed(
+            compute,
+            &tokens[..n],
+            branch,
+            Some(adapters),
+            Some(&mut trace),
+        )?;
+        let (logps, head_grads) = self.head(compute, &hidden, predictions, groups)?;
+        Ok((
+            logps,
+            Traced {
+                trace,
+                rows: n,
+                branch,
+                head_grads,
+            },
+        ))
+    }
+
+    /// The backward half: the gradient of `Σ_g coefficients[g] · (group g's objective)` with
+    /// respect to every adapter factor.
+    pub fn backward_traced(
+        &self,
+        compute: &Compute,
+        traced: Traced,
+        adapters: &Adapters,
+        coefficients: &[f64],
+    ) -> Result<AdapterGrads, ModelError> {
+        let c = &self.config;
+        let e = c.embedding;
+        let Traced {
+            trace,
+            rows: n,
+            branch,
+            head_grads,
+        } = traced;
         let mut dh = vec![0.0f32; n * e];
-        let head = self.matrix(&self.output)?;
-        for start in (0..n).step_by(HEAD_CHUNK) {
-            let end = (start + HEAD_CHUNK).min(n);
-            let raw = self.linear(compute, &hidden[start * e..end * e], &self.output)?;
-            let mut dlogits = vec![0.0f32; raw.len()];
-            for (i, (row, drow)) in raw
-                .chunks_exact(vocab)
-                .zip(dlogits.chunks_exact_mut(vocab))
-                .enumerate()
-            {
-                let t = start + i;
-                let logits: Vec<f32> = match c.final_softcap {
-                    Some(cap) => row.iter().map(|v| cap * (v / cap).tanh()).collect(),
-                    None => row.to_vec(),
-                };
-                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-                let next = tokens[t + 1] as usize;
-                // The same arithmetic as `Model::score`, so a zero adapter gives identical values.
-                logps.push(super::score_row(&logits, next as u32).logprob);
-                let w = weights.get(t).copied().unwrap_or(0.0);
-                if w == 0.0 {
-                    continue;
-                }
-                for (j, d) in drow.iter_mut().enumerate() {
-                    let p = f64::from(logits[j] - max).exp() / z;
-                    let onehot = if j == next { 1.0 } else { 0.0 };
-                    let mut g = w * (onehot - p);
-                    if let Some(cap) = c.final_softcap {
-                        let th = (f64::from(row[j]) / f64::from(cap)).tanh();
-                        g *= 1.0 - th * th;
-                    }
-                    *d = g as f32;
-                }
-            }
-            let mut block = vec![0.0f32; (end - start) * e];
-            compute.matmul_dx(&dlogits, &head, &mut block)?;
-            dh[start * e..end * e].copy_from_slice(&block);
+        for (g, &k) in head_grads.iter().zip(coefficients) {
+            let k = k as f32;
+            dh.iter_mut().zip(g).for_each(|(d, v)| *d += k * v);
         }
 
         // Final norm (its weight is frozen: its gradient is dropped).
@@ -254,7 +357,7 @@ impl Model {
             &dh,
             &mut scratch,
         );
-        let tables = self.rope_tables(n);
+        let tables = self.rope_tables(n, branch);
         let mut grads = AdapterGrads {
             layers: (0..self.layers.len()).map(|_| Default::default()).collect(),
         };
@@ -317,7 +420,7 @@ impl Model {
                 &t.k,
                 &t.v,
                 &d_att,
-                self.attention_shape(l, n),
+                self.attention_shape(l, n, branch),
             )?;
             let table = rope_table(&tables, c.rope_base_of(l));
             ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
@@ -349,7 +452,82 @@ impl Model {
                 ),
             );
         }
-        Ok(LogprobGradients { logps, grads })
+        Ok(grads)
+    }
+
+    /// Logits of the rows `predictions` read (a chunk of rows at a time) and each prediction's
+    /// log-probability; with `groups` > 0, also each group's `∂(Σ weight · logp)/∂hidden`
+    /// (`rows × embedding`, zero on rows the group does not read).
+    fn head(
+        &self,
+        compute: &Compute,
+        hidden: &[f32],
+        predictions: &[Prediction],
+        groups: usize,
+    ) -> Result<(Vec<f64>, Vec<Vec<f32>>), ModelError> {
+        let c = &self.config;
+        let (e, vocab) = (c.embedding, c.vocab);
+        let mut rows: Vec<usize> = predictions.iter().map(|p| p.row).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let mut logps = vec![0.0; predictions.len()];
+        let mut dh = vec![vec![0.0f32; hidden.len()]; groups];
+        let head = self.matrix(&self.output)?;
+        let mut x = Vec::new();
+        for chunk in rows.chunks(PREDICTION_CHUNK) {
+            x.clear();
+            for &r in chunk {
+                x.extend_from_slice(&hidden[r * e..(r + 1) * e]);
+            }
+            let raw = self.linear(compute, &x, &self.output)?;
+            // One gradient row per (row, group) that has a weighted prediction.
+            let mut slots: Vec<(usize, usize)> = Vec::new();
+            let mut dlogits: Vec<f32> = Vec::new();
+            for (i, &r) in chunk.iter().enumerate() {
+                let row = &raw[i * vocab..(i + 1) * vocab];
+                let logits: Vec<f32> = match c.final_softcap {
+                    Some(cap) => row.iter().map(|v| cap * (v / cap).tanh()).collect(),
+                    None => row.to_vec(),
+                };
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+                for (k, p) in predictions.iter().enumerate().filter(|(_, p)| p.row == r) {
+                    // The same arithmetic as `Model::score`.
+                    logps[k] = super::score_row(&logits, p.token).logprob;
+                    if groups == 0 || p.weight == 0.0 {
+                        continue;
+                    }
+                    let slot = match slots.iter().position(|&s| s == (r, p.group)) {
+                        Some(s) => s,
+                        None => {
+                            slots.push((r, p.group));
+                            dlogits.resize(slots.len() * vocab, 0.0);
+                            slots.len() - 1
+                        }
+                    };
+                    // ∂(w·logp)/∂logits = w·(onehot − softmax), through the softcap.
+                    let drow = &mut dlogits[slot * vocab..(slot + 1) * vocab];
+                    for (j, d) in drow.iter_mut().enumerate() {
+                        let prob = f64::from(logits[j] - max).exp() / z;
+                        let onehot = if j == p.token as usize { 1.0 } else { 0.0 };
+                        let mut g = p.weight * (onehot - prob);
+                        if let Some(cap) = c.final_softcap {
+                            let th = (f64::from(row[j]) / f64::from(cap)).tanh();
+                            g *= 1.0 - th * th;
+                        }
+                        *d += g as f32;
+                    }
+                }
+            }
+            if !slots.is_empty() {
+                let mut block = vec![0.0f32; slots.len() * e];
+                compute.matmul_dx(&dlogits, &head, &mut block)?;
+                for (&(r, g), grad) in slots.iter().zip(block.chunks_exact(e)) {
+                    ops::add_assign(&mut dh[g][r * e..(r + 1) * e], grad);
+                }
+            }
+        }
+        Ok((logps, dh))
     }
 
     /// `dx = dy · W` through a frozen weight.

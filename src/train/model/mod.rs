@@ -17,6 +17,7 @@ use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
 use backward::LayerTrace;
 pub use backward::{AdapterGrads, Adapters, LogprobGradients, Target, Trace, TARGETS};
 pub use config::{Activation, Architecture, Config, RopeLayout};
+pub use ops::Branch;
 use ops::{AttentionShape, RopeTable};
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,11 @@ impl Model {
         self.gguf.path()
     }
 
+    /// The file's metadata (names, tokenizer, …), for what the forward itself does not read.
+    pub fn gguf(&self) -> &Gguf {
+        &self.gguf
+    }
+
     /// Bytes of the model file (what stays mapped; weights are never expanded as a whole).
     pub fn file_bytes(&self) -> u64 {
         self.gguf.tensors.iter().map(|t| t.size).sum()
@@ -193,12 +199,24 @@ impl Model {
         compute: &Compute,
         tokens: &[u32],
         adapters: Option<&Adapters>,
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.run_packed(compute, tokens, None, adapters, trace)
+    }
+
+    /// [`Model::run`] over a sequence that may pack two continuations of one prefix.
+    pub(crate) fn run_packed(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        branch: Option<Branch>,
+        adapters: Option<&Adapters>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (n, e) = (tokens.len(), c.embedding);
         let mut x = self.embed_tokens(tokens)?;
-        let tables = self.rope_tables(n);
+        let tables = self.rope_tables(n, branch);
         let mut h = vec![0.0; n * e];
         for (l, layer) in self.layers.iter().enumerate() {
             let lora = |t: Target| adapters.and_then(|a| a.get(l, t));
@@ -220,7 +238,7 @@ impl Model {
             let table = rope_table(&tables, c.rope_base_of(l));
             ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
             ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
-            let shape = self.attention_shape(l, n);
+            let shape = self.attention_shape(l, n, branch);
             let att = ops::attention(compute, &q, &k, &v, shape)?;
             let mut o = self.projection(compute, &att, &layer.o, lora(Target::O), &mut z)?;
             let o_pre = (trace.is_some() && layer.post_attn_norm.is_some()).then(|| o.clone());
@@ -270,19 +288,26 @@ impl Model {
     }
 
     /// One RoPE table per distinct base (Gemma 3's local and global layers differ).
-    fn rope_tables(&self, n: usize) -> Vec<(f32, RopeTable)> {
+    fn rope_tables(&self, n: usize, branch: Option<Branch>) -> Vec<(f32, RopeTable)> {
         let c = &self.config;
         let mut tables: Vec<(f32, RopeTable)> = Vec::new();
         for l in 0..c.layers {
             let base = c.rope_base_of(l);
             if !tables.iter().any(|(b, _)| *b == base) {
-                tables.push((base, RopeTable::new(n, c.rope_dims, base, c.rope_scale)));
+                let positions = (0..n).map(|t| branch.map_or(t, |b| b.position(t)));
+                let table = RopeTable::at(positions, c.rope_dims, base, c.rope_scale);
+                tables.push((base, table));
             }
         }
         tables
     }
 
-    fn attention_shape(&self, layer: usize, tokens: usize) -> AttentionShape {
+    fn attention_shape(
+        &self,
+        layer: usize,
+        tokens: usize,
+        branch: Option<Branch>,
+    ) -> AttentionShape {
         let c = &self.config;
         AttentionShape {
             tokens,
@@ -291,6 +316,7 @@ impl Model {
             head_dim: c.head_dim,
             scale: c.attention_scale,
             window: c.window_of(layer),
+            branch,
         }
     }
 

@@ -80,11 +80,22 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
+    /// Angles for rows at positions `0..positions`.
     pub fn new(positions: usize, dims: usize, base: f32, scale: f32) -> Self {
+        Self::at(0..positions, dims, base, scale)
+    }
+
+    /// Angles for rows at the given positions (row `t` at the `t`-th of them).
+    pub fn at(
+        positions: impl ExactSizeIterator<Item = usize>,
+        dims: usize,
+        base: f32,
+        scale: f32,
+    ) -> Self {
         let pairs = dims / 2;
-        let mut cos = Vec::with_capacity(positions * pairs);
-        let mut sin = Vec::with_capacity(positions * pairs);
-        for p in 0..positions {
+        let mut cos = Vec::with_capacity(positions.len() * pairs);
+        let mut sin = Vec::with_capacity(positions.len() * pairs);
+        for p in positions {
             for i in 0..pairs {
                 let freq = f64::from(base).powf(-2.0 * i as f64 / dims as f64);
                 let theta = p as f64 * f64::from(scale) * freq;
@@ -239,6 +250,36 @@ pub fn softmax_prefix(row: &mut [f32], start: usize, len: usize) {
     row[len..].fill(0.0);
 }
 
+/// Two continuations of one prefix packed in one sequence: tokens `0..shared` are the prefix,
+/// `shared..start` the first continuation and `start..` the second, which sees the prefix and
+/// itself but not the first, at positions that continue the prefix. A preference pair's prompt
+/// is then computed once for both answers (forward and backward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Branch {
+    pub shared: usize,
+    pub start: usize,
+}
+
+impl Branch {
+    /// The position (for RoPE and windows) of row `t`.
+    pub fn position(&self, t: usize) -> usize {
+        if t < self.start {
+            t
+        } else {
+            t - (self.start - self.shared)
+        }
+    }
+
+    /// The row at `position` among those row `t` sees.
+    fn row_seen_by(&self, t: usize, position: usize) -> usize {
+        if t < self.start || position < self.shared {
+            position
+        } else {
+            position + (self.start - self.shared)
+        }
+    }
+}
+
 /// Shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
@@ -248,8 +289,10 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Multiplies `q · k`.
     pub scale: f32,
-    /// Sliding window: query `t` sees keys `s` with `t − s < window`.
+    /// Sliding window: query `t` sees keys `s` with `t − s < window` (in positions).
     pub window: Option<usize>,
+    /// A packed pair of continuations (causal over one sequence when `None`).
+    pub branch: Option<Branch>,
 }
 
 impl AttentionShape {
@@ -260,7 +303,24 @@ impl AttentionShape {
 
     /// The first key the query at `t` sees.
     fn first_key(&self, t: usize) -> usize {
-        self.window.map_or(0, |w| (t + 1).saturating_sub(w))
+        let Some(w) = self.window else { return 0 };
+        match self.branch {
+            None => (t + 1).saturating_sub(w),
+            Some(b) => b.row_seen_by(t, (b.position(t) + 1).saturating_sub(w)),
+        }
+    }
+
+    /// The first key any query of `q0..q1` sees.
+    fn first_key_of_block(&self, q0: usize, q1: usize) -> usize {
+        (q0..q1).map(|t| self.first_key(t)).min().unwrap_or(q0)
+    }
+
+    /// Keys before `t` that the query at `t` must not see (the other continuation).
+    fn hidden(&self, t: usize) -> std::ops::Range<usize> {
+        match self.branch {
+            Some(b) if t >= b.start => b.shared..b.start,
+            _ => 0..0,
+        }
     }
 }
 
@@ -283,6 +343,11 @@ fn block_weights(
             let (start, end) = (shape.first_key(t) - k0, t + 1 - k0);
             for s in &mut row[start..end] {
                 *s *= shape.scale;
+            }
+            let hidden = shape.hidden(t);
+            let (h0, h1) = (hidden.start.max(k0 + start), hidden.end.min(k0 + end));
+            if h0 < h1 {
+                row[h0 - k0..h1 - k0].fill(f32::NEG_INFINITY);
             }
             softmax_prefix(row, start, end);
         })
@@ -317,7 +382,7 @@ pub fn attention(
             for q0 in (0..n).step_by(QUERY_BLOCK) {
                 let q1 = (q0 + QUERY_BLOCK).min(n);
                 // Keys k0..q1 are all any query of this block sees.
-                let k0 = shape.first_key(q0);
+                let k0 = shape.first_key_of_block(q0, q1);
                 let keys = Matrix::f32(q1 - k0, d, &kh[k0 * d..q1 * d])?;
                 let values = Matrix::f32(q1 - k0, d, &vh[k0 * d..q1 * d])?;
                 let weights = block_weights(compute, &shape, &qh[q0 * d..q1 * d], &keys, q0, k0)?;
@@ -374,7 +439,7 @@ pub fn attention_backward(
             gather_head(dout, heads, d, h, &mut doh);
             for q0 in (0..n).step_by(QUERY_BLOCK) {
                 let q1 = (q0 + QUERY_BLOCK).min(n);
-                let (k0, rows) = (shape.first_key(q0), q1 - q0);
+                let (k0, rows) = (shape.first_key_of_block(q0, q1), q1 - q0);
                 let width = q1 - k0;
                 let keys = Matrix::f32(width, d, &kh[k0 * d..q1 * d])?;
                 let values = Matrix::f32(width, d, &vh[k0 * d..q1 * d])?;
@@ -560,6 +625,7 @@ mod tests {
                 head_dim,
                 scale: 0.7,
                 window,
+                branch: None,
             };
             let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
             let (q, k, v) = (
@@ -593,6 +659,7 @@ mod tests {
             head_dim: 1,
             scale: 1.0,
             window: None,
+            branch: None,
         };
         let out = attention(&compute, &q, &k, &v, shape).unwrap();
         assert_eq!(out, vec![1.0, 1.5, 2.0, 2.5]);
@@ -602,5 +669,36 @@ mod tests {
         };
         let out = attention(&compute, &q, &k, &v, windowed).unwrap();
         assert_eq!(out, vec![1.0, 1.5, 2.5, 3.5]);
+    }
+
+    #[test]
+    fn a_packed_continuation_sees_the_prefix_and_itself_only() {
+        let compute = Compute::new(1, crate::train::quant::matmul::Kernel::Scalar).unwrap();
+        // Prefix rows 0-1, first continuation 2-3, second 4: equal scores, so each output is
+        // the mean of the values its query sees.
+        let (q, k) = (vec![0.0; 5], vec![0.0; 5]);
+        let v = vec![1.0, 2.0, 3.0, 4.0, 5.0];
+        let shape = AttentionShape {
+            tokens: 5,
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+            scale: 1.0,
+            window: None,
+            branch: Some(Branch {
+                shared: 2,
+                start: 4,
+            }),
+        };
+        let out = attention(&compute, &q, &k, &v, shape).unwrap();
+        assert_eq!(out[..4], [1.0, 1.5, 2.0, 2.5]);
+        assert!((out[4] - 8.0 / 3.0).abs() < 1e-6, "{out:?}");
+        // Row 4 is at position 2: a window of 2 leaves positions 1 and 2 (rows 1 and 4).
+        let windowed = AttentionShape {
+            window: Some(2),
+            ..shape
+        };
+        let out = attention(&compute, &q, &k, &v, windowed).unwrap();
+        assert_eq!(out, vec![1.0, 1.5, 2.5, 3.5, 3.5]);
     }
 }

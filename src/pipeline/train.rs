@@ -1,0 +1,845 @@
+//! `tenets train`: preference pairs (or SFT conversations) in, a LoRA adapter out.
+//!
+//! The data (a TRL-format file, or the pairs of a tenets database) is framed by the model's own
+//! chat template and tokenized by llama.cpp's tokenizer; the base model's reference log-probs are
+//! computed once by the native forward and cached in SQLite; then [`Trainer`] steps run, each
+//! step's metrics committed before the next begins and a checkpoint (adapters, optimiser state,
+//! step) saved every `save_every` steps. After kill -9, `--resume` continues from the last
+//! checkpoint and — batches being a function of the seed and the step — retraces the same loss
+//! curve. At the end: the adapter as GGUF (llama.cpp) and PEFT safetensors, the metrics as CSV,
+//! and the curves as SVG.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama_cpp_2::model::LlamaModel;
+
+use super::{progress_bar, PipelineError};
+use crate::chat::{ChatTemplate, Message};
+use crate::dataset::{self, Example};
+use crate::engine;
+use crate::export::{self, Kind};
+use crate::filters::PairFilters;
+use crate::hash;
+use crate::store::{FinalScores, Store, TrainRunRecord, TrainStepRecord};
+use crate::train::adapter;
+use crate::train::model::{Adapters, Model, Target};
+use crate::train::optim::{AdamW, Schedule};
+use crate::train::quant::matmul::{Compute, Kernel};
+use crate::train::trainer::{self, Hyper, Item, Loss, TrainError, Trainer};
+
+/// Where the examples come from.
+#[derive(Debug, Clone)]
+pub enum TrainData {
+    /// A JSONL or Parquet file in TRL's formats.
+    File(PathBuf),
+    /// The pairs (or, for SFT, the conversations) of a tenets database, as `export` gives them.
+    Db(PathBuf),
+}
+
+/// Everything `tenets train` needs.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub model: PathBuf,
+    pub data: TrainData,
+    /// The GGUF adapter to write.
+    pub out: PathBuf,
+    /// Where runs, metrics, checkpoints and cached reference log-probs live (default: the
+    /// `--db` database, else `OUT.train.db`).
+    pub state: Option<PathBuf>,
+    pub loss: Loss,
+    /// Optimiser steps; default `epochs` passes over the data.
+    pub steps: Option<u64>,
+    pub epochs: f64,
+    pub batch: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    /// Warmup steps (default: a tenth of the run, at most 100).
+    pub warmup: Option<u64>,
+    pub beta: f64,
+    pub rank: usize,
+    pub alpha: f32,
+    pub targets: Vec<Target>,
+    pub max_length: usize,
+    pub max_prompt_length: usize,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub save_every: u64,
+    pub resume: bool,
+    /// Which database pairs to train on (`--db`): the same filters as `tenets export`.
+    pub filters: PairFilters,
+    /// Score every example with the trained adapter at the end.
+    pub final_eval: bool,
+    pub threads: usize,
+    pub kernel: Kernel,
+    pub quiet: bool,
+}
+
+impl TrainOptions {
+    pub fn new(model: &Path, data: TrainData, out: &Path) -> Self {
+        TrainOptions {
+            model: model.to_path_buf(),
+            data,
+            out: out.to_path_buf(),
+            state: None,
+            loss: Loss::Preference(crate::train::dpo::Objective::Dpo),
+            steps: None,
+            epochs: 1.0,
+            batch: 4,
+            grad_accum: 1,
+            lr: 2e-4,
+            warmup: None,
+            beta: 0.1,
+            rank: 8,
+            alpha: 16.0,
+            targets: Target::ALL.to_vec(),
+            max_length: 1024,
+            max_prompt_length: 512,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            seed: 0,
+            save_every: 25,
+            resume: false,
+            filters: PairFilters::default(),
+            final_eval: true,
+            threads: engine::default_threads(),
+            kernel: Kernel::detect(),
+            quiet: false,
+        }
+    }
+
+    /// The state database for these options.
+    pub fn state_path(&self) -> PathBuf {
+        match (&self.state, &self.data) {
+            (Some(p), _) => p.clone(),
+            (None, TrainData::Db(db)) => db.clone(),
+            (None, TrainData::File(_)) => sibling(&self.out, "train.db"),
+        }
+    }
+
+    /// Every file the run writes besides the adapter: (PEFT folder, metrics CSV, plot).
+    pub fn outputs(&self) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            sibling(&self.out, "peft"),
+            sibling(&self.out, "metrics.csv"),
+            sibling(&self.out, "curves.svg"),
+        )
+    }
+}
+
+/// `dir/adapter.gguf` → `dir/adapter.<suffix>`.
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+    out.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    pub run_id: String,
+    pub state: PathBuf,
+    pub examples: usize,
+    /// Examples cut to fit `max_length`.
+    pub truncated: usize,
+    pub total_steps: u64,
+    /// Steps done when this invocation ended.
+    pub steps_done: u64,
+    /// The checkpoint this invocation resumed from.
+    pub resumed_from: Option<u64>,
+    /// Steps this invocation computed, and their throughput.
+    pub steps_run: u64,
+    pub tokens_per_second: f64,
+    pub seconds_per_example: f64,
+    pub reference_computed: usize,
+    pub last: Option<TrainStepRecord>,
+    pub final_scores: Option<FinalScores>,
+    /// Stopped early (Ctrl-C) after saving a checkpoint.
+    pub stopped: bool,
+    pub adapter: Option<PathBuf>,
+    pub peft: Option<PathBuf>,
+    pub metrics_csv: PathBuf,
+    pub plot: Option<PathBuf>,
+}
+
+fn setting(message: impl Into<String>) -> PipelineError {
+    PipelineError::Setting(message.into())
+}
+
+/// Runs (or resumes) a training run. `stop` is checked between steps: when set, the run saves a
+/// checkpoint and returns with `stopped`.
+pub async fn train(
+    options: &TrainOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<TrainSummary, PipelineError> {
+    check(options)?;
+    let examples = load_examples(options).await?;
+    let (items, truncated) = tokenize(options, &examples)?;
+    let state = options.state_path();
+    let store = Store::open(&state).await?;
+    let model_sha256 = store.model_sha256(&options.model).await?;
+
+    let per_step = options.batch * options.grad_accum;
+    let total_steps = options.steps.unwrap_or_else(|| {
+        ((options.epochs * items.len() as f64) / per_step as f64)
+            .ceil()
+            .max(1.0) as u64
+    });
+    let warmup = options
+        .warmup
+        .unwrap_or((total_steps / 10).min(100))
+        .min(total_steps);
+    let hyper = Hyper {
+        loss: options.loss,
+        beta: options.beta,
+        schedule: Schedule {
+            peak: options.lr,
+            floor: 0.0,
+            warmup,
+            total: total_steps,
+        },
+        optimizer: AdamW {
+            weight_decay: options.weight_decay,
+            ..AdamW::default()
+        },
+        max_grad_norm: options.max_grad_norm,
+    };
+    let settings = serde_json::json!({
+        "loss": options.loss.name(),
+        "beta": options.beta,
+        "lr": options.lr,
+        "warmup": warmup,
+        "schedule": "cosine",
+        "batch": options.batch,
+        "grad_accum": options.grad_accum,
+        "rank": options.rank,
+        "alpha": options.alpha,
+        "targets": options.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "max_length": options.max_length,
+        "max_prompt_length": options.max_prompt_length,
+        "max_grad_norm": options.max_grad_norm,
+        "weight_decay": options.weight_decay,
+        "seed": options.seed,
+    });
+    let data_sha256 = hash::of_json(
+        &items
+            .iter()
+            .map(|i| (&i.chosen, &i.rejected, i.prompt_len, i.label))
+            .collect::<Vec<_>>(),
+    );
+    let record = TrainRunRecord {
+        model_path: options.model.display().to_string(),
+        model_sha256: model_sha256.clone(),
+        data_source: match &options.data {
+            TrainData::File(p) | TrainData::Db(p) => p.display().to_string(),
+        },
+        data_sha256,
+        settings,
+        examples: items.len(),
+        total_steps,
+    };
+    let run_id = record.id();
+    let checkpoint = store.train_checkpoint(&run_id).await?;
+    let recorded = store.train_steps(&run_id).await?;
+    if !options.resume && (checkpoint.is_some() || !recorded.is_empty()) {
+        let at = checkpoint.as_ref().map_or(0, |c| c.0);
+        return Err(setting(format!(
+            "{} already holds this training run ({} of {total_steps} steps recorded, checkpoint \
+             at step {at}): pass --resume to continue it, or --state/--out elsewhere to start over",
+            state.display(),
+            recorded.len()
+        )));
+    }
+    store.upsert_train_run(&record).await?;
+    tracing::info!(
+        run = %&run_id[..12],
+        examples = items.len(),
+        total_steps,
+        "training run"
+    );
+
+    let compute = Compute::new(options.threads, options.kernel).map_err(|e| {
+        PipelineError::Train(format!(
+            "cannot start {} compute threads: {e}",
+            options.threads
+        ))
+    })?;
+    let model = Model::open(&options.model)?;
+    let handle = tokio::runtime::Handle::current();
+    let options = options.clone();
+    let job = Job {
+        options,
+        store,
+        handle,
+        model,
+        compute,
+        hyper,
+        run_id,
+        model_sha256,
+        checkpoint,
+        total_steps,
+        stop,
+    };
+    let (summary_parts, state) = tokio::task::spawn_blocking(move || {
+        let state = job.store.path().to_path_buf();
+        (job.run(items), state)
+    })
+    .await
+    .map_err(|e| PipelineError::Internal(format!("training thread failed: {e}")))?;
+    let mut summary = summary_parts?;
+    summary.truncated = truncated;
+    summary.state = state;
+    Ok(summary)
+}
+
+fn check(o: &TrainOptions) -> Result<(), PipelineError> {
+    let positive = [
+        ("--batch", o.batch as f64),
+        ("--grad-accum", o.grad_accum as f64),
+        ("--rank", o.rank as f64),
+        ("--lr", o.lr),
+        ("--epochs", o.epochs),
+        ("--save-every", o.save_every as f64),
+        ("--threads", o.threads as f64),
+        ("--alpha", f64::from(o.alpha)),
+    ];
+    for (flag, v) in positive {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(setting(format!("{flag} must be positive, got {v}")));
+        }
+    }
+    if o.steps == Some(0) {
+        return Err(setting("--steps must be at least 1"));
+    }
+    if !(o.beta > 0.0 && o.beta.is_finite()) {
+        return Err(setting(format!("--beta must be positive, got {}", o.beta)));
+    }
+    if o.targets.is_empty() {
+        return Err(setting("--targets names no projection"));
+    }
+    if o.max_length < 8 || o.max_prompt_length < 1 || o.max_prompt_length >= o.max_length {
+        return Err(setting(format!(
+            "need 1 ≤ --max-prompt-length < --max-length (≥ 8); got {} and {}",
+            o.max_prompt_length, o.max_length
+        )));
+    }
+    if !(0.0..=1.0).contains(&o.weight_decay) || o.max_grad_norm.is_nan() || o.max_grad_norm < 0.0 {
+        return Err(setting(
+            "--weight-decay must be in [0, 1] and --max-grad-norm ≥ 0",
+        ));
+    }
+    if o.out.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        return Err(setting(format!(
+            "--out {}: the adapter is a GGUF file; name it *.gguf",
+            o.out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The examples, from a file or a database; preference losses need every one to be a pair.
+async fn load_examples(options: &TrainOptions) -> Result<Vec<Example>, PipelineError> {
+    let examples = match &options.data {
+        TrainData::File(path) => dataset::load(path)?,
+        TrainData::Db(db) => {
+            let store = Store::open_existing(db).await?;
+            let kind = match options.loss {
+                Loss::Sft => Kind::Sft,
+                Loss::Preference(_) => Kind::Dpo,
+            };
+            let rows = export::rows(&store, kind, &options.filters).await?;
+            for (reason, count) in &rows.dropped {
+                tracing::info!(?reason, count, "pairs left out by the export filters");
+            }
+            let mut examples = Vec::with_capacity(rows.rows.len());
+            for (i, row) in rows.rows.iter().enumerate() {
+                let origin = format!("{} pair {}", db.display(), i + 1);
+                examples.push(
+                    dataset::parse_row(row, origin.clone())
+                        .map_err(|m| PipelineError::Train(format!("{origin}: {m}")))?,
+                );
+            }
+            if examples.is_empty() {
+                return Err(setting(format!(
+                    "{} has no {} rows to train on (run `tenets generate`, and `tenets label` for \
+                     labelled pairs, first)",
+                    db.display(),
+                    if kind == Kind::Sft { "SFT" } else { "DPO" }
+                )));
+            }
+            examples
+        }
+    };
+    if matches!(options.loss, Loss::Preference(_)) {
+        let unpaired: Vec<&str> = examples
+            .iter()
+            .filter(|e| e.rejected.is_none())
+            .map(|e| e.origin.as_str())
+            .collect();
+        if let Some(first) = unpaired.first() {
+            return Err(setting(format!(
+                "--objective {} needs pairs, but {} example(s) have no `rejected` answer (first: \
+                 {first}); use --objective sft for conversations",
+                options.loss.name(),
+                unpaired.len()
+            )));
+        }
+    }
+    Ok(examples)
+}
+
+/// Frames every example with the model's chat template and tokenizes it; returns the items and
+/// how many were cut to fit the length limits.
+fn tokenize(
+    options: &TrainOptions,
+    examples: &[Example],
+) -> Result<(Vec<Item>, usize), PipelineError> {
+    let llama = engine::load_vocab(&options.model)?;
+    let template = engine::chat_template(&llama)?;
+    let mut items = Vec::with_capacity(examples.len());
+    let mut truncated = 0;
+    for ex in examples {
+        let bad = |m: String| PipelineError::Train(format!("{}: {m}", ex.origin));
+        let mut prompt = prompt_tokens(&llama, &template, &ex.prompt).map_err(bad)?;
+        let chosen = completion_tokens(&llama, &template, &ex.prompt, &ex.chosen).map_err(bad)?;
+        let rejected = match &ex.rejected {
+            Some(r) => Some(completion_tokens(&llama, &template, &ex.prompt, r).map_err(bad)?),
+            None => None,
+        };
+        // As TRL does: the prompt keeps its end, then the answers are cut to fit.
+        let mut cut = false;
+        if prompt.len() > options.max_prompt_length {
+            prompt.drain(..prompt.len() - options.max_prompt_length);
+            cut = true;
+        }
+        let room = options.max_length - prompt.len();
+        let mut fit = |answer: Vec<u32>| {
+            let mut answer = answer;
+            if answer.len() > room {
+                answer.truncate(room);
+                cut = true;
+            }
+            [prompt.as_slice(), &answer].concat()
+        };
+        let chosen = fit(chosen);
+        let rejected = rejected.map(&mut fit);
+        truncated += usize::from(cut);
+        items.push(Item {
+            chosen,
+            rejected,
+            prompt_len: prompt.len(),
+            label: ex.label,
+            reference: None,
+        });
+    }
+    if truncated > 0 {
+        tracing::warn!(
+            truncated,
+            max_length = options.max_length,
+            "example(s) were cut to fit --max-length / --max-prompt-length"
+        );
+    }
+    Ok((items, truncated))
+}
+
+fn prompt_tokens(
+    llama: &LlamaModel,
+    template: &ChatTemplate,
+    prompt: &[Message],
+) -> Result<Vec<u32>, String> {
+    let segments = template.render(prompt, true).map_err(|e| e.to_string())?;
+    Ok(ids(engine::tokenize_segments(llama, &segments)))
+}
+
+/// The tokens the template adds after the prompt for `completion`: the conversation rendered
+/// with it, less the prompt rendered with its generation prompt. Tokenized apart from the prompt,
+/// as TRL does, so the boundary is exact.
+fn completion_tokens(
+    llama: &LlamaModel,
+    template: &ChatTemplate,
+    prompt: &[Message],
+    completion: &[Message],
+) -> Result<Vec<u32>, String> {
+    let head = template
+        .render_text(prompt, true)
+        .map_err(|e| e.to_string())?;
+    let full: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
+    let segments = template.render(&full, false).map_err(|e| e.to_string())?;
+    let text: String = segments.iter().map(|s| s.text.as_str()).collect();
+    if !text.starts_with(&head) {
+        return Err(
+            "the model's chat template renders the prompt differently once the answer \
+                    follows, so the answer cannot be split from it"
+                .into(),
+        );
+    }
+    let vocab = llama.vocab();
+    let mut skip = head.len();
+    let mut tokens = Vec::new();
+    for s in &segments {
+        let rest = if skip >= s.text.len() {
+            skip -= s.text.len();
+            continue;
+        } else {
+            &s.text[std::mem::take(&mut skip)..]
+        };
+        tokens.extend(ids(vocab.tokenize(rest.as_bytes(), false, s.from_template)));
+    }
+    if tokens.is_empty() {
+        return Err("the answer is empty".into());
+    }
+    Ok(tokens)
+}
+
+fn ids(tokens: Vec<llama_cpp_2::token::LlamaToken>) -> Vec<u32> {
+    tokens.into_iter().map(|t| t.0 as u32).collect()
+}
+
+/// The keys of an item's cached reference log-probs (chosen, rejected): the answers are scored
+/// together, packed around their prompt, so both keys hash the whole item.
+fn reference_keys(item: &Item) -> (String, String) {
+    let mut bytes = Vec::with_capacity((item.tokens() + 2) * 4);
+    bytes.extend_from_slice(&(item.prompt_len as u64).to_le_bytes());
+    for t in &item.chosen {
+        bytes.extend_from_slice(&t.to_le_bytes());
+    }
+    bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+    for t in item.rejected.iter().flatten() {
+        bytes.extend_from_slice(&t.to_le_bytes());
+    }
+    let item = hex::encode(bytes);
+    (
+        hash::of_parts(&["packed-pair", "chosen", &item]),
+        hash::of_parts(&["packed-pair", "rejected", &item]),
+    )
+}
+
+/// The training job proper, run on a blocking thread (the compute is synchronous; the store is
+/// reached through the runtime's handle).
+struct Job {
+    options: TrainOptions,
+    store: Store,
+    handle: tokio::runtime::Handle,
+    model: Model,
+    compute: Compute,
+    hyper: Hyper,
+    run_id: String,
+    model_sha256: String,
+    checkpoint: Option<(u64, Vec<u8>)>,
+    total_steps: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Job {
+    fn run(self, mut items: Vec<Item>) -> Result<TrainSummary, PipelineError> {
+        let o = &self.options;
+        let reference_computed = match o.loss {
+            Loss::Preference(_) => self.references(&mut items)?,
+            Loss::Sft => 0,
+        };
+        let adapters = Adapters::new(&self.model, &o.targets, o.rank, o.alpha, o.seed);
+        let mut trainer = Trainer::new(adapters);
+        let resumed_from = match &self.checkpoint {
+            Some((step, state)) => {
+                trainer
+                    .restore(state)
+                    .map_err(|e| PipelineError::Train(e.to_string()))?;
+                tracing::info!(step, "resuming from checkpoint");
+                Some(*step)
+            }
+            None => None,
+        };
+        let (_, csv_path, plot_path) = o.outputs();
+        let per_step = o.batch * o.grad_accum;
+        let bar = progress_bar(o.quiet, self.total_steps, "steps");
+        bar.set_position(trainer.step);
+        let (mut steps_run, mut tokens_run, mut seconds_run, mut examples_run) =
+            (0u64, 0usize, 0.0f64, 0usize);
+        let mut last = None;
+        let mut stopped = false;
+        while trainer.step < self.total_steps {
+            if self.stop.load(Ordering::Relaxed) {
+                stopped = true;
+                break;
+            }
+            let step = trainer.step + 1;
+            let indices = trainer::batch_indices(items.len(), per_step, step, o.seed);
+            let batch: Vec<&Item> = indices.iter().map(|&i| &items[i]).collect();
+            let started = Instant::now();
+            let metrics = trainer
+                .train_step(&self.model, &self.compute, &self.hyper, &batch)
+                .map_err(|e| match e {
+                    TrainError::NonFinite { index, value } => PipelineError::Train(format!(
+                        "step {step}: the loss is {value} on example {} (example #{}); \
+                         lower --lr or check that example",
+                        indices[index] + 1,
+                        indices[index] + 1
+                    )),
+                    other => PipelineError::Train(format!("step {step}: {other}")),
+                })?;
+            let seconds = started.elapsed().as_secs_f64();
+            let record = TrainStepRecord {
+                step,
+                loss: metrics.loss,
+                reward_chosen: metrics.reward_chosen,
+                reward_rejected: metrics.reward_rejected,
+                margin: metrics.margin,
+                accuracy: metrics.accuracy,
+                logp_chosen: metrics.logp_chosen,
+                logp_rejected: metrics.logp_rejected,
+                grad_norm: metrics.grad_norm,
+                lr: metrics.lr,
+                tokens: metrics.tokens as u64,
+                seconds,
+            };
+            let save = step % o.save_every == 0 || step == self.total_steps;
+            let state = save.then(|| trainer.to_bytes());
+            self.handle.block_on(self.store.commit_train_step(
+                &self.run_id,
+                &record,
+                state.as_deref(),
+            ))?;
+            steps_run += 1;
+            tokens_run += metrics.tokens;
+            seconds_run += seconds;
+            examples_run += batch.len();
+            bar.set_position(step);
+            bar.set_message(format!(
+                "loss {:.4}{}  {:.0} tok/s",
+                record.loss,
+                record
+                    .accuracy
+                    .map_or(String::new(), |a| format!("  acc {a:.2}")),
+                tokens_run as f64 / seconds_run.max(1e-9)
+            ));
+            if save {
+                self.write_csv(&csv_path)?;
+            }
+            last = Some(record);
+        }
+        if stopped && trainer.step > 0 {
+            // Make the last completed step the checkpoint, so nothing done is redone.
+            if let Some(record) = last {
+                self.handle.block_on(self.store.commit_train_step(
+                    &self.run_id,
+                    &record,
+                    Some(&trainer.to_bytes()),
+                ))?;
+            }
+        }
+        bar.finish_and_clear();
+        self.write_csv(&csv_path)?;
+        let mut summary = TrainSummary {
+            run_id: self.run_id.clone(),
+            state: PathBuf::new(),
+            examples: items.len(),
+            truncated: 0,
+            total_steps: self.total_steps,
+            steps_done: trainer.step,
+            resumed_from,
+            steps_run,
+            tokens_per_second: tokens_run as f64 / seconds_run.max(1e-9),
+            seconds_per_example: seconds_run / examples_run.max(1) as f64,
+            reference_computed,
+            last: last.or_else(|| {
+                self.handle
+                    .block_on(self.store.train_steps(&self.run_id))
+                    .ok()
+                    .and_then(|s| s.last().copied())
+            }),
+            final_scores: None,
+            stopped,
+            adapter: None,
+            peft: None,
+            metrics_csv: csv_path,
+            plot: None,
+        };
+        if stopped {
+            return Ok(summary);
+        }
+        let final_scores = match self
+            .handle
+            .block_on(self.store.train_run_finished(&self.run_id))?
+        {
+            Some(scores) if scores.is_some() || !o.final_eval => scores,
+            _ if o.final_eval => Some(self.final_eval(&trainer, &items)?),
+            _ => None,
+        };
+        self.handle.block_on(
+            self.store
+                .finish_train_run(&self.run_id, final_scores.as_ref()),
+        )?;
+        summary.final_scores = final_scores;
+        adapter::write_gguf(&self.model, &trainer.adapters, &o.out)
+            .map_err(|e| PipelineError::Train(e.to_string()))?;
+        summary.adapter = Some(o.out.clone());
+        let steps = self.handle.block_on(self.store.train_steps(&self.run_id))?;
+        crate::plot::training_curves(&steps, o.loss.name(), &plot_path)
+            .map_err(|e| PipelineError::Train(e.to_string()))?;
+        summary.plot = Some(plot_path);
+        let (peft_dir, _, _) = o.outputs();
+        crate::train::peft::write(&self.model, &trainer.adapters, &peft_dir)
+            .map_err(|e| PipelineError::Train(e.to_string()))?;
+        summary.peft = Some(peft_dir);
+        Ok(summary)
+    }
+
+    /// Fills every item's reference log-probs: from the cache, or computed (and cached, a batch
+    /// at a time, so an interrupted pass keeps what it did). Returns how many it computed.
+    fn references(&self, items: &mut [Item]) -> Result<usize, PipelineError> {
+        let cached = self
+            .handle
+            .block_on(self.store.reference_logps(&self.model_sha256))?;
+        let mut missing = Vec::new();
+        for (i, item) in items.iter_mut().enumerate() {
+            let (kc, kr) = reference_keys(item);
+            match (cached.get(&kc), cached.get(&kr)) {
+                (Some(&c), Some(&r)) => item.reference = Some((c, r)),
+                _ => missing.push(i),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let bar = progress_bar(self.options.quiet, missing.len() as u64, "reference pairs");
+        bar.set_message("base model log-probs, computed once");
+        for chunk in missing.chunks(8) {
+            let mut rows = Vec::new();
+            for &i in chunk {
+                let item = &mut items[i];
+                let (c, r) = trainer::reference_logps(&self.model, &self.compute, item)?;
+                let (kc, kr) = reference_keys(item);
+                rows.push((kc, c));
+                rows.push((kr, r));
+                item.reference = Some((c, r));
+                bar.inc(1);
+            }
+            self.handle
+                .block_on(self.store.put_reference_logps(&self.model_sha256, &rows))?;
+            if self.stop.load(Ordering::Relaxed) {
+                bar.abandon();
+                return Err(PipelineError::Train(
+                    "stopped while computing reference log-probs (those done are kept)".into(),
+                ));
+            }
+        }
+        bar.finish_and_clear();
+        Ok(missing.len())
+    }
+
+    /// Every example scored with the trained adapter: mean loss, accuracy, mean margin.
+    fn final_eval(&self, trainer: &Trainer, items: &[Item]) -> Result<FinalScores, PipelineError> {
+        let bar = progress_bar(self.options.quiet, items.len() as u64, "examples");
+        bar.set_message("final evaluation");
+        let (mut loss, mut correct, mut margin) = (0.0, 0usize, 0.0);
+        for item in items {
+            let s = trainer.score_item(&self.model, &self.compute, &self.hyper, item)?;
+            loss += s.loss;
+            if let Some(m) = s.margin {
+                margin += m;
+                correct += usize::from(m > 0.0);
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let n = items.len().max(1) as f64;
+        let pairs = matches!(self.options.loss, Loss::Preference(_));
+        Ok(FinalScores {
+            loss: loss / n,
+            accuracy: pairs.then_some(correct as f64 / n),
+            margin: pairs.then_some(margin / n),
+        })
+    }
+
+    fn write_csv(&self, path: &Path) -> Result<(), PipelineError> {
+        let steps = self.handle.block_on(self.store.train_steps(&self.run_id))?;
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let fail = |e: String| PipelineError::Train(format!("{}: {e}", path.display()));
+        for s in &steps {
+            w.serialize(s).map_err(|e| fail(e.to_string()))?;
+        }
+        if steps.is_empty() {
+            w.write_record([
+                "step",
+                "loss",
+                "reward_chosen",
+                "reward_rejected",
+                "margin",
+                "accuracy",
+                "logp_chosen",
+                "logp_rejected",
+                "grad_norm",
+                "lr",
+                "tokens",
+                "seconds",
+            ])
+            .map_err(|e| fail(e.to_string()))?;
+        }
+        let bytes = w.into_inner().map_err(|e| fail(e.to_string()))?;
+        export::write_atomically(path, &bytes)?;
+        Ok(())
+    }
+}
+
+/// The summary as text.
+pub fn render(s: &TrainSummary) -> String {
+    let mut out = format!(
+        "training run {} ({}): {} examples{}, step {}/{}",
+        &s.run_id[..12.min(s.run_id.len())],
+        s.state.display(),
+        s.examples,
+        if s.truncated > 0 {
+            format!(" ({} cut to fit)", s.truncated)
+        } else {
+            String::new()
+        },
+        s.steps_done,
+        s.total_steps
+    );
+    if let Some(from) = s.resumed_from {
+        out.push_str(&format!(", resumed from step {from}"));
+    }
+    out.push('\n');
+    if s.reference_computed > 0 {
+        out.push_str(&format!(
+            "reference log-probs computed for {} example(s) (cached for later runs)\n",
+            s.reference_computed
+        ));
+    }
+    if s.steps_run > 0 {
+        out.push_str(&format!(
+            "{} step(s) this time: {:.1} tokens/s, {:.2} s per example\n",
+            s.steps_run, s.tokens_per_second, s.seconds_per_example
+        ));
+    }
+    if let Some(l) = &s.last {
+        out.push_str(&format!("last step: loss {:.4}", l.loss));
+        if let (Some(m), Some(a)) = (l.margin, l.accuracy) {
+            out.push_str(&format!(", margin {m:.3}, accuracy {a:.2}"));
+        }
+        out.push('\n');
+    }
+    if let Some(f) = &s.final_scores {
+        out.push_str(&format!("all examples: loss {:.4}", f.loss));
+        if let (Some(a), Some(m)) = (f.accuracy, f.margin) {
+            out.push_str(&format!(", reward accuracy {a:.3}, mean margin {m:.3}"));
+        }
+        out.push('\n');
+    }
+    if s.stopped {
+        out.push_str("stopped: the checkpoint is saved; rerun with --resume to continue\n");
+    }
+    for (what, path) in [
+        ("adapter (GGUF)", s.adapter.as_ref()),
+        ("adapter (PEFT)", s.peft.as_ref()),
+        ("metrics", Some(&s.metrics_csv)),
+        ("curves", s.plot.as_ref()),
+    ] {
+        if let Some(p) = path {
+            out.push_str(&format!("{what}: {}\n", p.display()));
+        }
+    }
+    out
+}

@@ -1,0 +1,582 @@
+//! One optimiser step over a batch, and the state a checkpoint keeps — the training loop's
+//! arithmetic, apart from where data, metrics and checkpoints are stored.
+//!
+//! Each example goes through the model on its own, at its own length: nothing is padded, so
+//! every token computed is a real one and memory does not grow with the batch. A pair is packed
+//! as one sequence — prompt, chosen answer, rejected answer, the rejected one masked from the
+//! chosen one and placed at the positions after the prompt ([`Branch`]) — so the prompt is
+//! computed once for both answers, and only answer rows go through the output head. One forward
+//! gives both answers' log-probs and each answer's head gradient apart; the loss then weighs them
+//! and one backward follows. The reference log-probs come in precomputed, through the same
+//! arithmetic (so a fresh adapter's first loss is exactly ln 2).
+//!
+//! A run is a pure function of its inputs and its seed (kernels give the same sums whatever the
+//! thread count), so a run resumed from a checkpoint retraces the uninterrupted one.
+
+use super::dpo::{pair_loss, Objective, PairLogps};
+use super::model::backward::Prediction;
+use super::model::{AdapterGrads, Adapters, Branch, Model, ModelError};
+use super::optim::{clip_global_norm, AdamW, Moments, Schedule};
+use super::quant::matmul::Compute;
+
+/// What the adapter is trained for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// A preference loss on (chosen, rejected) pairs against the reference log-probs.
+    Preference(Objective),
+    /// Cross-entropy on the chosen completion (SL-CAI: learn the revisions).
+    Sft,
+}
+
+impl Loss {
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Preference(Objective::Dpo) => "dpo",
+            Loss::Preference(Objective::Ipo) => "ipo",
+            Loss::Preference(Objective::Hinge) => "hinge",
+            Loss::Sft => "sft",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Loss::Preference(Objective::Dpo),
+            Loss::Preference(Objective::Ipo),
+            Loss::Preference(Objective::Hinge),
+            Loss::Sft,
+        ]
+        .into_iter()
+        .find(|l| l.name() == name)
+    }
+}
+
+/// Everything that decides an update besides the data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hyper {
+    pub loss: Loss,
+    pub beta: f64,
+    pub schedule: Schedule,
+    pub optimizer: AdamW,
+    /// Global gradient-norm clip (0 turns it off).
+    pub max_grad_norm: f64,
+}
+
+/// One tokenized example: the prompt shared by both sequences, the answers after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// Prompt then chosen answer.
+    pub chosen: Vec<u32>,
+    /// Prompt then rejected answer (preference data only).
+    pub rejected: Option<Vec<u32>>,
+    pub prompt_len: usize,
+    pub label: f64,
+    /// The reference model's answer log-probs `(chosen, rejected)`.
+    pub reference: Option<(f64, f64)>,
+}
+
+impl Item {
+    /// Tokens the step computes on (both sequences, prompt included, as TRL counts them).
+    pub fn tokens(&self) -> usize {
+        self.chosen.len() + self.rejected.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Answer tokens of the chosen sequence.
+    pub fn answer_tokens(&self) -> usize {
+        self.chosen.len().saturating_sub(self.prompt_len)
+    }
+}
+
+/// The base model's answer log-probs for an item: what [`Item::reference`] holds.
+pub fn reference_logps(
+    model: &Model,
+    compute: &Compute,
+    item: &Item,
+) -> Result<(f64, f64), ModelError> {
+    let packed = Packed::of(item);
+    let logps = model.packed_logps(
+        compute,
+        &packed.tokens,
+        packed.branch,
+        None,
+        &packed.predictions,
+    )?;
+    Ok(packed.sums(&logps))
+}
+
+/// An item as the model sees it: one sequence (a pair packed around its shared prompt) and the
+/// predictions of each answer's tokens (group 0: chosen, group 1: rejected).
+struct Packed {
+    tokens: Vec<u32>,
+    branch: Option<Branch>,
+    predictions: Vec<Prediction>,
+}
+
+impl Packed {
+    fn of(item: &Item) -> Self {
+        let p = item.prompt_len;
+        let mut predictions: Vec<Prediction> = (p.max(1)..item.chosen.len())
+            .map(|i| Prediction {
+                row: i - 1,
+                token: item.chosen[i],
+                weight: 1.0,
+                group: 0,
+            })
+            .collect();
+        let Some(rejected) = &item.rejected else {
+            return Packed {
+                tokens: item.chosen.clone(),
+                branch: None,
+                predictions,
+            };
+        };
+        // The rejected answer follows the chosen one; its first token is predicted from the
+        // prompt's last row, the rest from its own rows.
+        let offset = item.chosen.len() - p;
+        predictions.extend((p.max(1)..rejected.len()).map(|j| Prediction {
+            row: if j - 1 < p { j - 1 } else { j - 1 + offset },
+            token: rejected[j],
+            weight: 1.0,
+            group: 1,
+        }));
+        let tokens = [&item.chosen[..], &rejected[p.min(rejected.len())..]].concat();
+        Packed {
+            tokens,
+            branch: Some(Branch {
+                shared: p,
+                start: item.chosen.len(),
+            }),
+            predictions,
+        }
+    }
+
+    /// Summed log-probs of the chosen and the rejected answer, in prediction order.
+    fn sums(&self, logps: &[f64]) -> (f64, f64) {
+        let mut sums = (0.0, 0.0);
+        for (p, l) in self.predictions.iter().zip(logps) {
+            match p.group {
+                0 => sums.0 += l,
+                _ => sums.1 += l,
+            }
+        }
+        sums
+    }
+}
+
+/// Metrics of one step (means over its items); the preference ones are absent for SFT.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepMetrics {
+    pub loss: f64,
+    pub reward_chosen: Option<f64>,
+    pub reward_rejected: Option<f64>,
+    pub margin: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub logp_chosen: f64,
+    pub logp_rejected: Option<f64>,
+    /// Before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub tokens: usize,
+}
+
+/// A loss that is not a number, and the batch position of the item that made it.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the loss is {value} on item {index} of the batch")]
+    NonFinite { index: usize, value: f64 },
+    #[error("item {index} is preference data without a rejected answer or reference log-probs")]
+    NotAPair { index: usize },
+    #[error("checkpoint does not fit these adapters: {0}")]
+    Checkpoint(String),
+}
+
+/// The adapters being trained, the optimiser's moments and the steps taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trainer {
+    pub adapters: Adapters,
+    /// One per factor, A then B of each adapter, in slot order.
+    pub moments: Vec<Moments>,
+    /// Steps completed.
+    pub step: u64,
+}
+
+/// How an item scored under the current adapters (no gradient).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemScore {
+    pub loss: f64,
+    /// Chosen minus rejected reward (preference data).
+    pub margin: Option<f64>,
+}
+
+impl Trainer {
+    pub fn new(adapters: Adapters) -> Self {
+        Trainer {
+            adapters,
+            moments: Vec::new(),
+            step: 0,
+        }
+    }
+
+    /// One optimiser step on `batch` (the mean loss over its items).
+    pub fn train_step(
+        &mut self,
+        model: &Model,
+        compute: &Compute,
+        hyper: &Hyper,
+        batch: &[&Item],
+    ) -> Result<StepMetrics, TrainError> {
+        let step = self.step + 1;
+        let lr = hyper.schedule.lr(step);
+        let mut grads = AdapterGrads::default();
+        let mut m = StepMetrics {
+            lr,
+            tokens: batch.iter().map(|i| i.tokens()).sum(),
+            ..StepMetrics::default()
+        };
+        let n = batch.len().max(1) as f64;
+        match hyper.loss {
+            Loss::Sft => {
+                // Token-mean cross-entropy over the batch's answers.
+                let answer_tokens = batch.iter().map(|i| i.answer_tokens()).sum::<usize>();
+                let scale = -1.0 / answer_tokens.max(1) as f64;
+                for (index, item) in batch.iter().enumerate() {
+                    let packed = Packed::of(item);
+                    let (logps, traced) = model.forward_traced(
+                        compute,
+                        &packed.tokens,
+                        None,
+                        &self.adapters,
+                        &packed.predictions,
+                    )?;
+                    let (logp, _) = packed.sums(&logps);
+                    if !logp.is_finite() {
+                        return Err(TrainError::NonFinite { index, value: logp });
+                    }
+                    m.loss += scale * logp;
+                    m.logp_chosen += logp / n;
+                    let g = model.backward_traced(compute, traced, &self.adapters, &[scale])?;
+                    grads.add(&g);
+                }
+            }
+            Loss::Preference(objective) => {
+                let (mut rc, mut rr, mut acc, mut lr_sum) = (0.0, 0.0, 0.0, 0.0);
+                for (index, item) in batch.iter().enumerate() {
+                    let (Some(_), Some(reference)) = (&item.rejected, item.reference) else {
+                        return Err(TrainError::NotAPair { index });
+                    };
+                    let packed = Packed::of(item);
+                    let (logps, traced) = model.forward_traced(
+                        compute,
+                        &packed.tokens,
+                        packed.branch,
+                        &self.adapters,
+                        &packed.predictions,
+                    )?;
+                    let (pc, pr) = packed.sums(&logps);
+                    let loss = pair_loss(
+                        objective,
+                        hyper.beta,
+                        item.label,
+                        PairLogps {
+                            policy_chosen: pc,
+                            policy_rejected: pr,
+                            reference_chosen: reference.0,
+                            reference_rejected: reference.1,
+                        },
+                    );
+                    if !loss.loss.is_finite() {
+                        return Err(TrainError::NonFinite {
+                            index,
+                            value: loss.loss,
+                        });
+                    }
+                    m.loss += loss.loss / n;
+                    rc += loss.reward_chosen / n;
+                    rr += loss.reward_rejected / n;
+                    acc += f64::from(u8::from(loss.reward_chosen > loss.reward_rejected)) / n;
+                    m.logp_chosen += pc / n;
+                    lr_sum += pr / n;
+                    let coefficients = [loss.d_chosen / n, loss.d_rejected / n];
+                    grads.add(&model.backward_traced(
+                        compute,
+                        traced,
+                        &self.adapters,
+                        &coefficients,
+                    )?);
+                }
+                m.reward_chosen = Some(rc);
+                m.reward_rejected = Some(rr);
+                m.margin = Some(rc - rr);
+                m.accuracy = Some(acc);
+                m.logp_rejected = Some(lr_sum);
+            }
+        }
+        let mut slices: Vec<&mut [f32]> = grads
+            .layers
+            .iter_mut()
+            .flatten()
+            .flatten()
+            .flat_map(|g| [g.a.as_mut_slice(), g.b.as_mut_slice()])
+            .collect();
+        let max = if hyper.max_grad_norm > 0.0 {
+            hyper.max_grad_norm
+        } else {
+            f64::INFINITY
+        };
+        m.grad_norm = clip_global_norm(&mut slices, max);
+        super::dpo::apply_update(
+            &mut self.adapters,
+            &grads,
+            &hyper.optimizer,
+            &mut self.moments,
+            step,
+            lr,
+        );
+        self.step = step;
+        Ok(m)
+    }
+
+    /// How `item` scores under the current adapters (forward only).
+    pub fn score_item(
+        &self,
+        model: &Model,
+        compute: &Compute,
+        hyper: &Hyper,
+        item: &Item,
+    ) -> Result<ItemScore, ModelError> {
+        let packed = Packed::of(item);
+        let logps = model.packed_logps(
+            compute,
+            &packed.tokens,
+            packed.branch,
+            Some(&self.adapters),
+            &packed.predictions,
+        )?;
+        let (chosen, rejected) = packed.sums(&logps);
+        match (hyper.loss, &item.rejected, item.reference) {
+            (Loss::Preference(objective), Some(_), Some(reference)) => {
+                let loss = pair_loss(
+                    objective,
+                    hyper.beta,
+                    item.label,
+                    PairLogps {
+                        policy_chosen: chosen,
+                        policy_rejected: rejected,
+                        reference_chosen: reference.0,
+                        reference_rejected: reference.1,
+                    },
+                );
+                Ok(ItemScore {
+                    loss: loss.loss,
+                    margin: Some(loss.margin()),
+                })
+            }
+            _ => Ok(ItemScore {
+                loss: -chosen / item.answer_tokens().max(1) as f64,
+                margin: None,
+            }),
+        }
+    }
+
+    /// The state a checkpoint keeps: step, every factor and its moments, little-endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(CHECKPOINT_MAGIC);
+        out.extend_from_slice(&self.step.to_le_bytes());
+        let factors = self.factors();
+        out.extend_from_slice(&(factors.len() as u64).to_le_bytes());
+        for (i, params) in factors.iter().enumerate() {
+            out.extend_from_slice(&(params.len() as u64).to_le_bytes());
+            let moments = self.moments.get(i);
+            let zeros = vec![0.0f32; params.len()];
+            let m = moments.filter(|m| m.m.len() == params.len());
+            for values in [
+                *params,
+                m.map_or(zeros.as_slice(), |m| &m.m),
+                m.map_or(zeros.as_slice(), |m| &m.v),
+            ] {
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// Restores a state written by [`Trainer::to_bytes`] into adapters of the same shapes.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), TrainError> {
+        let bad = |m: &str| TrainError::Checkpoint(m.to_string());
+        let mut r = Reader { bytes, at: 0 };
+        if r.take(CHECKPOINT_MAGIC.len())
+            .ok_or_else(|| bad("truncated"))?
+            != CHECKPOINT_MAGIC
+        {
+            return Err(bad("not a tenets checkpoint"));
+        }
+        let step = r.u64().ok_or_else(|| bad("truncated"))?;
+        let count = r.u64().ok_or_else(|| bad("truncated"))? as usize;
+        let expected: Vec<usize> = self.factors().iter().map(|f| f.len()).collect();
+        if count != expected.len() {
+            return Err(bad(&format!(
+                "{count} factors stored, {} expected",
+                expected.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(count);
+        for &len in &expected {
+            let stored = r.u64().ok_or_else(|| bad("truncated"))? as usize;
+            if stored != len {
+                return Err(bad(&format!("a factor of {stored} values, {len} expected")));
+            }
+            let mut three = Vec::with_capacity(3);
+            for _ in 0..3 {
+                three.push(r.f32s(len).ok_or_else(|| bad("truncated"))?);
+            }
+            values.push(three);
+        }
+        if r.at != bytes.len() {
+            return Err(bad("trailing bytes"));
+        }
+        let mut moments = Vec::with_capacity(count);
+        let mut it = values.into_iter();
+        for lora in self.adapters.layers.iter_mut().flatten().flatten() {
+            for params in [&mut lora.a, &mut lora.b] {
+                let mut three = it.next().ok_or_else(|| bad("factor count"))?.into_iter();
+                let (p, m, v) = (three.next(), three.next(), three.next());
+                let (Some(p), Some(m), Some(v)) = (p, m, v) else {
+                    return Err(bad("factor values"));
+                };
+                *params = p;
+                moments.push(Moments { m, v });
+            }
+        }
+        self.moments = moments;
+        self.step = step;
+        Ok(())
+    }
+
+    fn factors(&self) -> Vec<&[f32]> {
+        self.adapters
+            .layers
+            .iter()
+            .flatten()
+            .flatten()
+            .flat_map(|l| [l.a.as_slice(), l.b.as_slice()])
+            .collect()
+    }
+}
+
+const CHECKPOINT_MAGIC: &[u8] = b"tenets-ckpt-1\0";
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(out)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn f32s(&mut self, n: usize) -> Option<Vec<f32>> {
+        let raw = self.take(n.checked_mul(4)?)?;
+        Some(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+}
+
+/// The items of step `step` (1-based): `per_step` consecutive draws from a stream of seeded
+/// shuffles of `0..len`, one shuffle per epoch — so any step's batch is known without replaying
+/// the ones before it.
+pub fn batch_indices(len: usize, per_step: usize, step: u64, seed: u64) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if len == 0 {
+        return Vec::new();
+    }
+    let first = (step.saturating_sub(1) as usize) * per_step;
+    let mut out = Vec::with_capacity(per_step);
+    let mut epoch = usize::MAX;
+    let mut order: Vec<usize> = Vec::new();
+    for k in first..first + per_step {
+        if k / len != epoch {
+            epoch = k / len;
+            order = (0..len).collect();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                seed ^ (epoch as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+            order.shuffle(&mut rng);
+        }
+        out.push(order[k % len]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_each_epoch_once_in_a_seeded_order() {
+        let mut seen: Vec<usize> = (1..=5).flat_map(|s| batch_indices(10, 2, s, 7)).collect();
+        assert_ne!(seen, (0..10).collect::<Vec<_>>(), "shuffled");
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(batch_indices(10, 2, 3, 7), batch_indices(10, 2, 3, 7));
+        assert_ne!(
+            batch_indices(10, 4, 3, 7)[..2],
+            batch_indices(10, 4, 3, 8)[..2]
+        );
+        // A step that spans two epochs takes the end of one and the start of the next.
+        let spanning = batch_indices(10, 4, 3, 7);
+        assert_eq!(spanning[..2], batch_indices(10, 2, 5, 7)[..]);
+        assert_eq!(spanning[2..], batch_indices(10, 2, 6, 7)[..]);
+    }
+
+    #[test]
+    fn a_pair_packs_around_its_prompt() {
+        let item = Item {
+            chosen: vec![1, 2, 3, 4, 5],
+            rejected: Some(vec![1, 2, 3, 6, 7, 8]),
+            prompt_len: 3,
+            label: 1.0,
+            reference: None,
+        };
+        let packed = Packed::of(&item);
+        assert_eq!(packed.tokens, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            packed.branch,
+            Some(Branch {
+                shared: 3,
+                start: 5
+            })
+        );
+        let reads: Vec<(usize, u32, usize)> = packed
+            .predictions
+            .iter()
+            .map(|p| (p.row, p.token, p.group))
+            .collect();
+        // Rejected token 6 is predicted from the prompt's last row, 7 and 8 from rows 5 and 6.
+        assert_eq!(
+            reads,
+            vec![(2, 4, 0), (3, 5, 0), (2, 6, 1), (5, 7, 1), (6, 8, 1)]
+        );
+        assert_eq!(packed.sums(&[-1.0, -2.0, -4.0, -8.0, -16.0]), (-3.0, -28.0));
+    }
+
+    #[test]
+    fn loss_names_round_trip() {
+        for name in ["dpo", "ipo", "hinge", "sft"] {
+            assert_eq!(Loss::parse(name).map(Loss::name), Some(name));
+        }
+        assert_eq!(Loss::parse("ppo"), None);
+    }
+}
