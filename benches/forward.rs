@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{best, env_usize};
+use common::{best, env_usize, peak_rss_mib};
 
 use std::path::{Path, PathBuf};
 
@@ -22,16 +22,6 @@ use tenets::engine::{self, batch, EngineConfig};
 use tenets::score::{self, ScoreInput};
 use tenets::train::model::Model;
 use tenets::train::quant::matmul::{Compute, Kernel};
-
-/// Peak resident set size of this process (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 /// Peak RSS of a fresh process that opens the model and scores `n` tokens natively — nothing
 /// else in it (this binary again, with `BENCH_RSS_CHILD` set).

@@ -3,6 +3,8 @@
 //! A YAML [`constitution`] and a [`prompt`] set go in; the [`pipeline`] runs the model through
 //! llama.cpp ([`engine`]) to answer, critique and revise, streaming every step into SQLite
 //! ([`store`]); [`export`] turns the result into DPO/SFT datasets and [`stats`] summarises it.
+//! [`train`] is the native side — GGUF, quantized kernels, the forward and backward, LoRA, the
+//! losses — and `pipeline::train` drives it over a [`dataset`] into adapters.
 //! The binary (`src/main.rs`) is a thin command-line shell over this library.
 
 pub mod chat;

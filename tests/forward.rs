@@ -462,7 +462,7 @@ fn lora_gradients_match_finite_differences() {
 fn a_packed_pair_equals_its_two_sequences() {
     use rand::{Rng, SeedableRng};
     use tenets::train::model::backward::Prediction;
-    use tenets::train::model::{Adapters, Branch, Target};
+    use tenets::train::model::{Adapters, Branch, Layout, Segment, Target};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
@@ -501,10 +501,16 @@ fn a_packed_pair_equals_its_two_sequences() {
         // Packed: prompt, chosen, rejected; the rejected answer's first token read at the
         // prompt's last row.
         let tokens = [&seq_c[..], &rejected].concat();
-        let branch = Some(Branch {
-            shared: p,
-            start: seq_c.len(),
-        });
+        let pair = Segment {
+            len: tokens.len(),
+            branch: Some(Branch {
+                shared: p,
+                start: seq_c.len(),
+            }),
+        };
+        let layout = Layout {
+            segments: vec![pair],
+        };
         let mut predictions: Vec<Prediction> = (p..seq_c.len())
             .map(|i| Prediction {
                 row: i - 1,
@@ -520,7 +526,7 @@ fn a_packed_pair_equals_its_two_sequences() {
             group: 1,
         }));
         let (logps, traced) = model
-            .forward_traced(&compute, &tokens, branch, &adapters, &predictions)
+            .forward_traced(&compute, &tokens, &layout, &adapters, &predictions)
             .unwrap();
         let expected: Vec<f64> = apart_c.logps[p - 1..]
             .iter()
@@ -548,6 +554,36 @@ fn a_packed_pair_equals_its_two_sequences() {
             }
         }
         println!("{arch}: packed vs apart: log-probs within {worst:.1e}, gradients within {diff:.1e} (largest {scale:.2e})");
+
+        // Several sequences in one forward (the trainer's batches) change nothing either: the
+        // pair followed by the chosen sequence alone, to the bit.
+        let both = Layout {
+            segments: vec![
+                pair,
+                Segment {
+                    len: seq_c.len(),
+                    branch: None,
+                },
+            ],
+        };
+        let mut reads = predictions.clone();
+        reads.extend((p..seq_c.len()).map(|i| Prediction {
+            row: tokens.len() + i - 1,
+            token: seq_c[i],
+            weight: 1.0,
+            group: 2,
+        }));
+        let together = model
+            .packed_logps(
+                &compute,
+                &[&tokens[..], &seq_c].concat(),
+                &both,
+                Some(&adapters),
+                &reads,
+            )
+            .unwrap();
+        assert_eq!(together[..logps.len()], logps[..], "{arch}");
+        assert_eq!(together[logps.len()..], apart_c.logps[p - 1..], "{arch}");
         assert!(
             scale > 0.0 && diff <= 1e-3 * scale,
             "{arch}: gradients differ by {diff} of {scale}"
@@ -610,14 +646,16 @@ fn llama_cpp_loads_our_adapters_and_agrees() {
     }
 }
 
-/// DPO end to end on a small model: the first step's loss is exactly ln 2 (fresh adapters are
-/// the reference), and a few AdamW steps on one pair raise the chosen answer over the rejected.
+/// DPO end to end on a small model through the trainer: the first step's loss is exactly ln 2
+/// (fresh adapters are the reference), and a few AdamW steps on one pair raise the chosen answer
+/// over the rejected.
 #[test]
 fn dpo_steps_learn_a_preference() {
     use rand::{Rng, SeedableRng};
-    use tenets::train::dpo::{self, Objective, TokenizedPair};
+    use tenets::train::dpo::Objective;
     use tenets::train::model::{Adapters, Target};
-    use tenets::train::optim::AdamW;
+    use tenets::train::optim::{AdamW, Schedule};
+    use tenets::train::trainer::{self, Hyper, Item, Loss, Trainer};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
@@ -626,33 +664,35 @@ fn dpo_steps_learn_a_preference() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
     let mut draw = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(0..5000)).collect() };
     let prompt = draw(6);
-    let pair = TokenizedPair {
+    let mut item = Item {
         chosen: [prompt.clone(), draw(5)].concat(),
-        rejected: [prompt.clone(), draw(5)].concat(),
+        rejected: Some([prompt.clone(), draw(5)].concat()),
         prompt_len: prompt.len(),
         label: 1.0,
+        reference: None,
     };
-    let reference = (
-        dpo::answer_logp(&model, &compute, None, &pair.chosen, pair.prompt_len).unwrap(),
-        dpo::answer_logp(&model, &compute, None, &pair.rejected, pair.prompt_len).unwrap(),
-    );
-    let mut adapters = Adapters::new(&model, &Target::ALL, 4, 8.0, 3);
-    let (optimizer, mut moments) = (AdamW::default(), Vec::new());
-    let mut losses = Vec::new();
-    for step in 1..=12 {
-        let (loss, grads) = dpo::pair_gradients(
-            &model,
-            &compute,
-            &adapters,
-            &pair,
-            reference,
-            Objective::Dpo,
-            0.5,
-        )
-        .unwrap();
-        losses.push(loss.loss);
-        dpo::apply_update(&mut adapters, &grads, &optimizer, &mut moments, step, 1e-4);
-    }
+    item.reference = Some(trainer::reference_logps(&model, &compute, &[&item]).unwrap()[0]);
+    let hyper = Hyper {
+        loss: Loss::Preference(Objective::Dpo),
+        beta: 0.5,
+        schedule: Schedule {
+            peak: 1e-4,
+            floor: 1e-4,
+            warmup: 0,
+            total: 12,
+        },
+        optimizer: AdamW::default(),
+        max_grad_norm: 0.0,
+    };
+    let mut trainer = Trainer::new(Adapters::new(&model, &Target::ALL, 4, 8.0, 3));
+    let losses: Vec<f64> = (0..12)
+        .map(|_| {
+            trainer
+                .train_step(&model, &compute, &hyper, &[&item])
+                .unwrap()
+                .loss
+        })
+        .collect();
     println!("DPO losses: {losses:.4?}");
     assert_eq!(
         losses[0],
@@ -664,4 +704,8 @@ fn dpo_steps_learn_a_preference() {
         losses.windows(2).filter(|w| w[1] < w[0]).count() >= 9,
         "{losses:?}"
     );
+    // A checkpoint restores the same state.
+    let mut restored = Trainer::new(Adapters::new(&model, &Target::ALL, 4, 8.0, 3));
+    restored.restore(&trainer.to_bytes()).unwrap();
+    assert_eq!(restored, trainer);
 }

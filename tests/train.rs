@@ -13,8 +13,21 @@ use serde_json::Value;
 /// Model runs take every core: tests in this binary take turns.
 static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The 64 pairs trainers are compared on (a copy of `../shared/fixtures/dpo-pairs-64.jsonl`,
+/// kept in the repository so a clean clone tests alone).
 fn fixture() -> PathBuf {
-    common::repo("../shared/fixtures/dpo-pairs-64.jsonl")
+    common::repo("tests/fixtures/dpo-pairs-64.jsonl")
+}
+
+#[test]
+fn the_fixture_is_the_shared_one() {
+    let shared = common::repo("../shared/fixtures/dpo-pairs-64.jsonl");
+    if shared.exists() {
+        assert_eq!(
+            std::fs::read(shared).unwrap(),
+            std::fs::read(fixture()).unwrap()
+        );
+    }
 }
 
 /// The first `n` rows of the fixture, as a file in `dir`.

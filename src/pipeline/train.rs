@@ -154,6 +154,8 @@ pub struct TrainSummary {
     pub tokens_per_second: f64,
     pub seconds_per_example: f64,
     pub reference_computed: usize,
+    /// Time spent computing reference log-probs (once per example and model).
+    pub reference_seconds: f64,
     pub last: Option<TrainStepRecord>,
     pub final_scores: Option<FinalScores>,
     /// Stopped early (Ctrl-C) after saving a checkpoint.
@@ -162,6 +164,22 @@ pub struct TrainSummary {
     pub peft: Option<PathBuf>,
     pub metrics_csv: PathBuf,
     pub plot: Option<PathBuf>,
+    /// The process's peak resident memory (Linux), in MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// This process's peak resident set size (`VmHWM`), in MiB, where the system reports it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 fn setting(message: impl Into<String>) -> PipelineError {
@@ -535,10 +553,12 @@ struct Job {
 impl Job {
     fn run(self, mut items: Vec<Item>) -> Result<TrainSummary, PipelineError> {
         let o = &self.options;
+        let started = Instant::now();
         let reference_computed = match o.loss {
             Loss::Preference(_) => self.references(&mut items)?,
             Loss::Sft => 0,
         };
+        let reference_seconds = started.elapsed().as_secs_f64();
         let adapters = Adapters::new(&self.model, &o.targets, o.rank, o.alpha, o.seed);
         let mut trainer = Trainer::new(adapters);
         let resumed_from = match &self.checkpoint {
@@ -643,6 +663,7 @@ impl Job {
             tokens_per_second: tokens_run as f64 / seconds_run.max(1e-9),
             seconds_per_example: seconds_run / examples_run.max(1) as f64,
             reference_computed,
+            reference_seconds,
             last: last.or_else(|| {
                 self.handle
                     .block_on(self.store.train_steps(&self.run_id))
@@ -655,8 +676,10 @@ impl Job {
             peft: None,
             metrics_csv: csv_path,
             plot: None,
+            peak_rss_mib: None,
         };
         if stopped {
+            summary.peak_rss_mib = peak_rss_mib();
             return Ok(summary);
         }
         let final_scores = match self
@@ -683,6 +706,7 @@ impl Job {
         crate::train::peft::write(&self.model, &trainer.adapters, &peft_dir)
             .map_err(|e| PipelineError::Train(e.to_string()))?;
         summary.peft = Some(peft_dir);
+        summary.peak_rss_mib = peak_rss_mib();
         Ok(summary)
     }
 
@@ -706,10 +730,11 @@ impl Job {
         let bar = progress_bar(self.options.quiet, missing.len() as u64, "reference pairs");
         bar.set_message("base model log-probs, computed once");
         for chunk in missing.chunks(8) {
+            let batch: Vec<&Item> = chunk.iter().map(|&i| &items[i]).collect();
+            let logps = trainer::reference_logps(&self.model, &self.compute, &batch)?;
             let mut rows = Vec::new();
-            for &i in chunk {
+            for (&i, (c, r)) in chunk.iter().zip(logps) {
                 let item = &mut items[i];
-                let (c, r) = trainer::reference_logps(&self.model, &self.compute, item)?;
                 let (kc, kr) = reference_keys(item);
                 rows.push((kc, c));
                 rows.push((kr, r));
@@ -734,14 +759,16 @@ impl Job {
         let bar = progress_bar(self.options.quiet, items.len() as u64, "examples");
         bar.set_message("final evaluation");
         let (mut loss, mut correct, mut margin) = (0.0, 0usize, 0.0);
-        for item in items {
-            let s = trainer.score_item(&self.model, &self.compute, &self.hyper, item)?;
-            loss += s.loss;
-            if let Some(m) = s.margin {
-                margin += m;
-                correct += usize::from(m > 0.0);
+        for chunk in items.chunks(8) {
+            let batch: Vec<&Item> = chunk.iter().collect();
+            for s in trainer.score_items(&self.model, &self.compute, &self.hyper, &batch)? {
+                loss += s.loss;
+                if let Some(m) = s.margin {
+                    margin += m;
+                    correct += usize::from(m > 0.0);
+                }
+                bar.inc(1);
             }
-            bar.inc(1);
         }
         bar.finish_and_clear();
         let n = items.len().max(1) as f64;
@@ -804,8 +831,8 @@ pub fn render(s: &TrainSummary) -> String {
     out.push('\n');
     if s.reference_computed > 0 {
         out.push_str(&format!(
-            "reference log-probs computed for {} example(s) (cached for later runs)\n",
-            s.reference_computed
+            "reference log-probs computed for {} example(s) in {:.1} s (cached for later runs)\n",
+            s.reference_computed, s.reference_seconds
         ));
     }
     if s.steps_run > 0 {
@@ -830,6 +857,9 @@ pub fn render(s: &TrainSummary) -> String {
     }
     if s.stopped {
         out.push_str("stopped: the checkpoint is saved; rerun with --resume to continue\n");
+    }
+    if let Some(mib) = s.peak_rss_mib {
+        out.push_str(&format!("peak memory: {mib:.0} MiB\n"));
     }
     for (what, path) in [
         ("adapter (GGUF)", s.adapter.as_ref()),

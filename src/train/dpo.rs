@@ -9,12 +9,11 @@
 //! - IPO: `(m − (2ℓ−1)/(2β))²` (ℓ = 1 gives IPO's `(m − 1/(2β))²`).
 //! - hinge: `ℓ·max(0, 1 − βm) + (1−ℓ)·max(0, 1 + βm)`.
 //!
-//! [`pair_gradients`] runs a pair through the model (answer tokens only, prompt masked) and turns
-//! the loss's gradient into every adapter factor's; [`apply_update`] takes the AdamW step.
+//! [`super::trainer`] runs pairs through the model and turns these gradients into every adapter
+//! factor's; [`apply_update`] takes the AdamW step.
 
-use super::model::{AdapterGrads, Adapters, Model, ModelError};
+use super::model::{AdapterGrads, Adapters};
 use super::optim::{AdamW, Moments};
-use super::quant::matmul::Compute;
 
 /// Which preference loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,94 +96,6 @@ pub fn pair_loss(objective: Objective, beta: f64, label: f64, logps: PairLogps) 
         reward_chosen: beta * chosen,
         reward_rejected: beta * rejected,
     }
-}
-
-/// One preference pair, tokenized: both full sequences (prompt then answer) and where the
-/// answers begin; `label` is p(chosen ≻ rejected).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenizedPair {
-    pub chosen: Vec<u32>,
-    pub rejected: Vec<u32>,
-    /// Tokens of the shared prompt at the start of both sequences.
-    pub prompt_len: usize,
-    pub label: f64,
-}
-
-/// Per-position weights that sum the log-probs of the answer tokens only (position `i` predicts
-/// token `i + 1`; the prompt is masked).
-fn answer_weights(len: usize, prompt_len: usize, weight: f64) -> Vec<f64> {
-    (0..len.saturating_sub(1))
-        .map(|i| if i + 1 >= prompt_len { weight } else { 0.0 })
-        .collect()
-}
-
-/// The summed log-probability of the answer tokens of `tokens`.
-pub fn answer_logp(
-    model: &Model,
-    compute: &Compute,
-    adapters: Option<&Adapters>,
-    tokens: &[u32],
-    prompt_len: usize,
-) -> Result<f64, ModelError> {
-    let scores = model.score_adapted(compute, tokens, adapters)?;
-    let weights = answer_weights(tokens.len(), prompt_len, 1.0);
-    Ok(scores
-        .iter()
-        .zip(&weights)
-        .map(|(s, w)| s.logprob * w)
-        .sum())
-}
-
-/// A pair's loss under the model with `adapters` against the reference log-probs
-/// `(chosen, rejected)`, and the loss's gradient with respect to every adapter factor.
-pub fn pair_gradients(
-    model: &Model,
-    compute: &Compute,
-    adapters: &Adapters,
-    pair: &TokenizedPair,
-    reference: (f64, f64),
-    objective: Objective,
-    beta: f64,
-) -> Result<(PairLoss, AdapterGrads), ModelError> {
-    let policy_chosen = answer_logp(
-        model,
-        compute,
-        Some(adapters),
-        &pair.chosen,
-        pair.prompt_len,
-    )?;
-    let policy_rejected = answer_logp(
-        model,
-        compute,
-        Some(adapters),
-        &pair.rejected,
-        pair.prompt_len,
-    )?;
-    let loss = pair_loss(
-        objective,
-        beta,
-        pair.label,
-        PairLogps {
-            policy_chosen,
-            policy_rejected,
-            reference_chosen: reference.0,
-            reference_rejected: reference.1,
-        },
-    );
-    // ∂loss/∂θ = d_chosen·∇logp_chosen + d_rejected·∇logp_rejected.
-    let mut grads = AdapterGrads::default();
-    for (tokens, d) in [
-        (&pair.chosen, loss.d_chosen),
-        (&pair.rejected, loss.d_rejected),
-    ] {
-        let weights = answer_weights(tokens.len(), pair.prompt_len, d);
-        grads.add(
-            &model
-                .logprob_gradients(compute, tokens, adapters, &weights)?
-                .grads,
-        );
-    }
-    Ok((loss, grads))
 }
 
 /// One AdamW update of every adapter factor from `grads`; `moments` keeps one entry per factor

@@ -15,7 +15,7 @@
 
 use super::dpo::{pair_loss, Objective, PairLogps};
 use super::model::backward::Prediction;
-use super::model::{AdapterGrads, Adapters, Branch, Model, ModelError};
+use super::model::{AdapterGrads, Adapters, Branch, Layout, Model, ModelError, Segment};
 use super::optim::{clip_global_norm, AdamW, Moments, Schedule};
 use super::quant::matmul::Compute;
 
@@ -86,76 +86,140 @@ impl Item {
     }
 }
 
-/// The base model's answer log-probs for an item: what [`Item::reference`] holds.
+/// Rows computed together in one forward: short examples share every matmul (the weights are
+/// decoded once for all of them), while the activations kept for the backward stay bounded
+/// (about 0.9 MB a row for SmolLM2-135M). An example longer than this runs alone. Measured on
+/// the 64-pair fixture (2 cores): 1 pair a forward 154 tokens/s, 256 rows 157, 512 rows 149 —
+/// past a few hundred rows `dx = dy·W` outgrows the L2 cache.
+pub const FORWARD_ROWS: usize = 256;
+
+/// The base model's answer log-probs for each item: what [`Item::reference`] holds.
 pub fn reference_logps(
     model: &Model,
     compute: &Compute,
-    item: &Item,
-) -> Result<(f64, f64), ModelError> {
-    let packed = Packed::of(item);
-    let logps = model.packed_logps(
-        compute,
-        &packed.tokens,
-        packed.branch,
-        None,
-        &packed.predictions,
-    )?;
-    Ok(packed.sums(&logps))
+    items: &[&Item],
+) -> Result<Vec<(f64, f64)>, ModelError> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in forward_chunks(items) {
+        let packed = Packed::of(chunk);
+        let logps = model.packed_logps(
+            compute,
+            &packed.tokens,
+            &packed.layout,
+            None,
+            &packed.predictions,
+        )?;
+        out.extend(packed.sums(&logps));
+    }
+    Ok(out)
 }
 
-/// An item as the model sees it: one sequence (a pair packed around its shared prompt) and the
-/// predictions of each answer's tokens (group 0: chosen, group 1: rejected).
+/// Consecutive runs of items of at most [`FORWARD_ROWS`] rows (one item when it alone is more).
+fn forward_chunks<'a, 'b>(items: &'b [&'a Item]) -> Vec<&'b [&'a Item]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut rows) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let r = item.packed_rows();
+        if i > start && rows + r > FORWARD_ROWS {
+            chunks.push(&items[start..i]);
+            (start, rows) = (i, 0);
+        }
+        rows += r;
+    }
+    if start < items.len() {
+        chunks.push(&items[start..]);
+    }
+    chunks
+}
+
+/// Items as the model sees them: one sequence per item (a pair packed around its shared
+/// prompt), laid out together, and the predictions of each answer's tokens — item `i`'s chosen
+/// answer is group `2i`, its rejected answer group `2i + 1`.
 struct Packed {
     tokens: Vec<u32>,
-    branch: Option<Branch>,
+    layout: Layout,
     predictions: Vec<Prediction>,
+    items: usize,
+}
+
+impl Item {
+    /// Rows of the item's packed sequence.
+    fn packed_rows(&self) -> usize {
+        self.chosen.len()
+            + self
+                .rejected
+                .as_ref()
+                .map_or(0, |r| r.len().saturating_sub(self.prompt_len))
+    }
 }
 
 impl Packed {
-    fn of(item: &Item) -> Self {
-        let p = item.prompt_len;
-        let mut predictions: Vec<Prediction> = (p.max(1)..item.chosen.len())
-            .map(|i| Prediction {
-                row: i - 1,
+    fn of(items: &[&Item]) -> Self {
+        Self::of_answers(items, true)
+    }
+
+    /// With `rejected` false, only the chosen answers (SFT).
+    fn of_answers(items: &[&Item], rejected: bool) -> Self {
+        let mut packed = Packed {
+            tokens: Vec::new(),
+            layout: Layout {
+                segments: Vec::new(),
+            },
+            predictions: Vec::new(),
+            items: items.len(),
+        };
+        for (i, item) in items.iter().enumerate() {
+            packed.push(item, 2 * i, rejected);
+        }
+        packed
+    }
+
+    fn push(&mut self, item: &Item, group: usize, with_rejected: bool) {
+        let (base, p) = (self.tokens.len(), item.prompt_len);
+        self.predictions
+            .extend((p.max(1)..item.chosen.len()).map(|i| Prediction {
+                row: base + i - 1,
                 token: item.chosen[i],
                 weight: 1.0,
-                group: 0,
-            })
-            .collect();
-        let Some(rejected) = &item.rejected else {
-            return Packed {
-                tokens: item.chosen.clone(),
+                group,
+            }));
+        self.tokens.extend_from_slice(&item.chosen);
+        let Some(rejected) = item.rejected.as_ref().filter(|_| with_rejected) else {
+            self.layout.segments.push(Segment {
+                len: item.chosen.len(),
                 branch: None,
-                predictions,
-            };
+            });
+            return;
         };
         // The rejected answer follows the chosen one; its first token is predicted from the
         // prompt's last row, the rest from its own rows.
         let offset = item.chosen.len() - p;
-        predictions.extend((p.max(1)..rejected.len()).map(|j| Prediction {
-            row: if j - 1 < p { j - 1 } else { j - 1 + offset },
-            token: rejected[j],
-            weight: 1.0,
-            group: 1,
-        }));
-        let tokens = [&item.chosen[..], &rejected[p.min(rejected.len())..]].concat();
-        Packed {
-            tokens,
+        self.predictions
+            .extend((p.max(1)..rejected.len()).map(|j| Prediction {
+                row: base + if j - 1 < p { j - 1 } else { j - 1 + offset },
+                token: rejected[j],
+                weight: 1.0,
+                group: group + 1,
+            }));
+        self.tokens
+            .extend_from_slice(&rejected[p.min(rejected.len())..]);
+        self.layout.segments.push(Segment {
+            len: self.tokens.len() - base,
             branch: Some(Branch {
                 shared: p,
                 start: item.chosen.len(),
             }),
-            predictions,
-        }
+        });
     }
 
-    /// Summed log-probs of the chosen and the rejected answer, in prediction order.
-    fn sums(&self, logps: &[f64]) -> (f64, f64) {
-        let mut sums = (0.0, 0.0);
+    /// Each item's summed log-probs of its chosen and rejected answer, in prediction order.
+    fn sums(&self, logps: &[f64]) -> Vec<(f64, f64)> {
+        let mut sums = vec![(0.0, 0.0); self.items];
         for (p, l) in self.predictions.iter().zip(logps) {
-            match p.group {
-                0 => sums.0 += l,
-                _ => sums.1 += l,
+            let s = &mut sums[p.group / 2];
+            match p.group % 2 {
+                0 => s.0 += l,
+                _ => s.1 += l,
             }
         }
         sums
@@ -235,46 +299,34 @@ impl Trainer {
             ..StepMetrics::default()
         };
         let n = batch.len().max(1) as f64;
-        match hyper.loss {
-            Loss::Sft => {
-                // Token-mean cross-entropy over the batch's answers.
-                let answer_tokens = batch.iter().map(|i| i.answer_tokens()).sum::<usize>();
-                let scale = -1.0 / answer_tokens.max(1) as f64;
-                for (index, item) in batch.iter().enumerate() {
-                    let packed = Packed::of(item);
-                    let (logps, traced) = model.forward_traced(
-                        compute,
-                        &packed.tokens,
-                        None,
-                        &self.adapters,
-                        &packed.predictions,
-                    )?;
-                    let (logp, _) = packed.sums(&logps);
-                    if !logp.is_finite() {
-                        return Err(TrainError::NonFinite { index, value: logp });
-                    }
-                    m.loss += scale * logp;
-                    m.logp_chosen += logp / n;
-                    let g = model.backward_traced(compute, traced, &self.adapters, &[scale])?;
-                    grads.add(&g);
-                }
+        let pairs = matches!(hyper.loss, Loss::Preference(_));
+        if pairs {
+            if let Some(index) = batch
+                .iter()
+                .position(|i| i.rejected.is_none() || i.reference.is_none())
+            {
+                return Err(TrainError::NotAPair { index });
             }
-            Loss::Preference(objective) => {
-                let (mut rc, mut rr, mut acc, mut lr_sum) = (0.0, 0.0, 0.0, 0.0);
-                for (index, item) in batch.iter().enumerate() {
-                    let (Some(_), Some(reference)) = (&item.rejected, item.reference) else {
-                        return Err(TrainError::NotAPair { index });
-                    };
-                    let packed = Packed::of(item);
-                    let (logps, traced) = model.forward_traced(
-                        compute,
-                        &packed.tokens,
-                        packed.branch,
-                        &self.adapters,
-                        &packed.predictions,
-                    )?;
-                    let (pc, pr) = packed.sums(&logps);
-                    let loss = pair_loss(
+        }
+        // SFT: the token-mean cross-entropy over the batch's answers.
+        let answer_tokens = batch.iter().map(|i| i.answer_tokens()).sum::<usize>();
+        let sft_scale = -1.0 / answer_tokens.max(1) as f64;
+        let (mut rc, mut rr, mut acc, mut logp_r) = (0.0, 0.0, 0.0, 0.0);
+        let mut first = 0;
+        for chunk in forward_chunks(batch) {
+            let packed = Packed::of_answers(chunk, pairs);
+            let (logps, traced) = model.forward_traced(
+                compute,
+                &packed.tokens,
+                &packed.layout,
+                &self.adapters,
+                &packed.predictions,
+            )?;
+            let mut coefficients = vec![0.0; 2 * chunk.len()];
+            for (i, (item, (pc, pr))) in chunk.iter().zip(packed.sums(&logps)).enumerate() {
+                let index = first + i;
+                let loss = match (hyper.loss, item.reference) {
+                    (Loss::Preference(objective), Some(reference)) => pair_loss(
                         objective,
                         hyper.beta,
                         item.label,
@@ -284,33 +336,41 @@ impl Trainer {
                             reference_chosen: reference.0,
                             reference_rejected: reference.1,
                         },
-                    );
-                    if !loss.loss.is_finite() {
-                        return Err(TrainError::NonFinite {
-                            index,
-                            value: loss.loss,
-                        });
+                    ),
+                    _ => {
+                        if !pc.is_finite() {
+                            return Err(TrainError::NonFinite { index, value: pc });
+                        }
+                        m.loss += sft_scale * pc;
+                        m.logp_chosen += pc / n;
+                        coefficients[2 * i] = sft_scale;
+                        continue;
                     }
-                    m.loss += loss.loss / n;
-                    rc += loss.reward_chosen / n;
-                    rr += loss.reward_rejected / n;
-                    acc += f64::from(u8::from(loss.reward_chosen > loss.reward_rejected)) / n;
-                    m.logp_chosen += pc / n;
-                    lr_sum += pr / n;
-                    let coefficients = [loss.d_chosen / n, loss.d_rejected / n];
-                    grads.add(&model.backward_traced(
-                        compute,
-                        traced,
-                        &self.adapters,
-                        &coefficients,
-                    )?);
+                };
+                if !loss.loss.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        index,
+                        value: loss.loss,
+                    });
                 }
-                m.reward_chosen = Some(rc);
-                m.reward_rejected = Some(rr);
-                m.margin = Some(rc - rr);
-                m.accuracy = Some(acc);
-                m.logp_rejected = Some(lr_sum);
+                m.loss += loss.loss / n;
+                rc += loss.reward_chosen / n;
+                rr += loss.reward_rejected / n;
+                acc += f64::from(u8::from(loss.reward_chosen > loss.reward_rejected)) / n;
+                m.logp_chosen += pc / n;
+                logp_r += pr / n;
+                coefficients[2 * i] = loss.d_chosen / n;
+                coefficients[2 * i + 1] = loss.d_rejected / n;
             }
+            grads.add(&model.backward_traced(compute, traced, &self.adapters, &coefficients)?);
+            first += chunk.len();
+        }
+        if pairs {
+            m.reward_chosen = Some(rc);
+            m.reward_rejected = Some(rr);
+            m.margin = Some(rc - rr);
+            m.accuracy = Some(acc);
+            m.logp_rejected = Some(logp_r);
         }
         let mut slices: Vec<&mut [f32]> = grads
             .layers
@@ -337,46 +397,52 @@ impl Trainer {
         Ok(m)
     }
 
-    /// How `item` scores under the current adapters (forward only).
-    pub fn score_item(
+    /// How each item scores under the current adapters (forward only).
+    pub fn score_items(
         &self,
         model: &Model,
         compute: &Compute,
         hyper: &Hyper,
-        item: &Item,
-    ) -> Result<ItemScore, ModelError> {
-        let packed = Packed::of(item);
-        let logps = model.packed_logps(
-            compute,
-            &packed.tokens,
-            packed.branch,
-            Some(&self.adapters),
-            &packed.predictions,
-        )?;
-        let (chosen, rejected) = packed.sums(&logps);
-        match (hyper.loss, &item.rejected, item.reference) {
-            (Loss::Preference(objective), Some(_), Some(reference)) => {
-                let loss = pair_loss(
-                    objective,
-                    hyper.beta,
-                    item.label,
-                    PairLogps {
-                        policy_chosen: chosen,
-                        policy_rejected: rejected,
-                        reference_chosen: reference.0,
-                        reference_rejected: reference.1,
+        items: &[&Item],
+    ) -> Result<Vec<ItemScore>, ModelError> {
+        let pairs = matches!(hyper.loss, Loss::Preference(_));
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in forward_chunks(items) {
+            let packed = Packed::of_answers(chunk, pairs);
+            let logps = model.packed_logps(
+                compute,
+                &packed.tokens,
+                &packed.layout,
+                Some(&self.adapters),
+                &packed.predictions,
+            )?;
+            for (item, (chosen, rejected)) in chunk.iter().zip(packed.sums(&logps)) {
+                out.push(match (hyper.loss, item.reference) {
+                    (Loss::Preference(objective), Some(reference)) => {
+                        let loss = pair_loss(
+                            objective,
+                            hyper.beta,
+                            item.label,
+                            PairLogps {
+                                policy_chosen: chosen,
+                                policy_rejected: rejected,
+                                reference_chosen: reference.0,
+                                reference_rejected: reference.1,
+                            },
+                        );
+                        ItemScore {
+                            loss: loss.loss,
+                            margin: Some(loss.margin()),
+                        }
+                    }
+                    _ => ItemScore {
+                        loss: -chosen / item.answer_tokens().max(1) as f64,
+                        margin: None,
                     },
-                );
-                Ok(ItemScore {
-                    loss: loss.loss,
-                    margin: Some(loss.margin()),
-                })
+                });
             }
-            _ => Ok(ItemScore {
-                loss: -chosen / item.answer_tokens().max(1) as f64,
-                margin: None,
-            }),
         }
+        Ok(out)
     }
 
     /// The state a checkpoint keeps: step, every factor and its moments, little-endian.
@@ -550,26 +616,52 @@ mod tests {
             label: 1.0,
             reference: None,
         };
-        let packed = Packed::of(&item);
-        assert_eq!(packed.tokens, vec![1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(
-            packed.branch,
-            Some(Branch {
+        let sft = Item {
+            rejected: None,
+            ..item.clone()
+        };
+        let packed = Packed::of(&[&item, &sft]);
+        assert_eq!(packed.tokens, vec![1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5]);
+        let pair = Segment {
+            len: 8,
+            branch: Some(Branch {
                 shared: 3,
-                start: 5
-            })
-        );
+                start: 5,
+            }),
+        };
+        let alone = Segment {
+            len: 5,
+            branch: None,
+        };
+        assert_eq!(packed.layout.segments, vec![pair, alone]);
         let reads: Vec<(usize, u32, usize)> = packed
             .predictions
             .iter()
             .map(|p| (p.row, p.token, p.group))
             .collect();
-        // Rejected token 6 is predicted from the prompt's last row, 7 and 8 from rows 5 and 6.
-        assert_eq!(
-            reads,
-            vec![(2, 4, 0), (3, 5, 0), (2, 6, 1), (5, 7, 1), (6, 8, 1)]
-        );
-        assert_eq!(packed.sums(&[-1.0, -2.0, -4.0, -8.0, -16.0]), (-3.0, -28.0));
+        // Rejected token 6 is predicted from the prompt's last row, 7 and 8 from rows 5 and 6;
+        // the second item's rows start at 8.
+        let expected = vec![
+            (2, 4, 0),
+            (3, 5, 0),
+            (2, 6, 1),
+            (5, 7, 1),
+            (6, 8, 1),
+            (10, 4, 2),
+            (11, 5, 2),
+        ];
+        assert_eq!(reads, expected);
+        let logps = [-1.0, -2.0, -4.0, -8.0, -16.0, -32.0, -64.0];
+        assert_eq!(packed.sums(&logps), vec![(-3.0, -28.0), (-96.0, 0.0)]);
+        assert_eq!(item.packed_rows(), 8);
+        // Batches split where a forward would pass its rows.
+        let long = Item {
+            chosen: vec![1; FORWARD_ROWS - 4],
+            ..sft.clone()
+        };
+        let batch = [&item, &long, &sft, &sft];
+        let sizes: Vec<usize> = forward_chunks(&batch).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![1, 1, 2]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! LoRA factors — through the output head, the final norm and every layer in reverse, each op's
 //! backward from [`super::ops`], each frozen weight's through `dx = dy·W` on its stored blocks.
 
-use super::{ops, rope_table, Branch, Model, ModelError, Weight};
+use super::{ops, rope_table, Layout, Model, ModelError, Segment, Weight};
 use crate::train::lora::{Lora, LoraGrads};
 use crate::train::quant::matmul::Compute;
 
@@ -123,9 +123,16 @@ impl AdapterGrads {
 /// prediction's row and token checked.
 fn rows_needed(
     tokens: &[u32],
+    layout: &Layout,
     predictions: &[Prediction],
     vocab: usize,
-) -> Result<usize, ModelError> {
+) -> Result<Layout, ModelError> {
+    if layout.rows() != tokens.len() {
+        return Err(ModelError::Layout {
+            rows: layout.rows(),
+            tokens: tokens.len(),
+        });
+    }
     if let Some(p) = predictions.iter().find(|p| p.token as usize >= vocab) {
         return Err(ModelError::Token {
             token: p.token,
@@ -134,12 +141,25 @@ fn rows_needed(
     }
     let last = predictions.iter().map(|p| p.row).max().unwrap_or(0);
     if last >= tokens.len() {
-        return Err(ModelError::Unsupported {
-            path: std::path::PathBuf::new(),
-            what: format!("a prediction reads row {last} of {} tokens", tokens.len()),
+        return Err(ModelError::Layout {
+            rows: last + 1,
+            tokens: tokens.len(),
         });
     }
-    Ok(last + 1)
+    // Rows after the last one read change nothing before them (attention is causal): cut them.
+    let mut segments = Vec::new();
+    let mut left = last + 1;
+    for s in &layout.segments {
+        if left == 0 {
+            break;
+        }
+        segments.push(Segment {
+            len: s.len.min(left),
+            branch: s.branch,
+        });
+        left -= s.len.min(left);
+    }
+    Ok(Layout { segments })
 }
 
 /// What the forward keeps for the backward.
@@ -215,8 +235,7 @@ pub struct Prediction {
 /// of that group's objective with respect to the final hidden states.
 pub struct Traced {
     trace: Trace,
-    rows: usize,
-    branch: Option<Branch>,
+    layout: Layout,
     head_grads: Vec<Vec<f32>>,
 }
 
@@ -257,7 +276,8 @@ impl Model {
                 grads: AdapterGrads::default(),
             });
         }
-        self.packed_gradients(compute, tokens, None, adapters, &predictions)
+        let layout = Layout::single(tokens.len());
+        self.packed_gradients(compute, tokens, &layout, adapters, &predictions)
     }
 
     /// The log-probability of each prediction under the model with `adapters` (forward only;
@@ -266,29 +286,31 @@ impl Model {
         &self,
         compute: &Compute,
         tokens: &[u32],
-        branch: Option<Branch>,
+        layout: &Layout,
         adapters: Option<&Adapters>,
         predictions: &[Prediction],
     ) -> Result<Vec<f64>, ModelError> {
-        let n = rows_needed(tokens, predictions, self.config.vocab)?;
-        let hidden = self.run_packed(compute, &tokens[..n], branch, adapters, None)?;
+        let layout = rows_needed(tokens, layout, predictions, self.config.vocab)?;
+        let n = layout.rows();
+        let hidden = self.run_packed(compute, &tokens[..n], &layout, adapters, None)?;
         Ok(self.head(compute, &hidden, predictions, 0)?.0)
     }
 
-    /// Log-probabilities of `predictions` over `tokens` (which may pack two continuations of a
-    /// prefix, see [`Branch`]) and the gradient of `Σ weight · logp` with respect to every
-    /// adapter factor. Only the rows predictions read go through the output head.
+    /// Log-probabilities of `predictions` over `tokens` (rows laid out by `layout`: several
+    /// sequences, each maybe a packed pair, see [`super::Branch`]) and the gradient of
+    /// `Σ weight · logp` with respect to every adapter factor. Only the rows predictions read go
+    /// through the output head.
     pub fn packed_gradients(
         &self,
         compute: &Compute,
         tokens: &[u32],
-        branch: Option<Branch>,
+        layout: &Layout,
         adapters: &Adapters,
         predictions: &[Prediction],
     ) -> Result<LogprobGradients, ModelError> {
         let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
         let (logps, traced) =
-            self.forward_traced(compute, tokens, branch, adapters, predictions)?;
+            self.forward_traced(compute, tokens, layout, adapters, predictions)?;
         let grads = self.backward_traced(compute, traced, adapters, &vec![1.0; groups])?;
         Ok(LogprobGradients { logps, grads })
     }
@@ -299,17 +321,18 @@ impl Model {
         &self,
         compute: &Compute,
         tokens: &[u32],
-        branch: Option<Branch>,
+        layout: &Layout,
         adapters: &Adapters,
         predictions: &[Prediction],
     ) -> Result<(Vec<f64>, Traced), ModelError> {
-        let n = rows_needed(tokens, predictions, self.config.vocab)?;
+        let layout = rows_needed(tokens, layout, predictions, self.config.vocab)?;
+        let n = layout.rows();
         let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
         let mut trace = Trace::default();
         let hidden = self.run_packed(
             compute,
             &tokens[..n],
-            branch,
+            &layout,
             Some(adapters),
             Some(&mut trace),
         )?;
@@ -318,8 +341,7 @@ impl Model {
             logps,
             Traced {
                 trace,
-                rows: n,
-                branch,
+                layout,
                 head_grads,
             },
         ))
@@ -338,10 +360,10 @@ impl Model {
         let e = c.embedding;
         let Traced {
             trace,
-            rows: n,
-            branch,
+            layout,
             head_grads,
         } = traced;
+        let n = layout.rows();
         let mut dh = vec![0.0f32; n * e];
         for (g, &k) in head_grads.iter().zip(coefficients) {
             let k = k as f32;
@@ -357,7 +379,7 @@ impl Model {
             &dh,
             &mut scratch,
         );
-        let tables = self.rope_tables(n, branch);
+        let tables = self.rope_tables(&layout.positions());
         let mut grads = AdapterGrads {
             layers: (0..self.layers.len()).map(|_| Default::default()).collect(),
         };
@@ -414,14 +436,8 @@ impl Model {
             };
             let mut d_att = self.linear_backward(compute, &d_o, &layer.o)?;
             lora_back(Target::O, &t.att, &d_o, &mut d_att)?;
-            let ops::AttentionGrads { mut dq, mut dk, dv } = ops::attention_backward(
-                compute,
-                &t.q,
-                &t.k,
-                &t.v,
-                &d_att,
-                self.attention_shape(l, n, branch),
-            )?;
+            let ops::AttentionGrads { mut dq, mut dk, dv } =
+                self.attend_backward(compute, l, t, &d_att, &layout)?;
             let table = rope_table(&tables, c.rope_base_of(l));
             ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
             ops::rope_backward(&mut dk, c.kv_heads, c.head_dim, table, c.rope_layout);
@@ -528,6 +544,39 @@ impl Model {
             }
         }
         Ok((logps, dh))
+    }
+
+    /// Backward of [`Model::attend`]: each sequence of `layout` apart.
+    fn attend_backward(
+        &self,
+        compute: &Compute,
+        layer: usize,
+        t: &LayerTrace,
+        d_att: &[f32],
+        layout: &Layout,
+    ) -> Result<ops::AttentionGrads, ModelError> {
+        let c = &self.config;
+        let (qw, kw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let mut all = ops::AttentionGrads {
+            dq: Vec::with_capacity(t.q.len()),
+            dk: Vec::with_capacity(t.k.len()),
+            dv: Vec::with_capacity(t.v.len()),
+        };
+        for (start, seg) in layout.spans() {
+            let end = start + seg.len;
+            let g = ops::attention_backward(
+                compute,
+                &t.q[start * qw..end * qw],
+                &t.k[start * kw..end * kw],
+                &t.v[start * kw..end * kw],
+                &d_att[start * qw..end * qw],
+                self.attention_shape(layer, seg.len, seg.branch),
+            )?;
+            all.dq.extend(g.dq);
+            all.dk.extend(g.dk);
+            all.dv.extend(g.dv);
+        }
+        Ok(all)
     }
 
     /// `dx = dy · W` through a frozen weight.

@@ -17,8 +17,8 @@ use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
 use backward::LayerTrace;
 pub use backward::{AdapterGrads, Adapters, LogprobGradients, Target, Trace, TARGETS};
 pub use config::{Activation, Architecture, Config, RopeLayout};
-pub use ops::Branch;
 use ops::{AttentionShape, RopeTable};
+pub use ops::{Branch, Layout, Segment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -37,6 +37,8 @@ pub enum ModelError {
     },
     #[error("{path}: unsupported {what}")]
     Unsupported { path: PathBuf, what: String },
+    #[error("a layout of {rows} rows over {tokens} tokens")]
+    Layout { rows: usize, tokens: usize },
     #[error("token {token} is outside the vocabulary of {vocab}")]
     Token { token: u32, vocab: usize },
     #[error(transparent)]
@@ -201,22 +203,35 @@ impl Model {
         adapters: Option<&Adapters>,
         trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>, ModelError> {
-        self.run_packed(compute, tokens, None, adapters, trace)
+        self.run_packed(
+            compute,
+            tokens,
+            &Layout::single(tokens.len()),
+            adapters,
+            trace,
+        )
     }
 
-    /// [`Model::run`] over a sequence that may pack two continuations of one prefix.
+    /// [`Model::run`] over rows laid out as several sequences, each of which may pack two
+    /// continuations of one prefix.
     pub(crate) fn run_packed(
         &self,
         compute: &Compute,
         tokens: &[u32],
-        branch: Option<Branch>,
+        layout: &Layout,
         adapters: Option<&Adapters>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (n, e) = (tokens.len(), c.embedding);
+        if layout.rows() != n {
+            return Err(ModelError::Layout {
+                rows: layout.rows(),
+                tokens: n,
+            });
+        }
         let mut x = self.embed_tokens(tokens)?;
-        let tables = self.rope_tables(n, branch);
+        let tables = self.rope_tables(&layout.positions());
         let mut h = vec![0.0; n * e];
         for (l, layer) in self.layers.iter().enumerate() {
             let lora = |t: Target| adapters.and_then(|a| a.get(l, t));
@@ -238,8 +253,7 @@ impl Model {
             let table = rope_table(&tables, c.rope_base_of(l));
             ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
             ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
-            let shape = self.attention_shape(l, n, branch);
-            let att = ops::attention(compute, &q, &k, &v, shape)?;
+            let att = self.attend(compute, l, &q, &k, &v, layout)?;
             let mut o = self.projection(compute, &att, &layer.o, lora(Target::O), &mut z)?;
             let o_pre = (trace.is_some() && layer.post_attn_norm.is_some()).then(|| o.clone());
             if let Some(post) = &layer.post_attn_norm {
@@ -288,14 +302,14 @@ impl Model {
     }
 
     /// One RoPE table per distinct base (Gemma 3's local and global layers differ).
-    fn rope_tables(&self, n: usize, branch: Option<Branch>) -> Vec<(f32, RopeTable)> {
+    fn rope_tables(&self, positions: &[usize]) -> Vec<(f32, RopeTable)> {
         let c = &self.config;
         let mut tables: Vec<(f32, RopeTable)> = Vec::new();
         for l in 0..c.layers {
             let base = c.rope_base_of(l);
             if !tables.iter().any(|(b, _)| *b == base) {
-                let positions = (0..n).map(|t| branch.map_or(t, |b| b.position(t)));
-                let table = RopeTable::at(positions, c.rope_dims, base, c.rope_scale);
+                let rows = positions.iter().copied();
+                let table = RopeTable::at(rows, c.rope_dims, base, c.rope_scale);
                 tables.push((base, table));
             }
         }
@@ -318,6 +332,33 @@ impl Model {
             window: c.window_of(layer),
             branch,
         }
+    }
+
+    /// Attention of layer `layer` over each sequence of `layout` apart.
+    fn attend(
+        &self,
+        compute: &Compute,
+        layer: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        layout: &Layout,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let (qw, kw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let mut out = Vec::with_capacity(q.len());
+        for (start, seg) in layout.spans() {
+            let end = start + seg.len;
+            let shape = self.attention_shape(layer, seg.len, seg.branch);
+            out.extend(ops::attention(
+                compute,
+                &q[start * qw..end * qw],
+                &k[start * kw..end * kw],
+                &v[start * kw..end * kw],
+                shape,
+            )?);
+        }
+        Ok(out)
     }
 
     /// `x · Wᵀ`, plus the adapter's update when there is one (its `z` kept in `z`).

@@ -280,6 +280,51 @@ impl Branch {
     }
 }
 
+/// One independent sequence among the rows of a forward: it attends only within itself, its
+/// positions start at 0, and it may pack a pair of continuations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub len: usize,
+    pub branch: Option<Branch>,
+}
+
+/// How the rows of one forward divide into sequences: several examples computed together share
+/// every matmul (wider, so the weights are decoded once for all of them) and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub segments: Vec<Segment>,
+}
+
+impl Layout {
+    /// One causal sequence of `len` rows.
+    pub fn single(len: usize) -> Self {
+        Layout {
+            segments: vec![Segment { len, branch: None }],
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Each row's position (for RoPE).
+    pub fn positions(&self) -> Vec<usize> {
+        self.segments
+            .iter()
+            .flat_map(|s| (0..s.len).map(move |t| s.branch.map_or(t, |b| b.position(t))))
+            .collect()
+    }
+
+    /// Each segment with the row it starts at.
+    pub fn spans(&self) -> impl Iterator<Item = (usize, &Segment)> {
+        self.segments.iter().scan(0, |start, s| {
+            let at = *start;
+            *start += s.len;
+            Some((at, s))
+        })
+    }
+}
+
 /// Shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {

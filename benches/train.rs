@@ -1,0 +1,180 @@
+//! The embedded trainer on issue 5's measurement: the shared 64-pair fixture (TRL conversational
+//! format), the default model, LoRA r=8 / alpha 16 on all seven projections, batch 4, max length
+//! 256, DPO. Measured in one run:
+//!
+//! - tenets: `tenets train` for `BENCH_STEPS` steps (default 16, one epoch) in a child process on
+//!   a fresh state database: real tokens/s (tokens of the chosen and rejected sequences, prompt
+//!   counted in both, as TRL counts non-padding tokens), seconds per pair, peak RSS; the one-time
+//!   reference pass (cached for later runs) apart, and a whole-command figure that includes it;
+//! - anchor, always: llama.cpp scoring the same conversations (forward with logits at every
+//!   position, no training) with the same threads — how fast this machine is right now;
+//! - TRL, when `BENCH_TRL_PYTHON` names a Python with torch, transformers, peft and trl:
+//!   `benches/anchors/trl_dpo.py` on the same data and settings (`BENCH_TRL_STEPS`, default 6).
+//!
+//! Run: `cargo bench --bench train` (env: BENCH_THREADS = all cores).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use common::env_usize;
+use serde_json::Value;
+use tenets::chat::Message;
+use tenets::engine::{self, EngineConfig};
+use tenets::score::{self, ScoreInput};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dpo-pairs-64.jsonl")
+}
+
+/// The chosen and rejected conversations of every pair.
+fn conversations() -> Vec<Vec<Message>> {
+    let text = std::fs::read_to_string(fixture()).expect("fixture");
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let row: Value = serde_json::from_str(line).expect("fixture row");
+        let prompt: Vec<Message> = serde_json::from_value(row["prompt"].clone()).expect("prompt");
+        for answer in ["chosen", "rejected"] {
+            let tail: Vec<Message> = serde_json::from_value(row[answer].clone()).expect("answer");
+            out.push(prompt.iter().chain(&tail).cloned().collect());
+        }
+    }
+    out
+}
+
+/// llama.cpp scoring every conversation: (tokens, seconds).
+fn llama_anchor(model: &std::path::Path, threads: usize) -> (usize, f64) {
+    let config = EngineConfig {
+        threads,
+        ..EngineConfig::new(model)
+    };
+    let llama = engine::load_model(&config).expect("llama.cpp model");
+    let sequences: Vec<Vec<llama_cpp_2::token::LlamaToken>> = conversations()
+        .into_iter()
+        .map(|c| {
+            score::tokenize(&llama, &ScoreInput::Chat(c))
+                .expect("tokenize")
+                .into_iter()
+                .map(|t| llama_cpp_2::token::LlamaToken(t as i32))
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let mut tokens = 0;
+    for s in &sequences {
+        engine::score::score_tokens(&llama, &config, s).expect("llama.cpp score");
+        tokens += s.len();
+    }
+    (tokens, started.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let model = tenets::models::default_model_path();
+    assert!(model.exists(), "run scripts/fetch-model first");
+    let threads = env_usize("BENCH_THREADS", engine::default_threads());
+    let steps = env_usize("BENCH_STEPS", 16);
+    println!("train bench: {} threads, {steps} steps, 64 pairs", threads);
+
+    let (anchor_tokens, anchor_seconds) = llama_anchor(&model, threads);
+    let anchor_rate = anchor_tokens as f64 / anchor_seconds;
+    println!(
+        "anchor  llama.cpp forward (all logits) over the same conversations: {anchor_rate:.1} tokens/s"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("bench.gguf");
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .arg("train")
+        .arg("--model")
+        .arg(&model)
+        .arg("--data")
+        .arg(fixture())
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--quiet",
+            "--json",
+            "--no-final-eval",
+            "--max-length",
+            "256",
+        ])
+        .args(["--batch", "4", "--rank", "8", "--alpha", "16"])
+        .args([
+            "--steps",
+            &steps.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .expect("tenets train");
+    let wall = started.elapsed().as_secs_f64();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let s: Value = serde_json::from_slice(&output.stdout).expect("summary");
+    let rate = s["tokens_per_second"].as_f64().unwrap_or(f64::NAN);
+    let per_pair = s["seconds_per_example"].as_f64().unwrap_or(f64::NAN);
+    let reference = s["reference_seconds"].as_f64().unwrap_or(f64::NAN);
+    let rss = s["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+    let steps_run = s["steps_run"].as_f64().unwrap_or(f64::NAN);
+    let trained_tokens = rate * per_pair * 4.0 * steps_run;
+    println!(
+        "tenets  train: {rate:.1} real tokens/s, {per_pair:.2} s/pair, peak RSS {rss:.0} MiB; \
+         reference pass {reference:.1} s once; whole command {wall:.1} s \
+         ({:.1} tokens/s counting the reference pass and loading)",
+        trained_tokens / wall
+    );
+    println!(
+        "ratio   training / llama.cpp forward on this machine now: {:.2}×",
+        rate / anchor_rate
+    );
+
+    match std::env::var("BENCH_TRL_PYTHON") {
+        Ok(python) => {
+            let trl_steps = env_usize("BENCH_TRL_STEPS", 6);
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/trl_dpo.py");
+            let output = Command::new(python)
+                .arg(script)
+                .arg(&model)
+                .arg(fixture())
+                .arg(trl_steps.to_string())
+                .arg(threads.to_string())
+                .output()
+                .expect("python");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            match stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok()) {
+                Some(t) => {
+                    let trl_rate = t["tokens_per_second"].as_f64().unwrap_or(f64::NAN);
+                    println!(
+                        "TRL     DPOTrainer + PEFT (fp32): {trl_rate:.1} real tokens/s, {:.2} s/pair, peak RSS {:.0} MiB",
+                        t["seconds_per_pair"].as_f64().unwrap_or(f64::NAN),
+                        t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+                    );
+                    println!(
+                        "ratio   tenets / TRL: {:.2}× tokens/s, {:.2}× peak RSS",
+                        rate / trl_rate,
+                        rss / t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+                    );
+                }
+                None => println!(
+                    "TRL     did not run: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("no output")
+                ),
+            }
+        }
+        Err(_) => println!(
+            "TRL     not run here (set BENCH_TRL_PYTHON); recorded on this machine in issue 5: \
+             54.7 real tokens/s, 2.67 s/pair, 4.05 GB peak RSS → tenets {:.2}× tokens/s, {:.2}× RSS",
+            rate / 54.7,
+            rss / (4.05 * 1024.0)
+        ),
+    }
+}
