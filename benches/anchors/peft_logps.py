@@ -11,21 +11,13 @@ import sys
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+
+from hf_gguf import load_fp32
 
 
 def main() -> None:
     model_path, peft_dir, tokens_path = sys.argv[1:4]
-    folder, name = model_path.rsplit("/", 1)
-    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
-    # transformers tags a GGUF-loaded model as quantized; the weights are plain fp32 by now.
-    for holder in (base, base.config):
-        for attr in ("quantization_config", "hf_quantizer"):
-            if hasattr(holder, attr):
-                try:
-                    delattr(holder, attr)
-                except AttributeError:
-                    setattr(holder, attr, None)
+    base = load_fp32(model_path)
     tokens = json.load(open(tokens_path))
     ids = torch.tensor([tokens])
 

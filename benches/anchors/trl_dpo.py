@@ -15,8 +15,10 @@ import time
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
+
+from hf_gguf import load_fp32
 
 
 def main() -> None:
@@ -24,17 +26,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     folder, name = model_path.rsplit("/", 1)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
-    # transformers tags a GGUF-loaded model as quantized and refuses to train it; the weights are
-    # already dequantized to fp32, so the tag is dropped.
-    for holder in (model, model.config):
-        for attr in ("quantization_config", "hf_quantizer"):
-            if hasattr(holder, attr):
-                try:
-                    delattr(holder, attr)
-                except AttributeError:
-                    setattr(holder, attr, None)
-    model.is_quantized = False
+    model = load_fp32(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     rows = [json.loads(line) for line in open(pairs_path) if line.strip()]
