@@ -296,6 +296,9 @@ struct TrainArgs {
     rank: usize,
     #[arg(long, default_value_t = 16.0)]
     alpha: f32,
+    /// Dropout on the adapters' inputs while training (PEFT's lora_dropout).
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f32,
     /// Projections to adapt (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
     targets: Vec<String>,
@@ -664,6 +667,7 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
     o.beta = args.beta;
     o.rank = args.rank;
     o.alpha = args.alpha;
+    o.dropout = args.lora_dropout;
     o.targets = Vec::new();
     for name in &args.targets {
         let name = name.trim();

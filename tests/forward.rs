@@ -406,6 +406,8 @@ fn lora_gradients_match_finite_differences() {
                 .iter_mut()
                 .for_each(|v| *v = rng.gen_range(-0.1..0.1));
         }
+        // With LoRA dropout on: each adapter's mask is the same in the forward and the backward.
+        adapters.dropout = Some(tenets::train::lora::Dropout { p: 0.2, seed: 5 });
         let analytic = model
             .logprob_gradients(&compute, &tokens, &adapters, &weights)
             .unwrap()
@@ -683,6 +685,8 @@ fn dpo_steps_learn_a_preference() {
         },
         optimizer: AdamW::default(),
         max_grad_norm: 0.0,
+        dropout: 0.0,
+        seed: 0,
     };
     let mut trainer = Trainer::new(Adapters::new(&model, &Target::ALL, 4, 8.0, 3));
     let losses: Vec<f64> = (0..12)

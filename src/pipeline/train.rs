@@ -61,6 +61,8 @@ pub struct TrainOptions {
     pub beta: f64,
     pub rank: usize,
     pub alpha: f32,
+    /// LoRA dropout on the adapters' inputs while training.
+    pub dropout: f32,
     pub targets: Vec<Target>,
     pub max_length: usize,
     pub max_prompt_length: usize,
@@ -95,6 +97,7 @@ impl TrainOptions {
             beta: 0.1,
             rank: 8,
             alpha: 16.0,
+            dropout: 0.0,
             targets: Target::ALL.to_vec(),
             max_length: 1024,
             max_prompt_length: 512,
@@ -223,6 +226,8 @@ pub async fn train(
             ..AdamW::default()
         },
         max_grad_norm: options.max_grad_norm,
+        dropout: options.dropout,
+        seed: options.seed,
     };
     let settings = serde_json::json!({
         "loss": options.loss.name(),
@@ -234,6 +239,7 @@ pub async fn train(
         "grad_accum": options.grad_accum,
         "rank": options.rank,
         "alpha": options.alpha,
+        "dropout": options.dropout,
         "targets": options.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
         "max_length": options.max_length,
         "max_prompt_length": options.max_prompt_length,
@@ -333,6 +339,12 @@ fn check(o: &TrainOptions) -> Result<(), PipelineError> {
     }
     if !(o.beta > 0.0 && o.beta.is_finite()) {
         return Err(setting(format!("--beta must be positive, got {}", o.beta)));
+    }
+    if !(0.0..1.0).contains(&o.dropout) {
+        return Err(setting(format!(
+            "--lora-dropout must be in [0, 1), got {}",
+            o.dropout
+        )));
     }
     if o.targets.is_empty() {
         return Err(setting("--targets names no projection"));
@@ -703,7 +715,7 @@ impl Job {
             .map_err(|e| PipelineError::Train(e.to_string()))?;
         summary.plot = Some(plot_path);
         let (peft_dir, _, _) = o.outputs();
-        crate::train::peft::write(&self.model, &trainer.adapters, &peft_dir)
+        crate::train::peft::write(&self.model, &trainer.adapters, o.dropout, &peft_dir)
             .map_err(|e| PipelineError::Train(e.to_string()))?;
         summary.peft = Some(peft_dir);
         summary.peak_rss_mib = peak_rss_mib();

@@ -127,6 +127,7 @@ pub fn read_gguf(model: &Model, path: &Path) -> Result<Adapters, AdapterError> {
         layers: (0..model.config().layers)
             .map(|_| Default::default())
             .collect(),
+        dropout: None,
     };
     let mut found = 0;
     for (l, slots) in adapters.layers.iter_mut().enumerate() {

@@ -22,6 +22,40 @@ pub struct Lora {
     pub b: Vec<f32>,
 }
 
+/// Dropout on an adapter's input while training (PEFT's `lora_dropout`: `B·A·dropout(x)`): each
+/// input value is kept with probability `1 − p` and scaled by `1/(1 − p)`. The mask is a pure
+/// function of `seed`, so the backward — and a resumed run — draws the same one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+impl Dropout {
+    /// `x` with the mask applied (and the kept values scaled).
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        let keep = 1.0 / (1.0 - self.p);
+        x.iter()
+            .map(|&v| {
+                if rng.gen::<f32>() >= self.p {
+                    v * keep
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    /// The same dropout drawn afresh for another use (another layer, projection or step).
+    pub fn derive(&self, key: u64) -> Dropout {
+        Dropout {
+            p: self.p,
+            seed: self.seed ^ key.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        }
+    }
+}
+
 /// Gradients of a [`Lora`]'s factors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraGrads {
@@ -62,6 +96,19 @@ impl Lora {
         x: &[f32],
         y: &mut [f32],
     ) -> Result<Vec<f32>, MatmulError> {
+        self.forward_with(compute, x, y, None)
+    }
+
+    /// [`Lora::forward`] with `dropout` on the adapter's input.
+    pub fn forward_with(
+        &self,
+        compute: &Compute,
+        x: &[f32],
+        y: &mut [f32],
+        dropout: Option<Dropout>,
+    ) -> Result<Vec<f32>, MatmulError> {
+        let dropped = dropout.map(|d| d.apply(x));
+        let x = dropped.as_deref().unwrap_or(x);
         let tokens = x.len() / self.input;
         let mut z = vec![0.0; tokens * self.rank];
         compute.matmul_t(x, &self.a()?, &mut z)?;
@@ -83,12 +130,31 @@ impl Lora {
         dy: &[f32],
         dx: &mut [f32],
     ) -> Result<LoraGrads, MatmulError> {
+        self.backward_with(compute, x, z, dy, dx, None)
+    }
+
+    /// [`Lora::backward`] for a forward run with `dropout` (`x` is the input before it): `dA`
+    /// takes the dropped input, and `dx` the mask.
+    pub fn backward_with(
+        &self,
+        compute: &Compute,
+        x: &[f32],
+        z: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        dropout: Option<Dropout>,
+    ) -> Result<LoraGrads, MatmulError> {
+        let dropped = dropout.map(|d| d.apply(x));
+        let x = dropped.as_deref().unwrap_or(x);
         let tokens = x.len() / self.input;
         let mut dz = vec![0.0; tokens * self.rank];
         compute.matmul_dx(dy, &self.b()?, &mut dz)?;
         dz.iter_mut().for_each(|v| *v *= self.scale);
         let mut dx_update = vec![0.0; tokens * self.input];
         compute.matmul_dx(&dz, &self.a()?, &mut dx_update)?;
+        if let Some(d) = dropout {
+            dx_update = d.apply(&dx_update);
+        }
         for (d, u) in dx.iter_mut().zip(&dx_update) {
             *d += u;
         }
@@ -113,9 +179,11 @@ mod tests {
         (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
     }
 
+    const DROPOUT: Option<Dropout> = Some(Dropout { p: 0.3, seed: 17 });
+
     fn loss(compute: &Compute, lora: &Lora, x: &[f32], r: &[f32]) -> f64 {
         let mut y = vec![0.0; r.len()];
-        lora.forward(compute, x, &mut y).unwrap();
+        lora.forward_with(compute, x, &mut y, DROPOUT).unwrap();
         y.iter()
             .zip(r)
             .map(|(a, b)| f64::from(*a) * f64::from(*b))
@@ -141,9 +209,19 @@ mod tests {
         lora.b = random(5 * 3, 4);
         let (x, r) = (random(4 * 7, 5), random(4 * 5, 6));
         let mut y = vec![0.0; 20];
-        let z = lora.forward(&compute, &x, &mut y).unwrap();
+        // With dropout on (a fixed mask): the same mask in the forward and the backward.
+        let z = lora.forward_with(&compute, &x, &mut y, DROPOUT).unwrap();
         let mut dx = vec![0.0; x.len()];
-        let grads = lora.backward(&compute, &x, &z, &r, &mut dx).unwrap();
+        let grads = lora
+            .backward_with(&compute, &x, &z, &r, &mut dx, DROPOUT)
+            .unwrap();
+        let dropped = DROPOUT.unwrap().apply(&x);
+        let zeros = dropped.iter().filter(|v| **v == 0.0).count();
+        assert!(
+            zeros > 0 && zeros < x.len() / 2,
+            "{zeros} of {} dropped",
+            x.len()
+        );
         let h = 1e-2f32;
         let check = |analytic: f32, up: f64, down: f64, what: &str| {
             let numeric = (up - down) / (2.0 * f64::from(h));

@@ -54,8 +54,14 @@ pub fn unpermute_rows(rows: &[f32], row_len: usize, heads: usize, head_dim: usiz
     out
 }
 
-/// Writes `dir/adapter_model.safetensors` and `dir/adapter_config.json`.
-pub fn write(model: &Model, adapters: &Adapters, dir: &Path) -> Result<(), PeftError> {
+/// Writes `dir/adapter_model.safetensors` and `dir/adapter_config.json` (`dropout`: the
+/// training dropout, recorded in the config).
+pub fn write(
+    model: &Model,
+    adapters: &Adapters,
+    dropout: f32,
+    dir: &Path,
+) -> Result<(), PeftError> {
     let fail = |path: &Path, e: &dyn std::fmt::Display| PeftError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -131,7 +137,7 @@ pub fn write(model: &Model, adapters: &Adapters, dir: &Path) -> Result<(), PeftE
         "base_model_name_or_path": base,
         "r": first.rank,
         "lora_alpha": first.scale * first.rank as f32,
-        "lora_dropout": 0.0,
+        "lora_dropout": dropout,
         "target_modules": modules,
         "bias": "none",
         "fan_in_fan_out": false,

@@ -14,6 +14,7 @@
 //! thread count), so a run resumed from a checkpoint retraces the uninterrupted one.
 
 use super::dpo::{pair_loss, Objective, PairLogps};
+use super::lora::Dropout;
 use super::model::backward::Prediction;
 use super::model::{AdapterGrads, Adapters, Branch, Layout, Model, ModelError, Segment};
 use super::optim::{clip_global_norm, AdamW, Moments, Schedule};
@@ -59,6 +60,9 @@ pub struct Hyper {
     pub optimizer: AdamW,
     /// Global gradient-norm clip (0 turns it off).
     pub max_grad_norm: f64,
+    /// LoRA dropout probability while training (0: none), and the seed its masks derive from.
+    pub dropout: f32,
+    pub seed: u64,
 }
 
 /// One tokenized example: the prompt shared by both sequences, the answers after it.
@@ -298,9 +302,7 @@ impl Trainer {
             tokens: batch.iter().map(|i| i.tokens()).sum(),
             ..StepMetrics::default()
         };
-        let n = batch.len().max(1) as f64;
-        let pairs = matches!(hyper.loss, Loss::Preference(_));
-        if pairs {
+        if matches!(hyper.loss, Loss::Preference(_)) {
             if let Some(index) = batch
                 .iter()
                 .position(|i| i.rejected.is_none() || i.reference.is_none())
@@ -308,7 +310,57 @@ impl Trainer {
                 return Err(TrainError::NotAPair { index });
             }
         }
-        // SFT: the token-mean cross-entropy over the batch's answers.
+        // Dropout for this step's forwards and backwards only: a mask per step, adapter and row.
+        if hyper.dropout > 0.0 {
+            self.adapters.dropout = Some(
+                Dropout {
+                    p: hyper.dropout,
+                    seed: hyper.seed,
+                }
+                .derive(step),
+            );
+        }
+        let result = self.step_gradients(model, compute, hyper, batch, &mut m, &mut grads);
+        self.adapters.dropout = None;
+        result?;
+        let mut slices: Vec<&mut [f32]> = grads
+            .layers
+            .iter_mut()
+            .flatten()
+            .flatten()
+            .flat_map(|g| [g.a.as_mut_slice(), g.b.as_mut_slice()])
+            .collect();
+        let max = if hyper.max_grad_norm > 0.0 {
+            hyper.max_grad_norm
+        } else {
+            f64::INFINITY
+        };
+        m.grad_norm = clip_global_norm(&mut slices, max);
+        super::dpo::apply_update(
+            &mut self.adapters,
+            &grads,
+            &hyper.optimizer,
+            &mut self.moments,
+            step,
+            lr,
+        );
+        self.step = step;
+        Ok(m)
+    }
+
+    /// The gradients of one step's loss (into `grads`) and its metrics (into `m`).
+    fn step_gradients(
+        &self,
+        model: &Model,
+        compute: &Compute,
+        hyper: &Hyper,
+        batch: &[&Item],
+        m: &mut StepMetrics,
+        grads: &mut AdapterGrads,
+    ) -> Result<(), TrainError> {
+        let n = batch.len().max(1) as f64;
+        let pairs = matches!(hyper.loss, Loss::Preference(_));
+
         let answer_tokens = batch.iter().map(|i| i.answer_tokens()).sum::<usize>();
         let sft_scale = -1.0 / answer_tokens.max(1) as f64;
         let (mut rc, mut rr, mut acc, mut logp_r) = (0.0, 0.0, 0.0, 0.0);
@@ -372,29 +424,7 @@ impl Trainer {
             m.accuracy = Some(acc);
             m.logp_rejected = Some(logp_r);
         }
-        let mut slices: Vec<&mut [f32]> = grads
-            .layers
-            .iter_mut()
-            .flatten()
-            .flatten()
-            .flat_map(|g| [g.a.as_mut_slice(), g.b.as_mut_slice()])
-            .collect();
-        let max = if hyper.max_grad_norm > 0.0 {
-            hyper.max_grad_norm
-        } else {
-            f64::INFINITY
-        };
-        m.grad_norm = clip_global_norm(&mut slices, max);
-        super::dpo::apply_update(
-            &mut self.adapters,
-            &grads,
-            &hyper.optimizer,
-            &mut self.moments,
-            step,
-            lr,
-        );
-        self.step = step;
-        Ok(m)
+        Ok(())
     }
 
     /// How each item scores under the current adapters (forward only).

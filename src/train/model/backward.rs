@@ -4,7 +4,7 @@
 //! backward from [`super::ops`], each frozen weight's through `dx = dy·W` on its stored blocks.
 
 use super::{ops, rope_table, Layout, Model, ModelError, Segment, Weight};
-use crate::train::lora::{Lora, LoraGrads};
+use crate::train::lora::{Dropout, Lora, LoraGrads};
 use crate::train::quant::matmul::Compute;
 
 /// The projections an adapter can sit on.
@@ -46,6 +46,9 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Adapters {
     pub layers: Vec<[Option<Lora>; TARGETS]>,
+    /// Dropout on every adapter's input, set by the trainer for one step's forward and backward
+    /// (each adapter draws its own mask from it); `None` scores and evaluates.
+    pub dropout: Option<Dropout>,
 }
 
 impl Adapters {
@@ -66,7 +69,16 @@ impl Adapters {
                 slots
             })
             .collect();
-        Adapters { layers }
+        Adapters {
+            layers,
+            dropout: None,
+        }
+    }
+
+    /// The dropout of the adapter on `target` of `layer`, if dropout is on.
+    pub fn dropout_of(&self, layer: usize, target: Target) -> Option<Dropout> {
+        self.dropout
+            .map(|d| d.derive((layer as u64) << 8 | target as u64))
     }
 
     pub fn get(&self, layer: usize, target: Target) -> Option<(Target, &Lora)> {
@@ -394,7 +406,9 @@ impl Model {
                 if let (Some((_, lora)), Some(z)) =
                     (adapters.get(l, target), t.z[target as usize].as_ref())
                 {
-                    slots[target as usize] = Some(lora.backward(compute, input, z, dy, dx)?);
+                    let dropout = adapters.dropout_of(l, target);
+                    slots[target as usize] =
+                        Some(lora.backward_with(compute, input, z, dy, dx, dropout)?);
                 }
                 Ok(())
             };

@@ -10,7 +10,7 @@ pub mod ops;
 use std::path::{Path, PathBuf};
 
 use crate::train::gguf::{Gguf, GgufError, TensorInfo};
-use crate::train::lora::Lora;
+use crate::train::lora::{Dropout, Lora};
 use crate::train::quant::dequantize_row;
 use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
 
@@ -234,7 +234,9 @@ impl Model {
         let tables = self.rope_tables(&layout.positions());
         let mut h = vec![0.0; n * e];
         for (l, layer) in self.layers.iter().enumerate() {
-            let lora = |t: Target| adapters.and_then(|a| a.get(l, t));
+            let lora = |t: Target| {
+                adapters.and_then(|a| a.get(l, t).map(|(t, lora)| (t, lora, a.dropout_of(l, t))))
+            };
             let mut z: [Option<Vec<f32>>; TARGETS] = Default::default();
             // Attention block.
             let x_in = trace.is_some().then(|| x.clone());
@@ -367,12 +369,12 @@ impl Model {
         compute: &Compute,
         x: &[f32],
         w: &Weight,
-        lora: Option<(Target, &Lora)>,
+        lora: Option<(Target, &Lora, Option<Dropout>)>,
         z: &mut [Option<Vec<f32>>; TARGETS],
     ) -> Result<Vec<f32>, ModelError> {
         let mut y = self.linear(compute, x, w)?;
-        if let Some((target, lora)) = lora {
-            z[target as usize] = Some(lora.forward(compute, x, &mut y)?);
+        if let Some((target, lora, dropout)) = lora {
+            z[target as usize] = Some(lora.forward_with(compute, x, &mut y, dropout)?);
         }
         Ok(y)
     }
