@@ -4,6 +4,8 @@
 //! backward from [`super::ops`], each frozen weight's through `dx = dy·W` on its stored blocks.
 
 use super::{ops, rope_table, Layout, Model, ModelError, Segment, Weight};
+use rayon::prelude::*;
+
 use crate::train::lora::{Dropout, Lora, LoraGrads};
 use crate::train::quant::matmul::Compute;
 
@@ -422,7 +424,7 @@ impl Model {
             };
             let mut d_act = self.linear_backward(compute, &d_down, &layer.down)?;
             lora_back(Target::Down, &t.act, &d_down, &mut d_act)?;
-            let (d_gate, d_up) = ops::glu_backward(&t.gate, &t.up, c.activation, &d_act);
+            let (d_gate, d_up) = ops::glu_backward(compute, &t.gate, &t.up, c.activation, &d_act);
             let mut h2 = vec![0.0; t.x_mid.len()];
             ops::rms_norm(&t.x_mid, &layer.ffn_norm, c.norm_eps, &mut h2);
             let mut d_h2 = self.linear_backward(compute, &d_gate, &layer.gate)?;
@@ -510,43 +512,28 @@ impl Model {
                 x.extend_from_slice(&hidden[r * e..(r + 1) * e]);
             }
             let raw = self.linear(compute, &x, &self.output)?;
-            // One gradient row per (row, group) that has a weighted prediction.
+            // Each row apart, on the compute threads: its predictions' log-probs, and one
+            // gradient row per group with a weighted prediction on it.
+            type RowOut = (Vec<(usize, f64)>, Vec<(usize, Vec<f32>)>);
+            let per_row: Vec<RowOut> = compute.install(|| {
+                chunk
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        let row = &raw[i * vocab..(i + 1) * vocab];
+                        self.head_row(row, r, predictions, groups > 0)
+                    })
+                    .collect()
+            });
             let mut slots: Vec<(usize, usize)> = Vec::new();
             let mut dlogits: Vec<f32> = Vec::new();
-            for (i, &r) in chunk.iter().enumerate() {
-                let row = &raw[i * vocab..(i + 1) * vocab];
-                let logits: Vec<f32> = match c.final_softcap {
-                    Some(cap) => row.iter().map(|v| cap * (v / cap).tanh()).collect(),
-                    None => row.to_vec(),
-                };
-                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-                for (k, p) in predictions.iter().enumerate().filter(|(_, p)| p.row == r) {
-                    // The same arithmetic as `Model::score`.
-                    logps[k] = super::score_row(&logits, p.token).logprob;
-                    if groups == 0 || p.weight == 0.0 {
-                        continue;
-                    }
-                    let slot = match slots.iter().position(|&s| s == (r, p.group)) {
-                        Some(s) => s,
-                        None => {
-                            slots.push((r, p.group));
-                            dlogits.resize(slots.len() * vocab, 0.0);
-                            slots.len() - 1
-                        }
-                    };
-                    // ∂(w·logp)/∂logits = w·(onehot − softmax), through the softcap.
-                    let drow = &mut dlogits[slot * vocab..(slot + 1) * vocab];
-                    for (j, d) in drow.iter_mut().enumerate() {
-                        let prob = f64::from(logits[j] - max).exp() / z;
-                        let onehot = if j == p.token as usize { 1.0 } else { 0.0 };
-                        let mut g = p.weight * (onehot - prob);
-                        if let Some(cap) = c.final_softcap {
-                            let th = (f64::from(row[j]) / f64::from(cap)).tanh();
-                            g *= 1.0 - th * th;
-                        }
-                        *d += g as f32;
-                    }
+            for (&r, (row_logps, row_grads)) in chunk.iter().zip(per_row) {
+                for (k, l) in row_logps {
+                    logps[k] = l;
+                }
+                for (g, grad) in row_grads {
+                    slots.push((r, g));
+                    dlogits.extend_from_slice(&grad);
                 }
             }
             if !slots.is_empty() {
@@ -558,6 +545,59 @@ impl Model {
             }
         }
         Ok((logps, dh))
+    }
+
+    /// One row of logits: the log-prob of each prediction on row `r` (by index), and with
+    /// `grad`, per group with weighted predictions there, `∂(Σ weight · logp)/∂logits`.
+    #[allow(clippy::type_complexity)]
+    fn head_row(
+        &self,
+        row: &[f32],
+        r: usize,
+        predictions: &[Prediction],
+        grad: bool,
+    ) -> (Vec<(usize, f64)>, Vec<(usize, Vec<f32>)>) {
+        let c = &self.config;
+        let logits: Vec<f32> = match c.final_softcap {
+            Some(cap) => row.iter().map(|v| cap * (v / cap).tanh()).collect(),
+            None => row.to_vec(),
+        };
+        let mut logps = Vec::new();
+        let mut grads: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut probs: Option<Vec<f64>> = None;
+        for (k, p) in predictions.iter().enumerate().filter(|(_, p)| p.row == r) {
+            // The same arithmetic as `Model::score`.
+            logps.push((k, super::score_row(&logits, p.token).logprob));
+            if !grad || p.weight == 0.0 {
+                continue;
+            }
+            let probs = probs.get_or_insert_with(|| {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+                logits
+                    .iter()
+                    .map(|&l| f64::from(l - max).exp() / z)
+                    .collect()
+            });
+            let at = match grads.iter().position(|(g, _)| *g == p.group) {
+                Some(at) => at,
+                None => {
+                    grads.push((p.group, vec![0.0; logits.len()]));
+                    grads.len() - 1
+                }
+            };
+            // ∂(w·logp)/∂logits = w·(onehot − softmax), through the softcap.
+            for (j, d) in grads[at].1.iter_mut().enumerate() {
+                let onehot = if j == p.token as usize { 1.0 } else { 0.0 };
+                let mut g = p.weight * (onehot - probs[j]);
+                if let Some(cap) = c.final_softcap {
+                    let th = (f64::from(row[j]) / f64::from(cap)).tanh();
+                    g *= 1.0 - th * th;
+                }
+                *d += g as f32;
+            }
+        }
+        (logps, grads)
     }
 
     /// Backward of [`Model::attend`]: each sequence of `layout` apart.

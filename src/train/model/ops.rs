@@ -215,21 +215,33 @@ pub fn glu(compute: &Compute, gate: &[f32], up: &[f32], activation: Activation, 
     });
 }
 
-/// Backward of [`glu`]: from `dout`, the gradients of `gate` and `up`.
+/// Backward of [`glu`]: from `dout`, the gradients of `gate` and `up` (spread over the compute
+/// threads like the forward).
 pub fn glu_backward(
+    compute: &Compute,
     gate: &[f32],
     up: &[f32],
     activation: Activation,
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let (act, grad) = (act_of(activation), act_grad_of(activation));
-    let dgate = gate
-        .iter()
-        .zip(up)
-        .zip(dout)
-        .map(|((&g, &u), &d)| d * u * grad(g))
-        .collect();
-    let dup = gate.iter().zip(dout).map(|(&g, &d)| d * act(g)).collect();
+    let (mut dgate, mut dup) = (vec![0.0; gate.len()], vec![0.0; gate.len()]);
+    compute.install(|| {
+        dgate
+            .par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(dup.par_chunks_mut(ELEMENTWISE_CHUNK))
+            .zip(gate.par_chunks(ELEMENTWISE_CHUNK))
+            .zip(
+                up.par_chunks(ELEMENTWISE_CHUNK)
+                    .zip(dout.par_chunks(ELEMENTWISE_CHUNK)),
+            )
+            .for_each(|(((dg, du), g), (u, d))| {
+                for i in 0..g.len() {
+                    dg[i] = d[i] * u[i] * grad(g[i]);
+                    du[i] = d[i] * act(g[i]);
+                }
+            })
+    });
     (dgate, dup)
 }
 
@@ -643,7 +655,7 @@ mod tests {
         for activation in [Activation::Silu, Activation::GeluTanh] {
             let (g, u, r) = (random(10, 6), random(10, 7), random(10, 8));
             let g: Vec<f32> = g.iter().map(|v| v * 3.0).collect();
-            let (dg, du) = glu_backward(&g, &u, activation, &r);
+            let (dg, du) = glu_backward(&compute, &g, &u, activation, &r);
             let out = |g: &[f32], u: &[f32]| {
                 let mut o = vec![0.0; 10];
                 glu(&compute, g, u, activation, &mut o);
