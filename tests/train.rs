@@ -314,6 +314,60 @@ fn kill_9_then_resume_retraces_the_uninterrupted_loss_curve() {
 }
 
 #[test]
+fn ctrl_c_saves_a_checkpoint_at_the_last_step_and_resume_finishes() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture_head(dir.path(), 6);
+    let settings = [
+        "--max-length",
+        "96",
+        "--batch",
+        "2",
+        "--steps",
+        "6",
+        "--save-every",
+        "100",
+        "--no-final-eval",
+    ];
+    let out = dir.path().join("int.gguf");
+    let db = dir.path().join("int.train.db");
+    let child = train_command(&data, &out, &settings)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while losses(&db).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The checkpoint is the last completed step, though --save-every would not have saved it.
+    let done = losses(&db).len();
+    let saved = rusqlite_free_query(&db, "SELECT step FROM train_checkpoints");
+    assert_eq!(saved, vec![vec![done.to_string()]]);
+    assert!(done < 6, "stopped after {done} steps");
+    let resumed = summary(&run(train_command(
+        &data,
+        &out,
+        &[&settings[..], &["--resume"]].concat(),
+    )));
+    assert_eq!(resumed["resumed_from"].as_u64().unwrap() as usize, done);
+    assert_eq!(losses(&db).len(), 6);
+    assert!(out.exists());
+}
+
+#[test]
 fn sft_on_conversations_lowers_the_loss() {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
@@ -415,4 +469,10 @@ fn bad_training_input_is_named_and_writes_nothing() {
     }
     let output = run(train_command(&good, &dir.path().join("a.bin"), &[]));
     assert!(String::from_utf8_lossy(&output.stderr).contains("name it *.gguf"));
+    let output = run(train_command(
+        &good,
+        &dir.path().join("nowhere/a.gguf"),
+        &[],
+    ));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the folder does not exist"));
 }

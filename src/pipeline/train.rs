@@ -305,6 +305,7 @@ pub async fn train(
         checkpoint,
         total_steps,
         stop,
+        origins: examples.iter().map(|e| e.origin.clone()).collect(),
     };
     let (summary_parts, state) = tokio::task::spawn_blocking(move || {
         let state = job.store.path().to_path_buf();
@@ -359,6 +360,13 @@ fn check(o: &TrainOptions) -> Result<(), PipelineError> {
         return Err(setting(
             "--weight-decay must be in [0, 1] and --max-grad-norm ≥ 0",
         ));
+    }
+    let folder = o.out.parent().filter(|p| !p.as_os_str().is_empty());
+    if folder.is_some_and(|f| !f.is_dir()) {
+        return Err(setting(format!(
+            "--out {}: the folder does not exist",
+            o.out.display()
+        )));
     }
     if o.out.extension().and_then(|e| e.to_str()) != Some("gguf") {
         return Err(setting(format!(
@@ -560,6 +568,8 @@ struct Job {
     checkpoint: Option<(u64, Vec<u8>)>,
     total_steps: u64,
     stop: Arc<AtomicBool>,
+    /// Where each example came from (`file:line`), for messages about it.
+    origins: Vec<String>,
 }
 
 impl Job {
@@ -604,10 +614,9 @@ impl Job {
                 .train_step(&self.model, &self.compute, &self.hyper, &batch)
                 .map_err(|e| match e {
                     TrainError::NonFinite { index, value } => PipelineError::Train(format!(
-                        "step {step}: the loss is {value} on example {} (example #{}); \
-                         lower --lr or check that example",
-                        indices[index] + 1,
-                        indices[index] + 1
+                        "step {step}: the loss is {value} on the example at {}; lower --lr or \
+                         check that example (a checkpoint before this step is kept)",
+                        self.origins[indices[index]]
                     )),
                     other => PipelineError::Train(format!("step {step}: {other}")),
                 })?;
