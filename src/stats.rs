@@ -64,6 +64,25 @@ pub struct JudgeStats {
 pub struct Stats {
     pub runs: Vec<RunStats>,
     pub judges: Vec<JudgeStats>,
+    pub trainings: Vec<TrainingStats>,
+}
+
+/// One `tenets train` run in the database.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingStats {
+    pub run_id: String,
+    pub created_at: String,
+    pub data_source: String,
+    pub objective: String,
+    pub examples: i64,
+    pub steps_done: i64,
+    pub total_steps: i64,
+    /// The step of the latest checkpoint (what `--resume` continues from).
+    pub checkpoint_step: Option<i64>,
+    pub last_loss: Option<f64>,
+    pub finished: bool,
+    pub final_loss: Option<f64>,
+    pub final_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +110,40 @@ pub async fn collect(store: &Store) -> Result<Stats, StoreError> {
     Ok(Stats {
         runs: collect_runs(store).await?,
         judges: collect_judges(store).await?,
+        trainings: collect_trainings(store).await?,
     })
+}
+
+async fn collect_trainings(store: &Store) -> Result<Vec<TrainingStats>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT t.id, t.created_at, t.data_source, \
+         COALESCE(json_extract(t.settings_json, '$.loss'), '?'), t.examples, \
+         (SELECT COUNT(*) FROM train_steps s WHERE s.run_id = t.id), t.total_steps, \
+         (SELECT step FROM train_checkpoints c WHERE c.run_id = t.id), \
+         (SELECT loss FROM train_steps s WHERE s.run_id = t.id ORDER BY step DESC LIMIT 1), \
+         t.finished_at IS NOT NULL, t.final_loss, t.final_accuracy \
+         FROM train_runs t ORDER BY t.created_at, t.id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(store.err())?;
+    Ok(rows
+        .iter()
+        .map(|r| TrainingStats {
+            run_id: r.get(0),
+            created_at: r.get(1),
+            data_source: r.get(2),
+            objective: r.get(3),
+            examples: r.get(4),
+            steps_done: r.get(5),
+            total_steps: r.get(6),
+            checkpoint_step: r.get(7),
+            last_loss: r.get(8),
+            finished: r.get(9),
+            final_loss: r.get(10),
+            final_accuracy: r.get(11),
+        })
+        .collect())
 }
 
 async fn collect_judges(store: &Store) -> Result<Vec<JudgeStats>, StoreError> {
@@ -232,7 +284,7 @@ fn short(hash: &str, n: usize) -> &str {
 pub fn render(stats: &Stats) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    if stats.runs.is_empty() {
+    if stats.runs.is_empty() && stats.trainings.is_empty() {
         return "no runs in this database\n".into();
     }
     for run in &stats.runs {
@@ -314,6 +366,40 @@ pub fn render(stats: &Stats) -> String {
             judge.mean_p_a,
             judge.mean_answer_mass
         );
+    }
+    for t in &stats.trainings {
+        let _ = writeln!(
+            s,
+            "training {}  ({}, {} on {} examples from {})",
+            short(&t.run_id, 16),
+            t.created_at,
+            t.objective,
+            t.examples,
+            t.data_source
+        );
+        let state = if t.finished {
+            "finished".to_string()
+        } else {
+            match t.checkpoint_step {
+                Some(c) => format!("checkpoint at step {c}: --resume continues"),
+                None => "no checkpoint yet".to_string(),
+            }
+        };
+        let _ = writeln!(
+            s,
+            "  step {}/{} ({state}); last loss {}",
+            t.steps_done,
+            t.total_steps,
+            t.last_loss.map_or("-".into(), |l| format!("{l:.4}"))
+        );
+        if let Some(loss) = t.final_loss {
+            let _ = writeln!(
+                s,
+                "  all examples: loss {loss:.4}{}",
+                t.final_accuracy
+                    .map_or(String::new(), |a| format!(", reward accuracy {a:.3}"))
+            );
+        }
     }
     s
 }

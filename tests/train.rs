@@ -304,6 +304,22 @@ fn kill_9_then_resume_retraces_the_uninterrupted_loss_curve() {
         );
     }
     assert!(out.exists());
+    // `tenets stats` shows the training run.
+    let stats = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["stats", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let t = &stats["trainings"][0];
+    assert_eq!(
+        (t["steps_done"].as_i64(), t["total_steps"].as_i64()),
+        (Some(8), Some(8))
+    );
+    assert_eq!(
+        (t["objective"].as_str(), t["finished"].as_bool()),
+        (Some("dpo"), Some(true))
+    );
     // Resuming a finished run redoes nothing.
     let done = summary(&run(train_command(
         &data,
