@@ -198,6 +198,15 @@ pub async fn train(
     check(options)?;
     let examples = load_examples(options).await?;
     let (items, truncated) = tokenize(options, &examples)?;
+    // The native model and threads before any database is touched: a model the forward cannot
+    // run leaves nothing behind.
+    let model = Model::open(&options.model)?;
+    let compute = Compute::new(options.threads, options.kernel).map_err(|e| {
+        PipelineError::Train(format!(
+            "cannot start {} compute threads: {e}",
+            options.threads
+        ))
+    })?;
     let state = options.state_path();
     let store = Store::open(&state).await?;
     let model_sha256 = store.model_sha256(&options.model).await?;
@@ -276,6 +285,18 @@ pub async fn train(
             recorded.len()
         )));
     }
+    if options.resume && checkpoint.is_none() && recorded.is_empty() {
+        let others = store.unfinished_train_runs().await?;
+        if !others.is_empty() {
+            tracing::warn!(
+                "--resume: no run with these settings and data in {}; {} unfinished run(s) there \
+                 differ in settings or data (first {}), so a new run starts",
+                state.display(),
+                others.len(),
+                &others[0][..12.min(others[0].len())]
+            );
+        }
+    }
     store.upsert_train_run(&record).await?;
     tracing::info!(
         run = %&run_id[..12],
@@ -284,13 +305,6 @@ pub async fn train(
         "training run"
     );
 
-    let compute = Compute::new(options.threads, options.kernel).map_err(|e| {
-        PipelineError::Train(format!(
-            "cannot start {} compute threads: {e}",
-            options.threads
-        ))
-    })?;
-    let model = Model::open(&options.model)?;
     let handle = tokio::runtime::Handle::current();
     let options = options.clone();
     let job = Job {

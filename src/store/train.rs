@@ -222,6 +222,16 @@ impl Store {
         Ok(())
     }
 
+    /// Ids of the runs not finished yet, oldest first.
+    pub async fn unfinished_train_runs(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM train_runs WHERE finished_at IS NULL ORDER BY created_at, id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err())
+    }
+
     /// Whether a run finished, and its final scores.
     pub async fn train_run_finished(
         &self,

@@ -360,7 +360,7 @@ impl Trainer {
     ) -> Result<(), TrainError> {
         let n = batch.len().max(1) as f64;
         let pairs = matches!(hyper.loss, Loss::Preference(_));
-
+        // SFT: the token-mean cross-entropy over the batch's answers.
         let answer_tokens = batch.iter().map(|i| i.answer_tokens()).sum::<usize>();
         let sft_scale = -1.0 / answer_tokens.max(1) as f64;
         let (mut rc, mut rr, mut acc, mut logp_r) = (0.0, 0.0, 0.0, 0.0);
