@@ -176,6 +176,20 @@ fn rows_needed(
     Ok(Layout { segments })
 }
 
+/// Backward of an optional post-norm (Gemma's after attention and after the feed-forward
+/// block): through the norm where the layer has one, else `dy` unchanged.
+fn post_norm_backward(
+    norm: &Option<Vec<f32>>,
+    pre: &Option<Vec<f32>>,
+    eps: f32,
+    dy: &[f32],
+) -> Vec<f32> {
+    match (norm, pre) {
+        (Some(w), Some(pre)) => ops::rms_norm_backward(pre, w, eps, dy, &mut vec![0.0; w.len()]),
+        _ => dy.to_vec(),
+    }
+}
+
 /// What the forward keeps for the backward.
 #[derive(Debug, Default)]
 pub struct Trace {
@@ -416,12 +430,7 @@ impl Model {
             };
 
             // Feed-forward block: x_out = x_mid + post_ffn(down(glu(gate(h2), up(h2)))).
-            let d_down = match (&layer.post_ffn_norm, &t.down_pre) {
-                (Some(w), Some(pre)) => {
-                    ops::rms_norm_backward(pre, w, c.norm_eps, &dx, &mut vec![0.0; e])
-                }
-                _ => dx.clone(),
-            };
+            let d_down = post_norm_backward(&layer.post_ffn_norm, &t.down_pre, c.norm_eps, &dx);
             let mut d_act = self.linear_backward(compute, &d_down, &layer.down)?;
             lora_back(Target::Down, &t.act, &d_down, &mut d_act)?;
             let (d_gate, d_up) = ops::glu_backward(compute, &t.gate, &t.up, c.activation, &d_act);
@@ -444,12 +453,7 @@ impl Model {
             );
 
             // Attention block: x_mid = x + post_attn(o(attention(q, k, v))).
-            let d_o = match (&layer.post_attn_norm, &t.o_pre) {
-                (Some(w), Some(pre)) => {
-                    ops::rms_norm_backward(pre, w, c.norm_eps, &d_mid, &mut vec![0.0; e])
-                }
-                _ => d_mid.clone(),
-            };
+            let d_o = post_norm_backward(&layer.post_attn_norm, &t.o_pre, c.norm_eps, &d_mid);
             let mut d_att = self.linear_backward(compute, &d_o, &layer.o)?;
             lora_back(Target::O, &t.att, &d_o, &mut d_att)?;
             let ops::AttentionGrads { mut dq, mut dk, dv } =
