@@ -10,7 +10,6 @@
 //! an interrupted export leaves nothing half-written.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -246,23 +245,10 @@ fn to_parquet(jsonl: &[u8], n_rows: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Writes to `path.tmp` in the same directory, syncs, and renames over `path`.
+/// [`crate::atomic::write`], with the error naming the file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let fail = |e: std::io::Error| ExportError::Write {
+    crate::atomic::write(path, bytes).map_err(|e| ExportError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(fail)
+    })
 }

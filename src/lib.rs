@@ -7,6 +7,7 @@
 //! losses — and `pipeline::train` drives it over a [`dataset`] into adapters.
 //! The binary (`src/main.rs`) is a thin command-line shell over this library.
 
+pub mod atomic;
 pub mod chat;
 pub mod constitution;
 pub mod dataset;

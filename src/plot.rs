@@ -83,7 +83,7 @@ pub fn training_curves(
         }
         root.present().map_err(|e| fail(&e))?;
     }
-    crate::export::write_atomically(path, svg.as_bytes()).map_err(|e| fail(&e))
+    crate::atomic::write(path, svg.as_bytes()).map_err(|e| fail(&e))
 }
 
 #[cfg(test)]

@@ -24,10 +24,5 @@ pub fn best(runs: usize, mut f: impl FnMut()) -> f64 {
 
 /// Peak resident set size of this process (VmHWM), in MiB.
 pub fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    tenets::pipeline::train::peak_rss_mib().unwrap_or(f64::NAN)
 }

@@ -117,7 +117,7 @@ pub fn write(
     let weights_path = dir.join("adapter_model.safetensors");
     let data = safetensors::tensor::serialize(views, &Some(metadata))
         .map_err(|e| fail(&weights_path, &format!("{e:?}")))?;
-    write_atomically(&weights_path, &data).map_err(|e| fail(&weights_path, &e))?;
+    crate::atomic::write(&weights_path, &data).map_err(|e| fail(&weights_path, &e))?;
 
     let base = ["general.basename", "general.name"]
         .iter()
@@ -151,21 +151,12 @@ pub fn write(
     });
     let config_path = dir.join("adapter_config.json");
     let text = serde_json::to_vec_pretty(&config).map_err(|e| fail(&config_path, &e))?;
-    write_atomically(&config_path, &text).map_err(|e| fail(&config_path, &e))?;
+    crate::atomic::write(&config_path, &text).map_err(|e| fail(&config_path, &e))?;
     Ok(())
 }
 
 fn bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
