@@ -10,10 +10,7 @@
 //! - hinge: `ℓ·max(0, 1 − βm) + (1−ℓ)·max(0, 1 + βm)`.
 //!
 //! [`super::trainer`] runs pairs through the model and turns these gradients into every adapter
-//! factor's; [`apply_update`] takes the AdamW step.
-
-use super::model::{AdapterGrads, Adapters};
-use super::optim::{AdamW, Moments};
+//! factor's.
 
 /// Which preference loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,32 +92,6 @@ pub fn pair_loss(objective: Objective, beta: f64, label: f64, logps: PairLogps) 
         d_rejected: -dm,
         reward_chosen: beta * chosen,
         reward_rejected: beta * rejected,
-    }
-}
-
-/// One AdamW update of every adapter factor from `grads`; `moments` keeps one entry per factor
-/// (A then B of each adapter, in slot order).
-pub fn apply_update(
-    adapters: &mut Adapters,
-    grads: &AdapterGrads,
-    optimizer: &AdamW,
-    moments: &mut Vec<Moments>,
-    step: u64,
-    lr: f64,
-) {
-    let mut at = 0;
-    for (slots, gslots) in adapters.layers.iter_mut().zip(&grads.layers) {
-        for (lora, g) in slots.iter_mut().zip(gslots) {
-            if let (Some(lora), Some(g)) = (lora.as_mut(), g) {
-                for (params, grad) in [(&mut lora.a, &g.a), (&mut lora.b, &g.b)] {
-                    if moments.len() <= at {
-                        moments.push(Moments::default());
-                    }
-                    optimizer.step(params, grad, &mut moments[at], step, lr);
-                    at += 1;
-                }
-            }
-        }
     }
 }
 

@@ -336,16 +336,34 @@ impl Trainer {
             f64::INFINITY
         };
         m.grad_norm = clip_global_norm(&mut slices, max);
-        super::dpo::apply_update(
-            &mut self.adapters,
-            &grads,
-            &hyper.optimizer,
-            &mut self.moments,
-            step,
-            lr,
-        );
+        self.apply_update(&grads, &hyper.optimizer, step, lr);
         self.step = step;
         Ok(m)
+    }
+
+    /// One AdamW update of every adapter factor from `grads`. `moments` holds one entry per
+    /// factor in adapter order (A then B of each), the order checkpoints store them in — kept
+    /// aligned even for a factor that got no gradient.
+    fn apply_update(&mut self, grads: &AdapterGrads, optimizer: &AdamW, step: u64, lr: f64) {
+        let mut at = 0;
+        for (l, slots) in self.adapters.layers.iter_mut().enumerate() {
+            for (t, lora) in slots.iter_mut().enumerate() {
+                let Some(lora) = lora.as_mut() else { continue };
+                let g = grads.layers.get(l).and_then(|g| g[t].as_ref());
+                for (params, grad) in [
+                    (&mut lora.a, g.map(|g| &g.a)),
+                    (&mut lora.b, g.map(|g| &g.b)),
+                ] {
+                    if self.moments.len() <= at {
+                        self.moments.push(Moments::default());
+                    }
+                    if let Some(grad) = grad {
+                        optimizer.step(params, grad, &mut self.moments[at], step, lr);
+                    }
+                    at += 1;
+                }
+            }
+        }
     }
 
     /// The gradients of one step's loss (into `grads`) and its metrics (into `m`).
