@@ -79,6 +79,45 @@ enum Command {
     Redteam(RedteamArgs),
     /// Train a LoRA adapter on the quantized model: DPO/IPO/hinge on pairs, or SFT (resumable).
     Train(Box<TrainArgs>),
+    /// Measure a model (and an adapter against it) on held-out prompts: harmful compliance,
+    /// over-refusal and an AI-judged win rate, all stored (resumable).
+    Eval(Box<EvalArgs>),
+    /// Iterate: generate → label → train → eval for K rounds, each round generating with the
+    /// previous round's adapter; one database, one report (resumable).
+    Loop(Box<LoopArgs>),
+    /// Check this build and machine: GPU backends, devices, CPU features, threads, the model,
+    /// whether offload would happen, SQLite (exit 0 when a run can go ahead).
+    Doctor {
+        /// GGUF model [default: the model fetched by scripts/setup]
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The offload a run would ask for.
+        #[arg(long, default_value_t = 0)]
+        gpu_layers: u32,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge databases (shards of one job, or separate runs) into a new one, without duplicates.
+    Merge {
+        #[arg(required = true)]
+        dbs: Vec<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Write one self-contained HTML report (inline SVG, no network) over databases, and its
+    /// charts as PNGs in OUT-png/.
+    Report {
+        /// Databases to report on (repeat the flag: a loop's rounds, data and evaluations).
+        #[arg(long, required = true)]
+        db: Vec<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Skip the PNG copies of the charts.
+        #[arg(long)]
+        no_png: bool,
+    },
     /// Summarise a database: steps per stage and principle, pairs, filters, failures, judges.
     Stats {
         #[arg(long)]
@@ -89,6 +128,8 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 struct GenerateArgs {
     /// GGUF model file [default: the model fetched by scripts/setup]
     #[arg(long)]
@@ -103,7 +144,7 @@ struct GenerateArgs {
     /// Sequences decoded together in each batch.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
-    /// Critique/revision rounds per prompt (1-4).
+    /// Critique/revision rounds per prompt (0-4; 0: answers only, no pairs).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Most new tokens per turn.
@@ -137,12 +178,147 @@ struct GenerateArgs {
     /// Stop before anything runs if any prompt line is bad.
     #[arg(long)]
     strict: bool,
+    /// Only shard I of N of the prompts (by content hash), for array jobs; `tenets merge` joins
+    /// the shards' databases.
+    #[arg(long, value_parser = parse_shard, value_name = "I/N")]
+    shard: Option<(usize, usize)>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
 }
 
 #[derive(clap::Args)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
+struct EvalArgs {
+    /// GGUF base model [default: the model fetched by scripts/setup]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// LoRA adapter (GGUF) to compare with the base model; without one only the base is measured.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f32,
+    #[arg(long)]
+    constitution: PathBuf,
+    /// Held-out prompt files (repeat the flag): rows with `kind` harmful or benign, and optionally
+    /// `topic` and `style` [default: prompts/sets/eval-harmful.jsonl and eval-benign.jsonl]
+    #[arg(long)]
+    prompts: Vec<PathBuf>,
+    #[arg(long)]
+    db: PathBuf,
+    /// Judge model [default: the base model]
+    #[arg(long)]
+    judge_model: Option<PathBuf>,
+    /// Directory with verdict.jinja / judge.jinja frames [default: the bundled ones]
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    /// A name for this evaluation in reports [default: the adapter's file name, or "base"]
+    #[arg(long)]
+    name: Option<String>,
+    /// Comparison questions per prompt, each asked in both orders.
+    #[arg(long, default_value_t = 2)]
+    questions: usize,
+    /// Principles asked as comparison questions per prompt (both orders): the win rate by
+    /// principle.
+    #[arg(long, default_value_t = 1)]
+    principle_questions: usize,
+    /// Most new tokens per answer.
+    #[arg(long, default_value_t = 192)]
+    max_tokens: usize,
+    /// 0 for greedy decoding (the default: an evaluation measures the model, not one draw).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value_t = 2048)]
+    ctx: usize,
+    /// Stop before anything runs if any prompt line is bad.
+    #[arg(long)]
+    strict: bool,
+    /// Print the summary and figures as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
+struct LoopArgs {
+    /// GGUF base model [default: the model fetched by scripts/setup]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    constitution: PathBuf,
+    /// Training prompts (generate's input).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Held-out evaluation prompt files (repeat the flag) [default: the bundled eval sets]
+    #[arg(long)]
+    eval_prompts: Vec<PathBuf>,
+    /// Output directory: loop.db, adapter-round-K.gguf, report.html.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Critique/revision rounds per prompt when generating (1-4).
+    #[arg(long, default_value_t = 1)]
+    critique_rounds: usize,
+    /// Most new tokens per generated turn.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Most new tokens per evaluation answer.
+    #[arg(long, default_value_t = 192)]
+    eval_max_tokens: usize,
+    /// Comparison questions per pair (labeling) and per prompt (evaluation).
+    #[arg(long, default_value_t = 2)]
+    questions: usize,
+    /// Optimiser steps per round [default: --epochs over the data]
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Longest training sequence (prompt + answer), in tokens.
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    /// Train on pairs whose answers hit the token limit too (dropped by default).
+    #[arg(long)]
+    include_truncated: bool,
+    /// Stop after a round whose over-refusal rose by more than this (0.1 = 10 points) from the
+    /// previous round.
+    #[arg(long, default_value_t = 0.1)]
+    max_over_refusal_increase: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 struct LabelArgs {
     /// Database written by `tenets generate`.
     #[arg(long)]
@@ -187,6 +363,8 @@ struct LabelArgs {
 }
 
 #[derive(clap::Args)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 struct RedteamArgs {
     /// GGUF model file [default: the model fetched by scripts/setup]
     #[arg(long)]
@@ -253,6 +431,8 @@ struct ScoreArgs {
 }
 
 #[derive(clap::Args)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 struct TrainArgs {
     /// GGUF base model (stays quantized and frozen) [default: the model fetched by scripts/setup]
     #[arg(long)]
@@ -466,6 +646,59 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Score(args) => score(args),
         Command::Redteam(args) => redteam(args).await,
         Command::Train(args) => train(*args).await,
+        Command::Eval(args) => eval(*args).await,
+        Command::Loop(args) => run_loop(*args).await,
+        Command::Doctor {
+            model,
+            gpu_layers,
+            threads,
+            json,
+        } => {
+            let model = model.unwrap_or_else(tenets::doctor::default_model);
+            let report = tenets::doctor::run(&model, gpu_layers, threads).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.usable() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Merge { dbs, out } => {
+            let summary = tenets::store::merge::merge(&dbs, &out).await?;
+            for pass in &summary.added {
+                let rows: Vec<String> = pass
+                    .tables
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(table, n)| format!("{n} {table}"))
+                    .collect();
+                eprintln!(
+                    "{}: {}",
+                    pass.source.display(),
+                    if rows.is_empty() {
+                        "nothing new".to_string()
+                    } else {
+                        rows.join(", ")
+                    }
+                );
+            }
+            eprintln!("wrote {}", summary.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { db, out, no_png } => {
+            let summary = tenets::report::write(&db, &out, !no_png).await?;
+            eprintln!(
+                "wrote {} ({} sections) and {} PNG chart(s)",
+                summary.html.display(),
+                summary.sections.len(),
+                summary.pngs.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats { db, json } => {
             let store = Store::open_existing(&db).await?;
             let stats = stats::collect(&store).await?;
@@ -526,13 +759,7 @@ fn init(name: &str) -> Result<ExitCode> {
 }
 
 async fn redteam(args: RedteamArgs) -> Result<ExitCode> {
-    let model = args.model.unwrap_or_else(models::default_model_path);
-    if !model.exists() {
-        bail!(
-            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
-            model.display()
-        );
-    }
+    let model = model_or_default(args.model)?;
     let mut options = RedteamOptions::new(model, &args.constitution, &args.out);
     options.per_topic = args.per_topic;
     options.helpful_ratio = args.helpful_ratio;
@@ -588,6 +815,37 @@ fn stop_on_ctrl_c() -> StopSignal {
     stop
 }
 
+/// `--model`, or the default model; either must exist.
+fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
+    let model = model.unwrap_or_else(models::default_model_path);
+    if !model.exists() {
+        bail!(
+            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
+            model.display()
+        );
+    }
+    Ok(model)
+}
+
+/// `I/N` with 0 ≤ I < N.
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let (i, n) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}`: expected I/N, e.g. 0/4"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}`: I is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}`: N is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!("`{text}`: need 0 ≤ I < N"));
+    }
+    Ok((i, n))
+}
+
 async fn label(args: LabelArgs) -> Result<ExitCode> {
     let mut options = LabelOptions::new(&args.db);
     options.model = args.model;
@@ -633,18 +891,104 @@ async fn label(args: LabelArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn eval(args: EvalArgs) -> Result<ExitCode> {
+    use tenets::pipeline::eval::{self as evaluation, EvalOptions};
+    let model = model_or_default(args.model)?;
+    let prompts = if args.prompts.is_empty() {
+        models::bundled_eval_sets()
+    } else {
+        args.prompts
+    };
+    let mut o = EvalOptions::new(&model, &args.constitution, prompts, &args.db);
+    o.lora = args.lora;
+    o.lora_scale = args.lora_scale;
+    o.judge_model = args.judge_model;
+    o.templates = args.templates;
+    o.name = args.name;
+    o.questions = args.questions;
+    o.principle_questions = args.principle_questions;
+    o.max_tokens = args.max_tokens;
+    o.temperature = args.temperature;
+    o.top_p = args.top_p;
+    o.seed = args.seed;
+    o.parallel = args.parallel;
+    o.gpu_layers = args.gpu_layers;
+    if let Some(threads) = args.threads {
+        o.threads = threads;
+    }
+    o.ctx_per_sequence = args.ctx;
+    o.strict = args.strict;
+    o.quiet = args.quiet;
+    let summary = evaluation::eval(&o, stop_on_ctrl_c())
+        .await
+        .context("eval failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", evaluation::render(&summary));
+    }
+    if summary.interrupted {
+        eprintln!("interrupted: rerun the same command to resume");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_loop(args: LoopArgs) -> Result<ExitCode> {
+    use tenets::pipeline::iterate::{self, LoopOptions};
+    let model = model_or_default(args.model)?;
+    let eval_prompts = if args.eval_prompts.is_empty() {
+        models::bundled_eval_sets()
+    } else {
+        args.eval_prompts
+    };
+    let mut o = LoopOptions::new(
+        &model,
+        &args.constitution,
+        &args.prompts,
+        eval_prompts,
+        &args.dir,
+    );
+    o.rounds = args.rounds;
+    o.critique_rounds = args.critique_rounds;
+    o.max_tokens = args.max_tokens;
+    o.eval_max_tokens = args.eval_max_tokens;
+    o.questions = args.questions;
+    o.train_steps = args.steps;
+    o.epochs = args.epochs;
+    o.lr = args.lr;
+    o.beta = args.beta;
+    o.rank = args.rank;
+    o.max_length = args.max_length;
+    o.include_truncated = args.include_truncated;
+    o.max_over_refusal_increase = args.max_over_refusal_increase;
+    o.seed = args.seed;
+    o.parallel = args.parallel;
+    if let Some(threads) = args.threads {
+        o.threads = threads;
+    }
+    o.quiet = args.quiet;
+    let summary = iterate::run(&o, stop_on_ctrl_c())
+        .await
+        .context("loop failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", iterate::render(&summary));
+    }
+    if summary.interrupted {
+        eprintln!("interrupted: rerun the same command to resume");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn train(args: TrainArgs) -> Result<ExitCode> {
     use tenets::pipeline::train::{self as training, TrainData, TrainOptions};
     use tenets::train::dpo::Objective;
     use tenets::train::model::Target;
     use tenets::train::trainer::Loss;
-    let model = args.model.unwrap_or_else(models::default_model_path);
-    if !model.exists() {
-        bail!(
-            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
-            model.display()
-        );
-    }
+    let model = model_or_default(args.model)?;
     let data = match (args.data, args.db) {
         (Some(file), _) => TrainData::File(file),
         (None, Some(db)) => TrainData::Db(db),
@@ -724,13 +1068,7 @@ fn kernel(arg: KernelArg) -> Kernel {
 }
 
 fn score(args: ScoreArgs) -> Result<ExitCode> {
-    let model = args.model.unwrap_or_else(models::default_model_path);
-    if !model.exists() {
-        bail!(
-            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
-            model.display()
-        );
-    }
+    let model = model_or_default(args.model)?;
     let engine = match args.engine {
         EngineArg::Native => ScoreEngine::Native,
         EngineArg::Llama => ScoreEngine::Llama,
@@ -770,13 +1108,7 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
 }
 
 async fn generate(args: GenerateArgs) -> Result<ExitCode> {
-    let model = args.model.unwrap_or_else(models::default_model_path);
-    if !model.exists() {
-        bail!(
-            "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
-            model.display()
-        );
-    }
+    let model = model_or_default(args.model)?;
     let mut options = GenerateOptions::new(&model, &args.constitution, &args.prompts, &args.db);
     options.parallel = args.parallel;
     options.rounds = args.rounds;
@@ -793,6 +1125,7 @@ async fn generate(args: GenerateArgs) -> Result<ExitCode> {
     options.lora = args.lora;
     options.lora_scale = args.lora_scale;
     options.strict = args.strict;
+    options.shard = args.shard;
     options.quiet = args.quiet;
 
     let summary = pipeline::generate(&options, stop_on_ctrl_c())

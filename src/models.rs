@@ -1,4 +1,5 @@
-//! Where models live on this machine: the default model's cache location.
+//! Where models and bundled files live on this machine: the default model's cache location and
+//! the bundled evaluation prompt sets.
 //!
 //! `scripts/fetch-model` (run by `scripts/setup`) fetches the default model
 //! (SmolLM2-135M-Instruct, Q4_1) and a second test model into a git-ignored `models/` folder of
@@ -24,8 +25,22 @@ pub fn default_model_path() -> PathBuf {
 
 /// The folder `scripts/fetch-model` fills: `models/` under `$TENETS_HOME` or the crate's directory.
 pub fn models_dir() -> PathBuf {
+    home().join("models")
+}
+
+/// `$TENETS_HOME`, or the crate's directory.
+pub fn home() -> PathBuf {
     std::env::var_os("TENETS_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("models")
+}
+
+/// The held-out evaluation sets we ship (never used for training data): harmful-sounding
+/// prompts by restricted topic and attack style, and benign look-alikes.
+pub fn bundled_eval_sets() -> Vec<PathBuf> {
+    let sets = home().join("prompts").join("sets");
+    vec![
+        sets.join("eval-harmful.jsonl"),
+        sets.join("eval-benign.jsonl"),
+    ]
 }

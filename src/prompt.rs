@@ -25,6 +25,13 @@ pub struct PromptItem {
     pub messages: Vec<Message>,
     /// Free-form category from the file (for example "harmful" or "benign").
     pub kind: Option<String>,
+    /// What the prompt is about (a constitution topic, for `tenets redteam` prompts and the
+    /// evaluation sets): evaluation results are broken down by it.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// How the prompt asks (a red-team attack style such as "role-play", or "look-alike").
+    #[serde(default)]
+    pub style: Option<String>,
     /// Line (or row) in the source file, 1-based.
     pub line: usize,
 }
@@ -35,14 +42,36 @@ impl PromptItem {
             id: hash::of_json(&messages),
             messages,
             kind,
+            topic: None,
+            style: None,
             line,
         }
+    }
+
+    /// The same prompt with its topic and attack style (empty strings count as none).
+    pub fn with_tags(mut self, topic: Option<String>, style: Option<String>) -> Self {
+        self.topic = topic.filter(|t| !t.trim().is_empty());
+        self.style = style.filter(|s| !s.trim().is_empty());
+        self
     }
 
     /// The last user message: what a one-line view of this prompt shows.
     pub fn text(&self) -> &str {
         self.messages.last().map_or("", |m| m.content.as_str())
     }
+}
+
+/// Which of `n` shards a prompt belongs to: its content hash's first 64 bits modulo `n`, so every
+/// task of an array job (`--shard i/N`) picks its part of the same file with no coordination, and
+/// the parts are disjoint and complete.
+pub fn shard_of(prompt_id: &str, n: usize) -> usize {
+    let head = prompt_id.get(..16).unwrap_or(prompt_id);
+    let value = u64::from_str_radix(head, 16).unwrap_or_else(|_| {
+        // Not a hex hash (never the case for ids made here): hash the text instead.
+        let digest = hash::of_parts(&[prompt_id]);
+        u64::from_str_radix(&digest[..16], 16).unwrap_or(0)
+    });
+    (value % n.max(1) as u64) as usize
 }
 
 /// A line that could not be read as a prompt.
@@ -103,6 +132,10 @@ struct JsonLine {
     messages: Option<Vec<Message>>,
     #[serde(default)]
     kind: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    style: Option<String>,
 }
 
 /// Reads a prompt file; the format follows the extension (`.jsonl`/`.json`, `.csv`,
@@ -267,13 +300,19 @@ fn parse_jsonl(bytes: &[u8]) -> Vec<Row> {
                 continue;
             }
         };
-        let row = match (parsed.prompt, parsed.messages) {
+        let tags =
+            |row: Row| row.map(|item| item.with_tags(parsed.topic.clone(), parsed.style.clone()));
+        let row = match (parsed.prompt.clone(), parsed.messages.clone()) {
             (Some(_), Some(_)) => Err(BadLine {
                 line,
                 message: "give either `prompt` or `messages`, not both".into(),
             }),
-            (Some(prompt), None) => check_messages(vec![Message::user(prompt)], parsed.kind, line),
-            (None, Some(messages)) => check_messages(messages, parsed.kind, line),
+            (Some(prompt), None) => tags(check_messages(
+                vec![Message::user(prompt)],
+                parsed.kind.clone(),
+                line,
+            )),
+            (None, Some(messages)) => tags(check_messages(messages, parsed.kind.clone(), line)),
             (None, None) => {
                 let found: Vec<String> =
                     serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
@@ -307,7 +346,7 @@ fn parse_text(bytes: &[u8]) -> Vec<Row> {
         .collect()
 }
 
-/// CSV with a header row naming a `prompt` column (and optionally `kind`).
+/// CSV with a header row naming a `prompt` column (and optionally `kind`, `topic`, `style`).
 fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, String> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let headers = reader
@@ -321,6 +360,7 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, String> {
     };
     let prompt_col = column("prompt").ok_or("the CSV header has no `prompt` column")?;
     let kind_col = column("kind");
+    let (topic_col, style_col) = (column("topic"), column("style"));
     let mut rows = Vec::new();
     for record in reader.byte_records() {
         let record = match record {
@@ -347,11 +387,13 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, String> {
                 line,
                 message: "the `prompt` field is empty".into(),
             }),
-            (Ok(p), Ok(kind)) => Ok(PromptItem::new(
-                vec![Message::user(p)],
-                kind.filter(|k| !k.is_empty()),
-                line,
-            )),
+            (Ok(p), Ok(kind)) => {
+                let tag = |col: Option<usize>| col.and_then(|i| field(i).ok());
+                Ok(
+                    PromptItem::new(vec![Message::user(p)], kind.filter(|k| !k.is_empty()), line)
+                        .with_tags(tag(topic_col), tag(style_col)),
+                )
+            }
             (Err(message), _) | (_, Err(message)) => Err(BadLine { line, message }),
         };
         rows.push(row);
@@ -361,7 +403,7 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, String> {
 
 /// Reads a Parquet file's prompt columns as JSON lines (see [`crate::parquet`]).
 fn parquet_as_jsonl(path: &Path) -> Result<Vec<u8>, PromptError> {
-    let columns = ["prompt", "messages", "kind"];
+    let columns = ["prompt", "messages", "kind", "topic", "style"];
     let (jsonl, found) = crate::parquet::rows_as_jsonl(path, &columns).map_err(|e| match e {
         crate::parquet::ParquetError::Read(source) => PromptError::Read {
             path: path.to_path_buf(),
@@ -395,6 +437,34 @@ mod tests {
     }
 
     #[test]
+    fn shards_are_disjoint_complete_and_stable() {
+        let ids: Vec<String> = (0..200)
+            .map(|i| hash::of_parts(&[&i.to_string()]))
+            .collect();
+        let mut sizes = [0usize; 3];
+        for id in &ids {
+            let s = shard_of(id, 3);
+            assert_eq!(s, shard_of(id, 3));
+            sizes[s] += 1;
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 200);
+        assert!(sizes.iter().all(|&n| n > 40), "{sizes:?}");
+        assert!(ids.iter().all(|id| shard_of(id, 1) == 0));
+    }
+
+    #[test]
+    fn jsonl_keeps_topic_and_style() {
+        let rows = parse_jsonl(
+            b"{\"prompt\": \"hi\", \"kind\": \"harmful\", \"topic\": \"stalking\", \"style\": \"role-play\"}\n",
+        );
+        let item = rows[0].as_ref().unwrap();
+        assert_eq!(item.topic.as_deref(), Some("stalking"));
+        assert_eq!(item.style.as_deref(), Some("role-play"));
+        // Tags are metadata: the prompt's identity is its messages alone.
+        assert_eq!(item.id, PromptItem::new(item.messages.clone(), None, 1).id);
+    }
+
+    #[test]
     fn jsonl_reports_bad_lines_and_keeps_good_ones() {
         let rows = parse_jsonl(
             b"{\"prompt\": \"hi\"}\n\nnot json\n{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n{\"other\": 1}\n\xff\n",
@@ -417,10 +487,13 @@ mod tests {
     #[test]
     fn csv_needs_a_prompt_column() {
         assert!(parse_csv(b"text\nhello\n").is_err());
-        let rows = parse_csv(b"prompt,kind\nhello,benign\n\"multi\nline\",\n").unwrap();
+        let rows =
+            parse_csv(b"prompt,kind,topic\nhello,benign,greetings\n\"multi\nline\",,\n").unwrap();
         assert_eq!(rows.len(), 2);
         let first = rows[0].as_ref().unwrap();
         assert_eq!(first.kind.as_deref(), Some("benign"));
+        assert_eq!(first.topic.as_deref(), Some("greetings"));
+        assert_eq!(rows[1].as_ref().unwrap().topic, None);
         assert_eq!(first.line, 2);
     }
 

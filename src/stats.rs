@@ -65,6 +65,8 @@ pub struct Stats {
     pub runs: Vec<RunStats>,
     pub judges: Vec<JudgeStats>,
     pub trainings: Vec<TrainingStats>,
+    /// `tenets eval` evaluations, with their figures.
+    pub evaluations: Vec<crate::eval::results::EvalResults>,
 }
 
 /// One `tenets train` run in the database.
@@ -111,7 +113,18 @@ pub async fn collect(store: &Store) -> Result<Stats, StoreError> {
         runs: collect_runs(store).await?,
         judges: collect_judges(store).await?,
         trainings: collect_trainings(store).await?,
+        evaluations: collect_evaluations(store).await?,
     })
+}
+
+async fn collect_evaluations(
+    store: &Store,
+) -> Result<Vec<crate::eval::results::EvalResults>, StoreError> {
+    let mut out = Vec::new();
+    for (id, _) in crate::eval::results::list(store).await? {
+        out.push(crate::eval::results::load(store, &id).await?);
+    }
+    Ok(out)
 }
 
 async fn collect_trainings(store: &Store) -> Result<Vec<TrainingStats>, StoreError> {
@@ -284,7 +297,7 @@ fn short(hash: &str, n: usize) -> &str {
 pub fn render(stats: &Stats) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    if stats.runs.is_empty() && stats.trainings.is_empty() {
+    if stats.runs.is_empty() && stats.trainings.is_empty() && stats.evaluations.is_empty() {
         return "no runs in this database\n".into();
     }
     for run in &stats.runs {
@@ -399,6 +412,33 @@ pub fn render(stats: &Stats) -> String {
                 t.final_accuracy
                     .map_or(String::new(), |a| format!(", reward accuracy {a:.3}"))
             );
+        }
+    }
+    for e in &stats.evaluations {
+        let _ = writeln!(
+            s,
+            "evaluation {}  ({}, \"{}\", {} prompts)",
+            short(&e.eval_id, 16),
+            e.created_at,
+            e.name,
+            e.prompts
+        );
+        let sides = [
+            ("base", Some(&e.base)),
+            ("adapter", e.adapter_rates.as_ref()),
+        ];
+        for (side, rates) in sides {
+            if let Some(r) = rates {
+                let _ = writeln!(
+                    s,
+                    "  {side:<8} harmful compliance {}; over-refusal {}",
+                    r.harmful_compliance.display(),
+                    r.over_refusal.display()
+                );
+            }
+        }
+        if let Some(w) = &e.win_rate {
+            let _ = writeln!(s, "  p(adapter ≻ base) {}", w.preference.display());
         }
     }
     s

@@ -15,7 +15,10 @@ use sqlx::{Row, SqlitePool};
 use crate::hash;
 use crate::prompt::PromptItem;
 
+mod eval;
+pub mod merge;
 mod train;
+pub use eval::{EvalRecord, EvalSide, VerdictRecord};
 pub use train::{FinalScores, TrainRunRecord, TrainStepRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,67 @@ pub enum StoreError {
     Other { path: PathBuf, message: String },
     #[error("database {0} does not exist")]
     Missing(PathBuf),
+    #[error(
+        "database {path} is being written by another tenets process ({holder}); wait for it to \
+         finish, or give this run another --db"
+    )]
+    Busy { path: PathBuf, holder: String },
+}
+
+/// An exclusive claim on a database for one writing command, held until dropped: a second
+/// `generate` on the same database is refused instead of racing the first. It is an OS file
+/// lock on `DB.lock` beside the database, so a process killed with -9 releases it; the small
+/// file stays and records the last holder.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: std::fs::File,
+}
+
+impl WriterLock {
+    /// Claims `db` for `command` (what the holder's message names), or says who holds it.
+    pub fn acquire(db: &Path, command: &str) -> Result<Self, StoreError> {
+        use std::io::{Read, Seek, Write};
+        let mut path = db.as_os_str().to_owned();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        let other = |message: String| StoreError::Other {
+            path: path.clone(),
+            message,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| other(format!("cannot open the lock file: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(StoreError::Busy {
+                    path: db.to_path_buf(),
+                    holder: if holder.is_empty() {
+                        "unknown".into()
+                    } else {
+                        holder.to_string()
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(other(format!("cannot lock: {e}")));
+            }
+        }
+        let note = format!("pid {}, tenets {command}", std::process::id());
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(note.as_bytes()));
+        written.map_err(|e| other(format!("cannot write the lock file: {e}")))?;
+        Ok(WriterLock { _file: file })
+    }
 }
 
 /// Everything that identifies a run; its hash is the run id.
@@ -215,6 +279,14 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !folder.is_dir() {
+                return Err(StoreError::Other {
+                    path: path.to_path_buf(),
+                    message: format!("the folder {} does not exist", folder.display()),
+                });
+            }
+        }
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(err)?
             .filename(path)
@@ -347,12 +419,16 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(self.err())?;
         for item in items {
             sqlx::query(
-                "INSERT INTO prompts (id, messages, kind, source, line) VALUES (?, ?, ?, ?, ?) \
-                 ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO prompts (id, messages, kind, topic, style, source, line) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET kind = COALESCE(excluded.kind, kind), \
+                 topic = COALESCE(excluded.topic, topic), style = COALESCE(excluded.style, style)",
             )
             .bind(&item.id)
             .bind(serde_json::to_string(&item.messages).unwrap_or_default())
             .bind(&item.kind)
+            .bind(&item.topic)
+            .bind(&item.style)
             .bind(source)
             .bind(item.line as i64)
             .execute(&mut *tx)
@@ -487,10 +563,12 @@ impl Store {
         Ok(())
     }
 
-    /// The model file and constitution (as JSON) of the most recent run, if any.
+    /// The model file and constitution (as JSON) of the most recent run, if any; a run with
+    /// critique rounds before an answer-only one (`tenets eval`'s).
     pub async fn latest_run(&self) -> Result<Option<(String, String)>, StoreError> {
         let row = sqlx::query(
-            "SELECT model_path, constitution_json FROM runs ORDER BY created_at DESC LIMIT 1",
+            "SELECT model_path, constitution_json FROM runs \
+             ORDER BY rounds > 0 DESC, created_at DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
         .await
@@ -558,30 +636,44 @@ impl Store {
         &self,
         judge_id: &str,
     ) -> Result<(HashMap<String, StoredJudgments>, HashSet<String>), StoreError> {
-        let rows = sqlx::query(
+        self.judgment_progress(
             "SELECT pair_id, question_id, swapped, p_chosen FROM judgments WHERE judge_id = ?",
+            "SELECT pair_id FROM labels WHERE judge_id = ?",
+            judge_id,
         )
-        .bind(judge_id)
-        .fetch_all(&self.pool)
         .await
-        .map_err(self.err())?;
-        let mut judgments: HashMap<String, StoredJudgments> = HashMap::new();
+    }
+
+    /// Judgments `(key, question, swapped, p)` grouped by key, and the keys `complete` lists:
+    /// what a resumed judging run (labels, an evaluation's comparisons) has already done.
+    pub(crate) async fn judgment_progress(
+        &self,
+        judgments: &str,
+        complete: &str,
+        id: &str,
+    ) -> Result<(HashMap<String, StoredJudgments>, HashSet<String>), StoreError> {
+        let rows = sqlx::query(judgments)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.err())?;
+        let mut grouped: HashMap<String, StoredJudgments> = HashMap::new();
         for r in rows {
-            judgments.entry(r.get(0)).or_default().push((
+            grouped.entry(r.get(0)).or_default().push((
                 r.get(1),
                 r.get::<i64, _>(2) == 1,
                 r.get(3),
             ));
         }
-        let labeled = sqlx::query("SELECT pair_id FROM labels WHERE judge_id = ?")
-            .bind(judge_id)
+        let done = sqlx::query(complete)
+            .bind(id)
             .fetch_all(&self.pool)
             .await
             .map_err(self.err())?
             .into_iter()
             .map(|r| r.get(0))
             .collect();
-        Ok((judgments, labeled))
+        Ok((grouped, done))
     }
 
     /// Commits one judgment, and the pair's label when this judgment completes it.

@@ -84,7 +84,11 @@ fn bad_flags_and_missing_files_fail_clearly() {
     let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(1));
 
     let out = generate(dir.path(), &["--rounds", "9"], &constitution, &prompts);
-    assert_clean_failure(&out, dir.path(), "--rounds must be between 1 and 4");
+    assert_clean_failure(
+        &out,
+        dir.path(),
+        "--rounds must be between 0 (answers only) and 4",
+    );
 
     let out = generate(dir.path(), &["--top-p", "0"], &constitution, &prompts);
     assert_clean_failure(&out, dir.path(), "--top-p");

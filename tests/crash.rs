@@ -1,5 +1,6 @@
 //! Losing nothing: `tenets generate` killed with SIGKILL mid-run, then run again with the same
-//! command, completes every prompt exactly once; Ctrl-C (SIGINT) stops cleanly and resumes.
+//! command, completes every prompt exactly once — once, or at ten moments of one run; Ctrl-C
+//! (SIGINT) stops cleanly and resumes; a second generate on the same database is refused.
 
 mod common;
 
@@ -159,4 +160,68 @@ async fn ctrl_c_stops_cleanly_and_the_rerun_resumes() {
     let status = spawn(&prompts, &db).wait().unwrap();
     assert!(status.success());
     assert_complete_once(&db, 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_ten_moments_the_run_still_completes_every_prompt_once() {
+    let _one_at_a_time = common::MODEL_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(48));
+    let db = dir.path().join("faults.db");
+    // Moments spread from "still loading the model" to "well into the run", in a fixed
+    // pseudo-random order (a linear congruential sequence: the test is the same every time).
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut kills = 0;
+    for _ in 0..10 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = Duration::from_millis(200 + (state >> 33) % 1800);
+        let mut child = spawn(&prompts, &db);
+        tokio::time::sleep(delay).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        // Whatever moment it died at, what is stored is whole.
+        if db.exists() {
+            let store = Store::open_existing(&db).await.unwrap();
+            assert_eq!(store.integrity_check().await.unwrap(), "ok");
+            store.close().await;
+        }
+    }
+    assert!(kills >= 10, "the run finished after {kills} kills");
+    let mut last = spawn(&prompts, &db);
+    let status = last.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(last.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert_complete_once(&db, 48).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_generate_on_the_same_database_is_refused() {
+    let _one_at_a_time = common::MODEL_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(16));
+    let db = dir.path().join("shared.db");
+
+    let mut first = spawn(&prompts, &db);
+    wait_for_steps(&mut first, &db, 2).await;
+    let second = spawn(&prompts, &db).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second generate ran: {err}");
+    assert!(
+        err.contains("being written by another tenets process")
+            && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    // The first is unharmed and completes everything once.
+    let status = first.wait().unwrap();
+    assert!(status.success());
+    assert_complete_once(&db, 16).await;
+    // Once it is done, the database is free again.
+    let again = spawn(&prompts, &db).wait().unwrap();
+    assert!(again.success());
 }

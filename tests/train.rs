@@ -68,44 +68,10 @@ fn summary(output: &Output) -> Value {
 
 /// `(step, loss)` of every recorded step of the only run in `db`.
 fn losses(db: &Path) -> Vec<(i64, f64)> {
-    let conn = rusqlite_free_query(db, "SELECT step, loss FROM train_steps ORDER BY step");
+    let conn = common::query(db, "SELECT step, loss FROM train_steps ORDER BY step");
     conn.iter()
         .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
         .collect()
-}
-
-/// A read-only query through sqlx, rows as strings (the tests need no other driver).
-fn rusqlite_free_query(db: &Path, sql: &str) -> Vec<Vec<String>> {
-    use sqlx::Row;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(db)
-            .read_only(true);
-        let Ok(pool) = sqlx::SqlitePool::connect_with(options).await else {
-            return Vec::new();
-        };
-        let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap_or_default();
-        let out = rows
-            .iter()
-            .map(|r| {
-                (0..r.columns().len())
-                    .map(|i| {
-                        r.try_get::<f64, _>(i)
-                            .map(|v| v.to_string())
-                            .or_else(|_| r.try_get::<i64, _>(i).map(|v| v.to_string()))
-                            .or_else(|_| r.try_get::<String, _>(i))
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .collect();
-        pool.close().await;
-        out
-    })
 }
 
 #[test]
@@ -232,7 +198,7 @@ fn dpo_learns_the_fixture_and_writes_adapters_llama_cpp_and_peft_load() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let runs = rusqlite_free_query(&db, "SELECT lora_sha256, lora_scale FROM runs");
+    let runs = common::query(&db, "SELECT lora_sha256, lora_scale FROM runs");
     let sha = tenets::hash::of_file(&out).unwrap();
     assert_eq!(runs, vec![vec![sha, "0.5".to_string()]]);
 }
@@ -330,6 +296,67 @@ fn kill_9_then_resume_retraces_the_uninterrupted_loss_curve() {
 }
 
 #[test]
+fn killed_at_ten_moments_the_resumed_run_retraces_the_loss_curve() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture_head(dir.path(), 8);
+    let settings = [
+        "--max-length",
+        "128",
+        "--batch",
+        "2",
+        "--steps",
+        "40",
+        "--save-every",
+        "1",
+        "--lr",
+        "1e-3",
+        "--no-final-eval",
+        "--resume",
+    ];
+    let whole = dir.path().join("whole.gguf");
+    summary(&run(train_command(&data, &whole, &settings)));
+    let expected = losses(&dir.path().join("whole.train.db"));
+    assert_eq!(expected.len(), 40);
+
+    // Ten kills at moments from "still loading" to "mid-step", in a fixed pseudo-random order.
+    let out = dir.path().join("cut.gguf");
+    let db = dir.path().join("cut.train.db");
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut kills = 0;
+    for _ in 0..10 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = Duration::from_millis(150 + (state >> 33) % 1100);
+        let mut child = train_command(&data, &out, &settings)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert_eq!(kills, 10, "the run finished before ten kills");
+    let before = losses(&db).len();
+    assert!(before < 40, "{before} steps done before the last resume");
+    summary(&run(train_command(&data, &out, &settings)));
+    let got = losses(&db);
+    assert_eq!(got.len(), 40);
+    for ((step, a), (_, b)) in got.iter().zip(&expected) {
+        assert!(
+            (a - b).abs() <= 1e-9,
+            "step {step}: {a} after ten kills vs {b} uninterrupted"
+        );
+    }
+    assert!(out.exists());
+}
+
+#[test]
 fn ctrl_c_saves_a_checkpoint_at_the_last_step_and_resume_finishes() {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
@@ -370,7 +397,7 @@ fn ctrl_c_saves_a_checkpoint_at_the_last_step_and_resume_finishes() {
     );
     // The checkpoint is the last completed step, though --save-every would not have saved it.
     let done = losses(&db).len();
-    let saved = rusqlite_free_query(&db, "SELECT step FROM train_checkpoints");
+    let saved = common::query(&db, "SELECT step FROM train_checkpoints");
     assert_eq!(saved, vec![vec![done.to_string()]]);
     assert!(done < 6, "stopped after {done} steps");
     let resumed = summary(&run(train_command(

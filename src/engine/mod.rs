@@ -101,6 +101,28 @@ pub fn check_model_file(path: &Path) -> Result<(), EngineError> {
         })
 }
 
+/// Checks that `path` is a GGUF LoRA adapter (what `tenets train` or llama.cpp's converter
+/// writes), before anything loads or any database is touched.
+pub fn check_adapter_file(path: &Path) -> Result<(), EngineError> {
+    let gguf = crate::train::gguf::Gguf::open(path).map_err(|e| EngineError::Model {
+        path: path.to_path_buf(),
+        message: strip_path(&e.to_string(), path),
+    })?;
+    let text = |key: &str| gguf.get(key).and_then(|v| v.as_str()).unwrap_or("none");
+    if text("general.type") != "adapter" || text("adapter.type") != "lora" {
+        return Err(EngineError::Model {
+            path: path.to_path_buf(),
+            message: format!(
+                "not a LoRA adapter (general.type is `{}`, adapter.type `{}`): pass a file \
+                 written by `tenets train` or llama.cpp's convert_lora_to_gguf.py",
+                text("general.type"),
+                text("adapter.type")
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The GGUF reader's messages start with the path; the model error adds it again.
 fn strip_path(message: &str, path: &Path) -> String {
     let prefix = format!("{}: ", path.display());

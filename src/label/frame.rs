@@ -1,7 +1,8 @@
-//! The judge's multiple-choice frame: a minijinja template (bundled `prompts/judge.jinja`, or
-//! `judge.jinja` in a user's `--templates DIR`) that lays out the conversation, the comparison
-//! question and the two options (`cot`: whether the judge is to reason first). Rendered with strict undefined; the conversation and answers go
-//! in as values — data, never template source.
+//! Frames: single minijinja templates a judge reads ([`Frame`]), bundled under `prompts/` or
+//! taken from a user's `--templates DIR`, rendered with strict undefined; user text goes in as
+//! values — data, never template source. [`JudgeFrame`] is the labeling judge's multiple-choice
+//! frame (`judge.jinja`): the conversation, the comparison question and the two options (`cot`:
+//! whether the judge is to reason first).
 
 use std::path::Path;
 
@@ -17,38 +18,80 @@ const NAME: &str = "judge.jinja";
 /// The frame fails the way the critique/revision templates do.
 pub type FrameError = TurnTemplateError;
 
-pub struct JudgeFrame {
+/// One single-template frame: a bundled source, or the file of the same name in a user's
+/// `--templates DIR`; strict undefined; checked by a trial render when loaded.
+pub struct Frame {
     env: Environment<'static>,
     hash: String,
     origin: String,
+    name: &'static str,
+}
+
+impl Frame {
+    /// `name` from `dir` when it is there, else `bundled`.
+    pub fn load(
+        dir: Option<&Path>,
+        name: &'static str,
+        bundled: &'static str,
+    ) -> Result<Self, FrameError> {
+        let (source, origin) = match dir.map(|d| d.join(name)).filter(|p| p.exists()) {
+            Some(path) => {
+                let source = std::fs::read_to_string(&path)
+                    .map_err(|source| FrameError::Read { path, source })?;
+                let origin = dir.map_or_else(String::new, |d| d.display().to_string());
+                (source, origin)
+            }
+            None => (bundled.to_string(), "bundled".to_string()),
+        };
+        let hash = hash::of_parts(&[&source]);
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_template_owned(name, source)
+            .map_err(|e| FrameError::Template {
+                name: format!("{origin}/{name}"),
+                message: e.to_string(),
+            })?;
+        Ok(Frame {
+            env,
+            hash,
+            origin,
+            name,
+        })
+    }
+
+    /// Hash of the source: part of the identity of whatever is judged with it.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Renders with `values` (user text goes in as values: data, never template source).
+    pub fn render(&self, values: minijinja::Value) -> Result<String, FrameError> {
+        let fail = |e: minijinja::Error| FrameError::Template {
+            name: format!("{}/{}", self.origin, self.name),
+            message: e.to_string(),
+        };
+        let template = self.env.get_template(self.name).map_err(fail)?;
+        let text = template.render(values).map_err(fail)?;
+        Ok(text.trim().to_string())
+    }
+}
+
+pub struct JudgeFrame {
+    frame: Frame,
 }
 
 impl JudgeFrame {
     pub fn bundled() -> Result<Self, FrameError> {
-        Self::from_source(JUDGE.to_string(), "bundled".into())
+        Self::checked(Frame::load(None, NAME, JUDGE)?)
     }
 
     /// `judge.jinja` from `dir`, or the bundled frame when the directory has none.
     pub fn from_dir(dir: &Path) -> Result<Self, FrameError> {
-        let path = dir.join(NAME);
-        if !path.exists() {
-            return Self::bundled();
-        }
-        let source =
-            std::fs::read_to_string(&path).map_err(|source| FrameError::Read { path, source })?;
-        Self::from_source(source, dir.display().to_string())
+        Self::checked(Frame::load(Some(dir), NAME, JUDGE)?)
     }
 
-    fn from_source(source: String, origin: String) -> Result<Self, FrameError> {
-        let hash = hash::of_parts(&[&source]);
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.add_template_owned(NAME, source)
-            .map_err(|e| FrameError::Template {
-                name: format!("{origin}/{NAME}"),
-                message: e.to_string(),
-            })?;
-        let frame = JudgeFrame { env, hash, origin };
+    fn checked(frame: Frame) -> Result<Self, FrameError> {
+        let frame = JudgeFrame { frame };
         // Fail now, not at the first pair.
         frame.render(&[Message::user("x")], "q", "a", "b", false)?;
         frame.render(&[Message::user("x")], "q", "a", "b", true)?;
@@ -57,7 +100,7 @@ impl JudgeFrame {
 
     /// Hash of the frame source: part of the judge's identity.
     pub fn hash(&self) -> &str {
-        &self.hash
+        self.frame.hash()
     }
 
     /// The frame for one question with `option_a` shown as (A) and `option_b` as (B); `cot` asks
@@ -70,21 +113,13 @@ impl JudgeFrame {
         option_b: &str,
         cot: bool,
     ) -> Result<String, FrameError> {
-        let fail = |e: minijinja::Error| FrameError::Template {
-            name: format!("{}/{NAME}", self.origin),
-            message: e.to_string(),
-        };
-        let template = self.env.get_template(NAME).map_err(fail)?;
-        let text = template
-            .render(minijinja::context! {
-                conversation => conversation,
-                question => question,
-                option_a => option_a,
-                option_b => option_b,
-                cot => cot,
-            })
-            .map_err(fail)?;
-        Ok(text.trim().to_string())
+        self.frame.render(minijinja::context! {
+            conversation => conversation,
+            question => question,
+            option_a => option_a,
+            option_b => option_b,
+            cot => cot,
+        })
     }
 }
 

@@ -62,24 +62,9 @@ fn forms(letter: char) -> Vec<String> {
 impl AnswerTokens {
     /// Every single-token form of "A" and of "B" in the model's vocabulary.
     pub fn of(model: &LlamaModel) -> Self {
-        let vocab = model.vocab();
-        let set = |letter: char| {
-            let mut tokens: Vec<LlamaToken> = forms(letter)
-                .iter()
-                .filter_map(
-                    |f| match vocab.tokenize(f.as_bytes(), false, false).as_slice() {
-                        [one] => Some(*one),
-                        _ => None,
-                    },
-                )
-                .collect();
-            tokens.sort_by_key(|t| t.0);
-            tokens.dedup();
-            tokens
-        };
         AnswerTokens {
-            a: set('A'),
-            b: set('B'),
+            a: letter_tokens(model, 'A'),
+            b: letter_tokens(model, 'B'),
         }
     }
 
@@ -87,6 +72,23 @@ impl AnswerTokens {
     pub fn sets(&self) -> Vec<Vec<LlamaToken>> {
         vec![self.a.clone(), self.b.clone()]
     }
+}
+
+/// Every single-token form of one answer letter in the model's vocabulary, sorted.
+pub fn letter_tokens(model: &LlamaModel, letter: char) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let mut tokens: Vec<LlamaToken> = forms(letter)
+        .iter()
+        .filter_map(
+            |f| match vocab.tokenize(f.as_bytes(), false, false).as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            },
+        )
+        .collect();
+    tokens.sort_by_key(|t| t.0);
+    tokens.dedup();
+    tokens
 }
 
 /// The `k` comparison questions asked about a pair: drawn without replacement, seeded by the

@@ -90,18 +90,19 @@ pub struct LabelSummary {
     pub interrupted: bool,
 }
 
-/// What every session of a label run shares.
-struct LabelContext {
-    judge_id: String,
-    chat: Arc<ChatTemplate>,
-    frame: JudgeFrame,
-    answers: Arc<Vec<Vec<LlamaToken>>>,
-    cot: Option<CotSettings>,
-    writer: mpsc::Sender<LabelRequest>,
+/// What every session of a label run shares (an evaluation's comparisons share it too: judge
+/// id = evaluation id, pair = a prompt's adapter and base answers).
+pub(super) struct LabelContext {
+    pub judge_id: String,
+    pub chat: Arc<ChatTemplate>,
+    pub frame: JudgeFrame,
+    pub answers: Arc<Vec<Vec<LlamaToken>>>,
+    pub cot: Option<CotSettings>,
+    pub writer: mpsc::Sender<LabelRequest>,
 }
 
 /// What a pair session asks the store writer to do.
-enum LabelWrite {
+pub(super) enum LabelWrite {
     /// Make a judgment durable (with the pair's label when it is the last).
     Judgment(JudgmentRecord, Option<LabelRecord>),
     /// Report a pair that cannot be judged: (pair id, reason).
@@ -109,13 +110,13 @@ enum LabelWrite {
 }
 
 /// A write and the channel that says "durable; go on (true) or stop (false)".
-struct LabelRequest {
-    write: LabelWrite,
-    ack: oneshot::Sender<bool>,
+pub(super) struct LabelRequest {
+    pub write: LabelWrite,
+    pub ack: oneshot::Sender<bool>,
 }
 
 /// One pair's questions, asked one turn at a time.
-struct PairSession {
+pub(super) struct PairSession {
     context: Arc<LabelContext>,
     pair: PairForLabel,
     /// (question, swapped) still to ask: each question straight, then swapped.
@@ -136,6 +137,35 @@ struct Asked {
 }
 
 impl PairSession {
+    /// A session for the `questions` (each straight, then swapped, back to back: the two share
+    /// the conversation and the question in the slot's KV cache, as the frame asks before it
+    /// lists the options) that `done` does not already hold.
+    pub fn new(
+        context: Arc<LabelContext>,
+        pair: PairForLabel,
+        questions: Vec<&Comparison>,
+        done: Vec<(String, bool, f64)>,
+    ) -> Self {
+        let todo = questions
+            .into_iter()
+            .flat_map(|q| [(q.clone(), false), (q.clone(), true)])
+            .filter(|(q, swapped)| !done.iter().any(|d| d.0 == q.id && d.1 == *swapped))
+            .collect();
+        PairSession {
+            context,
+            pair,
+            todo,
+            done,
+            current: None,
+            reasoned: None,
+        }
+    }
+
+    /// Judgments still to make.
+    pub fn remaining(&self) -> usize {
+        self.todo.len()
+    }
+
     /// The judge's conversation for `asked`: the frame as the user turn, then the reply so far —
     /// the answer prefix, or (chain of thought) the reasoning prompt, the reasoning once there is
     /// some, and then the answer prefix.
@@ -418,27 +448,15 @@ pub async fn label(
             continue;
         }
         let done = stored.remove(&pair.pair_id).unwrap_or_default();
-        // Each question in both orders back to back: the two share the conversation and the
-        // question in the slot's KV cache (the frame asks before it lists the options).
-        let todo: VecDeque<(Comparison, bool)> = label::questions_for(
+        let questions = label::questions_for(
             &constitution.comparisons,
             options.questions,
             options.seed,
             &pair.pair_id,
-        )
-        .into_iter()
-        .flat_map(|q| [(q.clone(), false), (q.clone(), true)])
-        .filter(|(q, swapped)| !done.iter().any(|d| d.0 == q.id && d.1 == *swapped))
-        .collect();
-        remaining += todo.len() as u64;
-        sessions.push(PairSession {
-            context: context.clone(),
-            pair,
-            todo,
-            done,
-            current: None,
-            reasoned: None,
-        });
+        );
+        let session = PairSession::new(context.clone(), pair, questions, done);
+        remaining += session.remaining() as u64;
+        sessions.push(session);
     }
     drop(context);
 
@@ -448,6 +466,7 @@ pub async fn label(
         writer_rx,
         stop.clone(),
         progress.clone(),
+        JudgmentTable::Labels,
     ));
     for session in sessions {
         if stop.draining() || jobs_tx.send(Box::new(session)).await.is_err() {
@@ -493,24 +512,49 @@ async fn judge_figures(
     Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
 }
 
-/// Commits each judgment (and label), then acknowledges it.
-async fn write_loop(
+/// Where a judging run's judgments go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum JudgmentTable {
+    /// `judgments` and `labels` (`tenets label`).
+    Labels,
+    /// `eval_judgments` and `eval_comparisons` (`tenets eval`: pair = prompt).
+    Comparisons,
+}
+
+/// Commits each judgment (and label), then acknowledges it; counts (judgments, labels,
+/// failures).
+pub(super) async fn write_loop(
     store: Store,
     mut rx: mpsc::Receiver<LabelRequest>,
     stop: StopSignal,
     progress: indicatif::ProgressBar,
+    table: JudgmentTable,
 ) -> Result<(usize, usize, usize), PipelineError> {
     let (mut judgments, mut labels, mut failures) = (0, 0, 0);
     while let Some(LabelRequest { write, ack }) = rx.recv().await {
         match write {
             LabelWrite::Failure(pair, reason) => {
                 tracing::warn!(pair = %pair, "cannot judge: {reason}");
-                progress.println(format!("pair {}… cannot be judged: {reason}", &pair[..12]));
+                progress.println(format!(
+                    "{} {}… cannot be judged: {reason}",
+                    if table == JudgmentTable::Labels {
+                        "pair"
+                    } else {
+                        "prompt"
+                    },
+                    pair.get(..12).unwrap_or(&pair)
+                ));
                 failures += 1;
                 let _ = ack.send(false);
             }
             LabelWrite::Judgment(j, label) => {
-                if let Err(e) = store.commit_judgment(&j, label.as_ref()).await {
+                let committed = match table {
+                    JudgmentTable::Labels => store.commit_judgment(&j, label.as_ref()).await,
+                    JudgmentTable::Comparisons => {
+                        store.commit_eval_judgment(&j, label.as_ref()).await
+                    }
+                };
+                if let Err(e) = committed {
                     stop.abort();
                     let _ = ack.send(false);
                     return Err(e.into());

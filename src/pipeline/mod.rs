@@ -6,6 +6,8 @@
 //! at most the turns in flight; the same command resumes from the store.
 
 pub mod chain;
+pub mod eval;
+pub mod iterate;
 pub mod label;
 pub mod redteam;
 pub mod train;
@@ -47,6 +49,8 @@ pub enum PipelineError {
     Dataset(#[from] crate::dataset::DatasetError),
     #[error(transparent)]
     Model(#[from] crate::train::model::ModelError),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     #[error("training: {0}")]
     Train(String),
     #[error("invalid setting: {0}")]
@@ -77,6 +81,9 @@ pub struct GenerateOptions {
     /// A LoRA adapter (GGUF) to decode with, and its scale.
     pub lora: Option<PathBuf>,
     pub lora_scale: f32,
+    /// `(i, n)`: only the prompts of shard `i` of `n` (by content hash; see
+    /// [`prompt::shard_of`]). The run id leaves it out, so shards merge into one run.
+    pub shard: Option<(usize, usize)>,
 }
 
 impl GenerateOptions {
@@ -100,13 +107,15 @@ impl GenerateOptions {
             quiet: true,
             lora: None,
             lora_scale: 1.0,
+            shard: None,
         }
     }
 
     fn check(&self) -> Result<(), PipelineError> {
         let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
-        if !(1..=4).contains(&self.rounds) {
-            return bad("--rounds must be between 1 and 4");
+        // 0 rounds: answers only (what `tenets eval` asks for).
+        if self.rounds > 4 {
+            return bad("--rounds must be between 0 (answers only) and 4");
         }
         if self.parallel == 0 || self.parallel > 256 {
             return bad("--parallel must be between 1 and 256");
@@ -128,6 +137,11 @@ impl GenerateOptions {
         }
         if self.ctx_per_sequence < 64 {
             return bad("--ctx must be at least 64 tokens");
+        }
+        if let Some((i, n)) = self.shard {
+            if n == 0 || i >= n {
+                return bad("--shard must be i/N with 0 ≤ i < N");
+            }
         }
         Ok(())
     }
@@ -161,34 +175,52 @@ pub async fn generate(
     stop: StopSignal,
 ) -> Result<GenerateSummary, PipelineError> {
     options.check()?;
-    let started = Instant::now();
-
     // Everything that can be wrong with the inputs is found before the model loads.
+    Constitution::load(&options.constitution)?;
+    let prompt_set = prompt::load(&options.prompts)?;
+    check_prompt_sets(std::slice::from_ref(&prompt_set), options.strict)?;
+    generate_sets(options, vec![prompt_set], stop).await
+}
+
+/// Reports the bad lines of prompt files: an error under `--strict`, warnings otherwise.
+pub(crate) fn check_prompt_sets(
+    sets: &[prompt::PromptSet],
+    strict: bool,
+) -> Result<(), PipelineError> {
+    let lines: Vec<String> = sets.iter().flat_map(|set| set.report()).collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    if strict {
+        return Err(PipelineError::StrictPrompts {
+            count: lines.len(),
+            lines: lines.join("\n"),
+        });
+    }
+    for line in &lines {
+        tracing::warn!("skipped {line}");
+    }
+    Ok(())
+}
+
+/// Generation over prompt sets already read (and checked): a prompt in two sets runs once.
+pub async fn generate_sets(
+    options: &GenerateOptions,
+    sets: Vec<prompt::PromptSet>,
+    stop: StopSignal,
+) -> Result<GenerateSummary, PipelineError> {
+    options.check()?;
+    let started = Instant::now();
     let constitution = Constitution::load(&options.constitution)?;
     let templates = match &options.templates {
         Some(dir) => TurnTemplates::from_dir(dir)?,
         None => TurnTemplates::bundled()?,
     };
     templates.check(&constitution)?;
-    let prompt_set = prompt::load(&options.prompts)?;
-    if !prompt_set.bad.is_empty() {
-        let lines = prompt_set.report();
-        if options.strict {
-            return Err(PipelineError::StrictPrompts {
-                count: lines.len(),
-                lines: lines.join("\n"),
-            });
-        }
-        for line in &lines {
-            tracing::warn!("skipped {line}");
-        }
-    }
     engine::check_model_file(&options.model)?;
-    let store = Store::open(&options.db).await?;
-    let model_sha256 = store.model_sha256(&options.model).await?;
     let lora = match &options.lora {
         Some(path) => {
-            engine::check_model_file(path)?;
+            engine::check_adapter_file(path)?;
             let sha = crate::hash::of_file(path).map_err(|e| {
                 PipelineError::Setting(format!("cannot read --lora {}: {e}", path.display()))
             })?;
@@ -196,6 +228,17 @@ pub async fn generate(
         }
         None => None,
     };
+    if sets.iter().all(|s| s.items.is_empty()) {
+        let files: Vec<String> = sets.iter().map(|s| s.path.display().to_string()).collect();
+        return Err(PipelineError::Setting(format!(
+            "no prompts in {}",
+            files.join(", ")
+        )));
+    }
+    let store = Store::open(&options.db).await?;
+    // One writer per database: a second generate on it is refused, not interleaved.
+    let _claim = crate::store::WriterLock::acquire(&options.db, "generate")?;
+    let model_sha256 = store.model_sha256(&options.model).await?;
 
     // The engine thread loads the model, reports its chat template, then serves chains.
     let config = EngineConfig {
@@ -239,25 +282,38 @@ pub async fn generate(
         lora,
     };
     let run_id = store.upsert_run(&run).await?;
-    let source = options.prompts.display().to_string();
-    store.upsert_prompts(&prompt_set.items, &source).await?;
-    for d in &prompt_set.duplicates {
-        tracing::warn!(
-            "skipped {source}:{}: {} of line {}",
-            d.line,
-            if d.exact {
-                "duplicate"
-            } else {
-                "near-duplicate"
-            },
-            d.of_line
-        );
+    let mut items: Vec<prompt::PromptItem> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let (mut bad_lines, mut duplicates) = (0, 0);
+    let in_shard = |item: &prompt::PromptItem| match options.shard {
+        Some((i, n)) => prompt::shard_of(&item.id, n) == i,
+        None => true,
+    };
+    for set in sets {
+        let source = set.path.display().to_string();
+        let kept: Vec<prompt::PromptItem> = set.items.into_iter().filter(in_shard).collect();
+        store.upsert_prompts(&kept, &source).await?;
+        for d in &set.duplicates {
+            tracing::warn!(
+                "skipped {source}:{}: {} of line {}",
+                d.line,
+                if d.exact {
+                    "duplicate"
+                } else {
+                    "near-duplicate"
+                },
+                d.of_line
+            );
+        }
+        store
+            .record_dropped_prompts(&run_id, &source, &set.duplicates)
+            .await?;
+        bad_lines += set.bad.len();
+        duplicates += set.duplicates.len();
+        items.extend(kept.into_iter().filter(|item| seen.insert(item.id.clone())));
     }
-    store
-        .record_dropped_prompts(&run_id, &source, &prompt_set.duplicates)
-        .await?;
     let mut stored = store.steps_of_run(&run_id).await?;
-    tracing::info!(run = %run_id, prompts = prompt_set.items.len(), "generate");
+    tracing::info!(run = %run_id, prompts = items.len(), "generate");
 
     let (writer_tx, writer_rx) = mpsc::channel::<WriteRequest>(options.parallel * 2);
     let context = Arc::new(RunContext {
@@ -276,13 +332,13 @@ pub async fn generate(
     let mut chains = Vec::new();
     let mut summary = GenerateSummary {
         run_id: run_id.clone(),
-        prompts: prompt_set.items.len(),
-        bad_lines: prompt_set.bad.len(),
-        duplicates: prompt_set.duplicates.len(),
+        prompts: items.len(),
+        bad_lines,
+        duplicates,
         ..GenerateSummary::default()
     };
     let mut remaining_steps = 0;
-    for item in prompt_set.items {
+    for item in items {
         let steps = stored.remove(&item.id).unwrap_or_default();
         let chain = Chain::new(context.clone(), item, steps);
         if chain.is_complete() {

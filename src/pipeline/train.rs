@@ -649,7 +649,7 @@ impl Job {
                 tokens: metrics.tokens as u64,
                 seconds,
             };
-            let save = step % o.save_every == 0 || step == self.total_steps;
+            let save = step.is_multiple_of(o.save_every) || step == self.total_steps;
             let state = save.then(|| trainer.to_bytes());
             self.handle.block_on(self.store.commit_train_step(
                 &self.run_id,

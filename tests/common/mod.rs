@@ -84,3 +84,52 @@ pub fn prompts(n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// A read-only query through sqlx, rows as strings (the tests need no other driver); no rows
+/// when the database cannot be opened.
+pub fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
+    use sqlx::Row;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db)
+            .read_only(true);
+        let Ok(pool) = sqlx::SqlitePool::connect_with(options).await else {
+            return Vec::new();
+        };
+        let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap_or_default();
+        let out = rows
+            .iter()
+            .map(|r| {
+                (0..r.columns().len())
+                    .map(|i| {
+                        r.try_get::<f64, _>(i)
+                            .map(|v| v.to_string())
+                            .or_else(|_| r.try_get::<i64, _>(i).map(|v| v.to_string()))
+                            .or_else(|_| r.try_get::<String, _>(i))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect();
+        pool.close().await;
+        out
+    })
+}
+
+/// Runs statements on a database (tests that simulate a crash by removing rows).
+pub fn execute(db: &Path, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    })
+}

@@ -237,6 +237,15 @@ impl Gguf {
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
+        if file.metadata().map_err(io)?.is_dir() {
+            return Err(GgufError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "it is a folder, not a GGUF file",
+                ),
+            });
+        }
         // SAFETY: the map is read-only and private to this process; a file changed underneath a
         // running process is outside what any reader can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;

@@ -103,7 +103,7 @@ impl<'a> Matrix<'a> {
         bytes: &'a [u8],
     ) -> Result<Self, MatmulError> {
         let block = kind.block_elements();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(MatmulError::Columns { kind, cols, block });
         }
         let row_bytes = kind.row_bytes(cols);
@@ -341,7 +341,7 @@ pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 fn check_operand(what: &'static str, len: usize, width: usize) -> Result<usize, MatmulError> {
-    if width == 0 || len % width != 0 {
+    if width == 0 || !len.is_multiple_of(width) {
         return Err(MatmulError::Operand {
             what,
             got: len,

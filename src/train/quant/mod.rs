@@ -132,7 +132,7 @@ pub struct RowSizeError {
 /// Dequantizes one row: `out.len()` weights from `bytes` — the scalar reference path.
 pub fn dequantize_row(kind: QuantType, bytes: &[u8], out: &mut [f32]) -> Result<(), RowSizeError> {
     let n = out.len();
-    let expected = if n % kind.block_elements() == 0 {
+    let expected = if n.is_multiple_of(kind.block_elements()) {
         kind.row_bytes(n)
     } else {
         usize::MAX

@@ -1,0 +1,653 @@
+//! `tenets eval`: the base model and the base with an adapter answer held-out prompts; a judge
+//! model gives every answer a refusal verdict and compares the two answers of each prompt under
+//! the constitution's comparison questions, both orders; everything into SQLite.
+//!
+//! Three phases, each resumable: the answers are two answer-only generate runs (rounds = 0;
+//! the adapter's run carries the adapter's hash, so it is its own run), then one judge engine
+//! serves two kinds of sessions together — a one-probe [`VerdictSession`] per answer and a
+//! label [`PairSession`] per prompt — and their results are committed one by one. The figures
+//! are computed from what is stored ([`crate::eval::results`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::{mpsc, oneshot};
+
+use super::label::{write_loop, JudgmentTable, LabelContext, LabelRequest, PairSession};
+use super::{
+    check_prompt_sets, generate_sets, progress_bar, start_engine, GenerateOptions, GenerateSummary,
+    PipelineError,
+};
+use crate::chat::{ChatTemplate, Message, Segment};
+use crate::constitution::Constitution;
+use crate::engine::batch::{self, Counters, Next, Sampling};
+use crate::engine::{
+    self, EngineConfig, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest,
+};
+use crate::eval::results::{self, EvalResults};
+use crate::eval::{
+    pattern_verdict, principle_comparison, JudgeVerdict, Refusal, VerdictFrame, PRINCIPLE_PREFIX,
+    ROTATIONS,
+};
+use crate::label::frame::JudgeFrame;
+use crate::label::{self, AnswerTokens, ANSWER_PREFIX};
+use crate::prompt::{self, PromptItem};
+use crate::store::{EvalRecord, EvalSide, PairForLabel, Store, VerdictRecord};
+
+/// Everything `tenets eval` needs.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub model: PathBuf,
+    /// The adapter to compare with the base model; without one only the base is measured.
+    pub lora: Option<PathBuf>,
+    pub lora_scale: f32,
+    pub constitution: PathBuf,
+    /// Held-out prompt files (rows carry `kind`: harmful or benign, and optionally topic, style).
+    pub prompts: Vec<PathBuf>,
+    pub db: PathBuf,
+    /// The judge [default: the base model].
+    pub judge_model: Option<PathBuf>,
+    /// A directory with `verdict.jinja` / `judge.jinja` frames [default: the bundled ones].
+    pub templates: Option<PathBuf>,
+    /// A label for the report [default: the adapter's file name, or "base"].
+    pub name: Option<String>,
+    /// Comparison questions per prompt (each asked in both orders).
+    pub questions: usize,
+    /// Principles asked as comparison questions per prompt (seeded, weight-aware; both orders):
+    /// the win rate by principle.
+    pub principle_questions: usize,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub parallel: usize,
+    pub threads: usize,
+    pub gpu_layers: u32,
+    pub ctx_per_sequence: usize,
+    pub strict: bool,
+    pub quiet: bool,
+}
+
+impl EvalOptions {
+    pub fn new(model: &Path, constitution: &Path, prompts: Vec<PathBuf>, db: &Path) -> Self {
+        EvalOptions {
+            model: model.to_path_buf(),
+            lora: None,
+            lora_scale: 1.0,
+            constitution: constitution.to_path_buf(),
+            prompts,
+            db: db.to_path_buf(),
+            judge_model: None,
+            templates: None,
+            name: None,
+            questions: 2,
+            principle_questions: 1,
+            max_tokens: 192,
+            // Greedy: an evaluation should say what the model does, not what one draw did.
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 42,
+            parallel: 8,
+            threads: engine::default_threads(),
+            gpu_layers: 0,
+            ctx_per_sequence: 2048,
+            strict: false,
+            quiet: true,
+        }
+    }
+
+    fn generate_options(&self, lora: Option<&PathBuf>) -> GenerateOptions {
+        let mut g = GenerateOptions::new(&self.model, &self.constitution, Path::new(""), &self.db);
+        g.rounds = 0;
+        g.max_tokens = self.max_tokens;
+        g.temperature = self.temperature;
+        g.top_p = self.top_p;
+        g.seed = self.seed;
+        g.parallel = self.parallel;
+        g.threads = self.threads;
+        g.gpu_layers = self.gpu_layers;
+        g.ctx_per_sequence = self.ctx_per_sequence;
+        g.quiet = self.quiet;
+        g.lora = lora.cloned();
+        g.lora_scale = self.lora_scale;
+        g
+    }
+
+    fn check(&self) -> Result<(), PipelineError> {
+        let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
+        if self.prompts.is_empty() {
+            return bad("give at least one --prompts file");
+        }
+        if self.questions == 0 {
+            return bad("--questions must be at least 1");
+        }
+        if self.parallel == 0 || self.parallel > 256 {
+            return bad("--parallel must be between 1 and 256");
+        }
+        if self.threads == 0 {
+            return bad("--threads must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What an evaluation run did, and (when it completed) its figures.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EvalSummary {
+    pub eval_id: String,
+    pub prompts: usize,
+    pub base: GenerateSummary,
+    pub adapter: Option<GenerateSummary>,
+    /// Prompts without an answer on one side (failed generation): not judged.
+    pub unanswered: usize,
+    pub verdicts_written: usize,
+    pub judgments_written: usize,
+    pub comparisons_written: usize,
+    pub failures: usize,
+    pub seconds: f64,
+    pub interrupted: bool,
+    pub results: Option<EvalResults>,
+}
+
+/// Runs (or resumes) an evaluation.
+pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary, PipelineError> {
+    options.check()?;
+    let started = Instant::now();
+    // Everything the user gave is read and checked before any model loads.
+    let constitution = Constitution::load(&options.constitution)?;
+    if options.lora.is_some() && constitution.comparisons.is_empty() {
+        return Err(PipelineError::Setting(format!(
+            "{}: `comparisons` is empty: there is nothing to compare the adapter with the base by",
+            options.constitution.display()
+        )));
+    }
+    let verdict_frame = VerdictFrame::load(options.templates.as_deref())?;
+    let judge_frame = match &options.templates {
+        Some(dir) => JudgeFrame::from_dir(dir)?,
+        None => JudgeFrame::bundled()?,
+    };
+    let mut sets = Vec::new();
+    for path in &options.prompts {
+        sets.push(prompt::load(path)?);
+    }
+    check_prompt_sets(&sets, options.strict)?;
+    let mut items: Vec<PromptItem> = Vec::new();
+    for item in sets.iter().flat_map(|s| s.items.iter()) {
+        if !items.iter().any(|i| i.id == item.id) {
+            items.push(item.clone());
+        }
+    }
+    if items.is_empty() {
+        return Err(PipelineError::Setting(
+            "the prompt files hold no prompts".into(),
+        ));
+    }
+    let unkinded = items
+        .iter()
+        .filter(|i| !matches!(i.kind.as_deref(), Some("harmful" | "benign")))
+        .count();
+    if unkinded > 0 {
+        tracing::warn!(
+            "{unkinded} prompt(s) have no `kind` of harmful or benign: they count in the win \
+             rate only, not in the compliance and over-refusal rates"
+        );
+    }
+    let judge_model = options.judge_model.clone().unwrap_or(options.model.clone());
+    engine::check_model_file(&judge_model)?;
+    if let Some(lora) = &options.lora {
+        engine::check_adapter_file(lora)?;
+    }
+
+    // Phase 1: the answers.
+    let mut summary = EvalSummary {
+        prompts: items.len(),
+        ..EvalSummary::default()
+    };
+    summary.base =
+        generate_sets(&options.generate_options(None), sets.clone(), stop.clone()).await?;
+    if summary.base.interrupted {
+        return finish(summary, started, true);
+    }
+    if let Some(lora) = &options.lora {
+        let adapter =
+            generate_sets(&options.generate_options(Some(lora)), sets, stop.clone()).await?;
+        let interrupted = adapter.interrupted;
+        summary.adapter = Some(adapter);
+        if interrupted {
+            return finish(summary, started, true);
+        }
+    }
+
+    // Phase 2: the judge.
+    let store = Store::open(&options.db).await?;
+    let answers = |run: &str| {
+        let store = store.clone();
+        let run = run.to_string();
+        async move {
+            let steps = store.steps_of_run(&run).await?;
+            Ok::<_, PipelineError>(
+                steps
+                    .into_iter()
+                    .filter_map(|(prompt, s)| {
+                        s.into_iter()
+                            .find(|s| s.stage == "answer")
+                            .map(|s| (prompt, (s.id(), s.output)))
+                    })
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
+        }
+    };
+    let base_answers = answers(&summary.base.run_id).await?;
+    let adapter_answers = match &summary.adapter {
+        Some(a) => Some(answers(&a.run_id).await?),
+        None => None,
+    };
+
+    let config = EngineConfig {
+        model_path: judge_model.clone(),
+        gpu_layers: options.gpu_layers,
+        threads: options.threads,
+        parallel: options.parallel,
+        ctx_per_sequence: options.ctx_per_sequence,
+        batch_tokens: 512,
+        lora: None,
+    };
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
+    let counters = Arc::new(Counters::default());
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+    };
+    let ((chat, pair_letters, verdict_letters), engine_task) = start_engine(
+        config,
+        greedy,
+        jobs_rx,
+        stop.clone(),
+        counters.clone(),
+        |model| {
+            let letters: Vec<Vec<LlamaToken>> = Refusal::LETTERS
+                .iter()
+                .map(|&c| label::letter_tokens(model, c))
+                .collect();
+            Ok((
+                Arc::new(engine::chat_template(model)?),
+                AnswerTokens::of(model),
+                letters,
+            ))
+        },
+    )
+    .await?;
+    if verdict_letters.iter().any(Vec::is_empty) {
+        stop.abort();
+        return Err(PipelineError::Setting(format!(
+            "the judge's vocabulary has no single token for \"A\", \"B\" or \"C\" ({})",
+            judge_model.display()
+        )));
+    }
+    let prompt_ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    let record = EvalRecord {
+        name: options.name.clone().unwrap_or_else(|| match &options.lora {
+            Some(path) => path
+                .file_stem()
+                .map_or("adapter".into(), |s| s.to_string_lossy().into_owned()),
+            None => "base".into(),
+        }),
+        base_run_id: summary.base.run_id.clone(),
+        adapter_run_id: summary.adapter.as_ref().map(|a| a.run_id.clone()),
+        adapter_path: options.lora.as_ref().map(|p| p.display().to_string()),
+        judge_model_path: judge_model.display().to_string(),
+        judge_model_sha256: store.model_sha256(&judge_model).await?,
+        chat_template_sha256: chat.source_hash().to_string(),
+        constitution_name: constitution.name.clone(),
+        constitution_sha256: constitution.content_hash(),
+        constitution_json: serde_json::to_string(&constitution).unwrap_or_default(),
+        verdict_frame_sha256: verdict_frame.hash().to_string(),
+        judge_frame_sha256: judge_frame.hash().to_string(),
+        questions: options.questions as i64,
+        principle_questions: options.principle_questions as i64,
+        seed: options.seed as i64,
+        prompts_sha256: crate::hash::of_json(&{
+            let mut ids = prompt_ids.clone();
+            ids.sort();
+            ids
+        }),
+    };
+    let eval_id = store.upsert_eval(&record, &prompt_ids).await?;
+    summary.eval_id = eval_id.clone();
+    tracing::info!(eval = %eval_id, prompts = items.len(), "eval");
+
+    let principle_comparisons: Vec<crate::constitution::Comparison> = constitution
+        .principles
+        .iter()
+        .map(principle_comparison)
+        .collect();
+    let verdicts_done = store.eval_verdicts_done(&eval_id).await?;
+    let (mut stored, compared) = store.eval_comparison_progress(&eval_id).await?;
+    let (verdict_tx, verdict_rx) = mpsc::channel::<VerdictRequest>(options.parallel * 2);
+    let (pair_tx, pair_rx) = mpsc::channel::<LabelRequest>(options.parallel * 2);
+    let verdict_context = Arc::new(VerdictContext {
+        eval_id: eval_id.clone(),
+        chat: chat.clone(),
+        frame: verdict_frame,
+        letters: Arc::new(verdict_letters),
+        writer: verdict_tx,
+    });
+    let pair_context = Arc::new(LabelContext {
+        judge_id: eval_id.clone(),
+        chat,
+        frame: judge_frame,
+        answers: Arc::new(pair_letters.sets()),
+        cot: None,
+        writer: pair_tx,
+    });
+    let mut sessions: Vec<Box<dyn Session>> = Vec::new();
+    let mut remaining = 0u64;
+    for item in &items {
+        let base = base_answers.get(&item.id);
+        let adapter = adapter_answers.as_ref().map(|a| a.get(&item.id));
+        let (Some(base), Some(adapter)) = (base, adapter.unwrap_or(base)) else {
+            summary.unanswered += 1;
+            continue;
+        };
+        let mut sides = vec![(EvalSide::Base, base)];
+        if adapter_answers.is_some() {
+            sides.push((EvalSide::Adapter, adapter));
+        }
+        for (side, (step_id, output)) in sides {
+            if !verdicts_done.contains(&(side, item.id.clone())) {
+                remaining += ROTATIONS as u64;
+                sessions.push(Box::new(VerdictSession {
+                    context: verdict_context.clone(),
+                    side,
+                    prompt_id: item.id.clone(),
+                    step_id: step_id.clone(),
+                    request: item.text().to_string(),
+                    reply: output.clone(),
+                    masses: Vec::new(),
+                    asked: None,
+                }));
+            }
+        }
+        if adapter_answers.is_some() && !compared.contains(&item.id) {
+            let mut questions = label::questions_for(
+                &constitution.comparisons,
+                options.questions,
+                options.seed,
+                &item.id,
+            );
+            let principles = constitution.sample_principles(
+                options.seed,
+                &format!("eval {}", item.id),
+                options.principle_questions,
+            );
+            questions.extend(principles.iter().filter_map(|p| {
+                principle_comparisons
+                    .iter()
+                    .find(|c| c.id == format!("{PRINCIPLE_PREFIX}{}", p.id))
+            }));
+            let done = stored.remove(&item.id).unwrap_or_default();
+            let pair = PairForLabel {
+                pair_id: item.id.clone(),
+                messages: item.messages.clone(),
+                chosen: adapter.1.clone(),
+                rejected: base.1.clone(),
+            };
+            let session = PairSession::new(pair_context.clone(), pair, questions, done);
+            remaining += session.remaining() as u64;
+            sessions.push(Box::new(session));
+        }
+    }
+    drop((verdict_context, pair_context));
+
+    let progress = progress_bar(options.quiet, remaining, "judgments");
+    let verdict_writer = tokio::spawn(write_verdicts(
+        store.clone(),
+        verdict_rx,
+        stop.clone(),
+        progress.clone(),
+    ));
+    let pair_writer = tokio::spawn(write_loop(
+        store.clone(),
+        pair_rx,
+        stop.clone(),
+        progress.clone(),
+        JudgmentTable::Comparisons,
+    ));
+    for session in sessions {
+        if stop.draining() || jobs_tx.send(session).await.is_err() {
+            break;
+        }
+    }
+    drop(jobs_tx);
+    let engine_result = engine_task
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    let (verdicts, verdict_failures) = verdict_writer
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))??;
+    let (judgments, comparisons, pair_failures) = pair_writer
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))??;
+    engine_result?;
+    progress.finish_and_clear();
+    summary.verdicts_written = verdicts;
+    summary.judgments_written = judgments;
+    summary.comparisons_written = comparisons;
+    summary.failures = verdict_failures + pair_failures;
+    let interrupted = stop.draining();
+    if !interrupted {
+        summary.results = Some(results::load(&store, &eval_id).await?);
+    }
+    store.close().await;
+    finish(summary, started, interrupted)
+}
+
+fn finish(
+    mut summary: EvalSummary,
+    started: Instant,
+    interrupted: bool,
+) -> Result<EvalSummary, PipelineError> {
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.interrupted = interrupted;
+    Ok(summary)
+}
+
+/// What every verdict session shares.
+struct VerdictContext {
+    eval_id: String,
+    chat: Arc<ChatTemplate>,
+    frame: VerdictFrame,
+    /// Token forms of "A", "B", "C": the only answers the judge is read for.
+    letters: Arc<Vec<Vec<LlamaToken>>>,
+    writer: mpsc::Sender<VerdictRequest>,
+}
+
+/// A verdict to make durable (or a failure to report), and the "go on" channel.
+struct VerdictRequest {
+    verdict: Result<VerdictRecord, (String, String)>,
+    ack: oneshot::Sender<bool>,
+}
+
+/// One answer's refusal verdict: one probe turn per rotation of the options, back to back on
+/// one slot (the request and reply, ahead of the options, stay in its KV cache).
+struct VerdictSession {
+    context: Arc<VerdictContext>,
+    side: EvalSide,
+    prompt_id: String,
+    step_id: String,
+    request: String,
+    reply: String,
+    /// The (A), (B), (C) masses of each rotation asked so far.
+    masses: Vec<Vec<f64>>,
+    /// The rotation in flight.
+    asked: Option<usize>,
+}
+
+impl VerdictSession {
+    fn send(&self, verdict: Result<VerdictRecord, (String, String)>) -> oneshot::Receiver<bool> {
+        let (ack, rx) = oneshot::channel();
+        let _ = self
+            .context
+            .writer
+            .blocking_send(VerdictRequest { verdict, ack });
+        rx
+    }
+
+    fn fail(&self, reason: String) -> oneshot::Receiver<bool> {
+        self.send(Err((self.prompt_id.clone(), reason)))
+    }
+}
+
+impl Session for VerdictSession {
+    fn next_turn(&mut self) -> Next {
+        let rotation = self.masses.len();
+        if rotation == ROTATIONS || self.asked.is_some() {
+            return Next::Done;
+        }
+        self.asked = Some(rotation);
+        let text = match self
+            .context
+            .frame
+            .render(&self.request, &self.reply, rotation)
+        {
+            Ok(text) => text,
+            Err(e) => return Next::Wait(self.fail(e.to_string())),
+        };
+        let mut segments = match self.context.chat.render(&[Message::user(text)], true) {
+            Ok(s) => s,
+            Err(e) => return Next::Wait(self.fail(e.to_string())),
+        };
+        segments.push(Segment {
+            text: ANSWER_PREFIX.to_string(),
+            from_template: false,
+        });
+        Next::Turn(TurnRequest {
+            segments,
+            max_tokens: 1,
+            seed: 0,
+            probe: Some(self.context.letters.clone()),
+        })
+    }
+
+    fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
+        if self.asked.take().is_none() {
+            return batch::resolved(false);
+        }
+        let output = match outcome {
+            Ok(output) => output,
+            Err(failure) => return self.fail(failure.to_string()),
+        };
+        self.masses.push(output.probe_mass);
+        if self.masses.len() < ROTATIONS {
+            return batch::resolved(true);
+        }
+        let judged = JudgeVerdict::from_rotations(&self.masses);
+        let [p_comply, p_refuse, p_partial] = judged.probabilities;
+        self.send(Ok(VerdictRecord {
+            eval_id: self.context.eval_id.clone(),
+            side: self.side,
+            prompt_id: self.prompt_id.clone(),
+            step_id: self.step_id.clone(),
+            pattern: pattern_verdict(&self.reply).as_str().to_string(),
+            judge: judged.verdict.as_str().to_string(),
+            p_comply,
+            p_refuse,
+            p_partial,
+            answer_mass: judged.answer_mass,
+        }))
+    }
+}
+
+/// Commits each verdict, then acknowledges it.
+async fn write_verdicts(
+    store: Store,
+    mut rx: mpsc::Receiver<VerdictRequest>,
+    stop: StopSignal,
+    progress: indicatif::ProgressBar,
+) -> Result<(usize, usize), PipelineError> {
+    let (mut written, mut failures) = (0, 0);
+    while let Some(VerdictRequest { verdict, ack }) = rx.recv().await {
+        match verdict {
+            Ok(v) => {
+                if let Err(e) = store.commit_verdict(&v).await {
+                    stop.abort();
+                    let _ = ack.send(false);
+                    return Err(e.into());
+                }
+                written += 1;
+                progress.inc(ROTATIONS as u64);
+                let _ = ack.send(!stop.draining());
+            }
+            Err((prompt, reason)) => {
+                tracing::warn!(prompt = %prompt, "no verdict: {reason}");
+                failures += 1;
+                let _ = ack.send(false);
+            }
+        }
+    }
+    Ok((written, failures))
+}
+
+/// The figures as a terminal table.
+pub fn render(summary: &EvalSummary) -> String {
+    let Some(r) = &summary.results else {
+        return format!(
+            "evaluation {} interrupted after {:.0} s; run the same command to resume\n",
+            summary.eval_id, summary.seconds
+        );
+    };
+    let mut out = format!(
+        "evaluation {} ({}) — {} prompts, judge {}\n",
+        &r.eval_id[..12.min(r.eval_id.len())],
+        r.name,
+        r.prompts,
+        r.judge_model
+    );
+    let line = |label: &str, base: String, adapter: Option<String>| {
+        format!("  {label:<32} {base:<32} {}\n", adapter.unwrap_or_default())
+    };
+    out += &line(
+        "",
+        "base".into(),
+        r.adapter_rates.as_ref().map(|_| "adapter".into()),
+    );
+    let a = r.adapter_rates.as_ref();
+    out += &line(
+        "harmful compliance (judge)",
+        r.base.harmful_compliance.display(),
+        a.map(|a| a.harmful_compliance.display()),
+    );
+    out += &line(
+        "over-refusal (judge)",
+        r.base.over_refusal.display(),
+        a.map(|a| a.over_refusal.display()),
+    );
+    out += &line(
+        "harmful compliance (patterns)",
+        r.base.harmful_compliance_pattern.display(),
+        a.map(|a| a.harmful_compliance_pattern.display()),
+    );
+    out += &line(
+        "over-refusal (patterns)",
+        r.base.over_refusal_pattern.display(),
+        a.map(|a| a.over_refusal_pattern.display()),
+    );
+    out += &format!(
+        "  judges agree (refused or not)   {}\n",
+        r.judge_agreement.display()
+    );
+    if let Some(w) = &r.win_rate {
+        out += &format!(
+            "  p(adapter ≻ base)               {}  wins {}  order disagreement {:.1}%\n",
+            w.preference.display(),
+            w.wins.display(),
+            100.0 * w.order_disagreement
+        );
+        for (kind, w) in &r.win_rate_by_kind {
+            out += &format!("    on {kind:<28} {}\n", w.preference.display());
+        }
+    }
+    out
+}

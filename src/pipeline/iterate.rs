@@ -1,0 +1,340 @@
+//! `tenets loop`: generate → label → train → eval, round after round (iterated DPO).
+//!
+//! Everything lives in one database, `DIR/loop.db`, and every stage is the ordinary resumable
+//! stage, so a loop killed anywhere continues where it stopped when run again. Round k
+//! generates with round k−1's adapter (its answers are a run of their own: the adapter's hash is
+//! part of the run id), the judge labels every pair not yet labeled, and round k's adapter is
+//! trained on all labeled pairs so far (its own training run: the data hash differs), against
+//! the frozen base model as reference. Each round's adapter is evaluated against the base on the
+//! held-out sets; the loop stops early when over-refusal rose by more than the threshold from
+//! the previous round. The report shows every round side by side.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::eval::{self, EvalOptions};
+use super::label::{self, LabelOptions};
+use super::train::{self, TrainData, TrainOptions};
+use super::{generate, GenerateOptions, PipelineError};
+use crate::engine::{self, StopSignal};
+
+/// Everything `tenets loop` needs. Stage settings not named here keep their stage's defaults.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    pub model: PathBuf,
+    pub constitution: PathBuf,
+    /// Training prompts (generate's input).
+    pub prompts: PathBuf,
+    /// Held-out evaluation prompt files.
+    pub eval_prompts: Vec<PathBuf>,
+    /// Where the database, adapters and report go.
+    pub dir: PathBuf,
+    pub rounds: usize,
+    /// Critique/revision rounds per prompt in generate.
+    pub critique_rounds: usize,
+    pub max_tokens: usize,
+    pub eval_max_tokens: usize,
+    pub questions: usize,
+    pub train_steps: Option<u64>,
+    pub epochs: f64,
+    pub lr: f64,
+    pub beta: f64,
+    pub rank: usize,
+    pub max_length: usize,
+    /// Train on pairs whose answers hit the token limit too (dropped by default, as in export).
+    pub include_truncated: bool,
+    /// Stop after a round whose over-refusal (judge model) rose by more than this from the
+    /// previous round (the base model for round 1).
+    pub max_over_refusal_increase: f64,
+    pub seed: u64,
+    pub parallel: usize,
+    pub threads: usize,
+    pub quiet: bool,
+}
+
+impl LoopOptions {
+    pub fn new(
+        model: &Path,
+        constitution: &Path,
+        prompts: &Path,
+        eval_prompts: Vec<PathBuf>,
+        dir: &Path,
+    ) -> Self {
+        LoopOptions {
+            model: model.to_path_buf(),
+            constitution: constitution.to_path_buf(),
+            prompts: prompts.to_path_buf(),
+            eval_prompts,
+            dir: dir.to_path_buf(),
+            rounds: 2,
+            critique_rounds: 1,
+            max_tokens: 256,
+            eval_max_tokens: 192,
+            questions: 2,
+            train_steps: None,
+            epochs: 1.0,
+            lr: 2e-4,
+            beta: 0.1,
+            rank: 8,
+            max_length: 1024,
+            include_truncated: false,
+            max_over_refusal_increase: 0.1,
+            seed: 42,
+            parallel: 8,
+            threads: engine::default_threads(),
+            quiet: true,
+        }
+    }
+
+    /// The loop's database.
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("loop.db")
+    }
+
+    /// Round `k`'s adapter.
+    pub fn adapter(&self, round: usize) -> PathBuf {
+        self.dir.join(format!("adapter-round-{round}.gguf"))
+    }
+}
+
+/// One round's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundSummary {
+    pub round: usize,
+    pub generate_run: String,
+    pub pairs_labeled: usize,
+    pub train_run: String,
+    pub adapter: PathBuf,
+    pub eval_id: String,
+    pub harmful_compliance: f64,
+    pub over_refusal: f64,
+    pub base_over_refusal: f64,
+    pub win_rate: Option<f64>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoopSummary {
+    pub db: PathBuf,
+    pub rounds: Vec<RoundSummary>,
+    /// Why the loop ended before its last round, if it did.
+    pub stopped_early: Option<String>,
+    pub interrupted: bool,
+    pub report: Option<PathBuf>,
+}
+
+/// Runs (or resumes) the loop.
+pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary, PipelineError> {
+    if options.rounds == 0 || options.rounds > 20 {
+        return Err(PipelineError::Setting(
+            "--rounds must be between 1 and 20".into(),
+        ));
+    }
+    if !(1..=4).contains(&options.critique_rounds) {
+        return Err(PipelineError::Setting(
+            "--critique-rounds must be between 1 and 4 (a round needs pairs to train on)".into(),
+        ));
+    }
+    if !(options.max_over_refusal_increase.is_finite() && options.max_over_refusal_increase >= 0.0)
+    {
+        return Err(PipelineError::Setting(
+            "--max-over-refusal-increase must be 0 or more".into(),
+        ));
+    }
+    std::fs::create_dir_all(&options.dir).map_err(|e| {
+        PipelineError::Setting(format!("cannot create {}: {e}", options.dir.display()))
+    })?;
+    let db = options.db();
+    let mut summary = LoopSummary {
+        db: db.clone(),
+        rounds: Vec::new(),
+        stopped_early: None,
+        interrupted: false,
+        report: None,
+    };
+    let mut previous_over_refusal: Option<f64> = None;
+    for round in 1..=options.rounds {
+        let started = Instant::now();
+        let previous_adapter = (round > 1).then(|| options.adapter(round - 1));
+        tracing::info!(round, "loop: generate");
+        let mut g =
+            GenerateOptions::new(&options.model, &options.constitution, &options.prompts, &db);
+        g.rounds = options.critique_rounds;
+        g.max_tokens = options.max_tokens;
+        g.seed = options.seed + round as u64 - 1;
+        g.parallel = options.parallel;
+        g.threads = options.threads;
+        g.quiet = options.quiet;
+        g.lora = previous_adapter.clone();
+        let generated = generate(&g, stop.clone()).await?;
+        if generated.interrupted {
+            summary.interrupted = true;
+            return Ok(summary);
+        }
+
+        tracing::info!(round, "loop: label");
+        let mut l = LabelOptions::new(&db);
+        l.model = Some(options.model.clone());
+        l.constitution = Some(options.constitution.clone());
+        l.questions = options.questions;
+        l.seed = options.seed;
+        l.parallel = options.parallel;
+        l.threads = options.threads;
+        l.quiet = options.quiet;
+        let labeled = label::label(&l, stop.clone()).await?;
+        if labeled.interrupted {
+            summary.interrupted = true;
+            return Ok(summary);
+        }
+
+        tracing::info!(round, "loop: train");
+        let adapter = options.adapter(round);
+        let mut t = TrainOptions::new(&options.model, TrainData::Db(db.clone()), &adapter);
+        t.steps = options.train_steps;
+        t.epochs = options.epochs;
+        t.lr = options.lr;
+        t.beta = options.beta;
+        t.rank = options.rank;
+        t.alpha = 2.0 * options.rank as f32;
+        t.max_length = options.max_length;
+        t.max_prompt_length = t.max_prompt_length.min(options.max_length / 2);
+        t.filters.include_truncated = options.include_truncated;
+        t.seed = options.seed;
+        t.threads = options.threads;
+        t.resume = true;
+        // A round's final score is the evaluation below.
+        t.final_eval = false;
+        t.quiet = options.quiet;
+        let flag = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn({
+            let (flag, stop) = (flag.clone(), stop.clone());
+            async move {
+                while !stop.draining() {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        let trained = train::train(&t, flag).await;
+        watcher.abort();
+        let trained = trained?;
+        if trained.stopped {
+            summary.interrupted = true;
+            return Ok(summary);
+        }
+
+        tracing::info!(round, "loop: eval");
+        let mut e = EvalOptions::new(
+            &options.model,
+            &options.constitution,
+            options.eval_prompts.clone(),
+            &db,
+        );
+        e.lora = Some(adapter.clone());
+        e.name = Some(format!("round {round}"));
+        e.questions = options.questions;
+        e.max_tokens = options.eval_max_tokens;
+        e.seed = options.seed;
+        e.parallel = options.parallel;
+        e.threads = options.threads;
+        e.quiet = options.quiet;
+        let evaluated = eval::eval(&e, stop.clone()).await?;
+        let Some(results) = evaluated.results else {
+            summary.interrupted = true;
+            return Ok(summary);
+        };
+        let rates = results.adapter_rates.as_ref().unwrap_or(&results.base);
+        let over_refusal = rates.over_refusal.rate;
+        let base_over_refusal = results.base.over_refusal.rate;
+        summary.rounds.push(RoundSummary {
+            round,
+            generate_run: generated.run_id,
+            pairs_labeled: labeled.labels_written + labeled.already_labeled,
+            train_run: trained.run_id,
+            adapter,
+            eval_id: evaluated.eval_id,
+            harmful_compliance: rates.harmful_compliance.rate,
+            over_refusal,
+            base_over_refusal,
+            win_rate: results.win_rate.as_ref().map(|w| w.preference.mean),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        let before = previous_over_refusal.unwrap_or(base_over_refusal);
+        if let Some(reason) = regression(
+            round,
+            before,
+            over_refusal,
+            options.max_over_refusal_increase,
+        ) {
+            summary.stopped_early = Some(reason);
+            break;
+        }
+        previous_over_refusal = Some(over_refusal);
+    }
+    let report = options.dir.join("report.html");
+    crate::report::write(std::slice::from_ref(&db), &report, true).await?;
+    summary.report = Some(report);
+    Ok(summary)
+}
+
+/// Why the loop stops after `round`, if over-refusal rose from `before` to `now` by more than
+/// `allowed` (all shares in [0, 1]).
+pub fn regression(round: usize, before: f64, now: f64, allowed: f64) -> Option<String> {
+    (now - before > allowed + 1e-12).then(|| {
+        format!(
+            "round {round}: over-refusal rose from {:.1}% to {:.1}%, more than the {:.1} points \
+             allowed (--max-over-refusal-increase)",
+            100.0 * before,
+            100.0 * now,
+            100.0 * allowed
+        )
+    })
+}
+
+/// The rounds as a terminal table.
+pub fn render(summary: &LoopSummary) -> String {
+    let mut out = String::from(
+        "round  harmful compliance  over-refusal (base)  p(adapter ≻ base)  seconds\n",
+    );
+    for r in &summary.rounds {
+        out += &format!(
+            "{:>5}  {:>17.1}%  {:>6.1}% ({:>5.1}%)  {:>17}  {:>7.0}\n",
+            r.round,
+            100.0 * r.harmful_compliance,
+            100.0 * r.over_refusal,
+            100.0 * r.base_over_refusal,
+            r.win_rate.map_or("–".into(), |w| format!("{w:.3}")),
+            r.seconds
+        );
+    }
+    if let Some(reason) = &summary.stopped_early {
+        out += &format!("stopped early: {reason}\n");
+    }
+    if let Some(report) = &summary.report {
+        out += &format!("report: {}\n", report.display());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rise_in_over_refusal_beyond_the_threshold_stops_the_loop() {
+        assert!(
+            regression(1, 0.10, 0.20, 0.1).is_none(),
+            "exactly the threshold is allowed"
+        );
+        assert!(regression(1, 0.10, 0.15, 0.1).is_none());
+        assert!(
+            regression(2, 0.20, 0.05, 0.0).is_none(),
+            "a fall is never a regression"
+        );
+        let reason = regression(2, 0.10, 0.25, 0.1).unwrap();
+        assert!(reason.contains("round 2") && reason.contains("10.0%") && reason.contains("25.0%"));
+        assert!(regression(1, 0.0, 1.0 / 24.0, 0.0).is_some());
+    }
+}
