@@ -59,6 +59,7 @@ CREATE TABLE eval_verdicts (
 -- adapter's answer in the role of "chosen"). A principle asked as a comparison has question_id
 -- `principle:<id>`.
 CREATE TABLE eval_judgments (
+    id             TEXT NOT NULL UNIQUE,   -- hash(evaluation, prompt, question, order), as judgments.id
     eval_id        TEXT NOT NULL REFERENCES evals(id),
     prompt_id      TEXT NOT NULL REFERENCES prompts(id),
     question_id    TEXT NOT NULL,
@@ -69,6 +70,7 @@ CREATE TABLE eval_judgments (
     p_adapter      REAL NOT NULL,
     prompt_tokens  INTEGER NOT NULL,
     prefill_tokens INTEGER NOT NULL,
+    reasoning      TEXT,
     created_at     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     PRIMARY KEY (eval_id, prompt_id, question_id, swapped)
 );

@@ -251,6 +251,52 @@ pub struct LabelRecord {
     pub order_disagreements: i64,
 }
 
+/// Where judgments go: a label run's (`judgments`, `labels`) or an evaluation's comparisons
+/// (`eval_judgments`, `eval_comparisons`: judge = evaluation, pair = prompt, chosen = the
+/// adapter's answer). The rows are the same; only the tables differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JudgmentTable {
+    Labels,
+    Comparisons,
+}
+
+impl JudgmentTable {
+    /// (insert one judgment, insert the pair's label), binding the records' fields in order.
+    fn insert_sql(self) -> (&'static str, &'static str) {
+        match self {
+            JudgmentTable::Labels => (
+                "INSERT INTO judgments (id, judge_id, pair_id, question_id, swapped, mass_a, \
+                 mass_b, p_a, p_chosen, prompt_tokens, prefill_tokens, reasoning) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO labels (judge_id, pair_id, p_chosen, judgments, order_disagreements) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            ),
+            JudgmentTable::Comparisons => (
+                "INSERT INTO eval_judgments (id, eval_id, prompt_id, question_id, swapped, mass_a, \
+                 mass_b, p_a, p_adapter, prompt_tokens, prefill_tokens, reasoning) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO eval_comparisons (eval_id, prompt_id, p_adapter, judgments, \
+                 order_disagreements) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            ),
+        }
+    }
+
+    /// (stored judgments `(pair, question, swapped, p)` under an id, pairs with their label).
+    fn progress_sql(self) -> (&'static str, &'static str) {
+        match self {
+            JudgmentTable::Labels => (
+                "SELECT pair_id, question_id, swapped, p_chosen FROM judgments WHERE judge_id = ?",
+                "SELECT pair_id FROM labels WHERE judge_id = ?",
+            ),
+            JudgmentTable::Comparisons => (
+                "SELECT prompt_id, question_id, swapped, p_adapter FROM eval_judgments \
+                 WHERE eval_id = ?",
+                "SELECT prompt_id FROM eval_comparisons WHERE eval_id = ?",
+            ),
+        }
+    }
+}
+
 /// Judgments already stored for one pair: (question id, swapped, p_chosen).
 pub type StoredJudgments = Vec<(String, bool, f64)>;
 
@@ -631,27 +677,14 @@ impl Store {
             .collect()
     }
 
-    /// A judge's stored judgments, by pair, and the pairs it has labeled.
-    pub async fn judge_progress(
+    /// Judgments stored under `id` (a judge, or an evaluation) grouped by pair, and the pairs
+    /// whose label is written: what a resumed judging run has already done.
+    pub async fn judgment_progress(
         &self,
-        judge_id: &str,
-    ) -> Result<(HashMap<String, StoredJudgments>, HashSet<String>), StoreError> {
-        self.judgment_progress(
-            "SELECT pair_id, question_id, swapped, p_chosen FROM judgments WHERE judge_id = ?",
-            "SELECT pair_id FROM labels WHERE judge_id = ?",
-            judge_id,
-        )
-        .await
-    }
-
-    /// Judgments `(key, question, swapped, p)` grouped by key, and the keys `complete` lists:
-    /// what a resumed judging run (labels, an evaluation's comparisons) has already done.
-    pub(crate) async fn judgment_progress(
-        &self,
-        judgments: &str,
-        complete: &str,
+        table: JudgmentTable,
         id: &str,
     ) -> Result<(HashMap<String, StoredJudgments>, HashSet<String>), StoreError> {
+        let (judgments, complete) = table.progress_sql();
         let rows = sqlx::query(judgments)
             .bind(id)
             .fetch_all(&self.pool)
@@ -679,43 +712,38 @@ impl Store {
     /// Commits one judgment, and the pair's label when this judgment completes it.
     pub async fn commit_judgment(
         &self,
+        table: JudgmentTable,
         j: &JudgmentRecord,
         label: Option<&LabelRecord>,
     ) -> Result<(), StoreError> {
+        let (insert_judgment, insert_label) = table.insert_sql();
         let mut tx = self.pool.begin().await.map_err(self.err())?;
-        sqlx::query(
-            "INSERT INTO judgments (id, judge_id, pair_id, question_id, swapped, mass_a, mass_b, \
-             p_a, p_chosen, prompt_tokens, prefill_tokens, reasoning) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(j.id())
-        .bind(&j.judge_id)
-        .bind(&j.pair_id)
-        .bind(&j.question_id)
-        .bind(i64::from(j.swapped))
-        .bind(j.mass_a)
-        .bind(j.mass_b)
-        .bind(j.p_a)
-        .bind(j.p_chosen)
-        .bind(j.prompt_tokens)
-        .bind(j.prefill_tokens)
-        .bind(&j.reasoning)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.err())?;
-        if let Some(l) = label {
-            sqlx::query(
-                "INSERT INTO labels (judge_id, pair_id, p_chosen, judgments, order_disagreements) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(&l.judge_id)
-            .bind(&l.pair_id)
-            .bind(l.p_chosen)
-            .bind(l.judgments)
-            .bind(l.order_disagreements)
+        sqlx::query(insert_judgment)
+            .bind(j.id())
+            .bind(&j.judge_id)
+            .bind(&j.pair_id)
+            .bind(&j.question_id)
+            .bind(i64::from(j.swapped))
+            .bind(j.mass_a)
+            .bind(j.mass_b)
+            .bind(j.p_a)
+            .bind(j.p_chosen)
+            .bind(j.prompt_tokens)
+            .bind(j.prefill_tokens)
+            .bind(&j.reasoning)
             .execute(&mut *tx)
             .await
             .map_err(self.err())?;
+        if let Some(l) = label {
+            sqlx::query(insert_label)
+                .bind(&l.judge_id)
+                .bind(&l.pair_id)
+                .bind(l.p_chosen)
+                .bind(l.judgments)
+                .bind(l.order_disagreements)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.err())?;
         }
         tx.commit().await.map_err(self.err())?;
         Ok(())

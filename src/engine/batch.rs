@@ -34,6 +34,14 @@ pub struct Sampling {
     pub top_p: f32,
 }
 
+impl Sampling {
+    /// What judges use: nothing is sampled, answers are read from probabilities.
+    pub const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+    };
+}
+
 /// One turn for the model to generate.
 #[derive(Debug, Clone)]
 pub struct TurnRequest {

@@ -15,7 +15,7 @@ use std::time::Instant;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
-use super::label::{write_loop, JudgmentTable, LabelContext, LabelRequest, PairSession};
+use super::label::{write_loop, LabelContext, LabelRequest, PairSession};
 use super::{
     check_prompt_sets, generate_sets, progress_bar, start_engine, GenerateOptions, GenerateSummary,
     PipelineError,
@@ -34,7 +34,7 @@ use crate::eval::{
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, ANSWER_PREFIX};
 use crate::prompt::{self, PromptItem};
-use crate::store::{EvalRecord, EvalSide, PairForLabel, Store, VerdictRecord};
+use crate::store::{EvalRecord, EvalSide, JudgmentTable, PairForLabel, Store, VerdictRecord};
 
 /// Everything `tenets eval` needs.
 #[derive(Debug, Clone)]
@@ -256,13 +256,9 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_p: 1.0,
-    };
     let ((chat, pair_letters, verdict_letters), engine_task) = start_engine(
         config,
-        greedy,
+        Sampling::GREEDY,
         jobs_rx,
         stop.clone(),
         counters.clone(),
@@ -324,7 +320,9 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
         .map(principle_comparison)
         .collect();
     let verdicts_done = store.eval_verdicts_done(&eval_id).await?;
-    let (mut stored, compared) = store.eval_comparison_progress(&eval_id).await?;
+    let (mut stored, compared) = store
+        .judgment_progress(JudgmentTable::Comparisons, &eval_id)
+        .await?;
     let (verdict_tx, verdict_rx) = mpsc::channel::<VerdictRequest>(options.parallel * 2);
     let (pair_tx, pair_rx) = mpsc::channel::<LabelRequest>(options.parallel * 2);
     let verdict_context = Arc::new(VerdictContext {

@@ -25,7 +25,7 @@ use crate::engine::{self, EngineConfig, Session, StopSignal};
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, CotSettings, Verdict, ANSWER_PREFIX, COT_PREFIX};
-use crate::store::{JudgeRecord, JudgmentRecord, LabelRecord, PairForLabel, Store};
+use crate::store::{JudgeRecord, JudgmentRecord, JudgmentTable, LabelRecord, PairForLabel, Store};
 
 /// Everything `tenets label` needs.
 #[derive(Debug, Clone)]
@@ -386,13 +386,9 @@ pub async fn label(
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_p: 1.0,
-    };
     let ((chat, answers), engine_task) = start_engine(
         config,
-        greedy,
+        Sampling::GREEDY,
         jobs_rx,
         stop.clone(),
         counters.clone(),
@@ -423,7 +419,9 @@ pub async fn label(
         cot_clamp: options.cot.map(|c| c.clamp),
     };
     let judge_id = store.upsert_judge(&judge).await?;
-    let (mut stored, labeled) = store.judge_progress(&judge_id).await?;
+    let (mut stored, labeled) = store
+        .judgment_progress(JudgmentTable::Labels, &judge_id)
+        .await?;
     tracing::info!(judge = %judge_id, pairs = pairs.len(), "label");
 
     let (writer_tx, writer_rx) = mpsc::channel::<LabelRequest>(options.parallel * 2);
@@ -512,15 +510,6 @@ async fn judge_figures(
     Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
 }
 
-/// Where a judging run's judgments go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum JudgmentTable {
-    /// `judgments` and `labels` (`tenets label`).
-    Labels,
-    /// `eval_judgments` and `eval_comparisons` (`tenets eval`: pair = prompt).
-    Comparisons,
-}
-
 /// Commits each judgment (and label), then acknowledges it; counts (judgments, labels,
 /// failures).
 pub(super) async fn write_loop(
@@ -548,13 +537,7 @@ pub(super) async fn write_loop(
                 let _ = ack.send(false);
             }
             LabelWrite::Judgment(j, label) => {
-                let committed = match table {
-                    JudgmentTable::Labels => store.commit_judgment(&j, label.as_ref()).await,
-                    JudgmentTable::Comparisons => {
-                        store.commit_eval_judgment(&j, label.as_ref()).await
-                    }
-                };
-                if let Err(e) = committed {
+                if let Err(e) = store.commit_judgment(table, &j, label.as_ref()).await {
                     stop.abort();
                     let _ = ack.send(false);
                     return Err(e.into());

@@ -1,11 +1,11 @@
 //! The evaluation tables: evaluations, their prompts, refusal verdicts per answer and the
 //! adapter-vs-base comparisons (see `migrations/0007_eval.sql`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use sqlx::Row;
 
-use super::{JudgmentRecord, LabelRecord, Store, StoreError, StoredJudgments};
+use super::{Store, StoreError};
 
 /// Which model answered: the base alone, or the base with the adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -175,62 +175,5 @@ impl Store {
         .await
         .map_err(self.err())?;
         Ok(())
-    }
-
-    /// An evaluation's stored comparison judgments by prompt, and the prompts compared in full.
-    pub async fn eval_comparison_progress(
-        &self,
-        eval_id: &str,
-    ) -> Result<(HashMap<String, StoredJudgments>, HashSet<String>), StoreError> {
-        self.judgment_progress(
-            "SELECT prompt_id, question_id, swapped, p_adapter FROM eval_judgments \
-             WHERE eval_id = ?",
-            "SELECT prompt_id FROM eval_comparisons WHERE eval_id = ?",
-            eval_id,
-        )
-        .await
-    }
-
-    /// Commits one comparison judgment (judge id = evaluation id, pair id = prompt id, chosen =
-    /// the adapter's answer), and the prompt's comparison when it is the last.
-    pub async fn commit_eval_judgment(
-        &self,
-        j: &JudgmentRecord,
-        comparison: Option<&LabelRecord>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.map_err(self.err())?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO eval_judgments (eval_id, prompt_id, question_id, swapped, \
-             mass_a, mass_b, p_a, p_adapter, prompt_tokens, prefill_tokens) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&j.judge_id)
-        .bind(&j.pair_id)
-        .bind(&j.question_id)
-        .bind(i64::from(j.swapped))
-        .bind(j.mass_a)
-        .bind(j.mass_b)
-        .bind(j.p_a)
-        .bind(j.p_chosen)
-        .bind(j.prompt_tokens)
-        .bind(j.prefill_tokens)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.err())?;
-        if let Some(c) = comparison {
-            sqlx::query(
-                "INSERT OR IGNORE INTO eval_comparisons (eval_id, prompt_id, p_adapter, \
-                 judgments, order_disagreements) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&c.judge_id)
-            .bind(&c.pair_id)
-            .bind(c.p_chosen)
-            .bind(c.judgments)
-            .bind(c.order_disagreements)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.err())?;
-        }
-        tx.commit().await.map_err(self.err())
     }
 }
