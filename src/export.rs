@@ -1,11 +1,14 @@
 //! Dataset export for the HF/TRL ecosystem: DPO pairs and SFT conversations, as JSONL or Parquet.
 //!
 //! DPO rows use TRL's conversational format — `prompt` (the user messages), `chosen` and
-//! `rejected`, each a list of `{role, content}` — and SFT rows a `messages` list. A DPO pair is the
-//! final revision against the original answer; once `tenets label` has judged it, the pair is
-//! oriented by the latest judge's soft label (`chosen_is_revision` says which way), with `label`
-//! = p(chosen ≻ rejected) ≥ 0.5 and `weight` = 2·label − 1 for cDPO-style training. Every row carries its provenance (run, model and constitution hashes,
-//! principles, sampling settings). Parquet is written through polars from the same rows, so the
+//! `rejected`, each a list of `{role, content}` — and SFT rows a `messages` list. A `revision`
+//! pair is the final revision against the original answer; once `tenets label` has judged it,
+//! the pair is oriented by the latest judge's soft label (`chosen_is_revision` says which way),
+//! with `label` = p(chosen ≻ rejected) ≥ 0.5 and `weight` = 2·label − 1 for cDPO-style
+//! training. A prompt's `sampled` answers (RL-CAI) are ranked by their pairwise labels
+//! ([`crate::label::rank`]) and give the best against the worst (`chosen_sample`,
+//! `rejected_sample`, `sample_scores`), or every pair by its label. Every row carries its
+//! provenance (run, model and constitution hashes, principles, sampling settings). Parquet is written through polars from the same rows, so the
 //! two formats cannot disagree. Files are written to a temporary name and renamed into place:
 //! an interrupted export leaves nothing half-written.
 
@@ -16,8 +19,9 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 use crate::chat::Message;
-use crate::filters::{Dropped, PairFilters};
-use crate::store::{Store, StoreError};
+use crate::filters::{Dropped, PairFilters, SampledPairs};
+use crate::label::rank;
+use crate::store::{Store, StoreError, SAMPLED_PREFIX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -50,124 +54,73 @@ pub struct ExportRows {
     pub dropped: BTreeMap<Dropped, usize>,
 }
 
+/// One stored candidate pair, as read for export.
+struct Candidate {
+    prompt_id: String,
+    messages: Vec<Message>,
+    /// The prompt's kind ("benign", "harmful" …).
+    kind: Option<String>,
+    run_id: String,
+    strategy: String,
+    /// The pair's first step (the revision; for sampled pairs the lower sample) and second.
+    first: Answer,
+    second: Answer,
+    /// The latest judge's p(first ≻ second), and that judge.
+    p_first: Option<f64>,
+    judge_id: Option<String>,
+    provenance: Value,
+}
+
+/// One answer of a pair.
+#[derive(Clone)]
+struct Answer {
+    text: String,
+    finish: String,
+    /// The step's round: for a sampled answer, its sample index.
+    round: i64,
+}
+
 /// Builds the export rows (as JSON objects) from a store, leaving out what `filters` drop.
 pub async fn rows(
     store: &Store,
     kind: Kind,
     filters: &PairFilters,
 ) -> Result<ExportRows, ExportError> {
-    let sql = "SELECT p.id, p.messages, p.kind, r.id, r.model_sha256, r.chat_template_sha256, \
-               r.constitution_name, r.constitution_sha256, r.template_sha256, r.rounds, \
-               r.temperature, r.top_p, r.max_tokens, r.seed, \
-               c.output, c.finish, a.output, a.finish, \
-               (SELECT json_group_array(principle_id) FROM \
-                  (SELECT principle_id FROM steps s WHERE s.run_id = pr.run_id \
-                   AND s.prompt_id = pr.prompt_id AND s.stage = 'critique' ORDER BY s.round)), \
-               (SELECT l.p_chosen FROM labels l JOIN judges j ON j.id = l.judge_id \
-                  WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1), \
-               (SELECT l.judge_id FROM labels l JOIN judges j ON j.id = l.judge_id \
-                  WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1) \
-               FROM pairs pr \
-               JOIN prompts p ON p.id = pr.prompt_id \
-               JOIN runs r ON r.id = pr.run_id \
-               JOIN steps c ON c.id = pr.chosen_step \
-               JOIN steps a ON a.id = pr.rejected_step \
-               ORDER BY r.created_at, p.source, p.line";
-    let db_rows = sqlx::query(sql)
-        .fetch_all(store.pool())
-        .await
-        .map_err(store.err())?;
+    let candidates = candidates(store).await?;
     let mut out = ExportRows::default();
-    for row in db_rows {
-        let messages: Vec<Message> = serde_json::from_str(row.get::<&str, _>(1))
-            .map_err(|e| ExportError::Corrupt(format!("prompt messages: {e}")))?;
-        let principles: Value = serde_json::from_str(row.get::<&str, _>(18))
-            .map_err(|e| ExportError::Corrupt(format!("principles: {e}")))?;
-        let chosen: String = row.get(14);
-        let rejected: String = row.get(16);
-        let p_revision: Option<f64> = row.get(19);
-        let judge_id: Option<String> = row.get(20);
-        let (finish_c, finish_r) = (row.get::<String, _>(15), row.get::<String, _>(17));
-        let benign = row.get::<Option<String>, _>(2).as_deref() == Some("benign");
-        // The answer that would be exported as chosen: the revision unless a label says otherwise.
-        let revision_wins = p_revision.is_none_or(|p| p >= 0.5);
-        let verdict = match kind {
-            Kind::Dpo => {
-                let (answers, finishes) = if revision_wins {
-                    (
-                        [chosen.as_str(), rejected.as_str()],
-                        [finish_c.as_str(), finish_r.as_str()],
-                    )
-                } else {
-                    (
-                        [rejected.as_str(), chosen.as_str()],
-                        [finish_r.as_str(), finish_c.as_str()],
-                    )
-                };
-                filters.check(
-                    finishes,
-                    answers,
-                    p_revision.map(|p| (2.0 * p - 1.0).abs()),
-                    benign,
-                )
-            }
-            // An SFT row is the revision alone: its truncation and refusal matter.
-            Kind::Sft => filters.check([&finish_c, "stop"], [&chosen, ""], None, benign),
-        };
-        if let Some(reason) = verdict {
-            *out.dropped.entry(reason).or_default() += 1;
+    // A prompt's sampled pairs are ranked together, at the place of the first of them.
+    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (k, c) in candidates.iter().enumerate() {
+        if c.strategy.starts_with(SAMPLED_PREFIX) {
+            groups
+                .entry((c.run_id.clone(), c.prompt_id.clone()))
+                .or_default()
+                .push(k);
+        }
+    }
+    for (k, c) in candidates.iter().enumerate() {
+        if c.strategy == "revision" {
+            let revision_wins = c.p_first.is_none_or(|p| p >= 0.5);
+            let row = match kind {
+                Kind::Dpo => dpo_row(c, revision_wins, filters, |row| {
+                    row["chosen_is_revision"] = json!(revision_wins);
+                }),
+                Kind::Sft => sft_row(c, filters),
+            };
+            push(&mut out, row);
             continue;
         }
-        let mut value = match kind {
-            Kind::Dpo => {
-                // A judged pair is oriented by its label: the revision is not assumed to win.
-                let (chosen, rejected, chosen_finish, rejected_finish) = if revision_wins {
-                    (chosen, rejected, finish_c, finish_r)
-                } else {
-                    (rejected, chosen, finish_r, finish_c)
-                };
-                let label = p_revision.map(|p| p.max(1.0 - p));
-                json!({
-                    "prompt": messages,
-                    "chosen": [Message::assistant(chosen)],
-                    "rejected": [Message::assistant(rejected)],
-                    "chosen_finish": chosen_finish,
-                    "rejected_finish": rejected_finish,
-                    "chosen_is_revision": revision_wins,
-                    "label": label,
-                    "weight": label.map(|l| 2.0 * l - 1.0),
-                    "judge_id": judge_id,
-                })
-            }
-            Kind::Sft => {
-                let mut conversation = messages;
-                conversation.push(Message::assistant(chosen));
-                json!({
-                    "messages": conversation,
-                    "finish": finish_c,
-                })
-            }
+        // Sampled pairs make DPO rows only (SFT rows are final revisions).
+        let key = (c.run_id.clone(), c.prompt_id.clone());
+        let Some(members) = groups.get(&key) else {
+            continue;
         };
-        let provenance = json!({
-            "prompt_id": row.get::<String, _>(0),
-            "kind": row.get::<Option<String>, _>(2),
-            "run_id": row.get::<String, _>(3),
-            "model_sha256": row.get::<String, _>(4),
-            "chat_template_sha256": row.get::<String, _>(5),
-            "constitution": row.get::<String, _>(6),
-            "constitution_sha256": row.get::<String, _>(7),
-            "template_sha256": row.get::<String, _>(8),
-            "rounds": row.get::<i64, _>(9),
-            "temperature": row.get::<f64, _>(10),
-            "top_p": row.get::<f64, _>(11),
-            "max_tokens": row.get::<i64, _>(12),
-            "seed": row.get::<i64, _>(13),
-            "principles": principles,
-        });
-        if let (Some(obj), Value::Object(extra)) = (value.as_object_mut(), provenance) {
-            obj.extend(extra);
+        if kind == Kind::Sft || members.first() != Some(&k) {
+            continue;
         }
-        out.rows.push(value);
+        for row in sampled_rows(&candidates, members, filters) {
+            push(&mut out, row);
+        }
     }
     if let Some(ratio) = filters.helpful_ratio {
         let kinds: Vec<Option<&str>> = out.rows.iter().map(|r| r["kind"].as_str()).collect();
@@ -185,6 +138,223 @@ pub async fn rows(
         out.rows.retain(|_| keep.next().unwrap_or(true));
     }
     Ok(out)
+}
+
+/// Counts a drop, or keeps a row.
+fn push(out: &mut ExportRows, row: Result<Value, Dropped>) {
+    match row {
+        Ok(value) => out.rows.push(value),
+        Err(reason) => *out.dropped.entry(reason).or_default() += 1,
+    }
+}
+
+/// A DPO row of `c`, oriented by `first_wins`, through the filters; `extra` adds the
+/// strategy's own fields.
+fn dpo_row(
+    c: &Candidate,
+    first_wins: bool,
+    filters: &PairFilters,
+    extra: impl FnOnce(&mut Value),
+) -> Result<Value, Dropped> {
+    let (chosen, rejected) = if first_wins {
+        (&c.first, &c.second)
+    } else {
+        (&c.second, &c.first)
+    };
+    // A label says how sure the judge is that the chosen answer is better.
+    let label = c.p_first.map(|p| if first_wins { p } else { 1.0 - p });
+    let benign = c.kind.as_deref() == Some("benign");
+    if let Some(reason) = filters.check(
+        [&chosen.finish, &rejected.finish],
+        [&chosen.text, &rejected.text],
+        label.map(|l| 2.0 * l - 1.0),
+        benign,
+    ) {
+        return Err(reason);
+    }
+    let mut row = json!({
+        "prompt": c.messages,
+        "chosen": [Message::assistant(chosen.text.clone())],
+        "rejected": [Message::assistant(rejected.text.clone())],
+        "chosen_finish": chosen.finish,
+        "rejected_finish": rejected.finish,
+        "strategy": strategy_name(&c.strategy),
+        "label": label,
+        "weight": label.map(|l| 2.0 * l - 1.0),
+        "judge_id": c.judge_id,
+        // Every row has every column (Parquet wants one schema); each strategy fills its own.
+        "chosen_is_revision": null,
+        "chosen_sample": null,
+        "rejected_sample": null,
+        "sample_scores": null,
+    });
+    extra(&mut row);
+    Ok(with_provenance(row, c))
+}
+
+/// An SFT row: the conversation ending in the revision (its truncation and refusal matter).
+fn sft_row(c: &Candidate, filters: &PairFilters) -> Result<Value, Dropped> {
+    let benign = c.kind.as_deref() == Some("benign");
+    if let Some(reason) =
+        filters.check([&c.first.finish, "stop"], [&c.first.text, ""], None, benign)
+    {
+        return Err(reason);
+    }
+    let mut conversation = c.messages.clone();
+    conversation.push(Message::assistant(c.first.text.clone()));
+    let row = json!({
+        "messages": conversation,
+        "finish": c.first.finish,
+    });
+    Ok(with_provenance(row, c))
+}
+
+/// The rows of one prompt's sampled pairs (`members`, indices into `all`): ranked by their
+/// labels, then best vs worst or every pair by its own label.
+fn sampled_rows(
+    all: &[Candidate],
+    members: &[usize],
+    filters: &PairFilters,
+) -> Vec<Result<Value, Dropped>> {
+    let pairs: Vec<&Candidate> = members.iter().map(|&k| &all[k]).collect();
+    let samples = pairs
+        .iter()
+        .map(|c| c.first.round.max(c.second.round) + 1)
+        .max()
+        .unwrap_or(0)
+        .max(0) as usize;
+    let judged: Option<Vec<(usize, usize, f64)>> = pairs
+        .iter()
+        .map(|c| {
+            c.p_first
+                .map(|p| (c.first.round as usize, c.second.round as usize, p))
+        })
+        .collect();
+    let Some(ranking) = judged.and_then(|j| rank::rank(samples, &j)) else {
+        return pairs.iter().map(|_| Err(Dropped::Unranked)).collect();
+    };
+    let scores = json!(ranking.scores);
+    let sampled_extra = |row: &mut Value, chosen: i64, rejected: i64| {
+        row["chosen_sample"] = json!(chosen);
+        row["rejected_sample"] = json!(rejected);
+        row["sample_scores"] = scores.clone();
+    };
+    pairs
+        .iter()
+        .map(|c| {
+            let (i, j) = (c.first.round, c.second.round);
+            let first_wins = c.p_first.is_none_or(|p| p >= 0.5);
+            match filters.sampled_pairs {
+                SampledPairs::All => dpo_row(c, first_wins, filters, |row| {
+                    let (chosen, rejected) = if first_wins { (i, j) } else { (j, i) };
+                    sampled_extra(row, chosen, rejected);
+                }),
+                SampledPairs::BestWorst => {
+                    let (best, worst) = (ranking.best as i64, ranking.worst as i64);
+                    if (i, j) != (best, worst) && (i, j) != (worst, best) {
+                        return Err(Dropped::NotBestWorst);
+                    }
+                    // The pair is stored lower sample first: best wins when it is first.
+                    let best_first = i == best;
+                    if first_wins != best_first && c.p_first != Some(0.5) {
+                        return Err(Dropped::RankingDisagrees);
+                    }
+                    dpo_row(c, best_first, filters, |row| {
+                        sampled_extra(row, best, worst);
+                    })
+                }
+            }
+        })
+        .collect()
+}
+
+/// `revision`, or `sampled` for any `sampled:I-J`.
+fn strategy_name(strategy: &str) -> &str {
+    if strategy.starts_with(SAMPLED_PREFIX) {
+        "sampled"
+    } else {
+        strategy
+    }
+}
+
+fn with_provenance(mut row: Value, c: &Candidate) -> Value {
+    if let (Some(obj), Value::Object(extra)) = (row.as_object_mut(), c.provenance.clone()) {
+        obj.extend(extra);
+    }
+    row
+}
+
+/// Every candidate pair in the store with its answers, latest label and provenance, in a
+/// stable order (run, then prompt file order).
+async fn candidates(store: &Store) -> Result<Vec<Candidate>, ExportError> {
+    let sql = "SELECT p.id, p.messages, p.kind, r.id, r.model_sha256, r.chat_template_sha256, \
+               r.constitution_name, r.constitution_sha256, r.template_sha256, r.rounds, \
+               r.temperature, r.top_p, r.max_tokens, r.seed, \
+               c.output, c.finish, a.output, a.finish, \
+               (SELECT json_group_array(principle_id) FROM \
+                  (SELECT principle_id FROM steps s WHERE s.run_id = pr.run_id \
+                   AND s.prompt_id = pr.prompt_id AND s.stage = 'critique' ORDER BY s.round)), \
+               (SELECT l.p_chosen FROM labels l JOIN judges j ON j.id = l.judge_id \
+                  WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1), \
+               (SELECT l.judge_id FROM labels l JOIN judges j ON j.id = l.judge_id \
+                  WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1), \
+               pr.strategy, c.round, a.round, r.samples \
+               FROM pairs pr \
+               JOIN prompts p ON p.id = pr.prompt_id \
+               JOIN runs r ON r.id = pr.run_id \
+               JOIN steps c ON c.id = pr.chosen_step \
+               JOIN steps a ON a.id = pr.rejected_step \
+               ORDER BY r.created_at, p.source, p.line, pr.strategy";
+    let db_rows = sqlx::query(sql)
+        .fetch_all(store.pool())
+        .await
+        .map_err(store.err())?;
+    db_rows
+        .into_iter()
+        .map(|row| {
+            let messages: Vec<Message> = serde_json::from_str(row.get::<&str, _>(1))
+                .map_err(|e| ExportError::Corrupt(format!("prompt messages: {e}")))?;
+            let principles: Value = serde_json::from_str(row.get::<&str, _>(18))
+                .map_err(|e| ExportError::Corrupt(format!("principles: {e}")))?;
+            let provenance = json!({
+                "prompt_id": row.get::<String, _>(0),
+                "kind": row.get::<Option<String>, _>(2),
+                "run_id": row.get::<String, _>(3),
+                "model_sha256": row.get::<String, _>(4),
+                "chat_template_sha256": row.get::<String, _>(5),
+                "constitution": row.get::<String, _>(6),
+                "constitution_sha256": row.get::<String, _>(7),
+                "template_sha256": row.get::<String, _>(8),
+                "rounds": row.get::<i64, _>(9),
+                "samples": row.get::<i64, _>(24),
+                "temperature": row.get::<f64, _>(10),
+                "top_p": row.get::<f64, _>(11),
+                "max_tokens": row.get::<i64, _>(12),
+                "seed": row.get::<i64, _>(13),
+                "principles": principles,
+            });
+            Ok(Candidate {
+                prompt_id: row.get(0),
+                messages,
+                kind: row.get(2),
+                run_id: row.get(3),
+                strategy: row.get(21),
+                first: Answer {
+                    text: row.get(14),
+                    finish: row.get(15),
+                    round: row.get(22),
+                },
+                second: Answer {
+                    text: row.get(16),
+                    finish: row.get(17),
+                    round: row.get(23),
+                },
+                p_first: row.get(19),
+                judge_id: row.get(20),
+                provenance,
+            })
+        })
+        .collect()
 }
 
 /// Writes the export file; returns the rows written and what the filters dropped.

@@ -187,6 +187,18 @@ pub struct PairFilters {
     /// Benign pairs per harmful pair in the export (by prompt `kind`): the larger side is
     /// subsampled, deterministically, to this ratio.
     pub helpful_ratio: Option<f64>,
+    /// Which pairs of a prompt's sampled answers become rows.
+    pub sampled_pairs: SampledPairs,
+}
+
+/// Which pairs of a prompt's ranked samples `tenets export` keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SampledPairs {
+    /// The best-ranked sample against the worst-ranked one (RL-CAI's choice).
+    #[default]
+    BestWorst,
+    /// Every judged pair, oriented by its own label (the margin filter drops the even ones).
+    All,
 }
 
 impl Default for PairFilters {
@@ -196,6 +208,7 @@ impl Default for PairFilters {
             max_similarity: 0.95,
             min_margin: None,
             helpful_ratio: None,
+            sampled_pairs: SampledPairs::BestWorst,
         }
     }
 }
@@ -210,6 +223,13 @@ pub enum Dropped {
     RefusesBenign,
     /// Left out to bring benign and harmful pairs to `--helpful-ratio`.
     HelpfulRatio,
+    /// A pair of sampled answers whose prompt's samples are not all judged yet, so they
+    /// cannot be ranked (run `tenets label`).
+    Unranked,
+    /// A pair of sampled answers other than best vs worst (`--sampled-pairs best-worst`).
+    NotBestWorst,
+    /// The best and worst sample by ranking, whose own judgment prefers the worst (a cycle).
+    RankingDisagrees,
 }
 
 impl Dropped {
@@ -220,6 +240,9 @@ impl Dropped {
             Dropped::LowMargin => "label margin below --min-margin",
             Dropped::RefusesBenign => "chosen answer refuses a benign prompt",
             Dropped::HelpfulRatio => "beyond --helpful-ratio (benign : harmful)",
+            Dropped::Unranked => "sampled answers not all judged yet (run tenets label)",
+            Dropped::NotBestWorst => "sampled pair other than best vs worst",
+            Dropped::RankingDisagrees => "best vs worst sample judged the other way",
         }
     }
 }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tenets::constitution::{self, starter, Constitution};
 use tenets::engine::StopSignal;
 use tenets::export::{self, Format, Kind};
-use tenets::filters::PairFilters;
+use tenets::filters::{PairFilters, SampledPairs};
 use tenets::label::CotSettings;
 use tenets::pipeline::label::LabelOptions;
 use tenets::pipeline::redteam::RedteamOptions;
@@ -60,6 +60,10 @@ enum Command {
         /// Benign pairs per harmful pair (by prompt kind): the larger side is subsampled.
         #[arg(long)]
         helpful_ratio: Option<f64>,
+        /// Which pairs of a prompt's sampled answers (generate --samples) to export, once
+        /// ranked by their labels: the best against the worst, or every pair, by its label.
+        #[arg(long, value_enum, default_value = "best-worst")]
+        sampled_pairs: SampledPairs,
     },
     /// Check constitution files; prints every problem as file:line:col: message.
     Validate {
@@ -144,9 +148,13 @@ struct GenerateArgs {
     /// Sequences decoded together in each batch.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
-    /// Critique/revision rounds per prompt (0-4; 0: answers only, no pairs).
+    /// Critique/revision rounds per prompt (0-4; 0: answers only, no revision pairs).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Answers sampled per prompt (1-8; above 1 needs --temperature > 0): every two of them
+    /// become a candidate pair (strategy `sampled`, RL-CAI) for `tenets label` to rank.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
     /// Most new tokens per turn.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -609,6 +617,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             max_similarity,
             min_margin,
             helpful_ratio,
+            sampled_pairs,
         } => {
             if helpful_ratio.is_some_and(|r| !(r.is_finite() && r >= 0.0)) {
                 bail!("--helpful-ratio must be 0 or more");
@@ -624,6 +633,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 max_similarity,
                 min_margin,
                 helpful_ratio,
+                sampled_pairs,
             };
             let store = Store::open_existing(&db).await?;
             let exported = export::export(&store, kind, format, &filters, &out).await?;
@@ -1112,6 +1122,7 @@ async fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let mut options = GenerateOptions::new(&model, &args.constitution, &args.prompts, &args.db);
     options.parallel = args.parallel;
     options.rounds = args.rounds;
+    options.samples = args.samples;
     options.max_tokens = args.max_tokens;
     options.temperature = args.temperature;
     options.top_p = args.top_p;

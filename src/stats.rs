@@ -15,9 +15,13 @@ pub struct RunStats {
     pub constitution: String,
     pub model_sha256: String,
     pub rounds: i64,
+    /// Answers sampled per prompt (above 1: candidate pairs of strategy `sampled`).
+    pub samples: i64,
     pub stages: Vec<Count>,
     pub principles: Vec<Count>,
     pub pairs: i64,
+    /// Of `pairs`, candidate pairs of sampled answers.
+    pub sampled_pairs: i64,
     pub truncated: i64,
     /// Quality filters: revisions whose preamble was stripped; pairs `export` drops by default
     /// because an answer was truncated, or because the two answers are near-identical.
@@ -45,9 +49,11 @@ pub struct JudgeStats {
     pub questions_per_pair: i64,
     pub labeled_pairs: i64,
     pub judgments: i64,
-    /// Mean p(revision ≻ original answer).
+    /// Of `labeled_pairs`, pairs of sampled answers (the rest are revision pairs).
+    pub sampled_labeled: i64,
+    /// Mean p(revision ≻ original answer), over revision pairs.
     pub mean_p_revision: f64,
-    /// Pairs where the judge preferred the revision (p > 0.5).
+    /// Revision pairs where the judge preferred the revision (p > 0.5).
     pub revision_preferred: i64,
     /// Pairs whose label is within 0.1 of 0.5.
     pub near_even: i64,
@@ -164,13 +170,17 @@ async fn collect_judges(store: &Store) -> Result<Vec<JudgeStats>, StoreError> {
         "SELECT j.id, j.created_at, j.model_sha256, j.questions_per_pair, \
            (SELECT COUNT(*) FROM labels l WHERE l.judge_id = j.id), \
            (SELECT COUNT(*) FROM judgments g WHERE g.judge_id = j.id), \
-           (SELECT COALESCE(AVG(p_chosen), 0) FROM labels l WHERE l.judge_id = j.id), \
-           (SELECT COUNT(*) FROM labels l WHERE l.judge_id = j.id AND p_chosen > 0.5), \
+           (SELECT COALESCE(AVG(p_chosen), 0.0) FROM labels l JOIN pairs pr ON pr.id = l.pair_id \
+              WHERE l.judge_id = j.id AND pr.strategy = 'revision'), \
+           (SELECT COUNT(*) FROM labels l JOIN pairs pr ON pr.id = l.pair_id \
+              WHERE l.judge_id = j.id AND pr.strategy = 'revision' AND p_chosen > 0.5), \
            (SELECT COUNT(*) FROM labels l WHERE l.judge_id = j.id AND ABS(p_chosen - 0.5) < 0.1), \
            (SELECT COALESCE(CAST(SUM(order_disagreements) AS REAL) \
-              / NULLIF(SUM(judgments) / 2, 0), 0) FROM labels l WHERE l.judge_id = j.id), \
-           (SELECT COALESCE(AVG(p_a), 0) FROM judgments g WHERE g.judge_id = j.id), \
-           (SELECT COALESCE(AVG(mass_a + mass_b), 0) FROM judgments g WHERE g.judge_id = j.id) \
+              / NULLIF(SUM(judgments) / 2, 0), 0.0) FROM labels l WHERE l.judge_id = j.id), \
+           (SELECT COALESCE(AVG(p_a), 0.0) FROM judgments g WHERE g.judge_id = j.id), \
+           (SELECT COALESCE(AVG(mass_a + mass_b), 0.0) FROM judgments g WHERE g.judge_id = j.id), \
+           (SELECT COUNT(*) FROM labels l JOIN pairs pr ON pr.id = l.pair_id \
+              WHERE l.judge_id = j.id AND pr.strategy LIKE 'sampled:%') \
          FROM judges j ORDER BY j.created_at, j.id",
     )
     .fetch_all(store.pool())
@@ -184,6 +194,7 @@ async fn collect_judges(store: &Store) -> Result<Vec<JudgeStats>, StoreError> {
             model_sha256: r.get(2),
             questions_per_pair: r.get(3),
             labeled_pairs: r.get(4),
+            sampled_labeled: r.get(12),
             judgments: r.get(5),
             mean_p_revision: r.get(6),
             revision_preferred: r.get(7),
@@ -197,7 +208,8 @@ async fn collect_judges(store: &Store) -> Result<Vec<JudgeStats>, StoreError> {
 
 async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
     let runs = sqlx::query(
-        "SELECT id, created_at, constitution_name, model_sha256, rounds FROM runs ORDER BY created_at",
+        "SELECT id, created_at, constitution_name, model_sha256, rounds, samples FROM runs \
+         ORDER BY created_at",
     )
     .fetch_all(store.pool())
     .await
@@ -234,14 +246,15 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
                (SELECT COALESCE(SUM(prefill_tokens), 0) FROM steps WHERE run_id = ?1 AND stage != 'answer'), \
                (SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND preamble IS NOT NULL), \
                (SELECT COUNT(*) FROM dropped_prompts WHERE run_id = ?1 AND reason = 'duplicate'), \
-               (SELECT COUNT(*) FROM dropped_prompts WHERE run_id = ?1 AND reason = 'near-duplicate')",
+               (SELECT COUNT(*) FROM dropped_prompts WHERE run_id = ?1 AND reason = 'near-duplicate'), \
+               (SELECT COUNT(*) FROM pairs WHERE run_id = ?1 AND strategy LIKE 'sampled:%')",
         )
         .bind(&run_id)
         .fetch_one(store.pool())
         .await
         .map_err(store.err())?;
         let pair_rows = sqlx::query(
-            "SELECT c.output, c.finish, a.output, a.finish, p.kind FROM pairs pr \
+            "SELECT c.output, c.finish, a.output, a.finish, p.kind, pr.strategy FROM pairs pr \
              JOIN steps c ON c.id = pr.chosen_step JOIN steps a ON a.id = pr.rejected_step \
              JOIN prompts p ON p.id = pr.prompt_id WHERE pr.run_id = ?",
         )
@@ -253,7 +266,8 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
         let (mut pairs_truncated, mut pairs_near_identical, mut benign_refused) = (0, 0, 0);
         for r in &pair_rows {
             let (c, cf, a, af): (&str, &str, &str, &str) = (r.get(0), r.get(1), r.get(2), r.get(3));
-            if r.get::<Option<&str>, _>(4) == Some("benign") && is_refusal(c) {
+            let revision = r.get::<&str, _>(5) == "revision";
+            if revision && r.get::<Option<&str>, _>(4) == Some("benign") && is_refusal(c) {
                 benign_refused += 1;
             }
             if cf != "stop" || af != "stop" {
@@ -269,9 +283,11 @@ async fn collect_runs(store: &Store) -> Result<Vec<RunStats>, StoreError> {
             constitution: run.get(2),
             model_sha256: run.get(3),
             rounds: run.get(4),
+            samples: run.get(5),
             stages,
             principles,
             pairs: totals.get(0),
+            sampled_pairs: totals.get(8),
             truncated: totals.get(1),
             preambles_stripped: totals.get(5),
             duplicate_prompts: totals.get(6),
@@ -313,7 +329,20 @@ pub fn render(stats: &Stats) -> String {
         for c in &run.stages {
             let _ = writeln!(s, "  {:<10} {:>6}", c.name, c.count);
         }
-        let _ = writeln!(s, "  {:<10} {:>6}", "pairs", run.pairs);
+        if run.samples > 1 {
+            let _ = writeln!(
+                s,
+                "  {:<10} {:>6}  ({} sampled answers per prompt)",
+                "pairs", run.pairs, run.samples
+            );
+            let _ = writeln!(
+                s,
+                "  {:<10} {:>6}  (every two samples of a prompt; export ranks them)",
+                "sampled", run.sampled_pairs
+            );
+        } else {
+            let _ = writeln!(s, "  {:<10} {:>6}", "pairs", run.pairs);
+        }
         let _ = writeln!(
             s,
             "  {:<10} {:>6}  (hit max tokens or context)",
@@ -367,14 +396,28 @@ pub fn render(stats: &Stats) -> String {
         );
         let _ = writeln!(
             s,
-            "  {} pairs labeled ({} judgments); revision preferred in {}, within 0.1 of even in {}",
-            judge.labeled_pairs, judge.judgments, judge.revision_preferred, judge.near_even
+            "  {} pairs labeled ({} judgments); within 0.1 of even in {}",
+            judge.labeled_pairs, judge.judgments, judge.near_even
         );
+        if judge.labeled_pairs > judge.sampled_labeled {
+            let _ = writeln!(
+                s,
+                "  revision pairs: revision preferred in {} of {}, mean p(revision ≻ answer) {:.3}",
+                judge.revision_preferred,
+                judge.labeled_pairs - judge.sampled_labeled,
+                judge.mean_p_revision
+            );
+        }
+        if judge.sampled_labeled > 0 {
+            let _ = writeln!(
+                s,
+                "  sampled pairs: {} (ranked at export)",
+                judge.sampled_labeled
+            );
+        }
         let _ = writeln!(
             s,
-            "  mean p(revision ≻ answer) {:.3}; orders disagree on {:.1}% of questions; \
-             mean P(A) {:.3}; answer mass {:.3}",
-            judge.mean_p_revision,
+            "  orders disagree on {:.1}% of questions; mean P(A) {:.3}; answer mass {:.3}",
             100.0 * judge.order_disagreement,
             judge.mean_p_a,
             judge.mean_answer_mass

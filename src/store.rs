@@ -109,6 +109,8 @@ pub struct RunRecord {
     pub seed: i64,
     /// The LoRA adapter decoded with, if any: its SHA-256 and scale.
     pub lora: Option<(String, f64)>,
+    /// Answers sampled per prompt (1 unless the run builds `sampled` pairs).
+    pub samples: i64,
 }
 
 impl RunRecord {
@@ -138,6 +140,11 @@ impl RunRecord {
             .map(|(sha, scale)| format!("lora {sha} {scale:.6}"));
         if let Some(lora) = &lora {
             parts.push(lora);
+        }
+        // Runs that answer once keep the ids they always had.
+        let samples = format!("samples {}", self.samples);
+        if self.samples > 1 {
+            parts.push(&samples);
         }
         hash::of_parts(&parts)
     }
@@ -172,6 +179,24 @@ impl StepRecord {
 pub fn step_id(run_id: &str, prompt_id: &str, stage: &str, round: i64) -> String {
     hash::of_parts(&[run_id, prompt_id, stage, &round.to_string()])
 }
+
+/// A candidate pair a finished chain writes: its strategy (`revision`, or `sampled:I-J`) and
+/// the two steps (by id). For `revision` the first is the final revision and the second the
+/// answer; for sampled pairs the order is only the sample order — the judge's label decides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairLink {
+    pub strategy: String,
+    pub chosen_step: String,
+    pub rejected_step: String,
+}
+
+/// The strategy name of the candidate pair of samples `i` and `j` (`i < j`).
+pub fn sampled_strategy(i: i64, j: i64) -> String {
+    format!("{SAMPLED_PREFIX}{i}-{j}")
+}
+
+/// The prefix of every sampled pair's strategy.
+pub const SAMPLED_PREFIX: &str = "sampled:";
 
 /// Everything that identifies a judge; its hash is the judge id.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -432,7 +457,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO runs (id, model_path, model_sha256, chat_template_sha256, constitution_name, \
              constitution_sha256, constitution_json, template_sha256, rounds, temperature, top_p, \
-             max_tokens, seed, lora_sha256, lora_scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             max_tokens, seed, lora_sha256, lora_scale, samples) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&id)
@@ -450,6 +476,7 @@ impl Store {
         .bind(run.seed)
         .bind(run.lora.as_ref().map(|l| l.0.clone()))
         .bind(run.lora.as_ref().map(|l| l.1))
+        .bind(run.samples)
         .execute(&self.pool)
         .await
         .map_err(self.err())?;
@@ -522,12 +549,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Commits one step; when it completes a prompt's chain, the pair is written in the same
-    /// transaction. Any earlier failure of this prompt in this run is cleared.
+    /// Commits one step; when it completes a prompt's chain, the chain's pairs are written in
+    /// the same transaction. Any earlier failure of this prompt in this run is cleared.
     pub async fn commit_step(
         &self,
         step: &StepRecord,
-        pair_with: Option<&str>,
+        pairs: &[PairLink],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(self.err())?;
         let id = step.id();
@@ -560,17 +587,18 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(self.err())?;
-        if let Some(rejected) = pair_with {
-            let pair_id = hash::of_parts(&[&step.run_id, &step.prompt_id, "revision"]);
+        for pair in pairs {
+            let pair_id = hash::of_parts(&[&step.run_id, &step.prompt_id, &pair.strategy]);
             sqlx::query(
                 "INSERT INTO pairs (id, run_id, prompt_id, strategy, chosen_step, rejected_step) \
-                 VALUES (?, ?, ?, 'revision', ?, ?) ON CONFLICT DO NOTHING",
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )
             .bind(&pair_id)
             .bind(&step.run_id)
             .bind(&step.prompt_id)
-            .bind(&id)
-            .bind(rejected)
+            .bind(&pair.strategy)
+            .bind(&pair.chosen_step)
+            .bind(&pair.rejected_step)
             .execute(&mut *tx)
             .await
             .map_err(self.err())?;

@@ -413,6 +413,23 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             &["--rounds"],
         ),
         with(
+            "greedy samples",
+            generate(&[
+                &"--samples",
+                &"3",
+                &"--temperature",
+                &"0",
+                &"--rounds",
+                &"0",
+            ]),
+            &["--samples", "--temperature"],
+        ),
+        with(
+            "too many samples",
+            generate(&[&"--samples", &"99", &"--rounds", &"0"]),
+            &["--samples"],
+        ),
+        with(
             "zero threads",
             generate(&[&"--threads", &"0"]),
             &["--threads"],

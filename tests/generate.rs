@@ -125,8 +125,7 @@ async fn generate_resume_and_export() {
     let everything = PairFilters {
         include_truncated: true,
         max_similarity: 1.01,
-        min_margin: None,
-        helpful_ratio: None,
+        ..Default::default()
     };
     let n = export::export(&store, Kind::Dpo, Format::Jsonl, &everything, &jsonl)
         .await

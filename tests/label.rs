@@ -174,8 +174,7 @@ async fn labels_are_both_orders_durable_and_resume() {
     let everything = tenets::filters::PairFilters {
         include_truncated: true,
         max_similarity: 1.01,
-        min_margin: None,
-        helpful_ratio: None,
+        ..Default::default()
     };
     tenets::export::export(
         &store,
@@ -338,5 +337,162 @@ async fn chain_of_thought_judgments_keep_their_reasoning_and_are_clamped() {
         .await
         .unwrap();
     assert_eq!(cot, 16);
+    store.close().await;
+}
+
+/// RL-CAI's `sampled` strategy end to end: N answers per prompt at temperature > 0, every two a
+/// candidate pair, all labeled, ranked at export into best vs worst (or every pair).
+#[tokio::test(flavor = "multi_thread")]
+async fn sampled_answers_are_paired_labeled_and_ranked() {
+    use tenets::export::{self, Format, Kind};
+    use tenets::filters::{PairFilters, SampledPairs};
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(3));
+    let db = dir.path().join("sampled.db");
+    let mut options = common::options(&prompts, &db);
+    options.parallel = 4;
+    options.rounds = 0;
+    options.samples = 3;
+    options.temperature = 1.0;
+    let summary = tenets::pipeline::generate(&options, StopSignal::default())
+        .await
+        .unwrap();
+    assert_eq!(summary.steps_written, 9, "{summary:?}");
+    // A rerun finds every sample stored.
+    let again = tenets::pipeline::generate(&options, StopSignal::default())
+        .await
+        .unwrap();
+    assert_eq!((again.steps_written, again.already_complete), (0, 3));
+
+    let store = Store::open_existing(&db).await.unwrap();
+    let answers = sqlx::query(
+        "SELECT prompt_id, round, seed, output FROM steps WHERE stage = 'answer' ORDER BY prompt_id, round",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(answers.len(), 9);
+    let mut by_prompt: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    for r in &answers {
+        by_prompt
+            .entry(r.get(0))
+            .or_default()
+            .push((r.get(1), r.get(2)));
+    }
+    for samples in by_prompt.values() {
+        let rounds: Vec<i64> = samples.iter().map(|s| s.0).collect();
+        assert_eq!(rounds, vec![0, 1, 2]);
+        let mut seeds: Vec<i64> = samples.iter().map(|s| s.1).collect();
+        seeds.dedup();
+        assert_eq!(seeds.len(), 3, "each sample has its own seed");
+    }
+    let strategies: Vec<String> =
+        sqlx::query_scalar("SELECT strategy FROM pairs ORDER BY prompt_id, strategy")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(strategies.len(), 9);
+    for three in strategies.chunks(3) {
+        assert_eq!(three, ["sampled:0-1", "sampled:0-2", "sampled:1-2"]);
+    }
+    // Before labeling nothing can be ranked, and export says so.
+    let unranked = export::rows(&store, Kind::Dpo, &PairFilters::default())
+        .await
+        .unwrap();
+    assert!(unranked.rows.is_empty());
+    assert_eq!(
+        unranked.dropped.get(&tenets::filters::Dropped::Unranked),
+        Some(&9)
+    );
+    store.close().await;
+
+    let summary = label(&label_options(&db), StopSignal::default())
+        .await
+        .unwrap();
+    assert_eq!(summary.labels_written, 9, "{summary:?}");
+
+    // Rank from the stored labels here and compare with what export chose.
+    let store = Store::open_existing(&db).await.unwrap();
+    let labels = sqlx::query(
+        "SELECT pr.prompt_id, c.round, a.round, l.p_chosen FROM labels l \
+         JOIN pairs pr ON pr.id = l.pair_id \
+         JOIN steps c ON c.id = pr.chosen_step JOIN steps a ON a.id = pr.rejected_step",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let mut scores: HashMap<String, [f64; 3]> = HashMap::new();
+    let mut direct: HashMap<(String, i64, i64), f64> = HashMap::new();
+    for r in &labels {
+        let (prompt, i, j, p): (String, i64, i64, f64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let s = scores.entry(prompt.clone()).or_default();
+        s[i as usize] += p / 2.0;
+        s[j as usize] += (1.0 - p) / 2.0;
+        direct.insert((prompt, i, j), p);
+    }
+    let everything = PairFilters {
+        include_truncated: true,
+        max_similarity: 1.01,
+        ..Default::default()
+    };
+    let best_worst = export::rows(&store, Kind::Dpo, &everything).await.unwrap();
+    let dropped: usize = best_worst.dropped.values().sum();
+    assert_eq!(
+        best_worst.rows.len() + dropped,
+        9,
+        "{:?}",
+        best_worst.dropped
+    );
+    assert_eq!(
+        best_worst
+            .dropped
+            .get(&tenets::filters::Dropped::NotBestWorst),
+        Some(&6)
+    );
+    for row in &best_worst.rows {
+        let prompt = row["prompt_id"].as_str().unwrap().to_string();
+        let s = scores[&prompt];
+        let (best, worst) = (
+            row["chosen_sample"].as_i64().unwrap(),
+            row["rejected_sample"].as_i64().unwrap(),
+        );
+        let top = s.iter().cloned().fold(f64::MIN, f64::max);
+        let bottom = s.iter().cloned().fold(f64::MAX, f64::min);
+        assert!((s[best as usize] - top).abs() < 1e-9, "{s:?} {row}");
+        assert!((s[worst as usize] - bottom).abs() < 1e-9, "{s:?} {row}");
+        assert_eq!(row["strategy"], "sampled");
+        assert_eq!(row["samples"], 3);
+        let scored: Vec<f64> = serde_json::from_value(row["sample_scores"].clone()).unwrap();
+        for (a, b) in scored.iter().zip(s.iter()) {
+            assert!((a - b).abs() < 1e-9);
+        }
+        // The label is the direct judgment of best against worst, oriented.
+        let key = (prompt, best.min(worst), best.max(worst));
+        let p = direct[&key];
+        let want = if best < worst { p } else { 1.0 - p };
+        assert!((row["label"].as_f64().unwrap() - want).abs() < 1e-9);
+        assert!(want >= 0.5);
+    }
+    // Every pair, each oriented by its own label.
+    let all = PairFilters {
+        sampled_pairs: SampledPairs::All,
+        ..everything
+    };
+    let rows = export::rows(&store, Kind::Dpo, &all).await.unwrap();
+    assert_eq!(rows.rows.len(), 9, "{:?}", rows.dropped);
+    assert!(rows
+        .rows
+        .iter()
+        .all(|r| r["label"].as_f64().unwrap() >= 0.5));
+    // Parquet takes the same rows (sampled columns and all).
+    let parquet = dir.path().join("sampled.parquet");
+    let written = export::export(&store, Kind::Dpo, Format::Parquet, &all, &parquet)
+        .await
+        .unwrap();
+    assert_eq!(written.rows.len(), 9);
+    assert!(std::fs::metadata(&parquet).unwrap().len() > 0);
+    // SFT rows are final revisions: a sampled-only run has none.
+    let sft = export::rows(&store, Kind::Sft, &everything).await.unwrap();
+    assert!(sft.rows.is_empty());
     store.close().await;
 }

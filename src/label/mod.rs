@@ -9,6 +9,7 @@
 //! drives them over a database is [`crate::pipeline::label`].
 
 pub mod frame;
+pub mod rank;
 
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;

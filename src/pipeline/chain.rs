@@ -1,4 +1,5 @@
-//! One prompt's chain of turns: answer, then per round a critique and a revision.
+//! One prompt's chain of turns: answer (or several sampled answers), then per round a critique
+//! and a revision of the first answer.
 //!
 //! A [`Chain`] is an engine [`Session`]: it says which turn comes next, renders the whole
 //! conversation for it, and hands each finished turn to the store writer, waiting for the commit
@@ -15,15 +16,15 @@ use crate::engine::batch::{self, Next};
 use crate::engine::{Session, TurnFailure, TurnOutput, TurnRequest};
 use crate::hash;
 use crate::prompt::PromptItem;
-use crate::store::{step_id, StepRecord};
+use crate::store::{sampled_strategy, step_id, PairLink, StepRecord};
 use crate::turns::{Turn, TurnTemplates};
 
 /// What the chain asks the store writer to make durable.
 pub enum Write {
     Step {
         step: StepRecord,
-        /// Set when this step completes the chain: the answer step it pairs with.
-        pair_with: Option<String>,
+        /// The chain's candidate pairs, when this step completes it (else empty).
+        pairs: Vec<PairLink>,
     },
     Failure {
         prompt_id: String,
@@ -46,15 +47,20 @@ pub struct RunContext {
     pub templates: TurnTemplates,
     pub chat: Arc<ChatTemplate>,
     pub rounds: usize,
+    /// Answers sampled per prompt (their `round` is the sample index).
+    pub samples: usize,
     pub max_tokens: usize,
     pub seed: u64,
     pub writer: mpsc::Sender<WriteRequest>,
 }
 
 impl RunContext {
-    /// The (stage, round) steps of a complete chain, in order.
+    /// The (stage, round) steps of a complete chain, in order: the answers (sample 0 …), then
+    /// the critique and revision rounds, which work on answer 0.
     pub fn plan(&self) -> Vec<(&'static str, i64)> {
-        let mut plan = vec![("answer", 0)];
+        let mut plan: Vec<(&'static str, i64)> = (0..self.samples.max(1) as i64)
+            .map(|i| ("answer", i))
+            .collect();
         for r in 1..=self.rounds as i64 {
             plan.push(("critique", r));
             plan.push(("revision", r));
@@ -130,10 +136,15 @@ impl Chain {
         (hash::hex_to_u64(&h) & 0xFFFF_FFFF) as u32
     }
 
-    /// The conversation so far: the prompt, then each completed turn.
+    /// The conversation so far: the prompt, then each completed turn (of the answers, only the
+    /// first: the other samples are alternatives to it, not turns after it).
     fn conversation(&self) -> Vec<Message> {
         let mut messages = self.prompt.messages.clone();
-        for step in &self.done {
+        for step in self
+            .done
+            .iter()
+            .filter(|s| s.stage != "answer" || s.round == 0)
+        {
             if let Some(request) = &step.request {
                 messages.push(Message::user(request.clone()));
             }
@@ -167,10 +178,15 @@ impl Session for Chain {
         let Some(&(stage, round)) = plan.get(self.done.len()) else {
             return Next::Done;
         };
-        let principle_id = (round > 0)
+        let principle_id = (stage != "answer" && round > 0)
             .then(|| self.principles.get(round as usize - 1).cloned())
             .flatten();
-        let mut messages = self.conversation();
+        // Every sampled answer starts from the prompt alone.
+        let mut messages = if stage == "answer" {
+            self.prompt.messages.clone()
+        } else {
+            self.conversation()
+        };
         let mut request = None;
         if let Some(id) = &principle_id {
             let turn = if stage == "critique" {
@@ -253,9 +269,40 @@ impl Session for Chain {
             preamble,
         };
         let last = self.done.len() + 1 == self.run.plan().len();
-        let pair_with = (last && self.run.rounds > 0)
-            .then(|| step_id(&self.run.run_id, &self.prompt.id, "answer", 0));
+        let pairs = if last {
+            self.pairs(&step.id())
+        } else {
+            Vec::new()
+        };
         self.done.push(step.clone());
-        self.send(Write::Step { step, pair_with })
+        self.send(Write::Step { step, pairs })
+    }
+}
+
+impl Chain {
+    /// The candidate pairs of a complete chain whose last step is `last_step`: the final
+    /// revision against answer 0 (with rounds), and every two sampled answers (with samples).
+    fn pairs(&self, last_step: &str) -> Vec<PairLink> {
+        let run = &self.run;
+        let answer = |i: i64| step_id(&run.run_id, &self.prompt.id, "answer", i);
+        let mut pairs = Vec::new();
+        if run.rounds > 0 {
+            pairs.push(PairLink {
+                strategy: "revision".into(),
+                chosen_step: last_step.to_string(),
+                rejected_step: answer(0),
+            });
+        }
+        let samples = run.samples as i64;
+        for i in 0..samples {
+            for j in i + 1..samples {
+                pairs.push(PairLink {
+                    strategy: sampled_strategy(i, j),
+                    chosen_step: answer(i),
+                    rejected_step: answer(j),
+                });
+            }
+        }
+        pairs
     }
 }

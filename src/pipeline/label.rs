@@ -497,11 +497,11 @@ async fn judge_figures(
 ) -> Result<(f64, f64, f64, f64), PipelineError> {
     use sqlx::Row;
     let row = sqlx::query(
-        "SELECT (SELECT COALESCE(AVG(p_chosen), 0) FROM labels WHERE judge_id = ?1), \
-         (SELECT COALESCE(CAST(SUM(order_disagreements) AS REAL) / NULLIF(SUM(judgments) / 2, 0), 0) \
+        "SELECT (SELECT COALESCE(AVG(p_chosen), 0.0) FROM labels WHERE judge_id = ?1), \
+         (SELECT COALESCE(CAST(SUM(order_disagreements) AS REAL) / NULLIF(SUM(judgments) / 2, 0), 0.0) \
             FROM labels WHERE judge_id = ?1), \
-         (SELECT COALESCE(AVG(p_a), 0) FROM judgments WHERE judge_id = ?1), \
-         (SELECT COALESCE(AVG(mass_a + mass_b), 0) FROM judgments WHERE judge_id = ?1)",
+         (SELECT COALESCE(AVG(p_a), 0.0) FROM judgments WHERE judge_id = ?1), \
+         (SELECT COALESCE(AVG(mass_a + mass_b), 0.0) FROM judgments WHERE judge_id = ?1)",
     )
     .bind(judge_id)
     .fetch_one(store.pool())

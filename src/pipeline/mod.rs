@@ -69,6 +69,8 @@ pub struct GenerateOptions {
     pub templates: Option<PathBuf>,
     pub parallel: usize,
     pub rounds: usize,
+    /// Answers sampled per prompt (RL-CAI's `sampled` pairs: every two of them are judged).
+    pub samples: usize,
     pub max_tokens: usize,
     pub temperature: f32,
     pub top_p: f32,
@@ -96,6 +98,7 @@ impl GenerateOptions {
             templates: None,
             parallel: 8,
             rounds: 1,
+            samples: 1,
             max_tokens: 256,
             temperature: 0.7,
             top_p: 0.95,
@@ -117,6 +120,9 @@ impl GenerateOptions {
         if self.rounds > 4 {
             return bad("--rounds must be between 0 (answers only) and 4");
         }
+        if self.samples == 0 || self.samples > MAX_SAMPLES {
+            return bad(&format!("--samples must be between 1 and {MAX_SAMPLES}"));
+        }
         if self.parallel == 0 || self.parallel > 256 {
             return bad("--parallel must be between 1 and 256");
         }
@@ -128,6 +134,11 @@ impl GenerateOptions {
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("--top-p must be in (0, 1]");
+        }
+        if self.samples > 1 && self.temperature == 0.0 {
+            return bad(
+                "--samples above 1 needs --temperature above 0 (greedy samples are all alike)",
+            );
         }
         if self.threads == 0 {
             return bad("--threads must be at least 1");
@@ -146,6 +157,9 @@ impl GenerateOptions {
         Ok(())
     }
 }
+
+/// The most answers a run samples per prompt (their pairs grow as N·(N−1)/2).
+pub const MAX_SAMPLES: usize = 8;
 
 /// What a generate run did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -280,6 +294,7 @@ pub async fn generate_sets(
         max_tokens: options.max_tokens as i64,
         seed: options.seed as i64,
         lora,
+        samples: options.samples as i64,
     };
     let run_id = store.upsert_run(&run).await?;
     let mut items: Vec<prompt::PromptItem> = Vec::new();
@@ -322,6 +337,7 @@ pub async fn generate_sets(
         templates,
         chat,
         rounds: options.rounds,
+        samples: options.samples,
         max_tokens: options.max_tokens,
         seed: options.seed,
         writer: writer_tx,
@@ -472,8 +488,8 @@ async fn write_loop(
     let mut failures = 0;
     while let Some(WriteRequest { write, ack }) = rx.recv().await {
         let (result, go_on) = match &write {
-            Write::Step { step, pair_with } => {
-                let r = store.commit_step(step, pair_with.as_deref()).await;
+            Write::Step { step, pairs } => {
+                let r = store.commit_step(step, pairs).await;
                 if r.is_ok() {
                     steps += 1;
                     progress.inc(1);
