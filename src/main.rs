@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use tenets::constitution::{self, starter, Constitution};
-use tenets::engine::StopSignal;
+use tenets::engine::remote::RemoteConfig;
+use tenets::engine::{Backend, StopSignal};
 use tenets::export::{self, Format, Kind};
 use tenets::filters::{PairFilters, SampledPairs};
 use tenets::label::CotSettings;
@@ -138,6 +139,8 @@ struct GenerateArgs {
     /// GGUF model file [default: the model fetched by scripts/setup]
     #[arg(long)]
     model: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
     #[arg(long)]
     constitution: PathBuf,
     /// Prompt file: .jsonl (prompt or messages), .csv (prompt column), .parquet, or text.
@@ -331,6 +334,8 @@ struct LabelArgs {
     /// Database written by `tenets generate`.
     #[arg(long)]
     db: PathBuf,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Judge model [default: the model of the database's latest run]
     #[arg(long)]
     model: Option<PathBuf>,
@@ -826,6 +831,68 @@ fn stop_on_ctrl_c() -> StopSignal {
 }
 
 /// `--model`, or the default model; either must exist.
+/// Which engine serves a command: llama.cpp here, or an OpenAI-compatible server.
+#[derive(clap::Args, Debug)]
+struct EngineArgs {
+    /// `llama`: the GGUF model in this process; `openai`: an OpenAI-compatible server (vLLM,
+    /// llama.cpp's llama-server, TGI, llama-cpp-python …) at --base-url.
+    #[arg(long, value_enum, default_value = "llama")]
+    backend: BackendArg,
+    /// The server's API root, e.g. http://127.0.0.1:8000/v1 (with --backend openai).
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Name of the environment variable that holds the API key (sent as a Bearer token).
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// The server's model name [default: the first one it lists].
+    #[arg(long)]
+    remote_model: Option<String>,
+    /// Seconds one request may take before it is retried.
+    #[arg(long, default_value_t = 300)]
+    request_timeout: u64,
+    /// Retries of a request after a transient failure (connection, timeout, 408, 429, 5xx).
+    #[arg(long, default_value_t = 6)]
+    retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendArg {
+    Llama,
+    Openai,
+}
+
+impl EngineArgs {
+    fn backend(&self) -> Result<Backend> {
+        match (self.backend, &self.base_url) {
+            (BackendArg::Llama, None) => Ok(Backend::Local),
+            (BackendArg::Llama, Some(_)) => {
+                bail!("--base-url is for --backend openai (the default backend is llama.cpp here)")
+            }
+            (BackendArg::Openai, None) => {
+                bail!("--backend openai needs --base-url (the API root, e.g. http://127.0.0.1:8000/v1)")
+            }
+            (BackendArg::Openai, Some(url)) => {
+                let api_key = match &self.api_key_env {
+                    Some(var) => match std::env::var(var) {
+                        Ok(key) if !key.trim().is_empty() => Some(key.trim().to_string()),
+                        _ => bail!("--api-key-env {var}: the environment variable is not set"),
+                    },
+                    None => None,
+                };
+                if self.request_timeout == 0 {
+                    bail!("--request-timeout must be at least 1 second");
+                }
+                let mut remote = RemoteConfig::new(url.clone());
+                remote.api_key = api_key;
+                remote.model = self.remote_model.clone();
+                remote.timeout = std::time::Duration::from_secs(self.request_timeout);
+                remote.retries = self.retries;
+                Ok(Backend::OpenAi(remote))
+            }
+        }
+    }
+}
+
 fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
     let model = model.unwrap_or_else(models::default_model_path);
     if !model.exists() {
@@ -858,6 +925,10 @@ fn parse_shard(text: &str) -> Result<(usize, usize), String> {
 
 async fn label(args: LabelArgs) -> Result<ExitCode> {
     let mut options = LabelOptions::new(&args.db);
+    options.backend = args.engine.backend()?;
+    if matches!(options.backend, Backend::OpenAi(_)) && args.model.is_some() {
+        bail!("--model names a GGUF file for the llama backend; with --backend openai use --remote-model");
+    }
     options.model = args.model;
     options.constitution = args.constitution;
     options.templates = args.templates;
@@ -1118,8 +1189,16 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
 }
 
 async fn generate(args: GenerateArgs) -> Result<ExitCode> {
-    let model = model_or_default(args.model)?;
+    let backend = args.engine.backend()?;
+    let model = match (&backend, args.model) {
+        (Backend::Local, model) => model_or_default(model)?,
+        (Backend::OpenAi(_), None) => PathBuf::new(),
+        (Backend::OpenAi(_), Some(_)) => {
+            bail!("--model names a GGUF file for the llama backend; with --backend openai use --remote-model")
+        }
+    };
     let mut options = GenerateOptions::new(&model, &args.constitution, &args.prompts, &args.db);
+    options.backend = backend;
     options.parallel = args.parallel;
     options.rounds = args.rounds;
     options.samples = args.samples;

@@ -24,7 +24,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{backend, tokenize_segments, EngineConfig, EngineError};
-use crate::chat::Segment;
+use crate::chat::{ChatTemplate, Message, Segment};
 
 /// Sampling settings shared by every turn of a run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -45,14 +45,26 @@ impl Sampling {
 /// One turn for the model to generate.
 #[derive(Debug, Clone)]
 pub struct TurnRequest {
-    /// The whole conversation so far, rendered with the chat template, ending in the
-    /// assistant's generation prompt.
-    pub segments: Vec<Segment>,
+    /// The whole conversation so far, ending in a user turn. The engine frames it: llama.cpp
+    /// with the model's chat template, a remote server with its own.
+    pub messages: Vec<Message>,
+    /// Text the assistant's reply starts with (a judge's "The answer is: ("), or empty. It is
+    /// data: special-token text in it is not parsed.
+    pub reply_prefix: String,
     pub max_tokens: usize,
     pub seed: u32,
-    /// When set, nothing is generated: the turn reports the probability of each token set at
-    /// the position after the conversation (a judge reading its answer, see `label`).
-    pub probe: Option<Arc<Vec<Vec<LlamaToken>>>>,
+    /// When set, nothing is generated: the turn reports the probability of each answer at the
+    /// position after the conversation (a judge reading its answer, see `label`).
+    pub probe: Option<Arc<Probe>>,
+}
+
+/// The answers a probe turn reads, e.g. "A" and "B".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Probe {
+    /// Each answer as text: what a remote server's returned tokens are matched against.
+    pub answers: Vec<String>,
+    /// Each answer's single-token forms in the local model's vocabulary (empty for a remote).
+    pub tokens: Vec<Vec<LlamaToken>>,
 }
 
 /// Why generation of a turn stopped.
@@ -92,7 +104,14 @@ pub struct TurnOutput {
 /// A turn that could not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TurnFailure {
-    PromptTooLong { tokens: usize, limit: usize },
+    PromptTooLong {
+        tokens: usize,
+        limit: usize,
+    },
+    /// The chat template could not frame the conversation.
+    Template(String),
+    /// A remote server refused the request (not a transient error: those are retried).
+    Remote(String),
 }
 
 impl std::fmt::Display for TurnFailure {
@@ -103,6 +122,8 @@ impl std::fmt::Display for TurnFailure {
                 "conversation is {tokens} tokens; the per-sequence context holds {limit} \
                  (raise --ctx or shorten the prompt)"
             ),
+            TurnFailure::Template(e) => write!(f, "chat template: {e}"),
+            TurnFailure::Remote(e) => write!(f, "server: {e}"),
         }
     }
 }
@@ -173,7 +194,7 @@ struct Turn {
     generated: usize,
     bytes: Vec<u8>,
     sampler: LlamaSampler,
-    probe: Option<Arc<Vec<Vec<LlamaToken>>>>,
+    probe: Option<Arc<Probe>>,
 }
 
 enum State {
@@ -229,8 +250,10 @@ pub fn new_context<'m>(
 
 /// Drives sessions from `jobs` until the channel closes and every session is done, or until
 /// `stop` says otherwise.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &LlamaModel,
+    chat: &ChatTemplate,
     ctx: &mut LlamaContext<'_>,
     config: &EngineConfig,
     sampling: &Sampling,
@@ -297,6 +320,7 @@ pub fn run(
                             Next::Turn(request) => {
                                 slot.state = start_turn(
                                     model,
+                                    chat,
                                     ctx,
                                     slot.seq,
                                     &mut slot.in_kv,
@@ -402,7 +426,7 @@ pub fn run(
                     prompt_tokens: turn.prompt_tokens,
                     prefill_tokens: turn.prefill_tokens,
                     generated_tokens: 0,
-                    probe_mass: token_set_mass(ctx.get_logits_ith(row), &sets),
+                    probe_mass: token_set_mass(ctx.get_logits_ith(row), &sets.tokens),
                 };
                 slot.state = match slot.session.as_mut() {
                     Some(session) => State::Waiting(session.finish_turn(Ok(output))),
@@ -477,8 +501,10 @@ fn add(
 }
 
 /// Prepares a turn: tokenizes, keeps the longest cached prefix, schedules the rest.
+#[allow(clippy::too_many_arguments)]
 fn start_turn(
     model: &LlamaModel,
+    chat: &ChatTemplate,
     ctx: &mut LlamaContext<'_>,
     seq: i32,
     in_kv: &mut Vec<LlamaToken>,
@@ -486,7 +512,16 @@ fn start_turn(
     sampling: &Sampling,
     limit: usize,
 ) -> Result<State, TurnFailure> {
-    let tokens = tokenize_segments(model, &request.segments);
+    let mut segments = chat
+        .render(&request.messages, true)
+        .map_err(|e| TurnFailure::Template(e.to_string()))?;
+    if !request.reply_prefix.is_empty() {
+        segments.push(Segment {
+            text: request.reply_prefix.clone(),
+            from_template: false,
+        });
+    }
+    let tokens = tokenize_segments(model, &segments);
     if tokens.len() + 1 >= limit {
         return Err(TurnFailure::PromptTooLong {
             tokens: tokens.len(),

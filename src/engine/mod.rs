@@ -6,6 +6,7 @@
 //! (answer, critique, revision) belongs to the pipeline.
 
 pub mod batch;
+pub mod remote;
 pub mod score;
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use crate::chat::{ChatTemplate, Segment, CHATML};
 
-pub use batch::{Finish, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
+pub use batch::{Finish, Probe, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -32,6 +33,18 @@ pub enum EngineError {
     Decode(String),
     #[error(transparent)]
     Chat(#[from] crate::chat::ChatError),
+    #[error("remote engine: {0}")]
+    Remote(String),
+}
+
+/// Which engine serves a run's sessions.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// llama.cpp in this process, on the run's GGUF model.
+    #[default]
+    Local,
+    /// An OpenAI-compatible server ([`remote`]).
+    OpenAi(remote::RemoteConfig),
 }
 
 /// How to load and run the model.

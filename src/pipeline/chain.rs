@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chat::{ChatTemplate, Message};
+use crate::chat::Message;
 use crate::constitution::Constitution;
 use crate::engine::batch::{self, Next};
 use crate::engine::{Session, TurnFailure, TurnOutput, TurnRequest};
@@ -45,7 +45,6 @@ pub struct RunContext {
     pub run_id: String,
     pub constitution: Constitution,
     pub templates: TurnTemplates,
-    pub chat: Arc<ChatTemplate>,
     pub rounds: usize,
     /// Answers sampled per prompt (their `round` is the sample index).
     pub samples: usize,
@@ -211,10 +210,6 @@ impl Session for Chain {
                 Err(e) => return Next::Wait(self.fail(stage, round, e.to_string())),
             }
         }
-        let segments = match self.run.chat.render(&messages, true) {
-            Ok(s) => s,
-            Err(e) => return Next::Wait(self.fail(stage, round, e.to_string())),
-        };
         let seed = self.turn_seed(stage, round);
         self.current = Some(Pending {
             stage: stage.to_string(),
@@ -224,7 +219,8 @@ impl Session for Chain {
             seed,
         });
         Next::Turn(TurnRequest {
-            segments,
+            messages,
+            reply_prefix: String::new(),
             max_tokens: self.run.max_tokens,
             seed,
             probe: None,

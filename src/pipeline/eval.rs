@@ -20,9 +20,10 @@ use super::{
     check_prompt_sets, generate_sets, progress_bar, start_engine, GenerateOptions, GenerateSummary,
     PipelineError,
 };
-use crate::chat::{ChatTemplate, Message, Segment};
+use crate::chat::Message;
 use crate::constitution::Constitution;
 use crate::engine::batch::{self, Counters, Next, Sampling};
+use crate::engine::Probe;
 use crate::engine::{
     self, EngineConfig, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest,
 };
@@ -256,7 +257,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let ((chat, pair_letters, verdict_letters), engine_task) = start_engine(
+    let ((chat_hash, pair_letters, verdict_letters), engine_task) = start_engine(
         config,
         Sampling::GREEDY,
         jobs_rx,
@@ -268,7 +269,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
                 .map(|&c| label::letter_tokens(model, c))
                 .collect();
             Ok((
-                Arc::new(engine::chat_template(model)?),
+                engine::chat_template(model)?.source_hash().to_string(),
                 AnswerTokens::of(model),
                 letters,
             ))
@@ -295,7 +296,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
         adapter_path: options.lora.as_ref().map(|p| p.display().to_string()),
         judge_model_path: judge_model.display().to_string(),
         judge_model_sha256: store.model_sha256(&judge_model).await?,
-        chat_template_sha256: chat.source_hash().to_string(),
+        chat_template_sha256: chat_hash,
         constitution_name: constitution.name.clone(),
         constitution_sha256: constitution.content_hash(),
         constitution_json: serde_json::to_string(&constitution).unwrap_or_default(),
@@ -327,16 +328,20 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     let (pair_tx, pair_rx) = mpsc::channel::<LabelRequest>(options.parallel * 2);
     let verdict_context = Arc::new(VerdictContext {
         eval_id: eval_id.clone(),
-        chat: chat.clone(),
         frame: verdict_frame,
-        letters: Arc::new(verdict_letters),
+        letters: Arc::new(Probe {
+            answers: Refusal::LETTERS.iter().map(|c| c.to_string()).collect(),
+            tokens: verdict_letters,
+        }),
         writer: verdict_tx,
     });
     let pair_context = Arc::new(LabelContext {
         judge_id: eval_id.clone(),
-        chat,
         frame: judge_frame,
-        answers: Arc::new(pair_letters.sets()),
+        answers: Arc::new(Probe {
+            answers: vec!["A".into(), "B".into()],
+            tokens: pair_letters.sets(),
+        }),
         cot: None,
         writer: pair_tx,
     });
@@ -455,10 +460,9 @@ fn finish(
 /// What every verdict session shares.
 struct VerdictContext {
     eval_id: String,
-    chat: Arc<ChatTemplate>,
     frame: VerdictFrame,
-    /// Token forms of "A", "B", "C": the only answers the judge is read for.
-    letters: Arc<Vec<Vec<LlamaToken>>>,
+    /// "A", "B", "C" and their token forms: the only answers the judge is read for.
+    letters: Arc<Probe>,
     writer: mpsc::Sender<VerdictRequest>,
 }
 
@@ -513,16 +517,9 @@ impl Session for VerdictSession {
             Ok(text) => text,
             Err(e) => return Next::Wait(self.fail(e.to_string())),
         };
-        let mut segments = match self.context.chat.render(&[Message::user(text)], true) {
-            Ok(s) => s,
-            Err(e) => return Next::Wait(self.fail(e.to_string())),
-        };
-        segments.push(Segment {
-            text: ANSWER_PREFIX.to_string(),
-            from_template: false,
-        });
         Next::Turn(TurnRequest {
-            segments,
+            messages: vec![Message::user(text)],
+            reply_prefix: ANSWER_PREFIX.to_string(),
             max_tokens: 1,
             seed: 0,
             probe: Some(self.context.letters.clone()),

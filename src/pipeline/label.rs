@@ -14,14 +14,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{join_stages, progress_bar, start_engine, PipelineError};
-use crate::chat::{ChatTemplate, Message, Segment};
+use super::{connect_remote, join_stages, progress_bar, start_engine, start_remote};
+use super::{PipelineError, Served};
+use crate::chat::Message;
 use crate::constitution::{Comparison, Constitution};
 use crate::engine::batch::{self, Counters, Next, Sampling};
-use crate::engine::{self, EngineConfig, Session, StopSignal};
+use crate::engine::{self, Backend, EngineConfig, Probe, Session, StopSignal};
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, CotSettings, Verdict, ANSWER_PREFIX, COT_PREFIX};
@@ -47,6 +47,9 @@ pub struct LabelOptions {
     pub gpu_layers: u32,
     pub ctx_per_sequence: usize,
     pub quiet: bool,
+    /// Which engine judges: the local llama.cpp one (`model`), or an OpenAI-compatible server
+    /// (`--parallel` requests in flight).
+    pub backend: Backend,
 }
 
 impl LabelOptions {
@@ -64,6 +67,7 @@ impl LabelOptions {
             gpu_layers: 0,
             ctx_per_sequence: 2048,
             quiet: true,
+            backend: Backend::Local,
         }
     }
 }
@@ -94,9 +98,9 @@ pub struct LabelSummary {
 /// id = evaluation id, pair = a prompt's adapter and base answers).
 pub(super) struct LabelContext {
     pub judge_id: String,
-    pub chat: Arc<ChatTemplate>,
     pub frame: JudgeFrame,
-    pub answers: Arc<Vec<Vec<LlamaToken>>>,
+    /// "A" and "B", with their token forms when the judge is local.
+    pub answers: Arc<Probe>,
     pub cot: Option<CotSettings>,
     pub writer: mpsc::Sender<LabelRequest>,
 }
@@ -166,10 +170,10 @@ impl PairSession {
         self.todo.len()
     }
 
-    /// The judge's conversation for `asked`: the frame as the user turn, then the reply so far —
+    /// The judge's conversation for `asked`: the frame as the user turn, and the reply so far —
     /// the answer prefix, or (chain of thought) the reasoning prompt, the reasoning once there is
     /// some, and then the answer prefix.
-    fn segments(&self, asked: &Asked, answer: bool) -> Result<Vec<Segment>, String> {
+    fn conversation(&self, asked: &Asked, answer: bool) -> Result<(Vec<Message>, String), String> {
         let (a, b) = if asked.swapped {
             (&self.pair.rejected, &self.pair.chosen)
         } else {
@@ -181,11 +185,6 @@ impl PairSession {
             .frame
             .render(&self.pair.messages, &asked.question.question, a, b, cot)
             .map_err(|e| e.to_string())?;
-        let mut segments = self
-            .context
-            .chat
-            .render(&[Message::user(text)], true)
-            .map_err(|e| e.to_string())?;
         let reply = match (cot, answer) {
             (false, _) => ANSWER_PREFIX.to_string(),
             (true, false) => COT_PREFIX.to_string(),
@@ -194,11 +193,7 @@ impl PairSession {
                 asked.reasoning.as_deref().unwrap_or("").trim()
             ),
         };
-        segments.push(Segment {
-            text: reply,
-            from_template: false,
-        });
-        Ok(segments)
+        Ok((vec![Message::user(text)], reply))
     }
 
     fn write(&self, write: LabelWrite) -> oneshot::Receiver<bool> {
@@ -234,18 +229,20 @@ impl Session for PairSession {
                 None => return Next::Done,
             },
         };
-        match self.segments(&asked, answer) {
-            Ok(segments) => {
+        match self.conversation(&asked, answer) {
+            Ok((messages, reply_prefix)) => {
                 let request = if answer {
                     TurnRequest {
-                        segments,
+                        messages,
+                        reply_prefix,
                         max_tokens: 1,
                         seed: 0,
                         probe: Some(self.context.answers.clone()),
                     }
                 } else {
                     TurnRequest {
-                        segments,
+                        messages,
+                        reply_prefix,
                         max_tokens: self.context.cot.map_or(1, |c| c.max_tokens),
                         seed: 0,
                         probe: None,
@@ -351,66 +348,101 @@ pub async fn label(
             constitution.name
         )));
     }
-    let model = match (&options.model, &latest) {
-        (Some(path), _) => path.clone(),
-        (None, Some((path, _))) => PathBuf::from(path),
-        (None, None) => {
-            return Err(PipelineError::Setting(format!(
-                "{} holds no generate run to take the judge model from; pass --model FILE.gguf",
-                options.db.display()
-            )))
-        }
-    };
-    if !model.exists() {
-        return Err(PipelineError::Setting(format!(
-            "judge model {} not found; pass --model FILE.gguf",
-            model.display()
-        )));
-    }
     let frame = match &options.templates {
         Some(dir) => JudgeFrame::from_dir(dir)?,
         None => JudgeFrame::bundled()?,
     };
-    engine::check_model_file(&model)?;
-    let model_sha256 = store.model_sha256(&model).await?;
     let pairs = store.pairs_for_labels().await?;
-
-    let config = EngineConfig {
-        model_path: model.clone(),
-        gpu_layers: options.gpu_layers,
-        threads: options.threads,
-        parallel: options.parallel,
-        ctx_per_sequence: options.ctx_per_sequence,
-        batch_tokens: 512,
-        lora: None,
-    };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let ((chat, answers), engine_task) = start_engine(
-        config,
-        Sampling::GREEDY,
-        jobs_rx,
-        stop.clone(),
-        counters.clone(),
-        |model| {
-            Ok((
-                Arc::new(engine::chat_template(model)?),
-                AnswerTokens::of(model),
-            ))
-        },
-    )
-    .await?;
-    if answers.a.is_empty() || answers.b.is_empty() {
-        stop.abort();
-        return Err(PipelineError::Setting(format!(
-            "the judge's vocabulary has no single token for \"A\" or \"B\" ({})",
-            model.display()
-        )));
-    }
+    let (served, answers, engine_task) = match &options.backend {
+        Backend::Local => {
+            let model = match (&options.model, &latest) {
+                (Some(path), _) => path.clone(),
+                (None, Some((path, _))) => PathBuf::from(path),
+                (None, None) => return Err(PipelineError::Setting(format!(
+                    "{} holds no generate run to take the judge model from; pass --model FILE.gguf",
+                    options.db.display()
+                ))),
+            };
+            if !model.exists() {
+                return Err(PipelineError::Setting(format!(
+                    "judge model {} not found; pass --model FILE.gguf",
+                    model.display()
+                )));
+            }
+            engine::check_model_file(&model)?;
+            let model_sha256 = store.model_sha256(&model).await?;
+            let config = EngineConfig {
+                model_path: model.clone(),
+                gpu_layers: options.gpu_layers,
+                threads: options.threads,
+                parallel: options.parallel,
+                ctx_per_sequence: options.ctx_per_sequence,
+                batch_tokens: 512,
+                lora: None,
+            };
+            let ((chat_hash, answers), engine_task) = start_engine(
+                config,
+                Sampling::GREEDY,
+                jobs_rx,
+                stop.clone(),
+                counters.clone(),
+                |model| {
+                    Ok((
+                        engine::chat_template(model)?.source_hash().to_string(),
+                        AnswerTokens::of(model),
+                    ))
+                },
+            )
+            .await?;
+            if answers.a.is_empty() || answers.b.is_empty() {
+                stop.abort();
+                return Err(PipelineError::Setting(format!(
+                    "the judge's vocabulary has no single token for \"A\" or \"B\" ({})",
+                    model.display()
+                )));
+            }
+            let served = Served {
+                model_path: model.display().to_string(),
+                model_sha256,
+                chat_template_sha256: chat_hash,
+            };
+            let probe = Probe {
+                answers: vec!["A".into(), "B".into()],
+                tokens: answers.sets(),
+            };
+            (served, probe, engine_task)
+        }
+        Backend::OpenAi(remote) => {
+            if options.cot.is_some() {
+                return Err(PipelineError::Setting(
+                    "--cot reads the answer after the judge's own reasoning, which needs the \
+                     local engine (a chat-completions server cannot continue a reply)"
+                        .into(),
+                ));
+            }
+            let mut remote = remote.clone();
+            remote.concurrency = options.parallel;
+            let engine = connect_remote(remote).await?;
+            let (served, engine_task) = start_remote(
+                engine,
+                Sampling::GREEDY,
+                jobs_rx,
+                stop.clone(),
+                counters.clone(),
+            );
+            let probe = Probe {
+                answers: vec!["A".into(), "B".into()],
+                tokens: Vec::new(),
+            };
+            (served, probe, engine_task)
+        }
+    };
     let judge = JudgeRecord {
-        model_path: model.display().to_string(),
-        model_sha256,
-        chat_template_sha256: chat.source_hash().to_string(),
+        model_path: served.model_path.clone(),
+        model_sha256: served.model_sha256.clone(),
+        chat_template_sha256: served.chat_template_sha256.clone(),
         constitution_sha256: constitution.content_hash(),
         frame_sha256: frame.hash().to_string(),
         questions_per_pair: options.questions as i64,
@@ -427,9 +459,8 @@ pub async fn label(
     let (writer_tx, writer_rx) = mpsc::channel::<LabelRequest>(options.parallel * 2);
     let context = Arc::new(LabelContext {
         judge_id: judge_id.clone(),
-        chat,
         frame,
-        answers: Arc::new(answers.sets()),
+        answers: Arc::new(answers),
         cot: options.cot,
         writer: writer_tx,
     });

@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::constitution::{Constitution, ConstitutionError};
 use crate::engine::batch::{self, Counters, Sampling};
-use crate::engine::{self, EngineConfig, EngineError, Session, StopSignal};
+use crate::engine::remote::{RemoteConfig, RemoteEngine};
+use crate::engine::{self, Backend, EngineConfig, EngineError, Session, StopSignal};
 use crate::prompt::{self, PromptError};
 use crate::store::{RunRecord, Store, StoreError};
 use crate::turns::{TurnTemplateError, TurnTemplates};
@@ -86,6 +87,9 @@ pub struct GenerateOptions {
     /// `(i, n)`: only the prompts of shard `i` of `n` (by content hash; see
     /// [`prompt::shard_of`]). The run id leaves it out, so shards merge into one run.
     pub shard: Option<(usize, usize)>,
+    /// Which engine generates: llama.cpp on `model`, or an OpenAI-compatible server
+    /// (`parallel` requests in flight).
+    pub backend: Backend,
 }
 
 impl GenerateOptions {
@@ -111,6 +115,7 @@ impl GenerateOptions {
             lora: None,
             lora_scale: 1.0,
             shard: None,
+            backend: Backend::Local,
         }
     }
 
@@ -231,7 +236,25 @@ pub async fn generate_sets(
         None => TurnTemplates::bundled()?,
     };
     templates.check(&constitution)?;
-    engine::check_model_file(&options.model)?;
+    let remote = match &options.backend {
+        Backend::Local => {
+            engine::check_model_file(&options.model)?;
+            None
+        }
+        Backend::OpenAi(remote) => {
+            if options.lora.is_some() {
+                return Err(PipelineError::Setting(
+                    "--lora applies an adapter in the local engine; serve the adapter from \
+                     the server instead"
+                        .into(),
+                ));
+            }
+            let mut remote = remote.clone();
+            remote.concurrency = options.parallel;
+            // The server is asked first: an address that does not answer leaves no database.
+            Some(connect_remote(remote).await?)
+        }
+    };
     let lora = match &options.lora {
         Some(path) => {
             engine::check_adapter_file(path)?;
@@ -252,38 +275,49 @@ pub async fn generate_sets(
     let store = Store::open(&options.db).await?;
     // One writer per database: a second generate on it is refused, not interleaved.
     let _claim = crate::store::WriterLock::acquire(&options.db, "generate")?;
-    let model_sha256 = store.model_sha256(&options.model).await?;
 
-    // The engine thread loads the model, reports its chat template, then serves chains.
-    let config = EngineConfig {
-        model_path: options.model.clone(),
-        gpu_layers: options.gpu_layers,
-        threads: options.threads,
-        parallel: options.parallel,
-        ctx_per_sequence: options.ctx_per_sequence,
-        batch_tokens: 512,
-        lora: options.lora.clone().map(|p| (p, options.lora_scale)),
-    };
     let sampling = Sampling {
         temperature: options.temperature,
         top_p: options.top_p,
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let (chat, engine_task) = start_engine(
-        config,
-        sampling,
-        jobs_rx,
-        stop.clone(),
-        counters.clone(),
-        |model| Ok(Arc::new(engine::chat_template(model)?)),
-    )
-    .await?;
+    let (served, engine_task) = match remote {
+        None => {
+            let model_sha256 = store.model_sha256(&options.model).await?;
+            // The engine thread loads the model, reports its chat template, then serves chains.
+            let config = EngineConfig {
+                model_path: options.model.clone(),
+                gpu_layers: options.gpu_layers,
+                threads: options.threads,
+                parallel: options.parallel,
+                ctx_per_sequence: options.ctx_per_sequence,
+                batch_tokens: 512,
+                lora: options.lora.clone().map(|p| (p, options.lora_scale)),
+            };
+            let (chat_hash, engine_task) = start_engine(
+                config,
+                sampling,
+                jobs_rx,
+                stop.clone(),
+                counters.clone(),
+                |model| Ok(engine::chat_template(model)?.source_hash().to_string()),
+            )
+            .await?;
+            let served = Served {
+                model_path: options.model.display().to_string(),
+                model_sha256,
+                chat_template_sha256: chat_hash,
+            };
+            (served, engine_task)
+        }
+        Some(remote) => start_remote(remote, sampling, jobs_rx, stop.clone(), counters.clone()),
+    };
 
     let run = RunRecord {
-        model_path: options.model.display().to_string(),
-        model_sha256,
-        chat_template_sha256: chat.source_hash().to_string(),
+        model_path: served.model_path,
+        model_sha256: served.model_sha256,
+        chat_template_sha256: served.chat_template_sha256,
         constitution_name: constitution.name.clone(),
         constitution_sha256: constitution.content_hash(),
         constitution_json: serde_json::to_string(&constitution).unwrap_or_default(),
@@ -335,7 +369,6 @@ pub async fn generate_sets(
         run_id: run_id.clone(),
         constitution,
         templates,
-        chat,
         rounds: options.rounds,
         samples: options.samples,
         max_tokens: options.max_tokens,
@@ -432,6 +465,8 @@ pub(crate) async fn start_engine<R: Send + 'static>(
         let mut model = engine::load_model(&config)?;
         let mut lora = engine::load_lora(&mut model, &config)?;
         let made = ready(&model)?;
+        // The engine frames every turn with the model's own chat template.
+        let chat = engine::chat_template(&model)?;
         let mut ctx = batch::new_context(&model, &config)?;
         if let Some((adapter, scale)) = lora.as_mut() {
             ctx.lora_adapter_set(adapter, *scale)
@@ -440,7 +475,9 @@ pub(crate) async fn start_engine<R: Send + 'static>(
         if ready_tx.send(made).is_err() {
             return Ok(());
         }
-        batch::run(&model, &mut ctx, &config, &sampling, jobs, &stop, &counters)
+        batch::run(
+            &model, &chat, &mut ctx, &config, &sampling, jobs, &stop, &counters,
+        )
     });
     match ready_rx.await {
         Ok(made) => Ok((made, task)),
@@ -453,6 +490,41 @@ pub(crate) async fn start_engine<R: Send + 'static>(
 }
 
 pub(crate) type EngineTask = tokio::task::JoinHandle<Result<(), EngineError>>;
+
+/// The model that serves a run, as its records name it.
+pub(crate) struct Served {
+    pub model_path: String,
+    pub model_sha256: String,
+    pub chat_template_sha256: String,
+}
+
+/// Connects to an OpenAI-compatible server (blocking HTTP, off the async threads).
+pub(crate) async fn connect_remote(config: RemoteConfig) -> Result<RemoteEngine, PipelineError> {
+    tokio::task::spawn_blocking(move || RemoteEngine::connect(config))
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))?
+        .map_err(PipelineError::from)
+}
+
+/// Starts a connected remote engine on its own thread (its workers block on HTTP); it serves
+/// the sessions sent on `jobs` until that channel closes. Returns the model it serves.
+pub(crate) fn start_remote(
+    engine: RemoteEngine,
+    sampling: Sampling,
+    jobs: mpsc::Receiver<Box<dyn Session>>,
+    stop: StopSignal,
+    counters: Arc<Counters>,
+) -> (Served, EngineTask) {
+    let identity = engine.identity();
+    tracing::info!(model = engine.model(), "remote engine");
+    let served = Served {
+        model_path: identity.model_path,
+        model_sha256: identity.model_sha256,
+        chat_template_sha256: identity.chat_template_sha256,
+    };
+    let task = tokio::task::spawn_blocking(move || engine.run(&sampling, jobs, &stop, &counters));
+    (served, task)
+}
 
 /// Waits for the engine and then the store writer (which ends once every session, and with it
 /// every sender, is gone); the writer's result, or the first error.

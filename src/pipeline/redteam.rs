@@ -71,8 +71,8 @@ pub struct RedteamSummary {
 
 /// One request: a single generated turn, its text sent back.
 struct Ask {
-    /// The turn still to ask: the request, its rendered conversation and its sampling seed.
-    pending: Option<(Request, Vec<crate::chat::Segment>, u32)>,
+    /// The turn still to ask: the request, its conversation and its sampling seed.
+    pending: Option<(Request, Vec<Message>, u32)>,
     /// The request whose turn is in flight.
     asked: Option<Request>,
     max_tokens: usize,
@@ -82,10 +82,11 @@ struct Ask {
 impl Session for Ask {
     fn next_turn(&mut self) -> Next {
         match self.pending.take() {
-            Some((request, segments, seed)) => {
+            Some((request, messages, seed)) => {
                 self.asked = Some(request);
                 Next::Turn(TurnRequest {
-                    segments,
+                    messages,
+                    reply_prefix: String::new(),
                     max_tokens: self.max_tokens,
                     seed,
                     probe: None,
@@ -169,10 +170,15 @@ pub async fn redteam(
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let (chat, engine_task) =
-        start_engine(config, sampling, jobs_rx, stop.clone(), counters, |model| {
-            engine::chat_template(model).map(Arc::new)
-        })
+    let ((), engine_task) =
+        start_engine(
+            config,
+            sampling,
+            jobs_rx,
+            stop.clone(),
+            counters,
+            |_| Ok(()),
+        )
         .await?;
 
     let (results_tx, mut results_rx) =
@@ -191,9 +197,7 @@ pub async fn redteam(
     };
     let requested = plan.len();
     for (i, request) in plan.into_iter().enumerate() {
-        let segments = chat
-            .render(&[Message::user(request.instruction.clone())], true)
-            .map_err(|e| PipelineError::Internal(e.to_string()))?;
+        let messages = vec![Message::user(request.instruction.clone())];
         // Each request has its own seed: the same file on every rerun, whatever the batching.
         let seed = hash::of_parts(&[
             &options.seed.to_string(),
@@ -202,7 +206,7 @@ pub async fn redteam(
         ]);
         let seed = u32::from_str_radix(&seed[..8], 16).unwrap_or(0);
         let ask = Ask {
-            pending: Some((request, segments, seed)),
+            pending: Some((request, messages, seed)),
             asked: None,
             max_tokens: options.max_tokens,
             results: results_tx.clone(),
