@@ -77,6 +77,13 @@ pub async fn run(model: &Path, gpu_layers: u32, threads: Option<usize>) -> Repor
         compiled.join(", "),
         true,
     );
+    // Always there: generate and label through a server instead of llama.cpp here.
+    check(
+        &mut checks,
+        "remote engine",
+        "OpenAI-compatible servers (--backend openai --base-url URL; http and https)",
+        true,
+    );
 
     // CPU: features llama.cpp and our kernels use.
     let cores = crate::engine::default_threads();

@@ -11,7 +11,9 @@ pub mod atomic;
 pub mod chat;
 pub mod constitution;
 pub mod dataset;
+#[cfg(feature = "llama")]
 pub mod doctor;
+#[cfg(feature = "llama")]
 pub mod engine;
 pub mod eval;
 pub mod export;
@@ -20,11 +22,13 @@ pub mod hash;
 pub mod label;
 pub mod models;
 pub mod parquet;
+#[cfg(feature = "llama")]
 pub mod pipeline;
 pub mod plot;
 pub mod prompt;
 pub mod redteam;
 pub mod report;
+#[cfg(feature = "llama")]
 pub mod score;
 pub mod stats;
 pub mod store;

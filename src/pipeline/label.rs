@@ -360,10 +360,12 @@ pub async fn label(
             let model = match (&options.model, &latest) {
                 (Some(path), _) => path.clone(),
                 (None, Some((path, _))) => PathBuf::from(path),
-                (None, None) => return Err(PipelineError::Setting(format!(
+                (None, None) => {
+                    return Err(PipelineError::Setting(format!(
                     "{} holds no generate run to take the judge model from; pass --model FILE.gguf",
                     options.db.display()
-                ))),
+                )))
+                }
             };
             if !model.exists() {
                 return Err(PipelineError::Setting(format!(
