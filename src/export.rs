@@ -422,3 +422,97 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
         message: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three samples of one prompt, judged pairwise: `p[(i, j)]` = p(i ≻ j).
+    fn three(p01: f64, p02: f64, p12: f64) -> Vec<Candidate> {
+        let answer = |i: i64| Answer {
+            text: format!("answer number {i}: {}", "word ".repeat(i as usize * 5)),
+            finish: "stop".into(),
+            round: i,
+        };
+        [(0, 1, p01), (0, 2, p02), (1, 2, p12)]
+            .into_iter()
+            .map(|(i, j, p)| Candidate {
+                prompt_id: "p".into(),
+                messages: vec![Message::user("a question")],
+                kind: Some("harmful".into()),
+                run_id: "r".into(),
+                strategy: crate::store::sampled_strategy(i, j),
+                first: answer(i),
+                second: answer(j),
+                p_first: Some(p),
+                judge_id: Some("j".into()),
+                provenance: json!({}),
+            })
+            .collect()
+    }
+
+    fn rows(candidates: &[Candidate], mode: SampledPairs) -> Vec<Result<Value, Dropped>> {
+        let filters = PairFilters {
+            sampled_pairs: mode,
+            ..PairFilters::default()
+        };
+        sampled_rows(candidates, &[0, 1, 2], &filters)
+    }
+
+    #[test]
+    fn best_against_worst_is_kept_with_its_direct_label() {
+        // Scores: 0 → 0.85, 1 → 0.5, 2 → 0.15: best 0, worst 2, judged 0 ≻ 2 at 0.8.
+        let out = rows(&three(0.9, 0.8, 0.9), SampledPairs::BestWorst);
+        let kept: Vec<&Value> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (
+                kept[0]["chosen_sample"].as_i64(),
+                kept[0]["rejected_sample"].as_i64()
+            ),
+            (Some(0), Some(2))
+        );
+        assert!((kept[0]["label"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+        assert_eq!(
+            out.iter()
+                .filter(|r| r.as_ref().err() == Some(&Dropped::NotBestWorst))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_cycle_between_ranking_and_judgment_is_dropped_and_counted() {
+        // Scores: 0 → 0.675, 1 → 0.5, 2 → 0.325, but the direct judgment prefers 2 over 0.
+        let out = rows(&three(0.9, 0.45, 0.9), SampledPairs::BestWorst);
+        assert!(out.iter().all(|r| r.is_err()));
+        assert_eq!(
+            out.iter()
+                .filter(|r| r.as_ref().err() == Some(&Dropped::RankingDisagrees))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn every_pair_is_oriented_by_its_own_label_and_unjudged_samples_wait() {
+        let out = rows(&three(0.9, 0.45, 0.2), SampledPairs::All);
+        let kept: Vec<(i64, i64)> = out
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| {
+                (
+                    r["chosen_sample"].as_i64().unwrap(),
+                    r["rejected_sample"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(kept, vec![(0, 1), (2, 0), (2, 1)]);
+        let mut partial = three(0.9, 0.45, 0.2);
+        partial[2].p_first = None;
+        let out = rows(&partial, SampledPairs::BestWorst);
+        assert!(out
+            .iter()
+            .all(|r| r.as_ref().err() == Some(&Dropped::Unranked)));
+    }
+}
