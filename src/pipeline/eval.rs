@@ -247,13 +247,11 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     };
 
     let config = EngineConfig {
-        model_path: judge_model.clone(),
         gpu_layers: options.gpu_layers,
         threads: options.threads,
         parallel: options.parallel,
         ctx_per_sequence: options.ctx_per_sequence,
-        batch_tokens: 512,
-        lora: None,
+        ..EngineConfig::new(judge_model.clone())
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());

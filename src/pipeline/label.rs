@@ -376,13 +376,11 @@ pub async fn label(
             engine::check_model_file(&model)?;
             let model_sha256 = store.model_sha256(&model).await?;
             let config = EngineConfig {
-                model_path: model.clone(),
                 gpu_layers: options.gpu_layers,
                 threads: options.threads,
                 parallel: options.parallel,
                 ctx_per_sequence: options.ctx_per_sequence,
-                batch_tokens: 512,
-                lora: None,
+                ..EngineConfig::new(model.clone())
             };
             let ((chat_hash, answers), engine_task) = start_engine(
                 config,

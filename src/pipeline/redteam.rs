@@ -156,13 +156,11 @@ pub async fn redteam(
         options.helpful_ratio,
     );
     let config = EngineConfig {
-        model_path: options.model.clone(),
         gpu_layers: options.gpu_layers,
         threads: options.threads,
         parallel: options.parallel,
         ctx_per_sequence: 1024,
-        batch_tokens: 512,
-        lora: None,
+        ..EngineConfig::new(options.model.clone())
     };
     let sampling = Sampling {
         temperature: options.temperature,
