@@ -671,11 +671,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         } => {
             let model = model.unwrap_or_else(tenets::doctor::default_model);
             let report = tenets::doctor::run(&model, gpu_layers, threads).await;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
+            print_summary(json, &report, |r| r.render())?;
             Ok(if report.usable() {
                 ExitCode::SUCCESS
             } else {
@@ -893,6 +889,31 @@ impl EngineArgs {
     }
 }
 
+/// Prints a command's summary as JSON (`--json`) or as its terminal text.
+fn print_summary<S: serde::Serialize>(
+    json: bool,
+    summary: &S,
+    render: impl FnOnce(&S) -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+    } else {
+        print!("{}", render(summary));
+    }
+    Ok(())
+}
+
+/// The exit status of a resumable command: 130, with the way on, when a stop request ended it
+/// before its work was done.
+fn resumable_exit(interrupted: bool) -> ExitCode {
+    if interrupted {
+        eprintln!("interrupted: rerun the same command to resume");
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
     let model = model.unwrap_or_else(models::default_model_path);
     if !model.exists() {
@@ -965,11 +986,7 @@ async fn label(args: LabelArgs) -> Result<ExitCode> {
         summary.mean_p_a,
         summary.mean_answer_mass,
     );
-    if summary.interrupted {
-        eprintln!("interrupted: rerun the same command to resume");
-        return Ok(ExitCode::from(130));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(resumable_exit(summary.interrupted))
 }
 
 async fn eval(args: EvalArgs) -> Result<ExitCode> {
@@ -1003,16 +1020,8 @@ async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let summary = evaluation::eval(&o, stop_on_ctrl_c())
         .await
         .context("eval failed")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print!("{}", evaluation::render(&summary));
-    }
-    if summary.interrupted {
-        eprintln!("interrupted: rerun the same command to resume");
-        return Ok(ExitCode::from(130));
-    }
-    Ok(ExitCode::SUCCESS)
+    print_summary(args.json, &summary, evaluation::render)?;
+    Ok(resumable_exit(summary.interrupted))
 }
 
 async fn run_loop(args: LoopArgs) -> Result<ExitCode> {
@@ -1052,16 +1061,8 @@ async fn run_loop(args: LoopArgs) -> Result<ExitCode> {
     let summary = iterate::run(&o, stop_on_ctrl_c())
         .await
         .context("loop failed")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print!("{}", iterate::render(&summary));
-    }
-    if summary.interrupted {
-        eprintln!("interrupted: rerun the same command to resume");
-        return Ok(ExitCode::from(130));
-    }
-    Ok(ExitCode::SUCCESS)
+    print_summary(args.json, &summary, iterate::render)?;
+    Ok(resumable_exit(summary.interrupted))
 }
 
 async fn train(args: TrainArgs) -> Result<ExitCode> {
@@ -1128,11 +1129,8 @@ async fn train(args: TrainArgs) -> Result<ExitCode> {
         }
     });
     let summary = training::train(&o, stop).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print!("{}", training::render(&summary));
-    }
+    print_summary(args.json, &summary, training::render)?;
+    // Ctrl-C already said how to continue (--resume).
     Ok(if summary.stopped {
         ExitCode::from(130)
     } else {
@@ -1180,11 +1178,7 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
         (None, None) => bail!("give --text-file or --chat-file"),
     };
     let report = score::score(&options, &input)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", score::render(&report));
-    }
+    print_summary(args.json, &report, score::render)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1238,9 +1232,5 @@ async fn generate(args: GenerateArgs) -> Result<ExitCode> {
             summary.duplicates, summary.bad_lines
         );
     }
-    if summary.interrupted {
-        eprintln!("interrupted: rerun the same command to resume");
-        return Ok(ExitCode::from(130));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(resumable_exit(summary.interrupted))
 }
