@@ -47,6 +47,14 @@ pub enum Backend {
     OpenAi(remote::RemoteConfig),
 }
 
+/// The model that serves a run, as the run's records name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedModel {
+    pub model_path: String,
+    pub model_sha256: String,
+    pub chat_template_sha256: String,
+}
+
 /// How to load and run the model.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::batch::{Counters, Finish, Next, Probe, Sampling, Session, StopSignal, TurnFailure};
 use super::batch::{TurnOutput, TurnRequest};
-use super::EngineError;
+use super::{EngineError, ServedModel};
 use crate::hash;
 
 /// Where the server is and how to talk to it.
@@ -54,15 +54,6 @@ impl RemoteConfig {
             retries: 6,
         }
     }
-}
-
-/// What a remote run records as its model: the server's model name stands in for the file hash
-/// (the server's address is left out, so a run moved to another host resumes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteIdentity {
-    pub model_path: String,
-    pub model_sha256: String,
-    pub chat_template_sha256: String,
 }
 
 /// How a request failed.
@@ -153,8 +144,10 @@ impl RemoteEngine {
         &self.model
     }
 
-    pub fn identity(&self) -> RemoteIdentity {
-        RemoteIdentity {
+    /// The server's model name stands in for the file hash (the server's address is left out,
+    /// so a run moved to another host resumes).
+    pub fn identity(&self) -> ServedModel {
+        ServedModel {
             model_path: format!("{} @ {}", self.model, self.config.base_url),
             model_sha256: hash::of_parts(&["openai-compatible model", &self.model]),
             chat_template_sha256: hash::of_parts(&["server-side chat template", &self.model]),

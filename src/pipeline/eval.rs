@@ -255,7 +255,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let ((chat_hash, pair_letters, verdict_letters), engine_task) = start_engine(
+    let (((pair_letters, verdict_letters), chat_hash), engine_task) = start_engine(
         config,
         Sampling::GREEDY,
         jobs_rx,
@@ -266,11 +266,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
                 .iter()
                 .map(|&c| label::letter_tokens(model, c))
                 .collect();
-            Ok((
-                engine::chat_template(model)?.source_hash().to_string(),
-                AnswerTokens::of(model),
-                letters,
-            ))
+            Ok((AnswerTokens::of(model), letters))
         },
     )
     .await?;

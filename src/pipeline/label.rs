@@ -16,12 +16,12 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::PipelineError;
 use super::{connect_remote, join_stages, progress_bar, start_engine, start_remote};
-use super::{PipelineError, Served};
 use crate::chat::Message;
 use crate::constitution::{Comparison, Constitution};
 use crate::engine::batch::{self, Counters, Next, Sampling};
-use crate::engine::{self, Backend, EngineConfig, Probe, Session, StopSignal};
+use crate::engine::{self, Backend, EngineConfig, Probe, ServedModel, Session, StopSignal};
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, CotSettings, Verdict, ANSWER_PREFIX, COT_PREFIX};
@@ -382,18 +382,13 @@ pub async fn label(
                 ctx_per_sequence: options.ctx_per_sequence,
                 ..EngineConfig::new(model.clone())
             };
-            let ((chat_hash, answers), engine_task) = start_engine(
+            let ((answers, chat_hash), engine_task) = start_engine(
                 config,
                 Sampling::GREEDY,
                 jobs_rx,
                 stop.clone(),
                 counters.clone(),
-                |model| {
-                    Ok((
-                        engine::chat_template(model)?.source_hash().to_string(),
-                        AnswerTokens::of(model),
-                    ))
-                },
+                |model| Ok(AnswerTokens::of(model)),
             )
             .await?;
             if answers.a.is_empty() || answers.b.is_empty() {
@@ -403,7 +398,7 @@ pub async fn label(
                     model.display()
                 )));
             }
-            let served = Served {
+            let served = ServedModel {
                 model_path: model.display().to_string(),
                 model_sha256,
                 chat_template_sha256: chat_hash,

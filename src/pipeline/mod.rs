@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::constitution::{Constitution, ConstitutionError};
 use crate::engine::batch::{self, Counters, Sampling};
 use crate::engine::remote::{RemoteConfig, RemoteEngine};
-use crate::engine::{self, Backend, EngineConfig, EngineError, Session, StopSignal};
+use crate::engine::{self, Backend, EngineConfig, EngineError, ServedModel, Session, StopSignal};
 use crate::prompt::{self, PromptError};
 use crate::store::{RunRecord, Store, StoreError};
 use crate::turns::{TurnTemplateError, TurnTemplates};
@@ -295,16 +295,16 @@ pub async fn generate_sets(
                 batch_tokens: 512,
                 lora: options.lora.clone().map(|p| (p, options.lora_scale)),
             };
-            let (chat_hash, engine_task) = start_engine(
+            let (((), chat_hash), engine_task) = start_engine(
                 config,
                 sampling,
                 jobs_rx,
                 stop.clone(),
                 counters.clone(),
-                |model| Ok(engine::chat_template(model)?.source_hash().to_string()),
+                |_| Ok(()),
             )
             .await?;
-            let served = Served {
+            let served = ServedModel {
                 model_path: options.model.display().to_string(),
                 model_sha256,
                 chat_template_sha256: chat_hash,
@@ -450,8 +450,9 @@ pub async fn generate_sets(
     Ok(summary)
 }
 
-/// Starts the engine thread: it loads the model, hands what `ready` makes of it back (the chat
-/// template, answer tokens …), then serves the sessions sent on `jobs` until that channel closes.
+/// Starts the engine thread: it loads the model, hands back what `ready` makes of it (answer
+/// tokens …) with the hash of the chat template it frames every turn with, then serves the
+/// sessions sent on `jobs` until that channel closes.
 pub(crate) async fn start_engine<R: Send + 'static>(
     config: EngineConfig,
     sampling: Sampling,
@@ -459,8 +460,8 @@ pub(crate) async fn start_engine<R: Send + 'static>(
     stop: StopSignal,
     counters: Arc<Counters>,
     ready: impl FnOnce(&llama_cpp_2::model::LlamaModel) -> Result<R, EngineError> + Send + 'static,
-) -> Result<(R, EngineTask), PipelineError> {
-    let (ready_tx, ready_rx) = oneshot::channel::<R>();
+) -> Result<((R, String), EngineTask), PipelineError> {
+    let (ready_tx, ready_rx) = oneshot::channel::<(R, String)>();
     let task = tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
         let mut model = engine::load_model(&config)?;
         let mut lora = engine::load_lora(&mut model, &config)?;
@@ -472,7 +473,10 @@ pub(crate) async fn start_engine<R: Send + 'static>(
             ctx.lora_adapter_set(adapter, *scale)
                 .map_err(|e| EngineError::Context(format!("cannot apply the LoRA adapter: {e}")))?;
         }
-        if ready_tx.send(made).is_err() {
+        if ready_tx
+            .send((made, chat.source_hash().to_string()))
+            .is_err()
+        {
             return Ok(());
         }
         batch::run(
@@ -491,13 +495,6 @@ pub(crate) async fn start_engine<R: Send + 'static>(
 
 pub(crate) type EngineTask = tokio::task::JoinHandle<Result<(), EngineError>>;
 
-/// The model that serves a run, as its records name it.
-pub(crate) struct Served {
-    pub model_path: String,
-    pub model_sha256: String,
-    pub chat_template_sha256: String,
-}
-
 /// Connects to an OpenAI-compatible server (blocking HTTP, off the async threads).
 pub(crate) async fn connect_remote(config: RemoteConfig) -> Result<RemoteEngine, PipelineError> {
     tokio::task::spawn_blocking(move || RemoteEngine::connect(config))
@@ -514,14 +511,9 @@ pub(crate) fn start_remote(
     jobs: mpsc::Receiver<Box<dyn Session>>,
     stop: StopSignal,
     counters: Arc<Counters>,
-) -> (Served, EngineTask) {
-    let identity = engine.identity();
+) -> (ServedModel, EngineTask) {
+    let served = engine.identity();
     tracing::info!(model = engine.model(), "remote engine");
-    let served = Served {
-        model_path: identity.model_path,
-        model_sha256: identity.model_sha256,
-        chat_template_sha256: identity.chat_template_sha256,
-    };
     let task = tokio::task::spawn_blocking(move || engine.run(&sampling, jobs, &stop, &counters));
     (served, task)
 }

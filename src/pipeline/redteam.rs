@@ -168,7 +168,7 @@ pub async fn redteam(
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let ((), engine_task) =
+    let (_, engine_task) =
         start_engine(
             config,
             sampling,
