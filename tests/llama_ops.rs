@@ -30,6 +30,7 @@ use tenets::score::{self, ScoreInput};
 use tenets::train::gguf::Gguf;
 use tenets::train::model::ops::{self, AttentionShape, RopeTable};
 use tenets::train::model::Config;
+use tenets::train::quant::float::{f16_to_f32, f32_to_f16};
 use tenets::train::quant::matmul::{Compute, Kernel, Matrix};
 use tenets::train::quant::QuantType;
 
@@ -167,38 +168,8 @@ fn relative(a: &[f32], b: &[f32]) -> f64 {
     diff / scale.max(f64::MIN_POSITIVE)
 }
 
-/// f32 → IEEE half, round to nearest even (as F16C's `vcvtps2ph` with mode 0).
-fn f32_to_f16(v: f32) -> u16 {
-    let x = v.to_bits();
-    let sign = ((x >> 16) & 0x8000) as u16;
-    let exp = ((x >> 23) & 0xff) as i32;
-    let man = x & 0x7f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    let (bits, shift) = if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        (man | 0x80_0000, (14 - e) as u32)
-    } else {
-        (((e as u32) << 23) | man, 13)
-    };
-    let half = 1u32 << (shift - 1);
-    let rest = bits & ((1 << shift) - 1);
-    let mut r = bits >> shift;
-    if rest > half || (rest == half && r & 1 == 1) {
-        r += 1; // a carry into the exponent is the right answer (up to infinity)
-    }
-    sign | r as u16
-}
-
 fn f16_round(v: f32) -> f32 {
-    tenets::train::quant::float::f16_to_f32(f32_to_f16(v))
+    f16_to_f32(f32_to_f16(v))
 }
 
 /// One row of activations as llama.cpp's AVX2 CPU path quantizes it for a dot product with
@@ -259,11 +230,7 @@ fn matmul(compute: &Compute, g: &Gguf, name: &str, x: &[f32], rounded: bool) -> 
                 let row = &data[r * row_bytes..(r + 1) * row_bytes];
                 let mins: Vec<f64> = row
                     .chunks_exact(20)
-                    .map(|b| {
-                        f64::from(tenets::train::quant::float::f16_to_f32(u16::from_le_bytes(
-                            [b[2], b[3]],
-                        )))
-                    })
+                    .map(|b| f64::from(f16_to_f32(u16::from_le_bytes([b[2], b[3]]))))
                     .collect();
                 for (tok, p) in parts.iter().enumerate() {
                     let fix: f64 = mins.iter().zip(&p.sum_error).map(|(m, e)| m * e).sum();
@@ -501,22 +468,4 @@ fn eight_bit_rounding_amplifies_small_differences() {
             "{weight}: the rounding should amplify ({rounded_change:.1e} vs {exact_change:.1e})"
         );
     }
-}
-
-#[test]
-fn f16_rounding_is_round_to_nearest_even() {
-    use tenets::train::quant::float::f16_to_f32;
-    for sign in [0u16, 0x8000] {
-        for h in 0..0x7c00u16 {
-            let h = h | sign;
-            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#06x}");
-            if h & 0x7fff < 0x7bff {
-                let mid = (f16_to_f32(h) + f16_to_f32(h + 1)) / 2.0;
-                let even = if h & 1 == 0 { h } else { h + 1 };
-                assert_eq!(f32_to_f16(mid), even, "midpoint above {h:#06x}");
-            }
-        }
-    }
-    assert_eq!(f32_to_f16(1e6), 0x7c00);
-    assert_eq!(f32_to_f16(1e-9), 0);
 }

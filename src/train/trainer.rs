@@ -320,7 +320,9 @@ impl Trainer {
                 .derive(step),
             );
         }
-        let result = self.step_gradients(model, compute, hyper, batch, &mut m, &mut grads);
+        // The whole step on the compute threads (see `Model::forward_traced`).
+        let result = compute
+            .install(|| self.step_gradients(model, compute, hyper, batch, &mut m, &mut grads));
         self.adapters.dropout = None;
         result?;
         let mut slices: Vec<&mut [f32]> = grads

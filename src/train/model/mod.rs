@@ -432,24 +432,28 @@ impl Model {
         tokens: &[u32],
         adapters: Option<&Adapters>,
     ) -> Result<Vec<TokenScore>, ModelError> {
-        if tokens.len() < 2 {
-            // Still check the tokens, so a bad id is reported the same way.
-            self.embed_tokens(tokens)?;
-            return Ok(Vec::new());
-        }
-        let e = self.config.embedding;
-        let hidden = self.run(compute, &tokens[..tokens.len() - 1], adapters, None)?;
-        let mut scores = Vec::with_capacity(tokens.len() - 1);
-        for (chunk, next) in hidden
-            .chunks(HEAD_CHUNK * e)
-            .zip(tokens[1..].chunks(HEAD_CHUNK))
-        {
-            let logits = self.logits(compute, chunk)?;
-            for (row, &next) in logits.chunks_exact(self.config.vocab).zip(next) {
-                scores.push(score_row(row, next));
+        // On the compute threads: the many small parallel products inside then share work
+        // in the pool instead of each waking it from outside.
+        compute.install(|| {
+            if tokens.len() < 2 {
+                // Still check the tokens, so a bad id is reported the same way.
+                self.embed_tokens(tokens)?;
+                return Ok(Vec::new());
             }
-        }
-        Ok(scores)
+            let e = self.config.embedding;
+            let hidden = self.run(compute, &tokens[..tokens.len() - 1], adapters, None)?;
+            let mut scores = Vec::with_capacity(tokens.len() - 1);
+            for (chunk, next) in hidden
+                .chunks(HEAD_CHUNK * e)
+                .zip(tokens[1..].chunks(HEAD_CHUNK))
+            {
+                let logits = self.logits(compute, chunk)?;
+                for (row, &next) in logits.chunks_exact(self.config.vocab).zip(next) {
+                    scores.push(score_row(row, next));
+                }
+            }
+            Ok(scores)
+        })
     }
 }
 

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{dequantize_row, QuantType};
+use super::{decode_row, QuantType};
 
 /// Rows of W decoded together: small enough that the panel stays in L2 next to the activations.
 const PANEL_ROWS: usize = 16;
@@ -177,6 +177,7 @@ impl<'a> Matrix<'a> {
         c0: usize,
         c1: usize,
         scratch: &'s mut Vec<f32>,
+        kernel: Kernel,
     ) -> (&'s [f32], usize) {
         match self.source {
             Source::F32(values) => {
@@ -191,14 +192,18 @@ impl<'a> Matrix<'a> {
             } => {
                 let width = c1 - c0;
                 let (b0, b1) = (kind.row_bytes(c0), kind.row_bytes(c1));
-                scratch.clear();
-                scratch.resize(rows.len() * width, 0.0);
-                for (r, out) in rows.zip(scratch.chunks_exact_mut(width)) {
+                let len = rows.len() * width;
+                // Every value is overwritten: grow the buffer, never clear it again.
+                if scratch.len() < len {
+                    scratch.resize(len, 0.0);
+                }
+                let avx2 = kernel == Kernel::Avx2;
+                for (r, out) in rows.zip(scratch[..len].chunks_exact_mut(width)) {
                     let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
                     // Sizes were checked when the matrix was made.
-                    let _ = dequantize_row(kind, &row[b0..b1], out);
+                    decode_row(kind, &row[b0..b1], out, avx2);
                 }
-                (scratch.as_slice(), width)
+                (&scratch[..len], width)
             }
         }
     }
@@ -257,7 +262,7 @@ impl Compute {
                 .map_init(Vec::new, |scratch, p| {
                     let rows = p * PANEL_ROWS..((p + 1) * PANEL_ROWS).min(w.rows);
                     let n = rows.len();
-                    let (panel, stride) = w.panel(rows.clone(), 0, w.cols, scratch);
+                    let (panel, stride) = w.panel(rows.clone(), 0, w.cols, scratch, kernel);
                     let mut out = vec![0.0; tokens * n];
                     let dot = Dot {
                         x,
@@ -297,7 +302,7 @@ impl Compute {
                     for r0 in (0..w.rows).step_by(PANEL_ROWS) {
                         let rows = r0..(r0 + PANEL_ROWS).min(w.rows);
                         let n = rows.len();
-                        let (panel, stride) = w.panel(rows, c0, c1, scratch);
+                        let (panel, stride) = w.panel(rows, c0, c1, scratch, kernel);
                         let axpy = Axpy {
                             dy,
                             dy_stride: w.rows,
@@ -436,7 +441,7 @@ mod tests {
     /// The matrix decoded whole, in f64: the plain definition the kernels must match.
     fn dense(w: &Matrix) -> Vec<f64> {
         let mut scratch = Vec::new();
-        let (v, stride) = w.panel(0..w.rows, 0, w.cols, &mut scratch);
+        let (v, stride) = w.panel(0..w.rows, 0, w.cols, &mut scratch, Kernel::Scalar);
         (0..w.rows)
             .flat_map(|r| {
                 v[r * stride..r * stride + w.cols]

@@ -169,6 +169,43 @@ pub fn dequantize_row(kind: QuantType, bytes: &[u8], out: &mut [f32]) -> Result<
     Ok(())
 }
 
+/// [`dequantize_row`] for the matmul kernels: the same values, bit for bit, through AVX2
+/// decoders where `avx2` is set and the format has one (Q4_1, Q8_0: the two the default model
+/// is made of), the scalar decoder otherwise. Sizes must already be checked.
+pub(crate) fn decode_row(kind: QuantType, bytes: &[u8], out: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && matches!(kind, QuantType::Q4_1 | QuantType::Q8_0) {
+        // SAFETY: callers set `avx2` only when the CPU has it (`Kernel::Avx2`).
+        return unsafe { decode_row_avx2(kind, bytes, out) };
+    }
+    let _ = avx2;
+    let _ = dequantize_row(kind, bytes, out);
+}
+
+/// The AVX2 half of [`decode_row`]: one loop over the blocks, so each block's decoder inlines.
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn decode_row_avx2(kind: QuantType, bytes: &[u8], out: &mut [f32]) {
+    let blocks = bytes
+        .chunks_exact(kind.block_bytes())
+        .zip(out.chunks_exact_mut(kind.block_elements()));
+    // Plain loops (no closures), so the decoders inline with this function's features.
+    if kind == QuantType::Q4_1 {
+        for (x, y) in blocks {
+            // SAFETY: AVX2 is available (this function's contract).
+            unsafe { q4_1::dequantize_avx2(x, y) }
+        }
+    } else {
+        for (x, y) in blocks {
+            // SAFETY: as above.
+            unsafe { q8_0::dequantize_avx2(x, y) }
+        }
+    }
+}
+
 /// Reads the little-endian f16 at `at` as f32.
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     float::f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
@@ -218,6 +255,25 @@ pub fn random_blocks(kind: QuantType, n: usize, seed: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_decoders_give_the_scalar_values_to_the_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            for kind in QuantType::ALL {
+                let n = kind.block_elements() * 7;
+                let bytes = random_blocks(kind, n, 3);
+                let (mut want, mut got) = (vec![0.0; n], vec![1.0; n]);
+                dequantize_row(kind, &bytes, &mut want).unwrap();
+                decode_row(kind, &bytes, &mut got, true);
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{kind:?}");
+            }
+        }
+    }
 
     #[test]
     fn wrong_row_sizes_are_errors() {
