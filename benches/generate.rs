@@ -10,7 +10,10 @@
 //! 4. From the run's store: conversation tokens in the critique and revision turns, and how many
 //!    of them were actually decoded (the rest came from the KV cache).
 //!
-//! Run: `cargo bench --bench generate` (env: BENCH_PARALLEL=16, BENCH_MAX_TOKENS=96).
+//! Run: `cargo bench --bench generate` (env: BENCH_PARALLEL=16, BENCH_MAX_TOKENS=96,
+//! BENCH_PROMPTS=BENCH_PARALLEL). With more prompts than sequences (the demo job: 64 prompts,
+//! `--parallel 16`, `--max-tokens 128`) tenets runs them all, refilling slots as chains end; the
+//! anchors decode the first BENCH_PARALLEL (their rates do not depend on how many).
 
 mod common;
 
@@ -156,6 +159,7 @@ fn plain_reencoding_job(
 fn main() {
     let parallel = env_usize("BENCH_PARALLEL", 16);
     let max_tokens = env_usize("BENCH_MAX_TOKENS", 96);
+    let prompts = env_usize("BENCH_PROMPTS", parallel).max(parallel);
     let threads = env_usize("BENCH_THREADS", engine::default_threads());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let model_path = tenets::models::default_model_path();
@@ -165,10 +169,15 @@ fn main() {
         model_path.display()
     );
 
-    // The first N bundled prompts, as one prompt file for both sides.
+    // The first BENCH_PROMPTS bundled prompts for tenets, the first N of them for the anchors.
     let set = prompt::load(&root.join("prompts/sets/demo.jsonl")).expect("prompts");
     let mut items = set.items;
-    items.truncate(parallel);
+    assert!(
+        items.len() >= prompts,
+        "the demo set has {} prompts",
+        items.len()
+    );
+    items.truncate(prompts);
     let dir = tempfile::tempdir().expect("tempdir");
     let prompt_file = dir.path().join("bench.jsonl");
     let body: String = items
@@ -181,7 +190,10 @@ fn main() {
     config.parallel = parallel;
     config.threads = threads;
     config.ctx_per_sequence = 2048;
-    let messages: Vec<Vec<Message>> = items.iter().map(|i| i.messages.clone()).collect();
+    let messages: Vec<Vec<Message>> = items[..parallel]
+        .iter()
+        .map(|i| i.messages.clone())
+        .collect();
     // tenets first, then the anchors, each from a fresh model load.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let db = dir.path().join("bench.db");
@@ -209,7 +221,7 @@ fn main() {
         tenets::constitution::Constitution::load(&root.join("constitutions/harmless-helpful.yaml"))
             .expect("constitution");
     let templates = tenets::turns::TurnTemplates::bundled().expect("templates");
-    let requests: Vec<(String, String)> = items
+    let requests: Vec<(String, String)> = items[..parallel]
         .iter()
         .map(|item| {
             let p = constitution.sample_principles(42, &item.id, 1)[0];
@@ -237,7 +249,7 @@ fn main() {
     });
 
     println!(
-        "generate bench: {parallel} sequences, ≤{max_tokens} new tokens a turn, {threads} threads"
+        "generate bench: {prompts} prompts, {parallel} sequences, ≤{max_tokens} new tokens a turn, {threads} threads"
     );
     println!(
         "  anchor  plain llama-cpp-2 batched decode, {} tokens a sequence: {anchor_tokens} tokens in {anchor_secs:.1} s = {anchor_rate:.1} tok/s",

@@ -267,9 +267,10 @@ pub struct Traced {
     head_grads: Vec<Vec<f32>>,
 }
 
-/// Rows of logits computed together when only some rows are read (training): wide enough that
-/// the head's weights are decoded once or twice per sequence.
-const PREDICTION_CHUNK: usize = 128;
+/// Rows of logits computed together when only some rows are read (training): as wide as a
+/// forward chunk (`trainer::FORWARD_ROWS`), so the head's weights are decoded once per forward
+/// and once per backward (the logits of 256 rows of a 49 152-token vocabulary are 50 MB).
+const PREDICTION_CHUNK: usize = 256;
 
 impl Model {
     /// `(in, out)` of the projection `target` of `layer`.
@@ -575,27 +576,30 @@ impl Model {
         grad: bool,
     ) -> (Vec<(usize, f64)>, Vec<(usize, Vec<f32>)>) {
         let c = &self.config;
-        let logits: Vec<f32> = match c.final_softcap {
+        let logits: std::borrow::Cow<[f32]> = match c.final_softcap {
             Some(cap) => row.iter().map(|v| cap * (v / cap).tanh()).collect(),
-            None => row.to_vec(),
+            None => row.into(),
         };
+        let mine = || predictions.iter().enumerate().filter(|(_, p)| p.row == r);
         let mut logps = Vec::new();
         let mut grads: Vec<(usize, Vec<f32>)> = Vec::new();
-        let mut probs: Option<Vec<f64>> = None;
-        for (k, p) in predictions.iter().enumerate().filter(|(_, p)| p.row == r) {
-            // The same arithmetic as `Model::score`.
-            logps.push((k, super::score_row(&logits, p.token).logprob));
-            if !grad || p.weight == 0.0 {
+        if !grad || mine().all(|(_, p)| p.weight == 0.0) {
+            for (k, p) in mine() {
+                logps.push((k, super::score_row(&logits, p.token).logprob));
+            }
+            return (logps, grads);
+        }
+        // The softmax once for the row: `score_row`'s arithmetic (the same maximum, the same f64
+        // sum in the same order), so log-probs agree with it to the bit.
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
+        let z: f64 = exps.iter().sum();
+        let log_z = f64::from(max) + z.ln();
+        for (k, p) in mine() {
+            logps.push((k, f64::from(logits[p.token as usize]) - log_z));
+            if p.weight == 0.0 {
                 continue;
             }
-            let probs = probs.get_or_insert_with(|| {
-                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-                logits
-                    .iter()
-                    .map(|&l| f64::from(l - max).exp() / z)
-                    .collect()
-            });
             let at = match grads.iter().position(|(g, _)| *g == p.group) {
                 Some(at) => at,
                 None => {
@@ -604,9 +608,9 @@ impl Model {
                 }
             };
             // ∂(w·logp)/∂logits = w·(onehot − softmax), through the softcap.
-            for (j, d) in grads[at].1.iter_mut().enumerate() {
+            for (j, (d, e)) in grads[at].1.iter_mut().zip(&exps).enumerate() {
                 let onehot = if j == p.token as usize { 1.0 } else { 0.0 };
-                let mut g = p.weight * (onehot - probs[j]);
+                let mut g = p.weight * (onehot - e / z);
                 if let Some(cap) = c.final_softcap {
                     let th = (f64::from(row[j]) / f64::from(cap)).tanh();
                     g *= 1.0 - th * th;

@@ -18,7 +18,7 @@ const PANEL_ROWS: usize = 16;
 pub enum Kernel {
     /// Plain Rust, any CPU: the reference the fast paths are tested against.
     Scalar,
-    /// x86-64 AVX2 with FMA.
+    /// x86-64 AVX2 with FMA (and F16C, which every AVX2 CPU has, for block scales).
     Avx2,
 }
 
@@ -40,6 +40,7 @@ impl Kernel {
             Kernel::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx2 => false,

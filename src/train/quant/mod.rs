@@ -175,7 +175,7 @@ pub fn dequantize_row(kind: QuantType, bytes: &[u8], out: &mut [f32]) -> Result<
 pub(crate) fn decode_row(kind: QuantType, bytes: &[u8], out: &mut [f32], avx2: bool) {
     #[cfg(target_arch = "x86_64")]
     if avx2 && matches!(kind, QuantType::Q4_1 | QuantType::Q8_0) {
-        // SAFETY: callers set `avx2` only when the CPU has it (`Kernel::Avx2`).
+        // SAFETY: callers set `avx2` only when the CPU has AVX2 and F16C (`Kernel::Avx2`).
         return unsafe { decode_row_avx2(kind, bytes, out) };
     }
     let _ = avx2;
@@ -185,9 +185,9 @@ pub(crate) fn decode_row(kind: QuantType, bytes: &[u8], out: &mut [f32], avx2: b
 /// The AVX2 half of [`decode_row`]: one loop over the blocks, so each block's decoder inlines.
 ///
 /// # Safety
-/// AVX2 must be available.
+/// AVX2 and F16C must be available.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn decode_row_avx2(kind: QuantType, bytes: &[u8], out: &mut [f32]) {
     let blocks = bytes
         .chunks_exact(kind.block_bytes())
@@ -195,7 +195,7 @@ unsafe fn decode_row_avx2(kind: QuantType, bytes: &[u8], out: &mut [f32]) {
     // Plain loops (no closures), so the decoders inline with this function's features.
     if kind == QuantType::Q4_1 {
         for (x, y) in blocks {
-            // SAFETY: AVX2 is available (this function's contract).
+            // SAFETY: AVX2 and F16C are available (this function's contract).
             unsafe { q4_1::dequantize_avx2(x, y) }
         }
     } else {
@@ -204,6 +204,19 @@ unsafe fn decode_row_avx2(kind: QuantType, bytes: &[u8], out: &mut [f32]) {
             unsafe { q8_0::dequantize_avx2(x, y) }
         }
     }
+}
+
+/// [`f16_at`] through F16C's conversion (exact, as the scalar one is, for every finite value).
+///
+/// # Safety
+/// F16C must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "f16c")]
+#[inline]
+unsafe fn avx2_f16_at(bytes: &[u8], at: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let h = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
 }
 
 /// Reads the little-endian f16 at `at` as f32.
@@ -259,7 +272,7 @@ mod tests {
     #[test]
     fn fast_decoders_give_the_scalar_values_to_the_bit() {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if matmul::Kernel::Avx2.available() {
             for kind in QuantType::ALL {
                 let n = kind.block_elements() * 7;
                 let bytes = random_blocks(kind, n, 3);

@@ -20,15 +20,15 @@ pub fn dequantize(block: &[u8], out: &mut [f32]) {
 /// fused rounding).
 ///
 /// # Safety
-/// AVX2 must be available.
+/// AVX2 and F16C must be available.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 #[inline]
 pub(super) unsafe fn dequantize_avx2(block: &[u8], out: &mut [f32]) {
     use std::arch::x86_64::*;
     assert!(block.len() >= BLOCK_BYTES && out.len() >= BLOCK_ELEMENTS);
-    let d = _mm256_set1_ps(super::f16_at(block, 0));
-    let m = _mm256_set1_ps(super::f16_at(block, 2));
+    let d = _mm256_set1_ps(super::avx2_f16_at(block, 0));
+    let m = _mm256_set1_ps(super::avx2_f16_at(block, 2));
     // SAFETY: the block holds 16 bytes of nibbles at 4..20 and `out` 32 floats (checked above).
     unsafe {
         let qs = _mm_loadu_si128(block.as_ptr().add(4).cast());

@@ -15,14 +15,14 @@ pub fn dequantize(block: &[u8], out: &mut [f32]) {
 /// [`dequantize`] with AVX2, bit for bit the same values.
 ///
 /// # Safety
-/// AVX2 must be available.
+/// AVX2 and F16C must be available.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 #[inline]
 pub(super) unsafe fn dequantize_avx2(block: &[u8], out: &mut [f32]) {
     use std::arch::x86_64::*;
     assert!(block.len() >= BLOCK_BYTES && out.len() >= BLOCK_ELEMENTS);
-    let d = _mm256_set1_ps(super::f16_at(block, 0));
+    let d = _mm256_set1_ps(super::avx2_f16_at(block, 0));
     for k in 0..4 {
         // SAFETY: the block holds 32 signed bytes at 2..34 and `out` 32 floats (checked above).
         unsafe {
