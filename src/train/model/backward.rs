@@ -342,14 +342,19 @@ impl Model {
         predictions: &[Prediction],
     ) -> Result<LogprobGradients, ModelError> {
         let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
-        let (logps, traced) =
-            self.forward_traced(compute, tokens, layout, adapters, predictions)?;
-        let grads = self.backward_traced(compute, traced, adapters, &vec![1.0; groups])?;
-        Ok(LogprobGradients { logps, grads })
+        // On the compute threads (see `packed_logps`).
+        compute.install(|| {
+            let (logps, traced) =
+                self.forward_traced(compute, tokens, layout, adapters, predictions)?;
+            let grads = self.backward_traced(compute, traced, adapters, &vec![1.0; groups])?;
+            Ok(LogprobGradients { logps, grads })
+        })
     }
 
     /// The forward half of [`Model::packed_gradients`]: each prediction's log-prob, and what
-    /// [`Model::backward_traced`] needs.
+    /// [`Model::backward_traced`] needs. Call both halves inside [`Compute::install`] (as
+    /// `packed_gradients` and the trainer's step do): their many small products then share
+    /// work in the pool instead of each waking it from outside.
     pub fn forward_traced(
         &self,
         compute: &Compute,
@@ -358,30 +363,26 @@ impl Model {
         adapters: &Adapters,
         predictions: &[Prediction],
     ) -> Result<(Vec<f64>, Traced), ModelError> {
-        // On the compute threads: the many small parallel products inside then share work
-        // in the pool instead of each waking it from outside.
-        compute.install(|| {
-            let layout = rows_needed(tokens, layout, predictions, self.config.vocab)?;
-            let n = layout.rows();
-            let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
-            let mut trace = Trace::default();
-            let hidden = self.run_packed(
-                compute,
-                &tokens[..n],
-                &layout,
-                Some(adapters),
-                Some(&mut trace),
-            )?;
-            let (logps, head_grads) = self.head(compute, &hidden, predictions, groups)?;
-            Ok((
-                logps,
-                Traced {
-                    trace,
-                    layout,
-                    head_grads,
-                },
-            ))
-        })
+        let layout = rows_needed(tokens, layout, predictions, self.config.vocab)?;
+        let n = layout.rows();
+        let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
+        let mut trace = Trace::default();
+        let hidden = self.run_packed(
+            compute,
+            &tokens[..n],
+            &layout,
+            Some(adapters),
+            Some(&mut trace),
+        )?;
+        let (logps, head_grads) = self.head(compute, &hidden, predictions, groups)?;
+        Ok((
+            logps,
+            Traced {
+                trace,
+                layout,
+                head_grads,
+            },
+        ))
     }
 
     /// The backward half: the gradient of `Σ_g coefficients[g] · (group g's objective)` with
@@ -393,116 +394,111 @@ impl Model {
         adapters: &Adapters,
         coefficients: &[f64],
     ) -> Result<AdapterGrads, ModelError> {
-        // On the compute threads: the many small parallel products inside then share work
-        // in the pool instead of each waking it from outside.
-        compute.install(|| {
-            let c = &self.config;
-            let e = c.embedding;
-            let Traced {
-                trace,
-                layout,
-                head_grads,
-            } = traced;
-            let n = layout.rows();
-            let mut dh = vec![0.0f32; n * e];
-            for (g, &k) in head_grads.iter().zip(coefficients) {
-                let k = k as f32;
-                dh.iter_mut().zip(g).for_each(|(d, v)| *d += k * v);
-            }
+        let c = &self.config;
+        let e = c.embedding;
+        let Traced {
+            trace,
+            layout,
+            head_grads,
+        } = traced;
+        let n = layout.rows();
+        let mut dh = vec![0.0f32; n * e];
+        for (g, &k) in head_grads.iter().zip(coefficients) {
+            let k = k as f32;
+            dh.iter_mut().zip(g).for_each(|(d, v)| *d += k * v);
+        }
 
-            // Final norm (its weight is frozen: its gradient is dropped).
-            let mut scratch = vec![0.0; e];
-            let mut dx = ops::rms_norm_backward(
-                &trace.x_final,
-                &self.output_norm,
-                c.norm_eps,
-                &dh,
-                &mut scratch,
-            );
-            let tables = self.rope_tables(&layout.positions());
-            let mut grads = AdapterGrads {
-                layers: (0..self.layers.len()).map(|_| Default::default()).collect(),
-            };
-            for (l, (layer, t)) in self.layers.iter().zip(&trace.layers).enumerate().rev() {
-                let slots = &mut grads.layers[l];
-                // The adapter's gradients and its share of dx, if `target` has one.
-                let mut lora_back = |target: Target,
-                                     input: &[f32],
-                                     dy: &[f32],
-                                     dx: &mut [f32]|
-                 -> Result<(), ModelError> {
-                    if let (Some((_, lora)), Some(z)) =
-                        (adapters.get(l, target), t.z[target as usize].as_ref())
-                    {
-                        let dropout = adapters.dropout_of(l, target);
-                        slots[target as usize] =
-                            Some(lora.backward_with(compute, input, z, dy, dx, dropout)?);
-                    }
-                    Ok(())
-                };
-
-                // Feed-forward block: x_out = x_mid + post_ffn(down(glu(gate(h2), up(h2)))).
-                let d_down = post_norm_backward(&layer.post_ffn_norm, &t.down_pre, c.norm_eps, &dx);
-                let mut d_act = self.linear_backward(compute, &d_down, &layer.down)?;
-                lora_back(Target::Down, &t.act, &d_down, &mut d_act)?;
-                let (d_gate, d_up) =
-                    ops::glu_backward(compute, &t.gate, &t.up, c.activation, &d_act);
-                let mut h2 = vec![0.0; t.x_mid.len()];
-                ops::rms_norm(&t.x_mid, &layer.ffn_norm, c.norm_eps, &mut h2);
-                let mut d_h2 = self.linear_backward(compute, &d_gate, &layer.gate)?;
-                ops::add_assign(&mut d_h2, &self.linear_backward(compute, &d_up, &layer.up)?);
-                lora_back(Target::Gate, &h2, &d_gate, &mut d_h2)?;
-                lora_back(Target::Up, &h2, &d_up, &mut d_h2)?;
-                let mut d_mid = dx;
-                ops::add_assign(
-                    &mut d_mid,
-                    &ops::rms_norm_backward(
-                        &t.x_mid,
-                        &layer.ffn_norm,
-                        c.norm_eps,
-                        &d_h2,
-                        &mut vec![0.0; e],
-                    ),
-                );
-
-                // Attention block: x_mid = x + post_attn(o(attention(q, k, v))).
-                let d_o = post_norm_backward(&layer.post_attn_norm, &t.o_pre, c.norm_eps, &d_mid);
-                let mut d_att = self.linear_backward(compute, &d_o, &layer.o)?;
-                lora_back(Target::O, &t.att, &d_o, &mut d_att)?;
-                let ops::AttentionGrads { mut dq, mut dk, dv } =
-                    self.attend_backward(compute, l, t, &d_att, &layout)?;
-                let table = rope_table(&tables, c.rope_base_of(l));
-                ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
-                ops::rope_backward(&mut dk, c.kv_heads, c.head_dim, table, c.rope_layout);
-                if let (Some(qn), Some(kn), Some(q_pre), Some(k_pre)) =
-                    (&layer.q_norm, &layer.k_norm, &t.q_pre, &t.k_pre)
+        // Final norm (its weight is frozen: its gradient is dropped).
+        let mut scratch = vec![0.0; e];
+        let mut dx = ops::rms_norm_backward(
+            &trace.x_final,
+            &self.output_norm,
+            c.norm_eps,
+            &dh,
+            &mut scratch,
+        );
+        let tables = self.rope_tables(&layout.positions());
+        let mut grads = AdapterGrads {
+            layers: (0..self.layers.len()).map(|_| Default::default()).collect(),
+        };
+        for (l, (layer, t)) in self.layers.iter().zip(&trace.layers).enumerate().rev() {
+            let slots = &mut grads.layers[l];
+            // The adapter's gradients and its share of dx, if `target` has one.
+            let mut lora_back = |target: Target,
+                                 input: &[f32],
+                                 dy: &[f32],
+                                 dx: &mut [f32]|
+             -> Result<(), ModelError> {
+                if let (Some((_, lora)), Some(z)) =
+                    (adapters.get(l, target), t.z[target as usize].as_ref())
                 {
-                    let mut unused = vec![0.0; c.head_dim];
-                    dq = ops::rms_norm_backward(q_pre, qn, c.norm_eps, &dq, &mut unused);
-                    dk = ops::rms_norm_backward(k_pre, kn, c.norm_eps, &dk, &mut unused);
+                    let dropout = adapters.dropout_of(l, target);
+                    slots[target as usize] =
+                        Some(lora.backward_with(compute, input, z, dy, dx, dropout)?);
                 }
-                let mut h = vec![0.0; t.x.len()];
-                ops::rms_norm(&t.x, &layer.attn_norm, c.norm_eps, &mut h);
-                let mut d_h = self.linear_backward(compute, &dq, &layer.q)?;
-                ops::add_assign(&mut d_h, &self.linear_backward(compute, &dk, &layer.k)?);
-                ops::add_assign(&mut d_h, &self.linear_backward(compute, &dv, &layer.v)?);
-                lora_back(Target::Q, &h, &dq, &mut d_h)?;
-                lora_back(Target::K, &h, &dk, &mut d_h)?;
-                lora_back(Target::V, &h, &dv, &mut d_h)?;
-                dx = d_mid;
-                ops::add_assign(
-                    &mut dx,
-                    &ops::rms_norm_backward(
-                        &t.x,
-                        &layer.attn_norm,
-                        c.norm_eps,
-                        &d_h,
-                        &mut vec![0.0; e],
-                    ),
-                );
+                Ok(())
+            };
+
+            // Feed-forward block: x_out = x_mid + post_ffn(down(glu(gate(h2), up(h2)))).
+            let d_down = post_norm_backward(&layer.post_ffn_norm, &t.down_pre, c.norm_eps, &dx);
+            let mut d_act = self.linear_backward(compute, &d_down, &layer.down)?;
+            lora_back(Target::Down, &t.act, &d_down, &mut d_act)?;
+            let (d_gate, d_up) = ops::glu_backward(compute, &t.gate, &t.up, c.activation, &d_act);
+            let mut h2 = vec![0.0; t.x_mid.len()];
+            ops::rms_norm(&t.x_mid, &layer.ffn_norm, c.norm_eps, &mut h2);
+            let mut d_h2 = self.linear_backward(compute, &d_gate, &layer.gate)?;
+            ops::add_assign(&mut d_h2, &self.linear_backward(compute, &d_up, &layer.up)?);
+            lora_back(Target::Gate, &h2, &d_gate, &mut d_h2)?;
+            lora_back(Target::Up, &h2, &d_up, &mut d_h2)?;
+            let mut d_mid = dx;
+            ops::add_assign(
+                &mut d_mid,
+                &ops::rms_norm_backward(
+                    &t.x_mid,
+                    &layer.ffn_norm,
+                    c.norm_eps,
+                    &d_h2,
+                    &mut vec![0.0; e],
+                ),
+            );
+
+            // Attention block: x_mid = x + post_attn(o(attention(q, k, v))).
+            let d_o = post_norm_backward(&layer.post_attn_norm, &t.o_pre, c.norm_eps, &d_mid);
+            let mut d_att = self.linear_backward(compute, &d_o, &layer.o)?;
+            lora_back(Target::O, &t.att, &d_o, &mut d_att)?;
+            let ops::AttentionGrads { mut dq, mut dk, dv } =
+                self.attend_backward(compute, l, t, &d_att, &layout)?;
+            let table = rope_table(&tables, c.rope_base_of(l));
+            ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
+            ops::rope_backward(&mut dk, c.kv_heads, c.head_dim, table, c.rope_layout);
+            if let (Some(qn), Some(kn), Some(q_pre), Some(k_pre)) =
+                (&layer.q_norm, &layer.k_norm, &t.q_pre, &t.k_pre)
+            {
+                let mut unused = vec![0.0; c.head_dim];
+                dq = ops::rms_norm_backward(q_pre, qn, c.norm_eps, &dq, &mut unused);
+                dk = ops::rms_norm_backward(k_pre, kn, c.norm_eps, &dk, &mut unused);
             }
-            Ok(grads)
-        })
+            let mut h = vec![0.0; t.x.len()];
+            ops::rms_norm(&t.x, &layer.attn_norm, c.norm_eps, &mut h);
+            let mut d_h = self.linear_backward(compute, &dq, &layer.q)?;
+            ops::add_assign(&mut d_h, &self.linear_backward(compute, &dk, &layer.k)?);
+            ops::add_assign(&mut d_h, &self.linear_backward(compute, &dv, &layer.v)?);
+            lora_back(Target::Q, &h, &dq, &mut d_h)?;
+            lora_back(Target::K, &h, &dk, &mut d_h)?;
+            lora_back(Target::V, &h, &dv, &mut d_h)?;
+            dx = d_mid;
+            ops::add_assign(
+                &mut dx,
+                &ops::rms_norm_backward(
+                    &t.x,
+                    &layer.attn_norm,
+                    c.norm_eps,
+                    &d_h,
+                    &mut vec![0.0; e],
+                ),
+            );
+        }
+        Ok(grads)
     }
 
     /// Logits of the rows `predictions` read (a chunk of rows at a time) and each prediction's
