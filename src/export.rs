@@ -451,6 +451,13 @@ mod tests {
             .collect()
     }
 
+    /// How many of `out` were dropped for `reason`.
+    fn dropped(out: &[Result<Value, Dropped>], reason: Dropped) -> usize {
+        out.iter()
+            .filter(|r| r.as_ref().err() == Some(&reason))
+            .count()
+    }
+
     fn rows(candidates: &[Candidate], mode: SampledPairs) -> Vec<Result<Value, Dropped>> {
         let filters = PairFilters {
             sampled_pairs: mode,
@@ -473,12 +480,7 @@ mod tests {
             (Some(0), Some(2))
         );
         assert!((kept[0]["label"].as_f64().unwrap() - 0.8).abs() < 1e-12);
-        assert_eq!(
-            out.iter()
-                .filter(|r| r.as_ref().err() == Some(&Dropped::NotBestWorst))
-                .count(),
-            2
-        );
+        assert_eq!(dropped(&out, Dropped::NotBestWorst), 2);
     }
 
     #[test]
@@ -486,12 +488,7 @@ mod tests {
         // Scores: 0 → 0.675, 1 → 0.5, 2 → 0.325, but the direct judgment prefers 2 over 0.
         let out = rows(&three(0.9, 0.45, 0.9), SampledPairs::BestWorst);
         assert!(out.iter().all(|r| r.is_err()));
-        assert_eq!(
-            out.iter()
-                .filter(|r| r.as_ref().err() == Some(&Dropped::RankingDisagrees))
-                .count(),
-            1
-        );
+        assert_eq!(dropped(&out, Dropped::RankingDisagrees), 1);
     }
 
     #[test]
