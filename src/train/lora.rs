@@ -112,11 +112,11 @@ impl Lora {
         let tokens = x.len() / self.input;
         let mut z = vec![0.0; tokens * self.rank];
         compute.matmul_t(x, &self.a()?, &mut z)?;
-        let mut update = vec![0.0; tokens * self.output];
-        compute.matmul_t(&z, &self.b()?, &mut update)?;
-        for (y, u) in y.iter_mut().zip(&update) {
-            *y += self.scale * u;
-        }
+        // y += (s·z)·Bᵀ summed in place, as `dx += dy·W` with W = Bᵀ: the kernel then runs
+        // along the output's columns instead of along the rank (dot products 8 long).
+        let scaled: Vec<f32> = z.iter().map(|v| self.scale * v).collect();
+        let bt = transpose(&self.b, self.output, self.rank);
+        compute.matmul_dx_add(&scaled, &Matrix::f32(self.rank, self.output, &bt)?, y)?;
         Ok(z)
     }
 
@@ -150,17 +150,21 @@ impl Lora {
         let mut dz = vec![0.0; tokens * self.rank];
         compute.matmul_dx(dy, &self.b()?, &mut dz)?;
         dz.iter_mut().for_each(|v| *v *= self.scale);
-        let mut dx_update = vec![0.0; tokens * self.input];
-        compute.matmul_dx(&dz, &self.a()?, &mut dx_update)?;
-        if let Some(d) = dropout {
-            dx_update = d.apply(&dx_update);
+        match dropout {
+            None => compute.matmul_dx_add(&dz, &self.a()?, dx)?,
+            Some(d) => {
+                let mut dx_update = vec![0.0; tokens * self.input];
+                compute.matmul_dx(&dz, &self.a()?, &mut dx_update)?;
+                for (d, u) in dx.iter_mut().zip(d.apply(&dx_update)) {
+                    *d += u;
+                }
+            }
         }
-        for (d, u) in dx.iter_mut().zip(&dx_update) {
-            *d += u;
-        }
-        let mut b = vec![0.0; self.output * self.rank];
-        let dy_t = transpose(dy, tokens, self.output);
-        compute.matmul_dx(&dy_t, &Matrix::f32(tokens, self.rank, z)?, &mut b)?;
+        // dBᵀ = s·zᵀ·dy (rank × output): only z (tokens × rank) is transposed, never dy.
+        let mut bt = vec![0.0; self.rank * self.output];
+        let z_t = transpose(z, tokens, self.rank);
+        compute.matmul_dx(&z_t, &Matrix::f32(tokens, self.output, dy)?, &mut bt)?;
+        let mut b = transpose(&bt, self.rank, self.output);
         b.iter_mut().for_each(|v| *v *= self.scale);
         let mut a = vec![0.0; self.rank * self.input];
         let dz_t = transpose(&dz, tokens, self.rank);

@@ -447,7 +447,7 @@ impl Model {
             let mut h2 = vec![0.0; t.x_mid.len()];
             ops::rms_norm(&t.x_mid, &layer.ffn_norm, c.norm_eps, &mut h2);
             let mut d_h2 = self.linear_backward(compute, &d_gate, &layer.gate)?;
-            ops::add_assign(&mut d_h2, &self.linear_backward(compute, &d_up, &layer.up)?);
+            self.linear_backward_add(compute, &d_up, &layer.up, &mut d_h2)?;
             lora_back(Target::Gate, &h2, &d_gate, &mut d_h2)?;
             lora_back(Target::Up, &h2, &d_up, &mut d_h2)?;
             let mut d_mid = dx;
@@ -481,8 +481,8 @@ impl Model {
             let mut h = vec![0.0; t.x.len()];
             ops::rms_norm(&t.x, &layer.attn_norm, c.norm_eps, &mut h);
             let mut d_h = self.linear_backward(compute, &dq, &layer.q)?;
-            ops::add_assign(&mut d_h, &self.linear_backward(compute, &dk, &layer.k)?);
-            ops::add_assign(&mut d_h, &self.linear_backward(compute, &dv, &layer.v)?);
+            self.linear_backward_add(compute, &dk, &layer.k, &mut d_h)?;
+            self.linear_backward_add(compute, &dv, &layer.v, &mut d_h)?;
             lora_back(Target::Q, &h, &dq, &mut d_h)?;
             lora_back(Target::K, &h, &dk, &mut d_h)?;
             lora_back(Target::V, &h, &dv, &mut d_h)?;
@@ -658,7 +658,19 @@ impl Model {
         w: &Weight,
     ) -> Result<Vec<f32>, ModelError> {
         let mut dx = vec![0.0; dy.len() / w.rows * w.cols];
-        compute.matmul_dx(dy, &self.matrix(w)?, &mut dx)?;
+        self.linear_backward_add(compute, dy, w, &mut dx)?;
         Ok(dx)
+    }
+
+    /// `dx += dy · W` through a frozen weight.
+    fn linear_backward_add(
+        &self,
+        compute: &Compute,
+        dy: &[f32],
+        w: &Weight,
+        dx: &mut [f32],
+    ) -> Result<(), ModelError> {
+        compute.matmul_dx_add(dy, &self.matrix(w)?, dx)?;
+        Ok(())
     }
 }

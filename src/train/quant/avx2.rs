@@ -6,11 +6,12 @@
 
 use std::arch::x86_64::*;
 
-use super::matmul::{Axpy, Dot};
+use super::matmul::{Axpy, Dot, Out};
 
-/// Tokens × weight rows in the main `dot_panel` tile: 12 accumulators, 7 loads per 12 FMAs.
-const DOT_TOKENS: usize = 3;
-const DOT_ROWS: usize = 4;
+/// Tokens × weight rows in the main `dot_panel` tile: 12 accumulators, 3 weight vectors and one
+/// token vector fill the 16 registers exactly (3 × 4 needed a 17th and spilled): 7 loads per 12 FMAs.
+const DOT_TOKENS: usize = 4;
+const DOT_ROWS: usize = 3;
 /// Tokens in the main `axpy_panel` tile (each with two 8-lane column vectors).
 const AXPY_TOKENS: usize = 4;
 
@@ -22,13 +23,14 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// `out[t·n + r] = x[t] · w[r]`, as `matmul::dot_panel`.
+/// `out[t][r] = x[t] · w[r]`, as `matmul::dot_panel`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available. (Slice bounds are checked up front.)
+/// AVX2 and FMA must be available, and `out`'s columns this task's alone. (Bounds are checked
+/// up front.)
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_panel(d: &Dot, tokens: usize, out: &mut [f32]) {
-    assert!(d.x.len() >= tokens * d.k && out.len() >= tokens * d.n);
+pub unsafe fn dot_panel(d: &Dot, tokens: usize, out: Out) {
+    assert!(d.x.len() >= tokens * d.k && out.holds(tokens) && out.width >= d.n);
     assert!(d.n == 0 || d.w.len() >= (d.n - 1) * d.w_stride + d.k);
     let mut t = 0;
     while t < tokens {
@@ -48,15 +50,15 @@ pub unsafe fn dot_panel(d: &Dot, tokens: usize, out: &mut [f32]) {
                 (1, 1),
                 (1, 2),
                 (1, 3),
-                (1, 4),
                 (2, 1),
                 (2, 2),
                 (2, 3),
-                (2, 4),
                 (3, 1),
                 (3, 2),
                 (3, 3),
-                (3, 4)
+                (4, 1),
+                (4, 2),
+                (4, 3)
             );
             r += rr;
         }
@@ -66,7 +68,7 @@ pub unsafe fn dot_panel(d: &Dot, tokens: usize, out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn dot_tile<const T: usize, const R: usize>(d: &Dot, t0: usize, r0: usize, out: &mut [f32]) {
+unsafe fn dot_tile<const T: usize, const R: usize>(d: &Dot, t0: usize, r0: usize, out: Out) {
     let (k, ws) = (d.k, d.w_stride);
     let (xp, wp) = (d.x.as_ptr(), d.w.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); R]; T];
@@ -91,7 +93,7 @@ unsafe fn dot_tile<const T: usize, const R: usize>(d: &Dot, t0: usize, r0: usize
             for c in k8..k {
                 s += d.x[(t0 + i) * k + c] * d.w[(r0 + j) * ws + c];
             }
-            out[(t0 + i) * d.n + r0 + j] = s;
+            *out.ptr(t0 + i, r0 + j) = s;
         }
     }
 }
@@ -99,12 +101,13 @@ unsafe fn dot_tile<const T: usize, const R: usize>(d: &Dot, t0: usize, r0: usize
 /// `out[t] += Σ_r dy[t][r0 + r] · w[r]`, as `matmul::axpy_panel`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available. (Slice bounds are checked up front.)
+/// AVX2 and FMA must be available, and `out`'s columns this task's alone. (Bounds are checked
+/// up front.)
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn axpy_panel(a: &Axpy, tokens: usize, out: &mut [f32]) {
+pub unsafe fn axpy_panel(a: &Axpy, tokens: usize, out: Out) {
     assert!(tokens == 0 || a.dy.len() >= (tokens - 1) * a.dy_stride + a.r0 + a.n);
     assert!(a.n == 0 || a.w.len() >= (a.n - 1) * a.w_stride + a.width);
-    assert!(out.len() >= tokens * a.width);
+    assert!(out.holds(tokens) && out.width >= a.width);
     let width = a.width;
     let w16 = width / 16 * 16;
     let w8 = width / 8 * 8;
@@ -130,7 +133,7 @@ pub unsafe fn axpy_panel(a: &Axpy, tokens: usize, out: &mut [f32]) {
             for r in 0..a.n {
                 let g = a.dy[i * a.dy_stride + a.r0 + r];
                 for c in w8..width {
-                    out[i * width + c] += g * a.w[r * a.w_stride + c];
+                    *out.ptr(i, c) += g * a.w[r * a.w_stride + c];
                 }
             }
         }
@@ -140,17 +143,12 @@ pub unsafe fn axpy_panel(a: &Axpy, tokens: usize, out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn axpy_tile<const T: usize, const V: usize>(
-    a: &Axpy,
-    t0: usize,
-    c: usize,
-    out: &mut [f32],
-) {
-    let (op, wp, dp) = (out.as_mut_ptr(), a.w.as_ptr(), a.dy.as_ptr());
+unsafe fn axpy_tile<const T: usize, const V: usize>(a: &Axpy, t0: usize, c: usize, out: Out) {
+    let (wp, dp) = (a.w.as_ptr(), a.dy.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); V]; T];
     for (i, row) in acc.iter_mut().enumerate() {
         for (v, x) in row.iter_mut().enumerate() {
-            *x = _mm256_loadu_ps(op.add((t0 + i) * a.width + c + 8 * v));
+            *x = _mm256_loadu_ps(out.ptr(t0 + i, c + 8 * v));
         }
     }
     for r in 0..a.n {
@@ -167,7 +165,7 @@ unsafe fn axpy_tile<const T: usize, const V: usize>(
     }
     for (i, row) in acc.iter().enumerate() {
         for (v, x) in row.iter().enumerate() {
-            _mm256_storeu_ps(op.add((t0 + i) * a.width + c + 8 * v), *x);
+            _mm256_storeu_ps(out.ptr(t0 + i, c + 8 * v), *x);
         }
     }
 }

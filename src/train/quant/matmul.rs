@@ -13,6 +13,9 @@ use super::{decode_row, QuantType};
 /// Rows of W decoded together: small enough that the panel stays in L2 next to the activations.
 const PANEL_ROWS: usize = 16;
 
+/// The fewest tokens a task takes when a product's tokens are split between tasks.
+const MIN_TASK_TOKENS: usize = 16;
+
 /// Which micro-kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -257,32 +260,40 @@ impl Compute {
         let tokens = check_operand("x", x.len(), w.cols)?;
         check_len("y", y.len(), tokens * w.rows)?;
         let kernel = self.kernel;
-        let panels: Vec<(usize, Vec<f32>)> = self.pool.install(|| {
-            (0..w.rows.div_ceil(PANEL_ROWS))
+        let k = w.cols;
+        let panels = w.rows.div_ceil(PANEL_ROWS);
+        let tasks = self.tasks(panels, tokens);
+        let out = Out::new(y, w.rows);
+        self.pool.install(|| {
+            tasks
                 .into_par_iter()
-                .map_init(Vec::new, |scratch, p| {
+                .for_each_init(Vec::new, |scratch, (p, t)| {
                     let rows = p * PANEL_ROWS..((p + 1) * PANEL_ROWS).min(w.rows);
                     let n = rows.len();
-                    let (panel, stride) = w.panel(rows.clone(), 0, w.cols, scratch, kernel);
-                    let mut out = vec![0.0; tokens * n];
+                    let (panel, stride) = w.panel(rows.clone(), 0, k, scratch, kernel);
                     let dot = Dot {
-                        x,
-                        k: w.cols,
+                        x: &x[t.start * k..t.end * k],
+                        k,
                         w: panel,
                         w_stride: stride,
                         n,
                     };
-                    dot_panel(kernel, &dot, tokens, &mut out);
-                    (rows.start, out)
+                    // This task alone writes rows `t`, columns `rows` of `y`.
+                    dot_panel(kernel, &dot, t.len(), out.at(t.start, rows.start, n));
                 })
-                .collect()
         });
-        scatter_columns(y, w.rows, tokens, &panels);
         Ok(())
     }
 
     /// `dx = dy · W`: `dy` is `tokens × W.rows`, `dx` is `tokens × W.cols` (overwritten).
     pub fn matmul_dx(&self, dy: &[f32], w: &Matrix, dx: &mut [f32]) -> Result<(), MatmulError> {
+        dx.fill(0.0);
+        self.matmul_dx_add(dy, w, dx)
+    }
+
+    /// `dx += dy · W`: [`Compute::matmul_dx`] summed into what `dx` holds (a gradient with
+    /// several sources takes them all without a temporary each).
+    pub fn matmul_dx_add(&self, dy: &[f32], w: &Matrix, dx: &mut [f32]) -> Result<(), MatmulError> {
         let tokens = check_operand("dy", dy.len(), w.rows)?;
         check_len("dx", dx.len(), tokens * w.cols)?;
         let kernel = self.kernel;
@@ -294,12 +305,15 @@ impl Compute {
             .step_by(per_task)
             .map(|b| (b * block, ((b + per_task) * block).min(w.cols)))
             .collect();
-        let parts: Vec<(usize, Vec<f32>)> = self.pool.install(|| {
-            spans
-                .par_iter()
-                .map_init(Vec::new, |scratch, &(c0, c1)| {
+        let tasks = self.tasks(spans.len(), tokens);
+        let out = Out::new(dx, w.cols);
+        self.pool.install(|| {
+            tasks
+                .into_par_iter()
+                .for_each_init(Vec::new, |scratch, (s, t)| {
+                    let (c0, c1) = spans[s];
                     let width = c1 - c0;
-                    let mut out = vec![0.0; tokens * width];
+                    let dy = &dy[t.start * w.rows..t.end * w.rows];
                     for r0 in (0..w.rows).step_by(PANEL_ROWS) {
                         let rows = r0..(r0 + PANEL_ROWS).min(w.rows);
                         let n = rows.len();
@@ -313,25 +327,91 @@ impl Compute {
                             w_stride: stride,
                             width,
                         };
-                        axpy_panel(kernel, &axpy, tokens, &mut out);
+                        // This task alone reads and writes rows `t`, columns `c0..c1` of `dx`.
+                        axpy_panel(kernel, &axpy, t.len(), out.at(t.start, c0, width));
                     }
-                    (c0, out)
                 })
-                .collect()
         });
-        scatter_columns(dx, w.cols, tokens, &parts);
         Ok(())
+    }
+
+    /// The tasks of a product with `parts` column parts over `tokens` rows: each part whole,
+    /// or, when there are too few parts to keep every thread busy (a LoRA factor's 8 rows), each
+    /// part over a range of tokens. Every output element still has one task and one order of
+    /// summation, whatever the split.
+    fn tasks(&self, parts: usize, tokens: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+        let wanted = self.threads() * 4;
+        let pieces = if parts >= wanted {
+            1
+        } else {
+            wanted.div_ceil(parts.max(1))
+        };
+        let chunk = tokens.div_ceil(pieces).max(MIN_TASK_TOKENS);
+        (0..parts)
+            .flat_map(|p| {
+                (0..tokens)
+                    .step_by(chunk)
+                    .map(move |t| (p, t..(t + chunk).min(tokens)))
+            })
+            .collect()
     }
 }
 
-/// Copies each `(first column, tokens × width block)` into its columns of `out` (rows of
-/// `out_width`).
-fn scatter_columns(out: &mut [f32], out_width: usize, tokens: usize, blocks: &[(usize, Vec<f32>)]) {
-    for (c0, block) in blocks {
-        let width = block.len() / tokens.max(1);
-        for (t, part) in block.chunks_exact(width.max(1)).enumerate() {
-            out[t * out_width + c0..t * out_width + c0 + width].copy_from_slice(part);
+/// Columns `col..col + width` of a row-major output with rows of `stride` floats: what one
+/// task of a product writes. The tasks of one product hold views of the same output, each of
+/// its own columns, so no element is touched by two tasks; the output stays borrowed mutably
+/// by the product until every task has finished (`install` returns after them).
+#[derive(Clone, Copy)]
+pub(super) struct Out {
+    ptr: *mut f32,
+    len: usize,
+    stride: usize,
+    col: usize,
+    pub(super) width: usize,
+}
+
+// SAFETY: tasks write disjoint columns through their views (see `Out`), never the same element.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    fn new(values: &mut [f32], stride: usize) -> Self {
+        Out {
+            ptr: values.as_mut_ptr(),
+            len: values.len(),
+            stride,
+            col: 0,
+            width: stride,
         }
+    }
+
+    /// The view of columns `col..col + width` from row `row` on.
+    fn at(&self, row: usize, col: usize, width: usize) -> Out {
+        assert!(col + width <= self.stride && row * self.stride <= self.len);
+        Out {
+            // SAFETY: inside the output (asserted).
+            ptr: unsafe { self.ptr.add(row * self.stride) },
+            len: self.len - row * self.stride,
+            col,
+            width,
+            ..*self
+        }
+    }
+
+    /// Whether rows `0..tokens` of this view lie inside the output.
+    pub(super) fn holds(&self, tokens: usize) -> bool {
+        tokens == 0 || (tokens - 1) * self.stride + self.col + self.width <= self.len
+    }
+
+    /// Element (`t`, `c`) of this view.
+    ///
+    /// # Safety
+    /// `t` below a row count checked with [`Out::holds`], `c < width`, and no other task
+    /// touching the element (the view's columns are its task's alone).
+    #[inline(always)]
+    pub(super) unsafe fn ptr(&self, t: usize, c: usize) -> *mut f32 {
+        debug_assert!(c < self.width && t * self.stride + self.col + c < self.len);
+        self.ptr.add(t * self.stride + self.col + c)
     }
 }
 
@@ -389,8 +469,9 @@ pub(super) struct Axpy<'a> {
     pub width: usize,
 }
 
-/// `out[t·n + r] = x[t] · w[r]`.
-fn dot_panel(kernel: Kernel, d: &Dot, tokens: usize, out: &mut [f32]) {
+/// `out[t][r] = x[t] · w[r]`.
+fn dot_panel(kernel: Kernel, d: &Dot, tokens: usize, out: Out) {
+    assert!(out.holds(tokens) && out.width == d.n);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Compute::new` only accepts the AVX2 kernel when the CPU has AVX2 and FMA.
@@ -400,7 +481,8 @@ fn dot_panel(kernel: Kernel, d: &Dot, tokens: usize, out: &mut [f32]) {
                 let xt = &d.x[t * d.k..(t + 1) * d.k];
                 for r in 0..d.n {
                     let wr = &d.w[r * d.w_stride..r * d.w_stride + d.k];
-                    out[t * d.n + r] = xt.iter().zip(wr).map(|(a, b)| a * b).sum();
+                    // SAFETY: rows checked above, `r < n == width`, columns this task's own.
+                    unsafe { *out.ptr(t, r) = xt.iter().zip(wr).map(|(a, b)| a * b).sum() };
                 }
             }
         }
@@ -408,19 +490,20 @@ fn dot_panel(kernel: Kernel, d: &Dot, tokens: usize, out: &mut [f32]) {
 }
 
 /// `out[t] += Σ_r dy[t][r0 + r] · w[r]` over the panel's rows.
-fn axpy_panel(kernel: Kernel, a: &Axpy, tokens: usize, out: &mut [f32]) {
+fn axpy_panel(kernel: Kernel, a: &Axpy, tokens: usize, out: Out) {
+    assert!(out.holds(tokens) && out.width == a.width);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot_panel`.
         Kernel::Avx2 => unsafe { super::avx2::axpy_panel(a, tokens, out) },
         _ => {
             for t in 0..tokens {
-                let o = &mut out[t * a.width..(t + 1) * a.width];
                 for r in 0..a.n {
                     let g = a.dy[t * a.dy_stride + a.r0 + r];
                     let wr = &a.w[r * a.w_stride..r * a.w_stride + a.width];
-                    for (o, w) in o.iter_mut().zip(wr) {
-                        *o += g * w;
+                    for (c, w) in wr.iter().enumerate() {
+                        // SAFETY: as above.
+                        unsafe { *out.ptr(t, c) += g * w };
                     }
                 }
             }
