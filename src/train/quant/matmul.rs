@@ -621,6 +621,44 @@ mod tests {
         }
     }
 
+    /// A product with fewer column parts than threads splits its tokens between tasks (a LoRA
+    /// factor's few rows); `matmul_dx_add` sums into what the output held.
+    #[test]
+    fn split_tokens_and_summing_into_the_output_match_the_definition() {
+        let (rows, cols, tokens) = (5, 64, 50);
+        let bytes = random_blocks(QuantType::Q8_0, rows * cols, 4);
+        let w = Matrix::blocks(QuantType::Q8_0, rows, cols, &bytes).unwrap();
+        let wd = dense(&w);
+        let x = activations(tokens * cols, 5);
+        let dy = activations(tokens * rows, 6);
+        let start = activations(tokens * cols, 7);
+        let (want_y, scale_y) = reference(&x, &wd, tokens, rows, cols, true);
+        let (want_dx, scale_dx) = reference(&dy, &wd, tokens, rows, cols, false);
+        let want_sum: Vec<f64> = want_dx
+            .iter()
+            .zip(&start)
+            .map(|(w, s)| w + f64::from(*s))
+            .collect();
+        let scale_sum: Vec<f64> = scale_dx
+            .iter()
+            .zip(&start)
+            .map(|(w, s)| w + f64::from(s.abs()))
+            .collect();
+        for kernel in [Kernel::Scalar, Kernel::Avx2] {
+            if !kernel.available() {
+                continue;
+            }
+            let compute = Compute::new(2, kernel).unwrap();
+            assert!(compute.tasks(1, tokens).len() > 1, "the tokens are split");
+            let mut y = vec![f32::NAN; tokens * rows];
+            compute.matmul_t(&x, &w, &mut y).unwrap();
+            close(&y, &want_y, &scale_y);
+            let mut dx = start.clone();
+            compute.matmul_dx_add(&dy, &w, &mut dx).unwrap();
+            close(&dx, &want_sum, &scale_sum);
+        }
+    }
+
     #[test]
     fn results_do_not_depend_on_threads() {
         let bytes = random_blocks(QuantType::Q4K, 70 * 512, 9);
