@@ -26,7 +26,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// `out[t][r] = x[t] · w[r]`, as `matmul::dot_panel`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available, and `out`'s columns this task's alone. (Bounds are checked
+/// AVX2 and FMA must be available, and `out`'s block this task's alone. (Bounds are checked
 /// up front.)
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_panel(d: &Dot, tokens: usize, out: Out) {
@@ -101,7 +101,7 @@ unsafe fn dot_tile<const T: usize, const R: usize>(d: &Dot, t0: usize, r0: usize
 /// `out[t] += Σ_r dy[t][r0 + r] · w[r]`, as `matmul::axpy_panel`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available, and `out`'s columns this task's alone. (Bounds are checked
+/// AVX2 and FMA must be available, and `out`'s block this task's alone. (Bounds are checked
 /// up front.)
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy_panel(a: &Axpy, tokens: usize, out: Out) {

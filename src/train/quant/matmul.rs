@@ -359,10 +359,11 @@ impl Compute {
     }
 }
 
-/// Columns `col..col + width` of a row-major output with rows of `stride` floats: what one
-/// task of a product writes. The tasks of one product hold views of the same output, each of
-/// its own columns, so no element is touched by two tasks; the output stays borrowed mutably
-/// by the product until every task has finished (`install` returns after them).
+/// Columns `col..col + width` of a row-major output with rows of `stride` floats, from one row
+/// on: what one task of a product writes. The tasks of one product hold views of the same
+/// output, each of its own block of rows and columns, so no element is touched by two tasks; the
+/// output stays borrowed mutably by the product until every task has finished (`install`
+/// returns after them).
 #[derive(Clone, Copy)]
 pub(super) struct Out {
     ptr: *mut f32,
@@ -372,7 +373,7 @@ pub(super) struct Out {
     pub(super) width: usize,
 }
 
-// SAFETY: tasks write disjoint columns through their views (see `Out`), never the same element.
+// SAFETY: tasks write disjoint blocks through their views (see `Out`), never the same element.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
@@ -409,7 +410,7 @@ impl Out {
     ///
     /// # Safety
     /// `t` below a row count checked with [`Out::holds`], `c < width`, and no other task
-    /// touching the element (the view's columns are its task's alone).
+    /// touching the element (the view's block is its task's alone).
     #[inline(always)]
     pub(super) unsafe fn ptr(&self, t: usize, c: usize) -> *mut f32 {
         debug_assert!(c < self.width && t * self.stride + self.col + c < self.len);
