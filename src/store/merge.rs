@@ -148,6 +148,13 @@ async fn merge_into(sources: &[PathBuf], partial: &Path) -> Result<Vec<SourceAdd
             message: format!("integrity check after merging: {check}"),
         });
     }
+    // The file is renamed into place after this: fold the WAL into it and leave WAL mode, so
+    // that the file alone holds everything. (Closing the pool checkpoints too, but its last
+    // connection may close after `close` returns, and a WAL left behind keeps the old name.)
+    sqlx::query("PRAGMA journal_mode = DELETE")
+        .execute(store.pool())
+        .await
+        .map_err(store.err())?;
     store.close().await;
     Ok(added)
 }

@@ -86,7 +86,7 @@ pub fn prompts(n: usize) -> Vec<String> {
 }
 
 /// A read-only query through sqlx, rows as strings (the tests need no other driver); no rows
-/// when the database cannot be opened.
+/// when the database cannot be opened; a failing query panics with its reason.
 pub fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
     use sqlx::Row;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -100,7 +100,10 @@ pub fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
         let Ok(pool) = sqlx::SqlitePool::connect_with(options).await else {
             return Vec::new();
         };
-        let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap_or_default();
+        let rows = sqlx::query(sql)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {sql}: {e}", db.display()));
         let out = rows
             .iter()
             .map(|r| {
