@@ -1,5 +1,5 @@
 //! Quantized matmul kernels: GFLOP/s of `y = x · Wᵀ` and `dx = dy · W` per block type, scalar
-//! and AVX2, on the threads given — against an f32 anchor measured in the same run (the same
+//! AVX2 and AVX-512, on the threads given — against an f32 anchor measured in the same run (the same
 //! product with W already decoded to f32, through the same kernels).
 //!
 //! Run: `cargo bench --bench kernels` (env: BENCH_THREADS=2, BENCH_TOKENS=128).
@@ -25,7 +25,7 @@ fn main() {
     let mut y = vec![0.0; tokens * rows];
     let mut dx = vec![0.0; tokens * cols];
     println!("{tokens} tokens × W {rows}×{cols}, {threads} threads; GFLOP/s (× the f32 anchor)");
-    for kernel in [Kernel::Avx2, Kernel::Scalar] {
+    for kernel in [Kernel::Avx512, Kernel::Avx2, Kernel::Scalar] {
         if !kernel.available() {
             continue;
         }

@@ -554,6 +554,7 @@ enum KernelArg {
     Auto,
     Scalar,
     Avx2,
+    Avx512,
 }
 
 fn init_logging(verbose: u8) {
@@ -1143,6 +1144,7 @@ fn kernel(arg: KernelArg) -> Kernel {
         KernelArg::Auto => Kernel::detect(),
         KernelArg::Scalar => Kernel::Scalar,
         KernelArg::Avx2 => Kernel::Avx2,
+        KernelArg::Avx512 => Kernel::Avx512,
     }
 }
 

@@ -1,8 +1,8 @@
 //! Products of f32 activations with a weight matrix stored as GGUF blocks:
 //! `y = x · Wᵀ` (the forward pass of a linear layer) and `dx = dy · W` (the backward pass through a
 //! frozen weight). W is decoded a panel of rows at a time into a small f32 buffer — never as a
-//! whole — and each panel meets every token in a register-blocked micro-kernel: AVX2+FMA where
-//! the CPU has it (chosen at run time), a plain scalar loop everywhere else. Panels are spread
+//! whole — and each panel meets every token in a register-blocked micro-kernel: AVX-512 or
+//! AVX2+FMA where the CPU has it (chosen at run time), a plain scalar loop everywhere else. Panels are spread
 //! over a thread pool; every output element is summed by one thread in a fixed order, so results
 //! do not depend on the number of threads.
 
@@ -11,9 +11,15 @@ use rayon::prelude::*;
 use super::{decode_row, QuantType};
 
 /// Rows of W decoded together: small enough that the panel stays in L2 next to the activations,
-/// and a multiple of the AVX2 dot tile's 3 rows (16 left a slow 1-row tile in every panel).
+/// and a multiple of the dot tiles' rows (AVX2: 3, AVX-512: 4; 16 left a slow 1-row AVX2 tile in
+/// every panel).
 /// Measured on the trainer's bench (2 cores): 24 gave 8% more training tokens/s than 16.
 const PANEL_ROWS: usize = 24;
+
+/// Rows of W decoded together for `dx = dy · W`, where a task decodes only its own columns of
+/// each row: longer panels load and store each output tile fewer times. The sums do not depend
+/// on it (each output element adds its rows' terms in order either way).
+const DX_PANEL_ROWS: usize = 64;
 
 /// The fewest tokens a task takes when a product's tokens are split between tasks.
 const MIN_TASK_TOKENS: usize = 16;
@@ -25,12 +31,16 @@ pub enum Kernel {
     Scalar,
     /// x86-64 AVX2 with FMA (and F16C, which every AVX2 CPU has, for block scales).
     Avx2,
+    /// x86-64 AVX-512F products (sixteen lanes), on the AVX2 panel decoders.
+    Avx512,
 }
 
 impl Kernel {
     /// The fastest kernel this CPU runs.
     pub fn detect() -> Self {
-        if Kernel::Avx2.available() {
+        if Kernel::Avx512.available() {
+            Kernel::Avx512
+        } else if Kernel::Avx2.available() {
             Kernel::Avx2
         } else {
             Kernel::Scalar
@@ -47,8 +57,12 @@ impl Kernel {
                     && std::arch::is_x86_feature_detected!("fma")
                     && std::arch::is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                Kernel::Avx2.available() && std::arch::is_x86_feature_detected!("avx512f")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 => false,
+            Kernel::Avx2 | Kernel::Avx512 => false,
         }
     }
 }
@@ -203,7 +217,8 @@ impl<'a> Matrix<'a> {
                 if scratch.len() < len {
                     scratch.resize(len, 0.0);
                 }
-                let avx2 = kernel == Kernel::Avx2;
+                // Both SIMD kernels imply AVX2 and F16C (`Kernel::available`).
+                let avx2 = kernel != Kernel::Scalar;
                 for (r, out) in rows.zip(scratch[..len].chunks_exact_mut(width)) {
                     let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
                     // Sizes were checked when the matrix was made.
@@ -263,14 +278,19 @@ impl Compute {
         check_len("y", y.len(), tokens * w.rows)?;
         let kernel = self.kernel;
         let k = w.cols;
-        let panels = w.rows.div_ceil(PANEL_ROWS);
+        let panel_rows = match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => super::avx512::DOT_ROWS,
+            _ => PANEL_ROWS,
+        };
+        let panels = w.rows.div_ceil(panel_rows);
         let tasks = self.tasks(panels, tokens);
         let out = Out::new(y, w.rows);
         self.pool.install(|| {
             tasks
                 .into_par_iter()
-                .for_each_init(Vec::new, |scratch, (p, t)| {
-                    let rows = p * PANEL_ROWS..((p + 1) * PANEL_ROWS).min(w.rows);
+                .for_each_init(Default::default, |(scratch, packed), (p, t)| {
+                    let rows = p * panel_rows..((p + 1) * panel_rows).min(w.rows);
                     let n = rows.len();
                     let (panel, stride) = w.panel(rows.clone(), 0, k, scratch, kernel);
                     let dot = Dot {
@@ -281,7 +301,13 @@ impl Compute {
                         n,
                     };
                     // This task alone writes rows `t`, columns `rows` of `y`.
-                    dot_panel(kernel, &dot, t.len(), out.at(t.start, rows.start, n));
+                    dot_panel(
+                        kernel,
+                        &dot,
+                        t.len(),
+                        out.at(t.start, rows.start, n),
+                        packed,
+                    );
                 })
         });
         Ok(())
@@ -316,8 +342,8 @@ impl Compute {
                     let (c0, c1) = spans[s];
                     let width = c1 - c0;
                     let dy = &dy[t.start * w.rows..t.end * w.rows];
-                    for r0 in (0..w.rows).step_by(PANEL_ROWS) {
-                        let rows = r0..(r0 + PANEL_ROWS).min(w.rows);
+                    for r0 in (0..w.rows).step_by(DX_PANEL_ROWS) {
+                        let rows = r0..(r0 + DX_PANEL_ROWS).min(w.rows);
                         let n = rows.len();
                         let (panel, stride) = w.panel(rows, c0, c1, scratch, kernel);
                         let axpy = Axpy {
@@ -472,13 +498,17 @@ pub(super) struct Axpy<'a> {
     pub width: usize,
 }
 
-/// `out[t][r] = x[t] · w[r]`.
-fn dot_panel(kernel: Kernel, d: &Dot, tokens: usize, out: Out) {
+/// `out[t][r] = x[t] · w[r]`; `packed` is scratch for kernels that rearrange the panel.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn dot_panel(kernel: Kernel, d: &Dot, tokens: usize, out: Out, packed: &mut Vec<f32>) {
     assert!(out.holds(tokens) && out.width == d.n);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Compute::new` only accepts the AVX2 kernel when the CPU has AVX2 and FMA.
         Kernel::Avx2 => unsafe { super::avx2::dot_panel(d, tokens, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Compute::new` only accepts the AVX-512 kernel when the CPU has AVX-512F.
+        Kernel::Avx512 => unsafe { super::avx512::dot_panel(d, tokens, out, packed) },
         _ => {
             for t in 0..tokens {
                 let xt = &d.x[t * d.k..(t + 1) * d.k];
@@ -499,6 +529,9 @@ fn axpy_panel(kernel: Kernel, a: &Axpy, tokens: usize, out: Out) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot_panel`.
         Kernel::Avx2 => unsafe { super::avx2::axpy_panel(a, tokens, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot_panel`.
+        Kernel::Avx512 => unsafe { super::avx512::axpy_panel(a, tokens, out) },
         _ => {
             for t in 0..tokens {
                 for r in 0..a.n {
@@ -585,7 +618,7 @@ mod tests {
     /// width, token and row counts that leave partial register tiles: against f64 sums.
     #[test]
     fn kernels_match_the_definition() {
-        let kernels: Vec<Kernel> = [Kernel::Scalar, Kernel::Avx2]
+        let kernels: Vec<Kernel> = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512]
             .into_iter()
             .filter(|k| k.available())
             .collect();
@@ -645,7 +678,7 @@ mod tests {
             .zip(&start)
             .map(|(w, s)| w + f64::from(s.abs()))
             .collect();
-        for kernel in [Kernel::Scalar, Kernel::Avx2] {
+        for kernel in [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512] {
             if !kernel.available() {
                 continue;
             }
@@ -677,6 +710,38 @@ mod tests {
         }
         assert_eq!(ys[0], ys[1]);
         assert_eq!(ys[0], ys[2]);
+    }
+
+    /// Tokens split between tasks at different places for different thread counts (200 tokens in
+    /// chunks of 50, 25, 17: tile boundaries move): every kernel gives the same bits each time.
+    #[test]
+    fn split_points_do_not_change_results() {
+        let (rows, tokens) = (5, 200);
+        let quantized = random_blocks(QuantType::Q5_0, rows * 96, 8);
+        let dense = activations(rows * 37, 11);
+        let matrices = [
+            Matrix::blocks(QuantType::Q5_0, rows, 96, &quantized).unwrap(),
+            Matrix::f32(rows, 37, &dense).unwrap(),
+        ];
+        for w in &matrices {
+            let x = activations(tokens * w.cols, 9);
+            let dy = activations(tokens * rows, 10);
+            for kernel in [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512] {
+                if !kernel.available() {
+                    continue;
+                }
+                let mut runs = Vec::new();
+                for threads in [1, 2, 3] {
+                    let compute = Compute::new(threads, kernel).unwrap();
+                    let mut y = vec![0.0; tokens * rows];
+                    compute.matmul_t(&x, w, &mut y).unwrap();
+                    let mut dx = vec![0.0; tokens * w.cols];
+                    compute.matmul_dx(&dy, w, &mut dx).unwrap();
+                    runs.push((y, dx));
+                }
+                assert!(runs.iter().all(|r| *r == runs[0]), "{kernel:?}");
+            }
+        }
     }
 
     #[test]
