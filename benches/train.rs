@@ -11,7 +11,8 @@
 //! - TRL, when `BENCH_TRL_PYTHON` names a Python with torch, transformers, peft and trl:
 //!   `benches/anchors/trl_dpo.py` on the same data and settings (`BENCH_TRL_STEPS`, default 6).
 //!
-//! Run: `cargo bench --bench train` (env: BENCH_THREADS = all cores).
+//! Run: `cargo bench --bench train` (env: BENCH_THREADS = all cores; BENCH_KERNEL = the `--kernel`
+//! of `tenets train`, default the fastest this CPU runs).
 
 mod common;
 
@@ -108,6 +109,11 @@ fn main() {
             "--threads",
             &threads.to_string(),
         ])
+        .args(
+            std::env::var("BENCH_KERNEL")
+                .map(|k| vec!["--kernel".to_string(), k])
+                .unwrap_or_default(),
+        )
         .output()
         .expect("tenets train");
     let wall = started.elapsed().as_secs_f64();
