@@ -315,7 +315,14 @@ fn an_openai_compatible_server_generates_judges_retries_and_survives_an_outage()
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while count(&out_db, "SELECT COUNT(*) FROM steps") < 4 {
+    let started_steps = || {
+        common::poll(&out_db, "SELECT COUNT(*) FROM steps")
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    while started_steps() < 4 {
         assert!(started.elapsed() < Duration::from_secs(240), "no progress");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -66,9 +66,10 @@ fn summary(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// `(step, loss)` of every recorded step of the only run in `db`.
+/// `(step, loss)` of every recorded step of the only run in `db` (none while the run is still
+/// creating its database).
 fn losses(db: &Path) -> Vec<(i64, f64)> {
-    let conn = common::query(db, "SELECT step, loss FROM train_steps ORDER BY step");
+    let conn = common::poll(db, "SELECT step, loss FROM train_steps ORDER BY step");
     conn.iter()
         .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
         .collect()

@@ -88,6 +88,16 @@ pub fn prompts(n: usize) -> Vec<String> {
 /// A read-only query through sqlx, rows as strings (the tests need no other driver); no rows
 /// when the database cannot be opened; a failing query panics with its reason.
 pub fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
+    read(db, sql).unwrap_or_else(|e| panic!("{}: {sql}: {e}", db.display()))
+}
+
+/// [`query`] for watching a database another process is still creating: no rows while its
+/// tables do not exist yet.
+pub fn poll(db: &Path, sql: &str) -> Vec<Vec<String>> {
+    read(db, sql).unwrap_or_default()
+}
+
+fn read(db: &Path, sql: &str) -> Result<Vec<Vec<String>>, sqlx::Error> {
     use sqlx::Row;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -98,12 +108,9 @@ pub fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
             .filename(db)
             .read_only(true);
         let Ok(pool) = sqlx::SqlitePool::connect_with(options).await else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        let rows = sqlx::query(sql)
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {sql}: {e}", db.display()));
+        let rows = sqlx::query(sql).fetch_all(&pool).await?;
         let out = rows
             .iter()
             .map(|r| {
@@ -119,7 +126,7 @@ pub fn query(db: &Path, sql: &str) -> Vec<Vec<String>> {
             })
             .collect();
         pool.close().await;
-        out
+        Ok(out)
     })
 }
 

@@ -230,6 +230,19 @@ impl<'a> Matrix<'a> {
     }
 }
 
+/// A compute thread's buffers for decoded and rearranged panels, kept between products: a task
+/// takes them and puts them back, so they grow to the largest panel once instead of being
+/// allocated and cleared for every piece of work rayon hands out.
+#[derive(Default)]
+struct Buffers {
+    panel: Vec<f32>,
+    packed: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
+}
+
 /// Kernels and the threads they run on.
 pub struct Compute {
     kernel: Kernel,
@@ -287,28 +300,32 @@ impl Compute {
         let tasks = self.tasks(panels, tokens);
         let out = Out::new(y, w.rows);
         self.pool.install(|| {
-            tasks
-                .into_par_iter()
-                .for_each_init(Default::default, |(scratch, packed), (p, t)| {
-                    let rows = p * panel_rows..((p + 1) * panel_rows).min(w.rows);
-                    let n = rows.len();
-                    let (panel, stride) = w.panel(rows.clone(), 0, k, scratch, kernel);
-                    let dot = Dot {
-                        x: &x[t.start * k..t.end * k],
-                        k,
-                        w: panel,
-                        w_stride: stride,
-                        n,
-                    };
-                    // This task alone writes rows `t`, columns `rows` of `y`.
-                    dot_panel(
-                        kernel,
-                        &dot,
-                        t.len(),
-                        out.at(t.start, rows.start, n),
-                        packed,
-                    );
-                })
+            tasks.into_par_iter().for_each(|(p, t)| {
+                let mut buffers = BUFFERS.with_borrow_mut(std::mem::take);
+                let Buffers {
+                    panel: scratch,
+                    packed,
+                } = &mut buffers;
+                let rows = p * panel_rows..((p + 1) * panel_rows).min(w.rows);
+                let n = rows.len();
+                let (panel, stride) = w.panel(rows.clone(), 0, k, scratch, kernel);
+                let dot = Dot {
+                    x: &x[t.start * k..t.end * k],
+                    k,
+                    w: panel,
+                    w_stride: stride,
+                    n,
+                };
+                // This task alone writes rows `t`, columns `rows` of `y`.
+                dot_panel(
+                    kernel,
+                    &dot,
+                    t.len(),
+                    out.at(t.start, rows.start, n),
+                    packed,
+                );
+                BUFFERS.set(buffers);
+            })
         });
         Ok(())
     }
@@ -336,29 +353,30 @@ impl Compute {
         let tasks = self.tasks(spans.len(), tokens);
         let out = Out::new(dx, w.cols);
         self.pool.install(|| {
-            tasks
-                .into_par_iter()
-                .for_each_init(Vec::new, |scratch, (s, t)| {
-                    let (c0, c1) = spans[s];
-                    let width = c1 - c0;
-                    let dy = &dy[t.start * w.rows..t.end * w.rows];
-                    for r0 in (0..w.rows).step_by(DX_PANEL_ROWS) {
-                        let rows = r0..(r0 + DX_PANEL_ROWS).min(w.rows);
-                        let n = rows.len();
-                        let (panel, stride) = w.panel(rows, c0, c1, scratch, kernel);
-                        let axpy = Axpy {
-                            dy,
-                            dy_stride: w.rows,
-                            r0,
-                            n,
-                            w: panel,
-                            w_stride: stride,
-                            width,
-                        };
-                        // This task alone reads and writes rows `t`, columns `c0..c1` of `dx`.
-                        axpy_panel(kernel, &axpy, t.len(), out.at(t.start, c0, width));
-                    }
-                })
+            tasks.into_par_iter().for_each(|(s, t)| {
+                let mut buffers = BUFFERS.with_borrow_mut(std::mem::take);
+                let scratch = &mut buffers.panel;
+                let (c0, c1) = spans[s];
+                let width = c1 - c0;
+                let dy = &dy[t.start * w.rows..t.end * w.rows];
+                for r0 in (0..w.rows).step_by(DX_PANEL_ROWS) {
+                    let rows = r0..(r0 + DX_PANEL_ROWS).min(w.rows);
+                    let n = rows.len();
+                    let (panel, stride) = w.panel(rows, c0, c1, scratch, kernel);
+                    let axpy = Axpy {
+                        dy,
+                        dy_stride: w.rows,
+                        r0,
+                        n,
+                        w: panel,
+                        w_stride: stride,
+                        width,
+                    };
+                    // This task alone reads and writes rows `t`, columns `c0..c1` of `dx`.
+                    axpy_panel(kernel, &axpy, t.len(), out.at(t.start, c0, width));
+                }
+                BUFFERS.set(buffers);
+            })
         });
         Ok(())
     }
