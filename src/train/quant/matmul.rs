@@ -2,18 +2,18 @@
 //! `y = x · Wᵀ` (the forward pass of a linear layer) and `dx = dy · W` (the backward pass through a
 //! frozen weight). W is decoded a panel of rows at a time into a small f32 buffer — never as a
 //! whole — and each panel meets every token in a register-blocked micro-kernel: AVX-512 or
-//! AVX2+FMA where the CPU has it (chosen at run time), a plain scalar loop everywhere else. Panels are spread
-//! over a thread pool; every output element is summed by one thread in a fixed order, so results
-//! do not depend on the number of threads.
+//! AVX2+FMA where the CPU has it (chosen at run time), a plain scalar loop everywhere else.
+//! Panels are spread over a thread pool; every output element is summed by one thread in a fixed
+//! order, so results do not depend on the number of threads.
 
 use rayon::prelude::*;
 
 use super::{decode_row, QuantType};
 
-/// Rows of W decoded together: small enough that the panel stays in L2 next to the activations,
-/// and a multiple of the dot tiles' rows (AVX2: 3, AVX-512: 4; 16 left a slow 1-row AVX2 tile in
-/// every panel).
-/// Measured on the trainer's bench (2 cores): 24 gave 8% more training tokens/s than 16.
+/// Rows of W decoded together for `y = x · Wᵀ` by the scalar and AVX2 kernels (AVX-512 takes
+/// `avx512::DOT_ROWS`): small enough that the panel stays in L2 next to the
+/// activations, and a multiple of the AVX2 dot tile's 3 rows (16 left a slow 1-row tile in every
+/// panel). Measured on the trainer's bench (2 cores): 24 gave 8% more training tokens/s than 16.
 const PANEL_ROWS: usize = 24;
 
 /// Rows of W decoded together for `dx = dy · W`, where a task decodes only its own columns of
