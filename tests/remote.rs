@@ -179,8 +179,12 @@ fn generate_args<'a>(url: &'a str, prompts: &'a str, db: &'a str) -> Vec<&'a str
 }
 
 fn count(db: &Path, sql: &str) -> i64 {
-    common::query(db, sql)
-        .first()
+    first_number(common::query(db, sql))
+}
+
+/// The first column of the first row as a number; -1 when there is none.
+fn first_number(rows: Vec<Vec<String>>) -> i64 {
+    rows.first()
         .and_then(|r| r.first())
         .and_then(|v| v.parse().ok())
         .unwrap_or(-1)
@@ -315,14 +319,8 @@ fn an_openai_compatible_server_generates_judges_retries_and_survives_an_outage()
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let started_steps = || {
-        common::poll(&out_db, "SELECT COUNT(*) FROM steps")
-            .first()
-            .and_then(|r| r.first())
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0)
-    };
-    while started_steps() < 4 {
+    let steps_so_far = || first_number(common::poll(&out_db, "SELECT COUNT(*) FROM steps"));
+    while steps_so_far() < 4 {
         assert!(started.elapsed() < Duration::from_secs(240), "no progress");
         std::thread::sleep(Duration::from_millis(100));
     }
