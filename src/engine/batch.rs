@@ -193,8 +193,48 @@ struct Turn {
     prefill_tokens: usize,
     generated: usize,
     bytes: Vec<u8>,
-    sampler: LlamaSampler,
+    picker: Picker,
     probe: Option<Arc<Probe>>,
+}
+
+/// How a turn picks its next token.
+enum Picker {
+    /// Temperature 0: the most likely token, read straight from the logits. llama.cpp's
+    /// sampler would first copy all of them into a candidate list for every token.
+    Greedy,
+    Sampled(LlamaSampler),
+}
+
+impl Picker {
+    fn new(sampling: &Sampling, seed: u32) -> Picker {
+        if sampling.temperature <= 0.0 {
+            Picker::Greedy
+        } else {
+            Picker::Sampled(LlamaSampler::chain_simple([
+                LlamaSampler::top_p(sampling.top_p, 1),
+                LlamaSampler::temp(sampling.temperature),
+                LlamaSampler::dist(seed),
+            ]))
+        }
+    }
+
+    fn pick(&mut self, ctx: &LlamaContext<'_>, row: i32) -> LlamaToken {
+        match self {
+            Picker::Greedy => LlamaToken(argmax(ctx.get_logits_ith(row)) as i32),
+            Picker::Sampled(sampler) => sampler.sample(ctx, row),
+        }
+    }
+}
+
+/// The index of the largest value; the first of equals, as llama.cpp's greedy sampler picks.
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 enum State {
@@ -212,18 +252,6 @@ struct Slot {
     state: State,
     /// Exactly the tokens in this sequence's KV cache, position by position.
     in_kv: Vec<LlamaToken>,
-}
-
-fn sampler(sampling: &Sampling, seed: u32) -> LlamaSampler {
-    if sampling.temperature <= 0.0 {
-        LlamaSampler::greedy()
-    } else {
-        LlamaSampler::chain_simple([
-            LlamaSampler::top_p(sampling.top_p, 1),
-            LlamaSampler::temp(sampling.temperature),
-            LlamaSampler::dist(seed),
-        ])
-    }
 }
 
 /// Creates the context for `config` on `model`.
@@ -434,7 +462,7 @@ pub fn run(
                 };
                 continue;
             }
-            let token = turn.sampler.sample(ctx, row);
+            let token = turn.picker.pick(ctx, row);
             let finish = if vocab.is_eog(token) {
                 Some(Finish::Stop)
             } else {
@@ -553,8 +581,22 @@ fn start_turn(
         prefill_tokens: pending.len(),
         generated: 0,
         bytes: Vec::new(),
-        sampler: sampler(sampling, request.seed),
+        picker: Picker::new(sampling, request.seed),
         probe: request.probe,
     };
     Ok(State::Prefill(turn, pending))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+        assert_eq!(argmax(&[3.0]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        // NaN never wins a comparison, as in llama.cpp's greedy loop.
+        assert_eq!(argmax(&[1.0, f32::NAN, 4.0, f32::NAN]), 2);
+    }
 }
