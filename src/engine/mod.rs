@@ -1,9 +1,10 @@
 //! The llama.cpp engine: one model, one context, many sequences decoded together.
 //!
-//! [`Engine::run`] owns the model on its own OS thread (llama.cpp contexts are not `Send`) and
-//! drives [`Session`]s — conversations that ask for one turn at a time — with continuous
-//! batching ([`batch`]). The engine knows tokens, KV cache and sampling; what a turn means
-//! (answer, critique, revision) belongs to the pipeline.
+//! [`batch::run`] owns the model on an OS thread of its own ([`on_own_thread`]: llama.cpp
+//! contexts are not `Send`, and its OpenMP workers must not outlive a run) and drives
+//! [`Session`]s — conversations that ask for one turn at a time — with continuous batching. The
+//! engine knows tokens, KV cache and sampling; what a turn means (answer, critique, revision)
+//! belongs to the pipeline.
 
 pub mod batch;
 pub mod remote;
@@ -90,6 +91,28 @@ impl EngineConfig {
 /// The cores this process may use.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `work` (llama.cpp decoding) on a thread of its own, which ends with it.
+///
+/// llama.cpp computes on OpenMP, whose worker threads belong to the thread that first computed
+/// with them and live as long as that thread does. libgomp counts every worker in the process:
+/// once there are more than cores, its barriers stop spinning and sleep instead, and a token
+/// costs 17% more (measured here: one llama.cpp context decoding on a spawned thread while the
+/// main thread's workers lingered from an earlier one). A thread that ends takes its workers
+/// with it, so engines run one after another in a process (`tenets loop`, a bench against its
+/// anchor, a pool thread reused by tokio) never slow each other down.
+pub fn on_own_thread<R: Send>(work: impl FnOnce() -> R + Send) -> Result<R, EngineError> {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("llama-engine".into())
+            .spawn_scoped(scope, work)
+            .map_err(|e| EngineError::Backend(format!("cannot start the engine thread: {e}")))?;
+        match handle.join() {
+            Ok(result) => Ok(result),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
@@ -242,4 +265,20 @@ pub fn tokenize_segments(model: &LlamaModel, segments: &[Segment]) -> Vec<LlamaT
         tokens.extend(vocab.tokenize(s.text.as_bytes(), false, s.from_template));
     }
     tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_own_thread;
+
+    #[test]
+    fn own_thread_returns_the_result_and_passes_panics_on() {
+        let caller = std::thread::current().id();
+        let (value, worker) =
+            on_own_thread(|| (41 + 1, std::thread::current().id())).expect("thread");
+        assert_eq!(value, 42);
+        assert_ne!(worker, caller);
+        let panicked = std::panic::catch_unwind(|| on_own_thread(|| panic!("engine failed")));
+        assert!(panicked.is_err());
+    }
 }

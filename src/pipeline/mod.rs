@@ -284,7 +284,6 @@ pub async fn generate_sets(
     let counters = Arc::new(Counters::default());
     let (served, engine_task) = match remote {
         None => {
-            let model_sha256 = store.model_sha256(&options.model).await?;
             // The engine thread loads the model, reports its chat template, then serves chains.
             let config = EngineConfig {
                 model_path: options.model.clone(),
@@ -295,15 +294,21 @@ pub async fn generate_sets(
                 batch_tokens: 512,
                 lora: options.lora.clone().map(|p| (p, options.lora_scale)),
             };
-            let (((), chat_hash), engine_task) = start_engine(
-                config,
-                sampling,
-                jobs_rx,
-                stop.clone(),
-                counters.clone(),
-                |_| Ok(()),
-            )
-            .await?;
+            // The model file is hashed while the engine loads it (each takes a fraction of a
+            // second on the default model, more on big ones).
+            let (model_sha256, started) = tokio::join!(
+                store.model_sha256(&options.model),
+                start_engine(
+                    config,
+                    sampling,
+                    jobs_rx,
+                    stop.clone(),
+                    counters.clone(),
+                    |_| Ok(()),
+                )
+            );
+            let (((), chat_hash), engine_task) = started?;
+            let model_sha256 = model_sha256?;
             let served = ServedModel {
                 model_path: options.model.display().to_string(),
                 model_sha256,
@@ -462,26 +467,10 @@ pub(crate) async fn start_engine<R: Send + 'static>(
     ready: impl FnOnce(&llama_cpp_2::model::LlamaModel) -> Result<R, EngineError> + Send + 'static,
 ) -> Result<((R, String), EngineTask), PipelineError> {
     let (ready_tx, ready_rx) = oneshot::channel::<(R, String)>();
-    let task = tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-        let mut model = engine::load_model(&config)?;
-        let mut lora = engine::load_lora(&mut model, &config)?;
-        let made = ready(&model)?;
-        // The engine frames every turn with the model's own chat template.
-        let chat = engine::chat_template(&model)?;
-        let mut ctx = batch::new_context(&model, &config)?;
-        if let Some((adapter, scale)) = lora.as_mut() {
-            ctx.lora_adapter_set(adapter, *scale)
-                .map_err(|e| EngineError::Context(format!("cannot apply the LoRA adapter: {e}")))?;
-        }
-        if ready_tx
-            .send((made, chat.source_hash().to_string()))
-            .is_err()
-        {
-            return Ok(());
-        }
-        batch::run(
-            &model, &chat, &mut ctx, &config, &sampling, jobs, &stop, &counters,
-        )
+    let task = tokio::task::spawn_blocking(move || {
+        engine::on_own_thread(move || {
+            serve(config, sampling, jobs, stop, counters, ready, ready_tx)
+        })?
     });
     match ready_rx.await {
         Ok(made) => Ok((made, task)),
@@ -491,6 +480,38 @@ pub(crate) async fn start_engine<R: Send + 'static>(
             Err(e) => PipelineError::Internal(e.to_string()),
         }),
     }
+}
+
+/// The engine thread: loads the model, reports what `ready` made of it and the chat template's
+/// hash, then serves sessions until `jobs` closes.
+fn serve<R>(
+    config: EngineConfig,
+    sampling: Sampling,
+    jobs: mpsc::Receiver<Box<dyn Session>>,
+    stop: StopSignal,
+    counters: Arc<Counters>,
+    ready: impl FnOnce(&llama_cpp_2::model::LlamaModel) -> Result<R, EngineError>,
+    ready_tx: oneshot::Sender<(R, String)>,
+) -> Result<(), EngineError> {
+    let mut model = engine::load_model(&config)?;
+    let mut lora = engine::load_lora(&mut model, &config)?;
+    let made = ready(&model)?;
+    // The engine frames every turn with the model's own chat template.
+    let chat = engine::chat_template(&model)?;
+    let mut ctx = batch::new_context(&model, &config)?;
+    if let Some((adapter, scale)) = lora.as_mut() {
+        ctx.lora_adapter_set(adapter, *scale)
+            .map_err(|e| EngineError::Context(format!("cannot apply the LoRA adapter: {e}")))?;
+    }
+    if ready_tx
+        .send((made, chat.source_hash().to_string()))
+        .is_err()
+    {
+        return Ok(());
+    }
+    batch::run(
+        &model, &chat, &mut ctx, &config, &sampling, jobs, &stop, &counters,
+    )
 }
 
 pub(crate) type EngineTask = tokio::task::JoinHandle<Result<(), EngineError>>;
