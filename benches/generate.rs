@@ -10,8 +10,12 @@
 //! 4. From the run's store: conversation tokens in the critique and revision turns, and how many
 //!    of them were actually decoded (the rest came from the KV cache).
 //!
+//! The shared cores' speed drifts by ±15% over minutes, so tenets and the anchor run
+//! `BENCH_REPEAT` times in alternating order (tenets first, then the anchor first, …): each
+//! adjacent pair gives a ratio, and the median of those is the figure to quote.
+//!
 //! Run: `cargo bench --bench generate` (env: BENCH_PARALLEL=16, BENCH_MAX_TOKENS=96,
-//! BENCH_PROMPTS=BENCH_PARALLEL). With more prompts than sequences (the demo job: 64 prompts,
+//! BENCH_PROMPTS=BENCH_PARALLEL, BENCH_REPEAT=3). With more prompts than sequences (the demo job: 64 prompts,
 //! `--parallel 16`, `--max-tokens 128`) tenets runs them all, refilling slots as chains end; the
 //! anchors decode the first BENCH_PARALLEL (their rates do not depend on how many).
 
@@ -34,7 +38,7 @@ fn plain_batched_decode(
     config: &EngineConfig,
     prompts: &[Vec<Message>],
     max_tokens: usize,
-) -> (u64, f64) {
+) -> Measured {
     let model = engine::load_model(config).expect("model");
     let chat = engine::chat_template(&model).expect("chat template");
     let mut ctx = batch::new_context(&model, config).expect("context");
@@ -43,9 +47,11 @@ fn plain_batched_decode(
     let mut positions = Vec::new();
     let mut samplers: Vec<LlamaSampler> = Vec::new();
     let mut next = Vec::new();
+    let mut prompt_tokens = 0;
     // Prefill one sequence per decode call, sampling its first token right away.
     for (seq, messages) in prompts.iter().enumerate() {
         let tokens = engine::tokenize_segments(&model, &chat.render(messages, true).unwrap());
+        prompt_tokens += tokens.len() as u64;
         batch.clear();
         for (i, t) in tokens.iter().enumerate() {
             batch
@@ -73,7 +79,40 @@ fn plain_batched_decode(
         }
         generated += prompts.len() as u64;
     }
-    (generated, started.elapsed().as_secs_f64())
+    Measured {
+        generated,
+        prompt_tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// One measured run: tokens generated, prompt tokens decoded, wall seconds.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    generated: u64,
+    prompt_tokens: u64,
+    seconds: f64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.generated as f64 / self.seconds
+    }
+    /// Seconds per token that went through the model, prompt or generated.
+    fn per_token(&self) -> f64 {
+        self.seconds / (self.generated + self.prompt_tokens) as f64
+    }
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 /// The same answer → critique → revision job without KV reuse or continuous batching: each turn
@@ -160,6 +199,7 @@ fn main() {
     let parallel = env_usize("BENCH_PARALLEL", 16);
     let max_tokens = env_usize("BENCH_MAX_TOKENS", 96);
     let prompts = env_usize("BENCH_PROMPTS", parallel).max(parallel);
+    let repeats = env_usize("BENCH_REPEAT", 3).max(1);
     let threads = env_usize("BENCH_THREADS", engine::default_threads());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let model_path = tenets::models::default_model_path();
@@ -194,32 +234,81 @@ fn main() {
         .iter()
         .map(|i| i.messages.clone())
         .collect();
-    // tenets first, then the anchors, each from a fresh model load.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let db = dir.path().join("bench.db");
-    let mut options = GenerateOptions::new(
-        &model_path,
-        &root.join("constitutions/harmless-helpful.yaml"),
-        &prompt_file,
-        &db,
-    );
-    options.parallel = parallel;
-    options.max_tokens = max_tokens;
-    options.temperature = 0.0;
-    options.threads = threads;
-    options.rounds = 1;
-    let summary = runtime
-        .block_on(pipeline::generate(&options, StopSignal::default()))
-        .expect("generate");
-    let rate = summary.generated_tokens as f64 / summary.seconds;
+    let constitution_path = root.join("constitutions/harmless-helpful.yaml");
 
-    let (anchor_tokens, anchor_secs) = plain_batched_decode(&config, &messages, 3 * max_tokens);
-    let anchor_rate = anchor_tokens as f64 / anchor_secs;
+    // Each tenets run writes a fresh database and loads the model itself (that counts: it is
+    // the whole command); each anchor run loads the model before its clock starts.
+    let run_tenets = |repeat: usize| {
+        let db = dir.path().join(format!("bench-{repeat}.db"));
+        let mut options = GenerateOptions::new(&model_path, &constitution_path, &prompt_file, &db);
+        options.parallel = parallel;
+        options.max_tokens = max_tokens;
+        options.temperature = 0.0;
+        options.threads = threads;
+        options.rounds = 1;
+        let summary = runtime
+            .block_on(pipeline::generate(&options, StopSignal::default()))
+            .expect("generate");
+        (summary, db)
+    };
+    // The anchors decode on a thread of their own, as tenets' engine does (see
+    // `engine::on_own_thread`: llama.cpp's OpenMP workers outlive a run on a thread that stays).
+    let run_anchor = || {
+        engine::on_own_thread(|| plain_batched_decode(&config, &messages, 3 * max_tokens))
+            .expect("anchor thread")
+    };
+    println!(
+        "generate bench: {prompts} prompts, {parallel} sequences, ≤{max_tokens} new tokens a turn, {threads} threads, {repeats} alternating runs each"
+    );
+    let mut ratios = Vec::new();
+    let mut last_db = None;
+    for repeat in 0..repeats {
+        let mut anchor = None;
+        if repeat % 2 == 1 {
+            anchor = Some(run_anchor());
+        }
+        let (summary, db) = run_tenets(repeat);
+        let anchor = anchor.unwrap_or_else(run_anchor);
+        let tenets = Measured {
+            generated: summary.generated_tokens,
+            prompt_tokens: summary.prefilled_tokens,
+            seconds: summary.seconds,
+        };
+        let ratio = tenets.rate() / anchor.rate();
+        ratios.push(ratio);
+        println!(
+            "  run {}  anchor  plain llama-cpp-2 batched decode, {} tokens a sequence: {} tokens in {:.1} s = {:.1} tok/s ({:.2} ms a token, {} prompt tokens)",
+            repeat + 1,
+            3 * max_tokens,
+            anchor.generated,
+            anchor.seconds,
+            anchor.rate(),
+            anchor.per_token() * 1e3,
+            anchor.prompt_tokens
+        );
+        println!(
+            "         tenets  generate (answer+critique+revision): {} tokens in {:.1} s = {:.1} tok/s ({:.2} ms a token, {} prompt and request tokens; {} steps, {:.1} sequences a batch, {:.1} s inside llama.cpp decode)",
+            tenets.generated,
+            tenets.seconds,
+            tenets.rate(),
+            tenets.per_token() * 1e3,
+            tenets.prompt_tokens,
+            summary.steps_written,
+            summary.mean_batch_width,
+            summary.decode_seconds
+        );
+        println!(
+            "         ratio   tenets / anchor tok/s = {ratio:.2}× ({} first)",
+            if repeat % 2 == 1 { "anchor" } else { "tenets" }
+        );
+        last_db = Some((summary, db));
+    }
+    let (summary, db) = last_db.expect("at least one run");
 
     // The plain job uses the same principles tenets samples for each prompt.
     let constitution =
-        tenets::constitution::Constitution::load(&root.join("constitutions/harmless-helpful.yaml"))
-            .expect("constitution");
+        tenets::constitution::Constitution::load(&constitution_path).expect("constitution");
     let templates = tenets::turns::TurnTemplates::bundled().expect("templates");
     let requests: Vec<(String, String)> = items[..parallel]
         .iter()
@@ -233,8 +322,10 @@ fn main() {
         })
         .collect();
     let (plain_tokens, plain_encoded, plain_secs) =
-        plain_reencoding_job(&config, &messages, &requests, max_tokens);
+        engine::on_own_thread(|| plain_reencoding_job(&config, &messages, &requests, max_tokens))
+            .expect("plain job thread");
     let plain_rate = plain_tokens as f64 / plain_secs;
+    let rate = summary.generated_tokens as f64 / summary.seconds;
 
     let (prompt_tokens, prefill_tokens): (i64, i64) = runtime.block_on(async {
         let store = tenets::store::Store::open_existing(&db).await.expect("db");
@@ -249,29 +340,20 @@ fn main() {
     });
 
     println!(
-        "generate bench: {prompts} prompts, {parallel} sequences, ≤{max_tokens} new tokens a turn, {threads} threads"
-    );
-    println!(
-        "  anchor  plain llama-cpp-2 batched decode, {} tokens a sequence: {anchor_tokens} tokens in {anchor_secs:.1} s = {anchor_rate:.1} tok/s",
-        3 * max_tokens
-    );
-    println!(
-        "  tenets  generate (answer+critique+revision): {} tokens in {:.1} s = {rate:.1} tok/s  ({} steps, {:.1} sequences per batch on average, {} prompt tokens decoded)",
-        summary.generated_tokens, summary.seconds, summary.steps_written, summary.mean_batch_width, summary.prefilled_tokens
-    );
-    println!(
-        "          of which {:.1} s inside llama.cpp decode",
-        summary.decode_seconds
+        "  ratio   tenets / anchor tok/s: median {:.2}× of {} alternating pairs ({})",
+        median(ratios.clone()),
+        ratios.len(),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "  plain   same job re-encoding each turn: {plain_tokens} tokens in {plain_secs:.1} s = {plain_rate:.1} tok/s ({plain_encoded} prompt tokens encoded)"
     );
     println!(
-        "  ratio   tenets / anchor tok/s = {:.2}×",
-        rate / anchor_rate
-    );
-    println!(
-        "  ratio   tenets / plain job: {:.2}× the tok/s, {:.2}× the wall time",
+        "  ratio   tenets (last run) / plain job: {:.2}× the tok/s, {:.2}× the wall time",
         rate / plain_rate,
         summary.seconds / plain_secs
     );
