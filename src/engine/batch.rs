@@ -227,7 +227,7 @@ impl Picker {
 }
 
 /// The index of the largest value; the first of equals, as llama.cpp's greedy sampler picks.
-pub fn argmax(values: &[f32]) -> usize {
+fn argmax(values: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate().skip(1) {
         if v > values[best] {

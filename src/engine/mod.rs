@@ -98,10 +98,11 @@ pub fn default_threads() -> usize {
 /// llama.cpp computes on OpenMP, whose worker threads belong to the thread that first computed
 /// with them and live as long as that thread does. libgomp counts every worker in the process:
 /// once there are more than cores, its barriers stop spinning and sleep instead, and a token
-/// costs 17% more (measured here: one llama.cpp context decoding on a spawned thread while the
-/// main thread's workers lingered from an earlier one). A thread that ends takes its workers
-/// with it, so engines run one after another in a process (`tenets loop`, a bench against its
-/// anchor, a pool thread reused by tokio) never slow each other down.
+/// costs about a fifth more (measured here: 6.51 ms on a spawned thread while the main thread's
+/// workers lingered from an earlier run, 5.36 and 4.89 ms on the main thread before and after).
+/// A thread that ends takes its workers with it, so engines run one after another in a process
+/// (`tenets loop`, a bench against its anchor, a pool thread reused by tokio) never slow each
+/// other down.
 pub fn on_own_thread<R: Send>(work: impl FnOnce() -> R + Send) -> Result<R, EngineError> {
     std::thread::scope(|scope| {
         let handle = std::thread::Builder::new()
