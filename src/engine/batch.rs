@@ -228,10 +228,13 @@ impl Picker {
 
 /// The index of the largest value; the first of equals, as llama.cpp's greedy sampler picks.
 fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
+    let Some(&first) = values.first() else {
+        return 0;
+    };
+    let (mut best, mut best_value) = (0, first);
     for (i, &v) in values.iter().enumerate().skip(1) {
-        if v > values[best] {
-            best = i;
+        if v > best_value {
+            (best, best_value) = (i, v);
         }
     }
     best
@@ -598,5 +601,7 @@ mod tests {
         assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
         // NaN never wins a comparison, as in llama.cpp's greedy loop.
         assert_eq!(argmax(&[1.0, f32::NAN, 4.0, f32::NAN]), 2);
+        assert_eq!(argmax(&[f32::NAN, 1.0]), 0);
+        assert_eq!(argmax(&[]), 0);
     }
 }
