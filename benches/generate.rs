@@ -264,12 +264,10 @@ fn main() {
     let mut ratios = Vec::new();
     let mut last_db = None;
     for repeat in 0..repeats {
-        let mut anchor = None;
-        if repeat % 2 == 1 {
-            anchor = Some(run_anchor());
-        }
+        let anchor_first = repeat % 2 == 1;
+        let early_anchor = anchor_first.then(run_anchor);
         let (summary, db) = run_tenets(repeat);
-        let anchor = anchor.unwrap_or_else(run_anchor);
+        let anchor = early_anchor.unwrap_or_else(run_anchor);
         let tenets = Measured {
             generated: summary.generated_tokens,
             prompt_tokens: summary.prefilled_tokens,
@@ -300,7 +298,7 @@ fn main() {
         );
         println!(
             "         ratio   tenets / anchor tok/s = {ratio:.2}× ({} first)",
-            if repeat % 2 == 1 { "anchor" } else { "tenets" }
+            if anchor_first { "anchor" } else { "tenets" }
         );
         last_db = Some((summary, db));
     }
