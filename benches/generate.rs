@@ -286,7 +286,7 @@ fn main() {
             anchor.prompt_tokens
         );
         println!(
-            "         tenets  generate (answer+critique+revision): {} tokens in {:.1} s = {:.1} tok/s ({:.2} ms a token, {} prompt and request tokens; {} steps, {:.1} sequences a batch, {:.1} s inside llama.cpp decode)",
+            "         tenets  generate (answer+critique+revision): {} tokens in {:.1} s = {:.1} tok/s ({:.2} ms a token, {} prompt and request tokens; {} steps, {:.1} sequences and {:.2} graphs a batch, {:.1} s inside llama.cpp decode)",
             tenets.generated,
             tenets.seconds,
             tenets.rate(),
@@ -294,6 +294,7 @@ fn main() {
             tenets.prompt_tokens,
             summary.steps_written,
             summary.mean_batch_width,
+            summary.mean_graphs_per_batch,
             summary.decode_seconds
         );
         println!(

@@ -263,3 +263,128 @@ async fn a_prompt_too_long_for_the_context_fails_alone() {
         .unwrap();
     assert_eq!(pairs, 3);
 }
+
+/// A session of one probe turn: the probabilities of answers "A" and "B" after its conversation.
+struct ProbeSession {
+    request: Option<tenets::engine::batch::TurnRequest>,
+    results: std::sync::mpsc::Sender<(usize, tenets::engine::batch::TurnOutput)>,
+    index: usize,
+}
+
+impl tenets::engine::batch::Session for ProbeSession {
+    fn next_turn(&mut self) -> tenets::engine::batch::Next {
+        match self.request.take() {
+            Some(request) => tenets::engine::batch::Next::Turn(request),
+            None => tenets::engine::batch::Next::Done,
+        }
+    }
+    fn finish_turn(
+        &mut self,
+        outcome: Result<tenets::engine::batch::TurnOutput, tenets::engine::batch::TurnFailure>,
+    ) -> tokio::sync::oneshot::Receiver<bool> {
+        self.results
+            .send((self.index, outcome.expect("probe turn")))
+            .unwrap();
+        tenets::engine::batch::resolved(true)
+    }
+}
+
+/// Conversations that open alike: with several sequences the later ones copy the first one's
+/// KV for the shared opening instead of decoding it, and must read the same probabilities as
+/// with one sequence, where each conversation is decoded after the one before.
+#[test]
+fn a_copied_shared_prefix_gives_the_same_probabilities() {
+    use tenets::chat::Message;
+    use tenets::engine::{self, batch};
+
+    let system = "You are a careful assistant. Every question about the natural world has two \
+                  options: reply (A) for yes or (B) for no, with the letter only.";
+    let questions = [
+        "Is the sun a star?",
+        "Do fish breathe through gills?",
+        "Does ice float on water?",
+        "Can a whale fly?",
+    ];
+    let run = |parallel: usize| {
+        let mut config = engine::EngineConfig::new(common::model());
+        config.parallel = parallel;
+        config.ctx_per_sequence = 256;
+        config.threads = engine::default_threads();
+        engine::on_own_thread(|| {
+            let model = engine::load_model(&config).unwrap();
+            let chat = engine::chat_template(&model).unwrap();
+            let mut ctx = batch::new_context(&model, &config).unwrap();
+            let probe = std::sync::Arc::new(batch::Probe {
+                answers: vec!["A".into(), "B".into()],
+                tokens: tenets::label::AnswerTokens::of(&model).sets(),
+            });
+            let (jobs_tx, jobs) = tokio::sync::mpsc::channel(questions.len());
+            let (results_tx, results) = std::sync::mpsc::channel();
+            for (index, question) in questions.iter().enumerate() {
+                let session = ProbeSession {
+                    request: Some(batch::TurnRequest {
+                        messages: vec![Message::new("system", system), Message::user(*question)],
+                        reply_prefix: tenets::label::ANSWER_PREFIX.into(),
+                        max_tokens: 1,
+                        seed: 0,
+                        probe: Some(probe.clone()),
+                    }),
+                    results: results_tx.clone(),
+                    index,
+                };
+                jobs_tx
+                    .try_send(Box::new(session) as Box<dyn batch::Session>)
+                    .unwrap();
+            }
+            drop(jobs_tx);
+            let counters = batch::Counters::default();
+            batch::run(
+                &model,
+                &chat,
+                &mut ctx,
+                &config,
+                &batch::Sampling::GREEDY,
+                jobs,
+                &StopSignal::default(),
+                &counters,
+            )
+            .unwrap();
+            drop(results_tx);
+            let mut outputs: Vec<_> = results.iter().collect();
+            outputs.sort_by_key(|(index, _)| *index);
+            outputs
+                .into_iter()
+                .map(|(_, output)| output)
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+    };
+    let one = run(1);
+    let shared = run(4);
+    // One sequence: the first conversation decodes everything; each later one keeps the
+    // opening its predecessor left in the cache.
+    let opening = one[1].prompt_tokens - one[1].prefill_tokens;
+    assert!(opening >= 30, "the shared opening is {opening} tokens");
+    for (a, b) in one.iter().zip(&shared) {
+        assert_eq!(a.prompt_tokens, b.prompt_tokens);
+        assert_eq!(a.probe_mass.len(), 2);
+        for (p, q) in a.probe_mass.iter().zip(&b.probe_mass) {
+            assert!(
+                (p - q).abs() < 0.02,
+                "{:?} vs {:?}",
+                a.probe_mass,
+                b.probe_mass
+            );
+        }
+    }
+    // Four sequences: the first decodes everything, the others copy its opening.
+    assert_eq!(shared[0].prefill_tokens, shared[0].prompt_tokens);
+    for output in &shared[1..] {
+        assert_eq!(output.prefill_tokens, output.prompt_tokens - opening);
+    }
+    // The readings are not empty: the letters hold much of the mass.
+    for output in &one {
+        let mass: f64 = output.probe_mass.iter().sum();
+        assert!(mass > 0.2, "{:?}", output.probe_mass);
+    }
+}

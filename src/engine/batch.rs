@@ -5,7 +5,13 @@
 //! tokens of prefilling slots as the batch has room for, so a slot that finishes is refilled at
 //! once. Before a turn is prefilled, its tokens are compared with what the slot's KV cache
 //! already holds and only the new suffix is decoded: a critique turn re-uses the encoded prompt
-//! and answer, and a new conversation re-uses a shared system prompt.
+//! and answer, and a new conversation re-uses a shared system prompt. When another slot holds a
+//! longer prefix of the turn (the first conversations of a run all open with the same system
+//! prompt), the slot copies that slot's KV instead of decoding the prefix again.
+//!
+//! With one KV stream per sequence, llama.cpp splits a batch into graph computes that each take
+//! consecutive sequence ids and the same number of tokens from each; tokens go into the batch in
+//! sequence order so that the split stays as small as it can (see [`graph_count`]).
 //!
 //! A finished turn is handed to its session, which answers with a receiver that resolves when
 //! the result is durable; the slot waits for it (others keep decoding) before the next turn.
@@ -185,6 +191,8 @@ pub struct Counters {
     pub sampled: AtomicU64,
     /// Time spent inside llama.cpp's decode, in microseconds.
     pub decode_micros: AtomicU64,
+    /// Graph computes those decode calls split into (see [`graph_count`]).
+    pub graphs: AtomicU64,
 }
 
 struct Turn {
@@ -302,6 +310,8 @@ pub fn run(
         })
         .collect();
     let mut batch = LlamaBatch::new(config.batch_tokens.max(1), 1);
+    // The sequence of each token in `batch`, in order.
+    let mut token_seqs: Vec<i32> = Vec::new();
     let mut jobs_closed = false;
     let vocab = model.vocab();
 
@@ -386,37 +396,57 @@ pub fn run(
             continue;
         }
 
-        // 3. One batch: every decoding slot's next token, then prompt chunks.
-        batch.clear();
-        let mut rows: Vec<(usize, i32)> = Vec::new();
-        let mut room = config.batch_tokens.max(1);
+        // 3. One batch. Every decoding slot's next token has a place; prompt chunks share the
+        // room left, in slot order. Tokens go in in sequence order, so that llama.cpp's split
+        // (see `graph_count`) puts a prefilling slot's first token in the same graph as the
+        // decoding slots' tokens.
+        share_prefixes(ctx, &mut slots);
+        let decoding = slots
+            .iter()
+            .filter(|s| matches!(s.state, State::Decode(..)))
+            .count();
+        let mut room = config.batch_tokens.max(1).saturating_sub(decoding);
+        let mut takes = vec![0; slots.len()];
         for (i, slot) in slots.iter().enumerate() {
-            if let State::Decode(_, next) = &slot.state {
-                let pos = slot.in_kv.len() as i32;
-                add(&mut batch, *next, pos, slot.seq, true)?;
-                rows.push((i, batch.n_tokens() - 1));
-                room -= 1;
+            if let State::Prefill(_, pending) = &slot.state {
+                if room > 0 && !waits_for_shared_prefix(&slots, i) {
+                    takes[i] = pending.len().min(room);
+                    room -= takes[i];
+                }
             }
         }
-        let mut chunks: Vec<(usize, usize)> = Vec::new();
+        batch.clear();
+        token_seqs.clear();
+        let mut rows: Vec<(usize, i32)> = Vec::new();
         for (i, slot) in slots.iter().enumerate() {
-            if room == 0 {
-                break;
-            }
-            if let State::Prefill(_, pending) = &slot.state {
-                let take = pending.len().min(room);
-                let base = slot.in_kv.len();
-                for (k, token) in pending[..take].iter().enumerate() {
-                    let last = k + 1 == pending.len();
-                    add(&mut batch, *token, (base + k) as i32, slot.seq, last)?;
-                    if last {
-                        rows.push((i, batch.n_tokens() - 1));
+            match &slot.state {
+                State::Decode(_, next) => {
+                    add(&mut batch, *next, slot.in_kv.len() as i32, slot.seq, true)?;
+                    token_seqs.push(slot.seq);
+                    rows.push((i, batch.n_tokens() - 1));
+                }
+                State::Prefill(_, pending) if takes[i] > 0 => {
+                    let base = slot.in_kv.len();
+                    for (k, token) in pending[..takes[i]].iter().enumerate() {
+                        let last = k + 1 == pending.len();
+                        add(&mut batch, *token, (base + k) as i32, slot.seq, last)?;
+                        token_seqs.push(slot.seq);
+                        if last {
+                            rows.push((i, batch.n_tokens() - 1));
+                        }
                     }
                 }
-                chunks.push((i, take));
-                room -= take;
+                _ => {}
             }
         }
+        if batch.n_tokens() == 0 {
+            // Every prefilling slot waits for a shared prefix that is not decoded yet; cannot
+            // happen (the first of them never waits), but never spin on an empty batch.
+            return Err(EngineError::Decode(
+                "no slot could add a token to the batch".into(),
+            ));
+        }
+        let graphs = graph_count(&token_seqs, config.batch_tokens.max(1));
         let decode_started = std::time::Instant::now();
         ctx.decode(&mut batch)
             .map_err(|e| EngineError::Decode(e.to_string()))?;
@@ -425,12 +455,13 @@ pub fn run(
             Ordering::Relaxed,
         );
         counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.graphs.fetch_add(graphs as u64, Ordering::Relaxed);
         counters
             .sampled
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
 
         // 4. Account for what entered the KV cache, then sample.
-        for (i, take) in chunks {
+        for (i, &take) in takes.iter().enumerate().filter(|(_, &t)| t > 0) {
             let slot = &mut slots[i];
             if let State::Prefill(_, pending) = &mut slot.state {
                 slot.in_kv.extend(pending.drain(..take));
@@ -499,6 +530,147 @@ pub fn run(
             };
         }
     }
+}
+
+/// Fewest tokens a copied prefix must save. Copying a sequence's KV moves its whole stream
+/// (for SmolLM2 at 2048 cells, 47 MB), which costs about as much as decoding a token or two.
+const MIN_SHARED_PREFIX: usize = 16;
+
+/// The tokens a slot's untouched prefill turn covers (what its KV keeps, then what it will
+/// decode); None for a slot that is not about to start prefilling a turn.
+fn untouched_turn(slot: &Slot) -> Option<impl Iterator<Item = &LlamaToken> + Clone> {
+    match &slot.state {
+        State::Prefill(turn, pending) if pending.len() == turn.prefill_tokens => {
+            Some(slot.in_kv.iter().chain(pending))
+        }
+        _ => None,
+    }
+}
+
+fn common_prefix<'a>(
+    a: impl Iterator<Item = &'a LlamaToken>,
+    b: impl Iterator<Item = &'a LlamaToken>,
+) -> usize {
+    a.zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Whether slot `i`, about to prefill a turn, should wait a step because an earlier slot is
+/// decoding a prefix of it right now that `i` can then copy (the first wave of conversations,
+/// which all open with the same system prompt).
+fn waits_for_shared_prefix(slots: &[Slot], i: usize) -> bool {
+    let Some(tokens) = untouched_turn(&slots[i]) else {
+        return false;
+    };
+    let own = slots[i].in_kv.len();
+    slots[..i].iter().any(|donor| match &donor.state {
+        State::Prefill(_, pending) => {
+            let shared = common_prefix(donor.in_kv.iter().chain(pending), tokens.clone());
+            shared >= own + MIN_SHARED_PREFIX && donor.in_kv.len() < shared
+        }
+        _ => false,
+    })
+}
+
+/// The slot whose KV holds the longest prefix of slot `i`'s untouched turn (the first of
+/// equals), and that prefix's length, leaving at least one token to decode.
+fn best_donor(slots: &[Slot], i: usize) -> Option<(usize, usize)> {
+    let tokens = untouched_turn(&slots[i])?;
+    let total = tokens.clone().count();
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(d, _)| *d != i)
+        .map(|(d, donor)| {
+            let shared = common_prefix(donor.in_kv.iter(), tokens.clone());
+            (d, shared.min(total.saturating_sub(1)))
+        })
+        .max_by_key(|&(d, shared)| (shared, std::cmp::Reverse(d)))
+}
+
+/// Starts each slot about to prefill a turn from the KV of the slot that holds the longest
+/// prefix of it, when that saves at least [`MIN_SHARED_PREFIX`] tokens over its own cache: the
+/// sequence is copied whole and cut back to the shared prefix. The copy itself happens inside
+/// llama.cpp at the start of the next decode, before that decode writes anything.
+fn share_prefixes(ctx: &mut LlamaContext<'_>, slots: &mut [Slot]) {
+    for i in 0..slots.len() {
+        let own = slots[i].in_kv.len();
+        let Some((donor, shared)) = best_donor(slots, i) else {
+            continue;
+        };
+        if shared < own + MIN_SHARED_PREFIX {
+            continue;
+        }
+        let (donor_seq, seq) = (slots[donor].seq, slots[i].seq);
+        // Whole-sequence positions (None, None): llama.cpp copies across KV streams only whole.
+        if ctx.copy_kv_cache_seq(donor_seq, seq, None, None).is_err() {
+            continue;
+        }
+        let slot = &mut slots[i];
+        let State::Prefill(turn, pending) = &mut slot.state else {
+            continue;
+        };
+        let cut = ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(shared as u32), None)
+            .unwrap_or(false);
+        if cut {
+            let copied = shared - own;
+            slot.in_kv.extend(pending.drain(..copied));
+            turn.prefill_tokens -= copied;
+        } else {
+            // A cache that cannot drop a suffix: start this sequence over from nothing.
+            let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            let mut all = std::mem::take(&mut slot.in_kv);
+            all.append(pending);
+            turn.prefill_tokens = all.len();
+            *pending = all;
+        }
+    }
+}
+
+/// How many graph computes llama.cpp splits a batch into, given each token's sequence in batch
+/// order: a model of its equal split, which a context with one KV stream per sequence uses. A
+/// micro-batch takes sequences with consecutive ids only, in the order they first appear, and
+/// the same number of tokens from each (as many as the shortest has left, within `n_ubatch`).
+/// Every graph compute streams all the weights, so a batch that splits costs more per token.
+pub fn graph_count(token_seqs: &[i32], n_ubatch: usize) -> usize {
+    let mut used = vec![false; token_seqs.len()];
+    let mut left = token_seqs.len();
+    let mut graphs = 0;
+    while left > 0 {
+        let mut set: Vec<i32> = Vec::new();
+        for (i, &seq) in token_seqs.iter().enumerate() {
+            if used[i] || set.contains(&seq) {
+                continue;
+            }
+            if set.last().is_none_or(|&last| seq == last + 1) {
+                set.push(seq);
+            }
+        }
+        let remaining = |seq: i32| {
+            token_seqs
+                .iter()
+                .zip(&used)
+                .filter(|(&s, &u)| s == seq && !u)
+                .count()
+        };
+        let shortest = set.iter().map(|&s| remaining(s)).min().unwrap_or(0);
+        let each = shortest.min((n_ubatch / set.len().max(1)).max(1));
+        for &seq in &set {
+            let mut taken = 0;
+            for (i, &s) in token_seqs.iter().enumerate() {
+                if taken == each {
+                    break;
+                }
+                if s == seq && !used[i] {
+                    used[i] = true;
+                    taken += 1;
+                }
+            }
+        }
+        left -= each * set.len();
+        graphs += 1;
+    }
+    graphs
 }
 
 /// The probability of each token set under the softmax of `logits` (a token listed twice in a
@@ -592,7 +764,31 @@ fn start_turn(
 
 #[cfg(test)]
 mod tests {
-    use super::argmax;
+    use super::{argmax, graph_count};
+
+    #[test]
+    fn graph_count_follows_llama_cpp_equal_split() {
+        // Sixteen sequences, one token each: one graph.
+        let all: Vec<i32> = (0..16).collect();
+        assert_eq!(graph_count(&all, 512), 1);
+        // A hole (sequence 5 idle) splits the run in two.
+        let holed: Vec<i32> = (0..16).filter(|&s| s != 5).collect();
+        assert_eq!(graph_count(&holed, 512), 2);
+        // Sequence 5 prefilling 4 tokens after the others' single tokens: {0..5}, {6..15}, {5}.
+        let mut late = holed.clone();
+        late.extend([5; 4]);
+        assert_eq!(graph_count(&late, 512), 3);
+        // The same tokens in sequence order: {0..15} one each, then 5's other three.
+        let mut ordered: Vec<i32> = (0..5).collect();
+        ordered.extend([5; 4]);
+        ordered.extend(6..16);
+        assert_eq!(graph_count(&ordered, 512), 2);
+        // Equal lengths split by n_ubatch: two sequences of 6 tokens, 4 a micro-batch → 2 each.
+        let mut two = vec![0; 6];
+        two.extend([1; 6]);
+        assert_eq!(graph_count(&two, 4), 3);
+        assert_eq!(graph_count(&[], 512), 0);
+    }
 
     #[test]
     fn argmax_takes_the_first_of_equal_maxima() {

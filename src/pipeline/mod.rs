@@ -183,6 +183,8 @@ pub struct GenerateSummary {
     pub mean_batch_width: f64,
     /// Seconds inside llama.cpp's decode calls.
     pub decode_seconds: f64,
+    /// Mean number of graph computes llama.cpp split each batch into (1 is best).
+    pub mean_graphs_per_batch: f64,
     pub seconds: f64,
     /// True when a stop request ended the run before every prompt was done.
     pub interrupted: bool,
@@ -440,6 +442,8 @@ pub async fn generate_sets(
     summary.prefilled_tokens = counters.prefilled.load(Ordering::Relaxed);
     summary.mean_batch_width = counters.sampled.load(Ordering::Relaxed) as f64
         / counters.batches.load(Ordering::Relaxed).max(1) as f64;
+    summary.mean_graphs_per_batch = counters.graphs.load(Ordering::Relaxed) as f64
+        / counters.batches.load(Ordering::Relaxed).max(1) as f64;
     summary.decode_seconds = counters.decode_micros.load(Ordering::Relaxed) as f64 / 1e6;
     summary.seconds = started.elapsed().as_secs_f64();
     summary.interrupted = stop.draining();
@@ -447,6 +451,7 @@ pub async fn generate_sets(
         seconds = summary.seconds,
         decode_seconds = summary.decode_seconds,
         mean_batch_width = summary.mean_batch_width,
+        mean_graphs_per_batch = summary.mean_graphs_per_batch,
         generated = summary.generated_tokens,
         prefilled = summary.prefilled_tokens,
         "generate finished"
