@@ -732,11 +732,7 @@ fn start_turn(
             limit,
         });
     }
-    let mut keep = in_kv
-        .iter()
-        .zip(&tokens)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let mut keep = common_prefix(in_kv.iter(), tokens.iter());
     // At least one token must be decoded to get logits for the first new token.
     keep = keep.min(tokens.len().saturating_sub(1));
     if keep < in_kv.len() {
