@@ -72,7 +72,9 @@ pub fn load(path: &Path) -> Result<Vec<Example>, DatasetError> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
     let bytes = if is_parquet {
-        let columns = ["prompt", "chosen", "rejected", "messages", "label"];
+        let columns = [
+            "prompt", "chosen", "rejected", "messages", "p_chosen", "label",
+        ];
         let (jsonl, _) = crate::parquet::rows_as_jsonl(path, &columns).map_err(|e| match e {
             crate::parquet::ParquetError::Read(source) => DatasetError::Read {
                 path: path.to_path_buf(),
@@ -166,13 +168,20 @@ pub fn parse_row(row: &Value, origin: String) -> Result<Example, String> {
         Some(v) => Some(messages_of(v, "rejected", "assistant")?),
         None => None,
     };
-    let label = match object.get("label") {
-        None | Some(Value::Null) => 1.0,
+    // The soft label is `p_chosen`; exports before it was renamed (TRL's `label` column is
+    // KTO's boolean desirability) called it `label`, which is read as the same number.
+    let (name, value) = match (object.get("p_chosen"), object.get("label")) {
+        (Some(v), _) if !v.is_null() => ("p_chosen", Some(v)),
+        (_, Some(v)) if !v.is_null() => ("label", Some(v)),
+        _ => ("p_chosen", None),
+    };
+    let label = match value {
+        None => 1.0,
         Some(v) => match v.as_f64() {
             Some(p) if (0.0..=1.0).contains(&p) => p,
             _ => {
                 return Err(format!(
-                    "field `label`: expected a number in [0, 1], got {v}"
+                    "field `{name}`: expected p(chosen ≻ rejected), a number in [0, 1], got {v}"
                 ))
             }
         },
@@ -263,6 +272,14 @@ mod tests {
             ),
             (
                 r#"{"prompt": "hi", "chosen": "a", "label": 1.5}"#,
+                "field `label`",
+            ),
+            (
+                r#"{"prompt": "hi", "chosen": "a", "p_chosen": -0.5}"#,
+                "field `p_chosen`: expected p(chosen ≻ rejected)",
+            ),
+            (
+                r#"{"prompt": "hi", "chosen": "a", "rejected": "b", "label": true}"#,
                 "field `label`",
             ),
             (

@@ -4,8 +4,8 @@
 //! `rejected`, each a list of `{role, content}` — and SFT rows a `messages` list. A `revision`
 //! pair is the final revision against the original answer; once `tenets label` has judged it,
 //! the pair is oriented by the latest judge's soft label (`chosen_is_revision` says which way),
-//! with `label` = p(chosen ≻ rejected) ≥ 0.5 and `weight` = 2·label − 1 for cDPO-style
-//! training. A prompt's `sampled` answers (RL-CAI) are ranked by their pairwise labels
+//! with `p_chosen` = p(chosen ≻ rejected) ≥ 0.5 and `weight` = 2·p_chosen − 1 for cDPO-style
+//! training (not `label`, which TRL reserves for KTO's desirability). A prompt's `sampled` answers (RL-CAI) are ranked by their pairwise labels
 //! ([`crate::label::rank`]) and give the best against the worst (`chosen_sample`,
 //! `rejected_sample`, `sample_scores`), or every pair by its label. Every row carries its
 //! provenance (run, model and constitution hashes, principles, sampling settings). Parquet is written through polars from the same rows, so the
@@ -68,6 +68,8 @@ struct Candidate {
     /// The latest judge's p(first ≻ second), and that judge.
     p_first: Option<f64>,
     judge_id: Option<String>,
+    /// The latest judge labeled the pair but answered none of its questions.
+    unanswered: bool,
     provenance: Value,
 }
 
@@ -100,6 +102,10 @@ pub async fn rows(
     }
     for (k, c) in candidates.iter().enumerate() {
         if c.strategy == "revision" {
+            if c.unanswered {
+                push(&mut out, Err(Dropped::NoAnswer));
+                continue;
+            }
             let revision_wins = c.p_first.is_none_or(|p| p >= 0.5);
             let row = match kind {
                 Kind::Dpo => dpo_row(c, revision_wins, filters, |row| {
@@ -161,13 +167,13 @@ fn dpo_row(
     } else {
         (&c.second, &c.first)
     };
-    // A label says how sure the judge is that the chosen answer is better.
-    let label = c.p_first.map(|p| if first_wins { p } else { 1.0 - p });
+    // How sure the judge is that the chosen answer is better.
+    let p_chosen = c.p_first.map(|p| if first_wins { p } else { 1.0 - p });
     let benign = c.kind.as_deref() == Some("benign");
     if let Some(reason) = filters.check(
         [&chosen.finish, &rejected.finish],
         [&chosen.text, &rejected.text],
-        label.map(|l| 2.0 * l - 1.0),
+        p_chosen.map(|p| 2.0 * p - 1.0),
         benign,
     ) {
         return Err(reason);
@@ -179,8 +185,10 @@ fn dpo_row(
         "chosen_finish": chosen.finish,
         "rejected_finish": rejected.finish,
         "strategy": strategy_name(&c.strategy),
-        "label": label,
-        "weight": label.map(|l| 2.0 * l - 1.0),
+        // Not `label`: TRL's own `label` column is KTO's boolean desirability, and a row with
+        // one beside prompt/chosen/rejected breaks `apply_chat_template` and KTO's unpairing.
+        "p_chosen": p_chosen,
+        "weight": p_chosen.map(|p| 2.0 * p - 1.0),
         "judge_id": c.judge_id,
         // Every row has every column (Parquet wants one schema); each strategy fills its own.
         "chosen_is_revision": null,
@@ -217,6 +225,9 @@ fn sampled_rows(
     filters: &PairFilters,
 ) -> Vec<Result<Value, Dropped>> {
     let pairs: Vec<&Candidate> = members.iter().map(|&k| &all[k]).collect();
+    if pairs.iter().any(|c| c.unanswered) {
+        return pairs.iter().map(|_| Err(Dropped::NoAnswer)).collect();
+    }
     let samples = pairs
         .iter()
         .map(|c| c.first.round.max(c.second.round) + 1)
@@ -351,6 +362,8 @@ async fn candidates(store: &Store) -> Result<Vec<Candidate>, ExportError> {
                 },
                 p_first: row.get(19),
                 judge_id: row.get(20),
+                unanswered: row.get::<Option<String>, _>(20).is_some()
+                    && row.get::<Option<f64>, _>(19).is_none(),
                 provenance,
             })
         })
@@ -446,6 +459,7 @@ mod tests {
                 second: answer(j),
                 p_first: Some(p),
                 judge_id: Some("j".into()),
+                unanswered: false,
                 provenance: json!({}),
             })
             .collect()
@@ -479,7 +493,7 @@ mod tests {
             ),
             (Some(0), Some(2))
         );
-        assert!((kept[0]["label"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+        assert!((kept[0]["p_chosen"].as_f64().unwrap() - 0.8).abs() < 1e-12);
         assert_eq!(dropped(&out, Dropped::NotBestWorst), 2);
     }
 
@@ -511,5 +525,11 @@ mod tests {
         assert!(out
             .iter()
             .all(|r| r.as_ref().err() == Some(&Dropped::Unranked)));
+        // A pair the judge gave no answer on cannot be ranked either, and says so.
+        let mut silent = three(0.9, 0.45, 0.2);
+        silent[1].p_first = None;
+        silent[1].unanswered = true;
+        let out = rows(&silent, SampledPairs::BestWorst);
+        assert_eq!(dropped(&out, Dropped::NoAnswer), 3);
     }
 }

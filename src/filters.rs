@@ -230,6 +230,9 @@ pub enum Dropped {
     NotBestWorst,
     /// The best and worst sample by ranking, whose own judgment prefers the worst (a cycle).
     RankingDisagrees,
+    /// The latest judge put no probability on either answer letter for this pair (or, for
+    /// sampled answers, for one of its prompt's pairs): it has no label to orient it by.
+    NoAnswer,
 }
 
 impl Dropped {
@@ -243,6 +246,7 @@ impl Dropped {
             Dropped::Unranked => "sampled answers not all judged yet (run tenets label)",
             Dropped::NotBestWorst => "sampled pair other than best vs worst",
             Dropped::RankingDisagrees => "best vs worst sample judged the other way",
+            Dropped::NoAnswer => "the judge gave no answer (no probability on A or B)",
         }
     }
 }

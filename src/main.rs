@@ -987,6 +987,13 @@ async fn label(args: LabelArgs) -> Result<ExitCode> {
         summary.mean_p_a,
         summary.mean_answer_mass,
     );
+    if summary.unanswered_judgments > 0 {
+        eprintln!(
+            "warning: {} judgment(s) put no probability on \"A\" or \"B\" (left out of the labels); \
+             {} pair(s) got no answer at all and have no label",
+            summary.unanswered_judgments, summary.pairs_without_answer
+        );
+    }
     Ok(resumable_exit(summary.interrupted))
 }
 

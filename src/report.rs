@@ -62,11 +62,13 @@ pub async fn gather(dbs: &[PathBuf]) -> Result<ReportData, ReportError> {
         let stats = stats::collect(&store).await?;
         let mut label_values = Vec::new();
         for judge in &stats.judges {
-            let rows = sqlx::query("SELECT p_chosen FROM labels WHERE judge_id = ?")
-                .bind(&judge.judge_id)
-                .fetch_all(store.pool())
-                .await
-                .map_err(store.err())?;
+            let rows = sqlx::query(
+                "SELECT p_chosen FROM labels WHERE judge_id = ? AND p_chosen IS NOT NULL",
+            )
+            .bind(&judge.judge_id)
+            .fetch_all(store.pool())
+            .await
+            .map_err(store.err())?;
             label_values.push((
                 judge.judge_id.clone(),
                 rows.iter().map(|r| r.get::<f64, _>(0)).collect(),
@@ -290,10 +292,11 @@ pub fn render(
                 "<h3>Judge {}</h3><table><tr><th>labeled pairs</th><th>judgments</th>\
                  <th>mean p(revision ≻ original)</th><th>revision preferred</th>\
                  <th>near even (|p − 0.5| &lt; 0.1)</th><th>position bias: orders disagree</th>\
-                 <th>mean P(A)</th><th>answer mass</th></tr><tr><td class=\"n\">{}</td>\
+                 <th>mean P(A)</th><th>answer mass</th><th>no answer (judgments / pairs)</th>\
+                 </tr><tr><td class=\"n\">{}</td>\
                  <td class=\"n\">{}</td><td class=\"n\">{:.3}</td><td class=\"n\">{}</td>\
                  <td class=\"n\">{}</td><td class=\"n\">{:.1}%</td><td class=\"n\">{:.3}</td>\
-                 <td class=\"n\">{:.3}</td></tr></table>",
+                 <td class=\"n\">{:.3}</td><td class=\"n\">{} / {}</td></tr></table>",
                 escape(&judge.judge_id[..12.min(judge.judge_id.len())]),
                 judge.labeled_pairs,
                 judge.judgments,
@@ -303,6 +306,8 @@ pub fn render(
                 100.0 * judge.order_disagreement,
                 judge.mean_p_a,
                 judge.mean_answer_mass,
+                judge.unanswered_judgments,
+                judge.pairs_without_answer,
             );
             if let Some((_, values)) = source.label_values.iter().find(|v| v.0 == judge.judge_id) {
                 if !values.is_empty() {
@@ -541,11 +546,17 @@ fn eval_html(e: &EvalResults, index: usize, charts: &mut Charts) -> Result<Strin
     let _ = write!(
         s,
         "<p>The two judges agree (refused or not) on {}. Answers the judge called partial: base \
-         {}, adapter {}; answers cut at the token limit: base {}, adapter {}. Rates are shown with \
-         95% Wilson intervals.</p>",
+         {}, adapter {}; answers the judge model gave no verdict on (no probability on any \
+         option, or a tie; left out of its rates): base {}, adapter {}; comparisons without an \
+         answer (left out of the win rate): {} judgments, {} prompts with none; answers cut at \
+         the token limit: base {}, adapter {}. Rates are shown with 95% Wilson intervals.</p>",
         e.judge_agreement.display(),
         e.base.partial,
         a.map_or("–".into(), |a| a.partial.to_string()),
+        e.base.no_verdict,
+        a.map_or("–".into(), |a| a.no_verdict.to_string()),
+        e.unanswered.judgments,
+        e.unanswered.prompts,
         e.base.truncated,
         a.map_or("–".into(), |a| a.truncated.to_string()),
     );

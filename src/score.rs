@@ -63,6 +63,16 @@ pub enum ScoreError {
     Adapter(#[from] crate::train::adapter::AdapterError),
     #[error("the input is {0} token(s): at least 2 are needed to score anything")]
     TooShort(usize),
+    #[error(
+        "{model}: the tokenizer gave token {token} ({piece:?}), but the model's embedding table \
+         has only {rows} rows: the file's tokenizer and weights do not belong together"
+    )]
+    Token {
+        model: PathBuf,
+        token: u32,
+        piece: String,
+        rows: usize,
+    },
 }
 
 /// How to score.
@@ -184,7 +194,12 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
         threads: options.threads,
         ..EngineConfig::new(&options.model)
     };
-    let mut llama = engine::load_model(&config)?;
+    // The native engine takes only the tokenizer from llama.cpp, so a file llama.cpp would
+    // refuse to run (say, a tokenizer larger than the embedding table) still gets our own check.
+    let mut llama = match options.engine {
+        ScoreEngine::Llama => engine::load_model(&config)?,
+        ScoreEngine::Native => engine::load_vocab(&options.model)?,
+    };
     let tokens = tokenize(&llama, input)?;
     if tokens.len() < 2 {
         return Err(ScoreError::TooShort(tokens.len()));
@@ -210,20 +225,29 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
                 Some(lora) => Some(adapter::read_gguf(&model, lora)?),
                 None => None,
             };
-            model.score_adapted(&compute, &tokens, adapters.as_ref())?
+            match model.score_adapted(&compute, &tokens, adapters.as_ref()) {
+                Err(ModelError::Token { path, token, vocab }) => {
+                    return Err(ScoreError::Token {
+                        model: path,
+                        token,
+                        piece: piece(&llama, token),
+                        rows: vocab,
+                    })
+                }
+                scores => scores?,
+            }
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    let vocab = llama.vocab();
-    let piece = |t: u32| {
-        String::from_utf8_lossy(&vocab.token_to_piece(
-            llama_cpp_2::token::LlamaToken(t as i32),
-            true,
-            None,
-        ))
-        .into_owned()
-    };
-    Ok(report(options, &tokens, &scores, seconds, piece))
+    Ok(report(options, &tokens, &scores, seconds, |t| {
+        piece(&llama, t)
+    }))
+}
+
+/// The text of token `t`.
+fn piece(llama: &llama_cpp_2::model::LlamaModel, t: u32) -> String {
+    let token = llama_cpp_2::token::LlamaToken(t as i32);
+    String::from_utf8_lossy(&llama.vocab().token_to_piece(token, true, None)).into_owned()
 }
 
 fn report(

@@ -61,8 +61,13 @@ pub struct JudgeStats {
     pub order_disagreement: f64,
     /// Mean P(A): 0.5 for a judge without a position preference.
     pub mean_p_a: f64,
-    /// Mean probability put on "A" or "B" at all.
+    /// Mean probability put on "A" or "B" at all (over every judgment, unanswered ones too).
     pub mean_answer_mass: f64,
+    /// Judgments with no probability on either letter (or a malformed probe): left out of the
+    /// labels and of every mean but the answer mass.
+    pub unanswered_judgments: i64,
+    /// Pairs none of whose judgments answered: no label (not in `labeled_pairs`).
+    pub pairs_without_answer: i64,
 }
 
 /// Everything `tenets stats` reports.
@@ -168,7 +173,7 @@ async fn collect_trainings(store: &Store) -> Result<Vec<TrainingStats>, StoreErr
 async fn collect_judges(store: &Store) -> Result<Vec<JudgeStats>, StoreError> {
     let rows = sqlx::query(
         "SELECT j.id, j.created_at, j.model_sha256, j.questions_per_pair, \
-           (SELECT COUNT(*) FROM labels l WHERE l.judge_id = j.id), \
+           (SELECT COUNT(p_chosen) FROM labels l WHERE l.judge_id = j.id), \
            (SELECT COUNT(*) FROM judgments g WHERE g.judge_id = j.id), \
            (SELECT COALESCE(AVG(p_chosen), 0.0) FROM labels l JOIN pairs pr ON pr.id = l.pair_id \
               WHERE l.judge_id = j.id AND pr.strategy = 'revision'), \
@@ -179,8 +184,10 @@ async fn collect_judges(store: &Store) -> Result<Vec<JudgeStats>, StoreError> {
               / NULLIF(SUM(judgments) / 2, 0), 0.0) FROM labels l WHERE l.judge_id = j.id), \
            (SELECT COALESCE(AVG(p_a), 0.0) FROM judgments g WHERE g.judge_id = j.id), \
            (SELECT COALESCE(AVG(mass_a + mass_b), 0.0) FROM judgments g WHERE g.judge_id = j.id), \
-           (SELECT COUNT(*) FROM labels l JOIN pairs pr ON pr.id = l.pair_id \
-              WHERE l.judge_id = j.id AND pr.strategy LIKE 'sampled:%') \
+           (SELECT COUNT(p_chosen) FROM labels l JOIN pairs pr ON pr.id = l.pair_id \
+              WHERE l.judge_id = j.id AND pr.strategy LIKE 'sampled:%'), \
+           (SELECT COUNT(*) FROM judgments g WHERE g.judge_id = j.id AND no_answer IS NOT NULL), \
+           (SELECT COUNT(*) FROM labels l WHERE l.judge_id = j.id AND p_chosen IS NULL) \
          FROM judges j ORDER BY j.created_at, j.id",
     )
     .fetch_all(store.pool())
@@ -202,6 +209,8 @@ async fn collect_judges(store: &Store) -> Result<Vec<JudgeStats>, StoreError> {
             order_disagreement: r.get(9),
             mean_p_a: r.get(10),
             mean_answer_mass: r.get(11),
+            unanswered_judgments: r.get(13),
+            pairs_without_answer: r.get(14),
         })
         .collect())
 }
@@ -422,6 +431,14 @@ pub fn render(stats: &Stats) -> String {
             judge.mean_p_a,
             judge.mean_answer_mass
         );
+        if judge.unanswered_judgments > 0 {
+            let _ = writeln!(
+                s,
+                "  no answer (no probability on \"A\" or \"B\"): {} judgment(s), left out of \
+                 the labels; {} pair(s) without any answer, and so without a label",
+                judge.unanswered_judgments, judge.pairs_without_answer
+            );
+        }
     }
     for t in &stats.trainings {
         let _ = writeln!(
@@ -474,14 +491,27 @@ pub fn render(stats: &Stats) -> String {
             if let Some(r) = rates {
                 let _ = writeln!(
                     s,
-                    "  {side:<8} harmful compliance {}; over-refusal {}",
+                    "  {side:<8} harmful compliance {}; over-refusal {}{}",
                     r.harmful_compliance.display(),
-                    r.over_refusal.display()
+                    r.over_refusal.display(),
+                    if r.no_verdict > 0 {
+                        format!("; no verdict on {} answer(s), left out", r.no_verdict)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
         if let Some(w) = &e.win_rate {
             let _ = writeln!(s, "  p(adapter ≻ base) {}", w.preference.display());
+        }
+        if e.unanswered.judgments > 0 {
+            let _ = writeln!(
+                s,
+                "  comparisons without an answer: {} judgment(s), {} prompt(s) with none (left \
+                 out of the win rate)",
+                e.unanswered.judgments, e.unanswered.prompts
+            );
         }
     }
     s

@@ -247,8 +247,8 @@ pub struct JudgmentRecord {
     pub swapped: bool,
     pub mass_a: f64,
     pub mass_b: f64,
-    pub p_a: f64,
-    pub p_chosen: f64,
+    /// P(A) and p(chosen ≻ rejected), or why the judge gave no answer.
+    pub answer: Result<crate::label::Answer, crate::label::NoAnswer>,
     pub prompt_tokens: i64,
     pub prefill_tokens: i64,
     /// The reasoning a chain-of-thought judgment was read after.
@@ -271,8 +271,11 @@ impl JudgmentRecord {
 pub struct LabelRecord {
     pub judge_id: String,
     pub pair_id: String,
-    pub p_chosen: f64,
+    /// Mean over the answered judgments; `None` when the judge answered none.
+    pub p_chosen: Option<f64>,
+    /// Judgments that answered, and those that did not.
     pub judgments: i64,
+    pub unanswered: i64,
     pub order_disagreements: i64,
 }
 
@@ -291,17 +294,17 @@ impl JudgmentTable {
         match self {
             JudgmentTable::Labels => (
                 "INSERT INTO judgments (id, judge_id, pair_id, question_id, swapped, mass_a, \
-                 mass_b, p_a, p_chosen, prompt_tokens, prefill_tokens, reasoning) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                "INSERT INTO labels (judge_id, pair_id, p_chosen, judgments, order_disagreements) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 mass_b, p_a, p_chosen, no_answer, prompt_tokens, prefill_tokens, reasoning) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO labels (judge_id, pair_id, p_chosen, judgments, unanswered, \
+                 order_disagreements) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             ),
             JudgmentTable::Comparisons => (
                 "INSERT INTO eval_judgments (id, eval_id, prompt_id, question_id, swapped, mass_a, \
-                 mass_b, p_a, p_adapter, prompt_tokens, prefill_tokens, reasoning) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 mass_b, p_a, p_adapter, no_answer, prompt_tokens, prefill_tokens, reasoning) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 "INSERT INTO eval_comparisons (eval_id, prompt_id, p_adapter, judgments, \
-                 order_disagreements) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 unanswered, order_disagreements) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             ),
         }
     }
@@ -322,8 +325,8 @@ impl JudgmentTable {
     }
 }
 
-/// Judgments already stored for one pair: (question id, swapped, p_chosen).
-pub type StoredJudgments = Vec<(String, bool, f64)>;
+/// Judgments already stored for one pair: (question id, swapped, p_chosen or no answer).
+pub type StoredJudgments = Vec<(String, bool, Option<f64>)>;
 
 #[derive(Clone)]
 pub struct Store {
@@ -723,7 +726,7 @@ impl Store {
             grouped.entry(r.get(0)).or_default().push((
                 r.get(1),
                 r.get::<i64, _>(2) == 1,
-                r.get(3),
+                r.get::<Option<f64>, _>(3),
             ));
         }
         let done = sqlx::query(complete)
@@ -754,8 +757,9 @@ impl Store {
             .bind(i64::from(j.swapped))
             .bind(j.mass_a)
             .bind(j.mass_b)
-            .bind(j.p_a)
-            .bind(j.p_chosen)
+            .bind(j.answer.ok().map(|a| a.p_a))
+            .bind(j.answer.ok().map(|a| a.p_chosen))
+            .bind(j.answer.err().map(|e| e.as_str()))
             .bind(j.prompt_tokens)
             .bind(j.prefill_tokens)
             .bind(&j.reasoning)
@@ -768,6 +772,7 @@ impl Store {
                 .bind(&l.pair_id)
                 .bind(l.p_chosen)
                 .bind(l.judgments)
+                .bind(l.unanswered)
                 .bind(l.order_disagreements)
                 .execute(&mut *tx)
                 .await
@@ -810,5 +815,107 @@ impl Store {
 
     pub async fn close(self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    /// Migration 9 on a database written before it: judgments with no mass on either letter
+    /// (once stored as P(A) = 0.5) become "no answer" without a probability, labels are
+    /// recomputed over the answered ones (none answered: no label value), and refusal verdicts
+    /// with no mass or a tie lose their verdict.
+    #[tokio::test]
+    async fn migration_9_marks_the_judgments_that_gave_no_answer() {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .in_memory(true)
+            .foreign_keys(false);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let run = |sql: &'static str| {
+            let pool = pool.clone();
+            async move { sqlx::raw_sql(sql).execute(&pool).await.unwrap() }
+        };
+        for sql in [
+            include_str!("../migrations/0001_generate.sql"),
+            include_str!("../migrations/0002_label.sql"),
+            include_str!("../migrations/0003_preamble.sql"),
+            include_str!("../migrations/0004_cot.sql"),
+            include_str!("../migrations/0005_dropped_prompts.sql"),
+            include_str!("../migrations/0006_train.sql"),
+            include_str!("../migrations/0007_eval.sql"),
+            include_str!("../migrations/0008_sampled.sql"),
+        ] {
+            run(sql).await;
+        }
+        run(
+            "INSERT INTO judgments (id, judge_id, pair_id, question_id, swapped, mass_a, mass_b, \
+             p_a, p_chosen, prompt_tokens, prefill_tokens) VALUES \
+             ('a', 'j', 'p1', 'q', 0, 0.6, 0.2, 0.75, 0.75, 1, 1), \
+             ('b', 'j', 'p1', 'q', 1, 0.0, 0.0, 0.5, 0.5, 1, 1), \
+             ('c', 'j', 'p1', 'r', 0, 0.1, 0.3, 0.25, 0.25, 1, 1), \
+             ('d', 'j', 'p1', 'r', 1, 0.0, 0.0, 0.5, 0.5, 1, 1), \
+             ('e', 'j', 'p2', 'q', 0, 0.0, 0.0, 0.5, 0.5, 1, 1), \
+             ('f', 'j', 'p2', 'q', 1, 0.0, 0.0, 0.5, 0.5, 1, 1); \
+             INSERT INTO labels (judge_id, pair_id, p_chosen, judgments, order_disagreements) \
+             VALUES ('j', 'p1', 0.5, 4, 0), ('j', 'p2', 0.5, 2, 0); \
+             INSERT INTO eval_verdicts (eval_id, side, prompt_id, step_id, pattern, judge, \
+             p_comply, p_refuse, p_partial, answer_mass) VALUES \
+             ('e', 'base', 'x', 's', 'comply', 'comply', 0.3333, 0.3333, 0.3334, 0.0), \
+             ('e', 'base', 'y', 's', 'comply', 'comply', 0.4, 0.4, 0.2, 0.5), \
+             ('e', 'base', 'z', 's', 'refuse', 'refuse', 0.1, 0.8, 0.1, 0.9);",
+        )
+        .await;
+        run(include_str!("../migrations/0009_no_answer.sql")).await;
+
+        let rows = sqlx::query("SELECT id, p_a, p_chosen, no_answer FROM judgments ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        type Judgment = (String, Option<f64>, Option<f64>, Option<String>);
+        let judgments: Vec<Judgment> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        assert_eq!(judgments[0], ("a".into(), Some(0.75), Some(0.75), None));
+        assert_eq!(
+            judgments[1],
+            ("b".into(), None, None, Some("no-mass".into()))
+        );
+        assert_eq!(judgments[2].3, None);
+        let labels: Vec<(String, Option<f64>, i64, i64)> = sqlx::query(
+            "SELECT pair_id, p_chosen, judgments, unanswered FROM labels ORDER BY pair_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+        assert_eq!(
+            labels,
+            vec![("p1".into(), Some(0.5), 2, 2), ("p2".into(), None, 0, 2)]
+        );
+        let verdicts: Vec<(String, Option<String>, Option<String>)> = sqlx::query(
+            "SELECT prompt_id, judge, no_verdict FROM eval_verdicts ORDER BY prompt_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                ("x".into(), None, Some("no-mass".into())),
+                ("y".into(), None, Some("tie".into())),
+                ("z".into(), Some("refuse".into()), None),
+            ]
+        );
     }
 }

@@ -107,6 +107,17 @@ impl Corpus {
         counts.extend_from_slice(&1u64.to_le_bytes());
         corpus.write("counts.gguf", &counts);
         std::fs::create_dir(corpus.path("folder.gguf")).unwrap();
+        // Small llama files whose features the native forward does not implement: Llama 3's
+        // RoPE frequency factors, and a tokenizer larger than the embedding table.
+        let tiny = tempfile::tempdir().unwrap();
+        common::tiny_model(&tiny.path().join("t.gguf"), "llama", None);
+        common::extended_copy(
+            &tiny.path().join("t.gguf"),
+            &corpus.path("ropefreqs.gguf"),
+            &[],
+            &[("rope_freqs.weight", 16)],
+        );
+        common::tiny_model(&corpus.path("smallembd.gguf"), "llama", Some(256));
         // Datasets.
         corpus.write(
             "pairs-bad.jsonl",
@@ -531,6 +542,68 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             "label a missing database",
             &[&"label", &"--db", &p("absent.db")],
             &["absent.db"],
+        ),
+        case(
+            "label with a reversed --cot-clamp",
+            &[
+                &"label",
+                &"--db",
+                &p("absent.db"),
+                &"--cot",
+                &"--cot-clamp",
+                &"0.6,0.4",
+            ],
+            &["--cot-clamp 0.6,0.4", "0 ≤ LOW ≤ 0.5 ≤ HIGH ≤ 1"],
+        ),
+        case(
+            "label with a NaN in --cot-clamp",
+            &[
+                &"label",
+                &"--db",
+                &p("absent.db"),
+                &"--cot",
+                &"--cot-clamp",
+                &"nan,0.6",
+            ],
+            &["--cot-clamp NaN,0.6"],
+        ),
+        case(
+            "label with a --cot-clamp past 1",
+            &[
+                &"label",
+                &"--db",
+                &p("absent.db"),
+                &"--cot",
+                &"--cot-clamp",
+                &"0.2,1.5",
+            ],
+            &["--cot-clamp 0.2,1.5"],
+        ),
+        case(
+            "score a model with Llama 3 RoPE factors natively",
+            &[
+                &"score",
+                &"--engine",
+                &"native",
+                &"--model",
+                &p("ropefreqs.gguf"),
+                &"--text-file",
+                &p("text.txt"),
+            ],
+            &["ropefreqs.gguf", "tensor `rope_freqs.weight`"],
+        ),
+        case(
+            "score a model whose tokenizer outgrows its embedding table",
+            &[
+                &"score",
+                &"--engine",
+                &"native",
+                &"--model",
+                &p("smallembd.gguf"),
+                &"--text-file",
+                &p("text.txt"),
+            ],
+            &["smallembd.gguf", "embedding table has only 256 rows"],
         ),
         case(
             "report on garbage",

@@ -186,68 +186,9 @@ fn gemma3_forward_matches_the_references() {
     check_model(&common::second_model());
 }
 
-/// A small random model of `arch` in f32 with the default model's tokenizer (so llama.cpp loads
-/// it): 6 layers, so a Gemma 3 model has five sliding-window layers (window 8) and one global.
+/// A small random model of `arch` (see [`common::tiny_model`]).
 fn tiny_model(dst: &Path, arch: &str) {
-    use rand::{Rng, SeedableRng};
-    use tenets::train::gguf::Value;
-    let tokenizer = Gguf::open(&common::model()).unwrap();
-    let vocab = tokenizer.tensor("token_embd.weight").unwrap().dims[1];
-    let mut w = GgufWriter::new();
-    for (key, value) in &tokenizer.metadata {
-        if key.starts_with("tokenizer.") {
-            w.metadata(key, value.clone()).unwrap();
-        }
-    }
-    let gemma = arch == "gemma3";
-    let (embd, layers, heads, kv_heads, head_dim, ff) = (64u64, 6u64, 4u64, 2u64, 32u64, 96u64);
-    let mut meta = |k: &str, v: Value| w.metadata(&format!("{arch}.{k}"), v).unwrap();
-    meta("context_length", Value::U32(512));
-    meta("embedding_length", Value::U32(embd as u32));
-    meta("block_count", Value::U32(layers as u32));
-    meta("feed_forward_length", Value::U32(ff as u32));
-    meta("attention.head_count", Value::U32(heads as u32));
-    meta("attention.head_count_kv", Value::U32(kv_heads as u32));
-    meta("attention.key_length", Value::U32(head_dim as u32));
-    meta("attention.value_length", Value::U32(head_dim as u32));
-    meta("attention.layer_norm_rms_epsilon", Value::F32(1e-6));
-    meta("rope.freq_base", Value::F32(if gemma { 1e6 } else { 1e4 }));
-    meta("rope.dimension_count", Value::U32(head_dim as u32));
-    if gemma {
-        meta("attention.sliding_window", Value::U32(8));
-    }
-    w.metadata("general.architecture", Value::String(arch.into()))
-        .unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64], around: f32, spread: f32| {
-        let n: u64 = dims.iter().product();
-        let bytes = (0..n)
-            .flat_map(|_| (around + rng.gen_range(-spread..spread)).to_le_bytes())
-            .collect();
-        w.tensor(name, dims, QuantType::F32, bytes).unwrap();
-    };
-    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
-    add(&mut w, "token_embd.weight", &[embd, vocab], 0.0, 0.5);
-    add(&mut w, "output_norm.weight", &[embd], 1.0, 0.2);
-    for l in 0..layers {
-        let n = |t: &str| format!("blk.{l}.{t}.weight");
-        add(&mut w, &n("attn_norm"), &[embd], 1.0, 0.2);
-        add(&mut w, &n("attn_q"), &[embd, q], 0.0, 0.3);
-        add(&mut w, &n("attn_k"), &[embd, kv], 0.0, 0.3);
-        add(&mut w, &n("attn_v"), &[embd, kv], 0.0, 0.3);
-        add(&mut w, &n("attn_output"), &[q, embd], 0.0, 0.2);
-        add(&mut w, &n("ffn_norm"), &[embd], 1.0, 0.2);
-        add(&mut w, &n("ffn_gate"), &[embd, ff], 0.0, 0.3);
-        add(&mut w, &n("ffn_up"), &[embd, ff], 0.0, 0.3);
-        add(&mut w, &n("ffn_down"), &[ff, embd], 0.0, 0.2);
-        if gemma {
-            add(&mut w, &n("attn_q_norm"), &[head_dim], 1.0, 0.2);
-            add(&mut w, &n("attn_k_norm"), &[head_dim], 1.0, 0.2);
-            add(&mut w, &n("post_attention_norm"), &[embd], 1.0, 0.2);
-            add(&mut w, &n("post_ffw_norm"), &[embd], 1.0, 0.2);
-        }
-    }
-    w.write(dst).unwrap();
+    common::tiny_model(dst, arch, None);
 }
 
 /// Both small random models, written into `dir`.
@@ -364,15 +305,88 @@ fn broken_models_are_named_errors() {
     let model = Model::open(&good).unwrap();
     let compute = Compute::new(1, Kernel::Scalar).unwrap();
     let vocab = model.config().vocab as u32;
-    let err = model
-        .score(&compute, &[1, vocab, 2])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&format!("token {vocab} is outside the vocabulary")),
-        "{err}"
-    );
+    // An id past the table, in the middle or last (the last is only ever predicted, never
+    // embedded: it used to index the logits unchecked and panic).
+    for tokens in [[1, vocab, 2], [1, 2, vocab]] {
+        let err = model.score(&compute, &tokens).unwrap_err().to_string();
+        assert!(
+            err.contains("good.gguf")
+                && err.contains(&format!(
+                    "token {vocab} is outside the model's embedding table ({vocab} rows)"
+                )),
+            "{tokens:?}: {err}"
+        );
+    }
     assert!(model.score(&compute, &[1]).unwrap().is_empty());
+    assert!(model.score(&compute, &[vocab]).is_err());
+}
+
+/// What the forward does not compute, it refuses by name: a Llama 3 file's RoPE frequency
+/// factors, biases, scales and caps of relatives that share an architecture name, a sliding
+/// window on a llama. Keys at the value the forward computes anyway load.
+#[test]
+fn model_features_the_forward_does_not_implement_are_refused_by_name() {
+    use tenets::train::gguf::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.gguf");
+    tiny_model(&good, "llama");
+    let message = |metadata: &[(&str, Value)], tensors: &[(&str, u64)]| {
+        let path = dir.path().join("extended.gguf");
+        common::extended_copy(&good, &path, metadata, tensors);
+        Model::open(&path).err().map(|e| e.to_string())
+    };
+    let refused: Vec<(Option<String>, &str)> = vec![
+        (
+            message(&[], &[("rope_freqs.weight", 16)]),
+            "tensor `rope_freqs.weight` (Llama 3 RoPE scaling's frequency factors)",
+        ),
+        (
+            message(&[], &[("blk.0.attn_q.bias", 128)]),
+            "tensor `blk.0.attn_q.bias` (a bias)",
+        ),
+        (
+            message(&[("llama.attn_logit_softcapping", Value::F32(50.0))], &[]),
+            "metadata `llama.attn_logit_softcapping` = 50",
+        ),
+        (
+            message(&[("llama.attention.sliding_window", Value::U32(4096))], &[]),
+            "metadata `llama.attention.sliding_window` = 4096",
+        ),
+        (
+            message(&[("llama.logit_scale", Value::F32(0.25))], &[]),
+            "metadata `llama.logit_scale` = 0.25",
+        ),
+        (
+            message(&[("llama.expert_count", Value::U32(8))], &[]),
+            "metadata `llama.expert_count` = 8",
+        ),
+        (
+            message(
+                &[("llama.rope.scaling.type", Value::String("yarn".into()))],
+                &[],
+            ),
+            "RoPE scaling `yarn`",
+        ),
+    ];
+    for (err, needle) in refused {
+        let err = err.unwrap_or_else(|| panic!("{needle}: loaded"));
+        assert!(
+            err.contains("extended.gguf") && err.contains(needle),
+            "{needle}: {err}"
+        );
+    }
+    // At the value the forward computes anyway, a key changes nothing.
+    assert_eq!(
+        message(
+            &[
+                ("llama.expert_count", Value::U32(0)),
+                ("llama.attention.causal", Value::Bool(true)),
+                ("llama.vocab_size", Value::U32(49152)),
+            ],
+            &[],
+        ),
+        None
+    );
 }
 
 /// The trainer's backward: gradients of a weighted sum of next-token log-probs with respect to

@@ -263,7 +263,23 @@ fn hostile_headers_are_errors() {
         (
             "huge array",
             handmade(0, 1, Le::default().s("a").u32(9).u32(4).u64(1 << 40)),
-            "array of",
+            "array: 1099511627776 items of at least 4 bytes each cannot fit",
+        ),
+        // Counts believed one byte per item (the old check) but more than the bytes hold at
+        // the item's real size: refused before any item is read or any room is reserved.
+        (
+            "u64 array past the bytes",
+            handmade(
+                0,
+                1,
+                Le::default().s("a").u32(9).u32(10).u64(10).u64(0).u64(0),
+            ),
+            "array: 10 items of at least 8 bytes each cannot fit in the 16 bytes left",
+        ),
+        (
+            "tensor infos past the bytes",
+            handmade(4, 0, Le::default().s("t").u32(1).u64(32).u32(0).u64(0)),
+            "4 tensors and 0 metadata entries cannot fit",
         ),
         (
             "unknown type",
@@ -272,7 +288,7 @@ fn hostile_headers_are_errors() {
         ),
         (
             "too many dims",
-            handmade(1, 0, Le::default().s("t").u32(9)),
+            handmade(1, 0, Le::default().s("t").u32(9).u64(0).u64(0).u64(0)),
             "9 dimensions",
         ),
         (
@@ -302,6 +318,31 @@ fn hostile_headers_are_errors() {
         assert!(err.contains(needle), "{what}: {err}");
         assert!(err.contains("h.gguf"), "{what}: {err}");
     }
+}
+
+/// A file big enough for the count its header gives, one byte an item, but with more values
+/// than any real tokenizer holds: refused at the header of the array, before the reader reserves
+/// (at ~32 bytes a parsed value) half a gigabyte for it or reads a single item.
+#[test]
+fn a_hostile_count_is_refused_before_it_becomes_an_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let count: u64 = (1 << 24) + 1;
+    let bytes = handmade(0, 1, Le::default().s("a").u32(9).u32(0).u64(count));
+    let path = write(dir.path(), "sparse.gguf", &bytes);
+    // The rest of the file is a hole: it reads as zeros and takes no disk.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(bytes.len() as u64 + count + 64).unwrap();
+    let started = std::time::Instant::now();
+    let err = Gguf::open(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("metadata holds more than 16777216 values"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "took {:?}: the items were read",
+        started.elapsed()
+    );
 }
 
 #[test]

@@ -82,7 +82,7 @@ async fn labels_are_both_orders_durable_and_resume() {
     .fetch_all(store.pool())
     .await
     .unwrap();
-    let mut by_pair: HashMap<String, Vec<(String, bool, f64)>> = HashMap::new();
+    let mut by_pair: HashMap<String, Vec<(String, bool, Option<f64>)>> = HashMap::new();
     for r in &rows {
         let (ma, mb, pa, pc): (f64, f64, f64, f64) = (r.get(3), r.get(4), r.get(5), r.get(6));
         let swapped = r.get::<i64, _>(2) == 1;
@@ -97,7 +97,7 @@ async fn labels_are_both_orders_durable_and_resume() {
         by_pair
             .entry(r.get(0))
             .or_default()
-            .push((r.get(1), swapped, pc));
+            .push((r.get(1), swapped, Some(pc)));
     }
     assert_eq!(by_pair.len(), 6);
     let labels =
@@ -112,13 +112,14 @@ async fn labels_are_both_orders_durable_and_resume() {
         for (q, swapped, _) in parts {
             assert!(parts.iter().any(|(q2, s2, _)| q2 == q && s2 != swapped));
         }
-        let mean = parts.iter().map(|p| p.2).sum::<f64>() / 4.0;
+        let mean = parts.iter().filter_map(|p| p.2).sum::<f64>() / 4.0;
         assert!(
             (l.get::<f64, _>(1) - mean).abs() < 1e-9,
             "the label is the mean of its parts"
         );
-        let (_, disagreements) = tenets::label::combine(parts);
-        assert_eq!(l.get::<i64, _>(3), disagreements as i64);
+        let combined = tenets::label::combine(parts);
+        assert_eq!(l.get::<i64, _>(3), combined.order_disagreements as i64);
+        assert_eq!((combined.answered, combined.unanswered), (4, 0));
     }
 
     // A rerun finds everything done.
@@ -186,17 +187,61 @@ async fn labels_are_both_orders_durable_and_resume() {
     .await
     .unwrap();
     let text = std::fs::read_to_string(&out).unwrap();
-    let mut labeled = 0;
+    let mut labeled = Vec::new();
     for line in text.lines() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        let l = row["label"].as_f64().unwrap();
+        // `p_chosen`, not `label`: TRL's `label` is KTO's boolean desirability.
+        assert!(row.get("label").is_none(), "{row}");
+        let l = row["p_chosen"].as_f64().unwrap();
         assert!((0.5..=1.0).contains(&l));
         assert!((row["weight"].as_f64().unwrap() - (2.0 * l - 1.0)).abs() < 1e-9);
         assert!(row["judge_id"].is_string() && row["chosen_is_revision"].is_boolean());
-        labeled += 1;
+        labeled.push((row, l));
     }
-    assert_eq!(labeled, 6);
+    assert_eq!(labeled.len(), 6);
+    let parquet = dir.path().join("dpo.parquet");
+    tenets::export::export(
+        &store,
+        tenets::export::Kind::Dpo,
+        tenets::export::Format::Parquet,
+        &everything,
+        &parquet,
+    )
+    .await
+    .unwrap();
     store.close().await;
+
+    // Hugging Face `datasets` (what TRL loads with) reads both files: the same columns, and
+    // the conversations as lists of {role, content}.
+    if let Some(python) = common::test_python() {
+        let script = common::python_script("load_exports.py");
+        let loaded = common::run_python(&python, &[&script, &out, &parquet], "");
+        for format in ["jsonl", "parquet"] {
+            let d = &loaded[format];
+            assert_eq!(d["rows"], 6, "{format}");
+            let columns: Vec<&str> = d["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            for column in [
+                "prompt", "chosen", "rejected", "p_chosen", "weight", "judge_id",
+            ] {
+                assert!(columns.contains(&column), "{format}: {columns:?}");
+            }
+            assert!(!columns.contains(&"label"), "{format}: {columns:?}");
+            let first = &labeled[0].0;
+            for field in ["prompt", "chosen", "rejected"] {
+                assert_eq!(d[field], first[field], "{format}: {field}");
+            }
+            assert_eq!(d["chosen"][0]["role"], "assistant");
+            let values: Vec<f64> = serde_json::from_value(d["p_chosen"].clone()).unwrap();
+            for (got, (_, want)) in values.iter().zip(&labeled) {
+                assert!((got - want).abs() < 1e-12, "{format}: {got} vs {want}");
+            }
+        }
+    }
 
     // `tenets train --db` trains on the same pairs, with their soft labels.
     let mut train = tenets::pipeline::train::TrainOptions::new(
@@ -470,7 +515,7 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
         let key = (prompt, best.min(worst), best.max(worst));
         let p = direct[&key];
         let want = if best < worst { p } else { 1.0 - p };
-        assert!((row["label"].as_f64().unwrap() - want).abs() < 1e-9);
+        assert!((row["p_chosen"].as_f64().unwrap() - want).abs() < 1e-9);
         assert!(want >= 0.5);
     }
     // Every pair, each oriented by its own label.
@@ -483,7 +528,7 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
     assert!(rows
         .rows
         .iter()
-        .all(|r| r["label"].as_f64().unwrap() >= 0.5));
+        .all(|r| r["p_chosen"].as_f64().unwrap() >= 0.5));
     // Parquet takes the same rows (sampled columns and all).
     let parquet = dir.path().join("sampled.parquet");
     let written = export::export(&store, Kind::Dpo, Format::Parquet, &all, &parquet)

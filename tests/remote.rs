@@ -178,6 +178,21 @@ fn generate_args<'a>(url: &'a str, prompts: &'a str, db: &'a str) -> Vec<&'a str
     ]
 }
 
+/// `tenets label` through the server at `url`, one question a pair.
+fn label_args<'a>(url: &'a str, db: &'a str) -> Vec<&'a str> {
+    vec![
+        "label",
+        "--db",
+        db,
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--questions",
+        "1",
+    ]
+}
+
 fn count(db: &Path, sql: &str) -> i64 {
     first_number(common::query(db, sql))
 }
@@ -244,20 +259,13 @@ fn an_openai_compatible_server_generates_judges_retries_and_survives_an_outage()
     assert_eq!(count(&db, "SELECT COUNT(*) FROM steps"), 9);
 
     // 2. Labels from the server's log-probabilities, both orders, the swap undone.
-    let out = tenets(&[
-        "label",
-        "--db",
-        &db_s,
-        "--backend",
-        "openai",
-        "--base-url",
-        &url,
-        "--questions",
-        "1",
-        "--parallel",
-        "2",
-        "--quiet",
-    ]);
+    let out = tenets(
+        &[
+            &label_args(&url, &db_s)[..],
+            &["--parallel", "2", "--quiet"],
+        ]
+        .concat(),
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(count(&db, "SELECT COUNT(*) FROM labels"), 3);
     let judgments = common::query(
@@ -416,4 +424,179 @@ fn remote_flags_are_checked_before_anything_runs() {
         assert!(!text(&out).contains("panicked"), "{}", text(&out));
         assert!(!db.exists(), "{args:?} created {}", db.display());
     }
+}
+
+/// A stand-in for an OpenAI-compatible server: it lists one model, answers every generation with
+/// a short reply that repeats whether its conversation mentions SILENT, and answers a judge's
+/// request with log-probabilities for "A" and "B" — except when the conversation mentions
+/// SILENT: then its top log-probabilities hold neither letter (as a chatty judge's do).
+fn fake_judge_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let Some((head, body)) = read_request(&mut client) else {
+                continue;
+            };
+            let reply = if head.starts_with("GET") {
+                serde_json::json!({"object": "list", "data": [{"id": "fake-judge"}]})
+            } else {
+                let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let silent = request["messages"].to_string().contains("SILENT");
+                // The first answer and the later turns differ, so a pair's two answers do.
+                let turns = request["messages"].as_array().map_or(0, Vec::len);
+                let content = match (silent, turns <= 2) {
+                    (true, true) => "SILENT.",
+                    (true, false) => "A SILENT revision, longer than the first answer was.",
+                    (false, true) => "Blue.",
+                    (false, false) => "A revised answer, longer than the first answer was.",
+                };
+                let mut choice = serde_json::json!({
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                });
+                if request["logprobs"] == true {
+                    let top = if silent {
+                        serde_json::json!([{"token": "I", "logprob": -0.05}, {"token": "Well", "logprob": -3.2}])
+                    } else {
+                        serde_json::json!([{"token": "A", "logprob": -0.2}, {"token": "B", "logprob": -1.6}])
+                    };
+                    choice["logprobs"] = serde_json::json!({"content": [{"token": top[0]["token"], "logprob": -0.1, "top_logprobs": top}]});
+                }
+                serde_json::json!({
+                    "object": "chat.completion",
+                    "model": "fake-judge",
+                    "choices": [choice],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+                })
+            };
+            let body = reply.to_string();
+            let _ = write!(
+                client,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// One HTTP request: (head, body).
+fn read_request(client: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    let split = loop {
+        let n = client.read(&mut buf).ok().filter(|&n| n > 0)?;
+        bytes.extend_from_slice(&buf[..n]);
+        if let Some(at) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    while bytes.len() < split + length {
+        let n = client.read(&mut buf).ok().filter(|&n| n > 0)?;
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    Some((head, bytes[split..split + length].to_vec()))
+}
+
+/// A judge that puts no probability on "A" or "B" has not answered: its judgments are kept and
+/// counted (stats, the export report) but left out of the labels and the means — never read as
+/// an even 0.5. A pair none of whose judgments answered has no label, and export leaves it out
+/// by name.
+#[test]
+fn a_judge_that_names_no_letter_is_counted_not_averaged_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}/v1", fake_judge_server());
+    let prompts = common::write_prompts(
+        dir.path(),
+        "p.jsonl",
+        &[
+            "Name a colour.".to_string(),
+            "Say SILENT things.".to_string(),
+            "Name a fruit.".to_string(),
+        ],
+    );
+    let db = dir.path().join("judge.db");
+    let (prompts_s, db_s) = (prompts.display().to_string(), db.display().to_string());
+    let out = tenets(&generate_args(&url, &prompts_s, &db_s));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM pairs"), 3);
+    let out = tenets(&[&label_args(&url, &db_s)[..], &["--parallel", "1"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 judgment(s) put no probability on \"A\" or \"B\"")
+            && text(&out).contains("1 pair(s) got no answer at all"),
+        "{}",
+        text(&out)
+    );
+    // Stored: the masses as read, no probability, the reason.
+    let unanswered = common::query(
+        &db,
+        "SELECT mass_a, mass_b, p_a IS NULL, p_chosen IS NULL, no_answer FROM judgments \
+         WHERE no_answer IS NOT NULL",
+    );
+    assert_eq!(unanswered.len(), 2, "{unanswered:?}");
+    for row in &unanswered {
+        assert_eq!(row, &["0", "0", "1", "1", "no-mass"].map(String::from));
+    }
+    let labels = common::query(
+        &db,
+        "SELECT p_chosen IS NULL, judgments, unanswered FROM labels ORDER BY p_chosen IS NULL",
+    );
+    assert_eq!(
+        labels,
+        vec![
+            vec!["0".to_string(), "2".into(), "0".into()],
+            vec!["0".to_string(), "2".into(), "0".into()],
+            vec!["1".to_string(), "0".into(), "2".into()],
+        ]
+    );
+    // The means are over the answers: P(A) is the same in every answered judgment.
+    let p_a = (-0.2f64).exp() / ((-0.2f64).exp() + (-1.6f64).exp());
+    let out = tenets(&["stats", "--json", "--db", &db_s]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let judge = &stats["judges"][0];
+    assert_eq!(judge["unanswered_judgments"], 2);
+    assert_eq!(judge["pairs_without_answer"], 1);
+    assert_eq!(judge["labeled_pairs"], 2);
+    assert!(
+        (judge["mean_p_a"].as_f64().unwrap() - p_a).abs() < 1e-9,
+        "{judge}"
+    );
+    let out = tenets(&["stats", "--db", &db_s]);
+    assert!(text(&out).contains("no answer"), "{}", text(&out));
+    // Export leaves the unanswered pair out, and says why.
+    let exported = dir.path().join("dpo.jsonl");
+    let out = tenets(&[
+        "export",
+        "--db",
+        &db_s,
+        "--kind",
+        "dpo",
+        "-o",
+        &exported.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the judge gave no answer"),
+        "{}",
+        text(&out)
+    );
+    let rows = std::fs::read_to_string(&exported).unwrap();
+    assert_eq!(rows.lines().count(), 2);
+    assert!(!rows.contains("SILENT"));
 }

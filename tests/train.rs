@@ -320,23 +320,36 @@ fn killed_at_ten_moments_the_resumed_run_retraces_the_loss_curve() {
     let expected = losses(&dir.path().join("whole.train.db"));
     assert_eq!(expected.len(), 40);
 
-    // Ten kills at moments from "still loading" to "mid-step", in a fixed pseudo-random order.
+    // Ten kills, each after its process checkpointed at least one step of its own (a kill
+    // before that tests nothing) and before the run ends, at a pseudo-random moment within the
+    // steps that follow: between steps, mid-forward, mid-commit.
     let out = dir.path().join("cut.gguf");
     let db = dir.path().join("cut.train.db");
+    let checkpoint = || -> u64 {
+        common::poll(&db, "SELECT COALESCE(MAX(step), 0) FROM train_checkpoints")
+            .first()
+            .map_or(0, |r| r[0].parse().unwrap())
+    };
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut kills = 0;
     for _ in 0..10 {
         state = state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let delay = Duration::from_millis(150 + (state >> 33) % 1100);
+        let before = checkpoint();
         let mut child = train_command(&data, &out, &settings)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while checkpoint() <= before && Instant::now() < deadline {
+            assert!(child.try_wait().unwrap().is_none(), "exited before a step");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(checkpoint() > before, "no step checkpointed in 300 s");
+        std::thread::sleep(Duration::from_millis((state >> 33) % 400));
+        if child.try_wait().unwrap().is_none() && checkpoint() < 40 {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
         }
@@ -355,6 +368,132 @@ fn killed_at_ten_moments_the_resumed_run_retraces_the_loss_curve() {
         );
     }
     assert!(out.exists());
+}
+
+/// Every factor of `adapter` (read against the default model) and the model's log-probs of a
+/// few tokens with and without it.
+fn adapter_effect(adapter: &Path) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
+    use tenets::train::model::Model;
+    use tenets::train::quant::matmul::{Compute, Kernel};
+    let model = Model::open(&common::model()).unwrap();
+    let adapters = tenets::train::adapter::read_gguf(&model, adapter).unwrap();
+    let b: Vec<f32> = adapters
+        .layers
+        .iter()
+        .flatten()
+        .flatten()
+        .flat_map(|l| l.b.iter().copied())
+        .collect();
+    let compute = Compute::new(tenets::engine::default_threads(), Kernel::detect()).unwrap();
+    let tokens = [1, 504, 2717, 282, 253, 1345, 30, 378, 1429];
+    let logps = |a: Option<&tenets::train::model::Adapters>| -> Vec<f64> {
+        let scores = model.score_adapted(&compute, &tokens, a).unwrap();
+        scores.iter().map(|s| s.logprob).collect()
+    };
+    (b, logps(None), logps(Some(&adapters)))
+}
+
+/// The one step of a one-step run learns: the schedule never gives a step a learning rate of
+/// 0 (it used to reach its floor at the last step, so `--steps 1` wrote B = 0).
+#[test]
+fn a_single_step_run_changes_the_model() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture_head(dir.path(), 2);
+    let out = dir.path().join("one.gguf");
+    let s = summary(&run(train_command(
+        &data,
+        &out,
+        &[
+            "--max-length",
+            "96",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--no-final-eval",
+        ],
+    )));
+    assert_eq!(s["steps_done"].as_u64(), Some(1));
+    let lr = common::query(
+        &dir.path().join("one.train.db"),
+        "SELECT lr FROM train_steps",
+    );
+    assert_eq!(lr, vec![vec!["0.0002".to_string()]]);
+    let (b, base, adapted) = adapter_effect(&out);
+    assert!(b.iter().any(|&v| v != 0.0), "every lora_b is zero");
+    assert!(b.iter().all(|v| v.is_finite()));
+    assert!(
+        base.iter().zip(&adapted).any(|(x, y)| x != y),
+        "the adapter changes no log-prob: {base:?}"
+    );
+}
+
+/// A NaN gradient (injected at step 3) stops the run with an error naming the step and its
+/// pairs before the weights change; the checkpoint of step 2 resumes, and the finished run
+/// retraces the curve of one that never failed.
+#[test]
+fn a_non_finite_gradient_stops_the_run_before_any_weight_changes() {
+    use tenets::pipeline::train::{train, TrainData, TrainOptions};
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture_head(dir.path(), 4);
+    let options = |name: &str, fault: Option<u64>, resume: bool| {
+        let mut o = TrainOptions::new(
+            &common::model(),
+            TrainData::File(data.clone()),
+            &dir.path().join(name),
+        );
+        o.max_length = 96;
+        o.max_prompt_length = 64;
+        o.batch = 2;
+        o.steps = Some(4);
+        o.save_every = 1;
+        o.lr = 1e-3;
+        o.final_eval = false;
+        o.quiet = true;
+        o.resume = resume;
+        o.inject_nan_gradient_at = fault;
+        o
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stop = || std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    runtime
+        .block_on(train(&options("whole.gguf", None, false), stop()))
+        .unwrap();
+    let expected = losses(&dir.path().join("whole.train.db"));
+
+    let db = dir.path().join("cut.train.db");
+    let err = runtime
+        .block_on(train(&options("cut.gguf", Some(3), false), stop()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step 3: the gradient norm is NaN on the batch of")
+            && err.contains("pairs-4.jsonl:")
+            && err.contains("no weight was changed")
+            && err.contains("the checkpoint at step 2 is kept"),
+        "{err}"
+    );
+    assert_eq!(losses(&db).len(), 2);
+    let saved = common::query(&db, "SELECT step FROM train_checkpoints");
+    assert_eq!(saved, vec![vec!["2".to_string()]]);
+    assert!(!dir.path().join("cut.gguf").exists());
+
+    let resumed = runtime
+        .block_on(train(&options("cut.gguf", None, true), stop()))
+        .unwrap();
+    assert_eq!(resumed.resumed_from, Some(2));
+    let got = losses(&db);
+    assert_eq!(got.len(), 4);
+    for ((step, a), (_, b)) in got.iter().zip(&expected) {
+        assert!(
+            (a - b).abs() <= 1e-9,
+            "step {step}: {a} vs {b} uninterrupted"
+        );
+    }
+    let (b, _, _) = adapter_effect(&dir.path().join("cut.gguf"));
+    assert!(b.iter().all(|v| v.is_finite()) && b.iter().any(|&v| v != 0.0));
 }
 
 #[test]
@@ -519,4 +658,155 @@ fn bad_training_input_is_named_and_writes_nothing() {
         &[],
     ));
     assert!(String::from_utf8_lossy(&output.stderr).contains("the folder does not exist"));
+}
+
+/// PEFT adapters name the base to load them on where the GGUF names the repository it was
+/// converted from (its *own*, not the model it was fine-tuned from), say in their README that
+/// the base must be given where it does not, and address the modules of the class transformers
+/// builds: `model.layers.N` for a causal LM, `model.language_model.layers.N` for Gemma 3 4B and
+/// larger (`Gemma3ForConditionalGeneration`), whose `target_modules` must not reach the vision
+/// tower's own q/k/v projections.
+#[test]
+fn peft_adapters_name_their_base_and_the_modules_transformers_builds() {
+    use tenets::train::gguf::Value as Meta;
+    use tenets::train::model::{Adapters, Model, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let llama = dir.path().join("llama.gguf");
+    common::tiny_model(&llama, "llama", None);
+    let gemma = dir.path().join("gemma.gguf");
+    common::tiny_model(&gemma, "gemma3", None);
+    let write =
+        |src: &Path, name: &str, metadata: &[(&str, Meta)]| -> (Value, Vec<String>, String) {
+            let path = dir.path().join(format!("{name}.gguf"));
+            common::extended_copy(src, &path, metadata, &[]);
+            let model = Model::open(&path).unwrap();
+            let adapters = Adapters::new(&model, &Target::ALL, 4, 8.0, 1);
+            let out = dir.path().join(name);
+            tenets::train::peft::write(&model, &adapters, 0.0, &out).unwrap();
+            let config: Value =
+                serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap())
+                    .unwrap();
+            let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+            let keys = safetensors::SafeTensors::deserialize(&bytes)
+                .unwrap()
+                .names()
+                .into_iter()
+                .cloned()
+                .collect();
+            (
+                config,
+                keys,
+                std::fs::read_to_string(out.join("README.md")).unwrap(),
+            )
+        };
+    let (config, keys, readme) = write(
+        &llama,
+        "repo",
+        &[
+            (
+                "general.source.huggingface.repository",
+                Meta::String("HuggingFaceTB/SmolLM2-135M-Instruct".into()),
+            ),
+            (
+                "general.base_model.0.repo_url",
+                Meta::String("https://huggingface.co/HuggingFaceTB/SmolLM2-135M".into()),
+            ),
+        ],
+    );
+    assert_eq!(
+        config["base_model_name_or_path"],
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    );
+    assert!(
+        readme.contains("HuggingFaceTB/SmolLM2-135M-Instruct"),
+        "{readme}"
+    );
+    assert_eq!(config["target_modules"].as_array().unwrap().len(), 7);
+    assert!(keys
+        .contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
+    let (config, _, _) = write(
+        &llama,
+        "url",
+        &[(
+            "general.source.url",
+            Meta::String("https://huggingface.co/org/name".into()),
+        )],
+    );
+    assert_eq!(config["base_model_name_or_path"], "org/name");
+    // A file that names no repository (`general.basename` is no Hub id): no name, and the
+    // README says to load the base explicitly.
+    let (config, _, readme) = write(&llama, "none", &[]);
+    assert!(config["base_model_name_or_path"].is_null(), "{config}");
+    assert!(readme.contains("must be given"), "{readme}");
+
+    // Gemma 3 4B and larger: RoPE scaled linearly by 8 on the global layers.
+    let (config, keys, readme) = write(
+        &gemma,
+        "gemma4b",
+        &[
+            ("gemma3.rope.scaling.type", Meta::String("linear".into())),
+            ("gemma3.rope.scaling.factor", Meta::F32(8.0)),
+        ],
+    );
+    assert!(
+        keys.contains(
+            &"base_model.model.model.language_model.layers.5.mlp.down_proj.lora_B.weight"
+                .to_string()
+        ),
+        "{keys:?}"
+    );
+    assert!(keys
+        .iter()
+        .all(|k| k.starts_with("base_model.model.model.language_model.layers.")));
+    assert!(
+        readme.contains("Gemma3ForConditionalGeneration"),
+        "{readme}"
+    );
+    let pattern = config["target_modules"]
+        .as_str()
+        .expect("a regular expression")
+        .to_string();
+    // PEFT matches a string with `re.fullmatch` on every module name of the model.
+    let language: Vec<String> = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
+    .iter()
+    .flat_map(|m| {
+        [
+            format!("model.language_model.layers.3.{m}"),
+            format!("language_model.model.layers.3.{m}"),
+        ]
+    })
+    .collect();
+    let vision = [
+        "model.vision_tower.vision_model.encoder.layers.3.self_attn.q_proj",
+        "model.vision_tower.vision_model.encoder.layers.3.self_attn.k_proj",
+        "model.vision_tower.vision_model.encoder.layers.3.self_attn.v_proj",
+        "model.vision_tower.vision_model.encoder.layers.3.self_attn.out_proj",
+        "model.vision_tower.vision_model.encoder.layers.3.mlp.fc1",
+        "vision_tower.vision_model.encoder.layers.3.self_attn.q_proj",
+        "model.multi_modal_projector.mm_soft_emb_norm",
+        "lm_head",
+    ];
+    let script = "import json, re, sys\nj = json.load(sys.stdin)\nprint(json.dumps([bool(re.fullmatch(j['p'], n)) for n in j['names']]))";
+    let names: Vec<&str> = language.iter().map(String::as_str).chain(vision).collect();
+    let matched: Vec<bool> = serde_json::from_value(common::run_python(
+        Path::new("python3"),
+        &[&"-c", &script],
+        &serde_json::json!({"p": pattern, "names": names}).to_string(),
+    ))
+    .unwrap();
+    for (name, hit) in names.iter().zip(&matched) {
+        assert_eq!(
+            *hit,
+            language.iter().any(|l| l == name),
+            "{name} against {pattern}"
+        );
+    }
 }

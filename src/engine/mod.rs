@@ -243,7 +243,7 @@ pub fn chat_template(model: &LlamaModel) -> Result<ChatTemplate, EngineError> {
             CHATML.to_string()
         }
     };
-    Ok(ChatTemplate::new(&source, &bos, &eos)?)
+    Ok(ChatTemplate::new_or_chatml(&source, &bos, &eos))
 }
 
 /// Tokenizes rendered conversation segments: special tokens are parsed in template text only,

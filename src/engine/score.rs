@@ -92,7 +92,17 @@ fn decode_scores(
     }
     ctx.decode(&mut batch)
         .map_err(|e| EngineError::Decode(e.to_string()))?;
-    Ok((0..n - 1)
-        .map(|i| score_row(ctx.get_logits_ith(i as i32), tokens[i + 1].0 as u32))
-        .collect())
+    (0..n - 1)
+        .map(|i| {
+            let row = ctx.get_logits_ith(i as i32);
+            let next = tokens[i + 1].0 as u32;
+            if next as usize >= row.len() {
+                return Err(EngineError::Decode(format!(
+                    "token {next} is outside the model's {} logits",
+                    row.len()
+                )));
+            }
+            Ok(score_row(row, next))
+        })
+        .collect()
 }

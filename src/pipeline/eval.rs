@@ -540,7 +540,7 @@ impl Session for VerdictSession {
             prompt_id: self.prompt_id.clone(),
             step_id: self.step_id.clone(),
             pattern: pattern_verdict(&self.reply).as_str().to_string(),
-            judge: judged.verdict.as_str().to_string(),
+            judge: judged.verdict,
             p_comply,
             p_refuse,
             p_partial,
@@ -627,6 +627,20 @@ pub fn render(summary: &EvalSummary) -> String {
         "  judges agree (refused or not)   {}\n",
         r.judge_agreement.display()
     );
+    let no_verdict = r.base.no_verdict + a.map_or(0, |a| a.no_verdict);
+    if no_verdict > 0 {
+        out += &format!(
+            "  no verdict from the judge model on {no_verdict} answer(s) (no probability on any \
+             option, or a tie): left out of its rates\n"
+        );
+    }
+    if r.unanswered.judgments > 0 {
+        out += &format!(
+            "  comparisons without an answer: {} judgment(s), {} prompt(s) with none: left out \
+             of the win rate\n",
+            r.unanswered.judgments, r.unanswered.prompts
+        );
+    }
     if let Some(w) = &r.win_rate {
         out += &format!(
             "  p(adapter ≻ base)               {}  wins {}  order disagreement {:.1}%\n",

@@ -25,7 +25,9 @@ use crate::engine::{self, Backend, EngineConfig, Probe, ServedModel, Session, St
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, CotSettings, Verdict, ANSWER_PREFIX, COT_PREFIX};
-use crate::store::{JudgeRecord, JudgmentRecord, JudgmentTable, LabelRecord, PairForLabel, Store};
+use crate::store::{
+    JudgeRecord, JudgmentRecord, JudgmentTable, LabelRecord, PairForLabel, Store, StoredJudgments,
+};
 
 /// Everything `tenets label` needs.
 #[derive(Debug, Clone)]
@@ -89,6 +91,11 @@ pub struct LabelSummary {
     pub mean_p_a: f64,
     /// Mean probability the judge put on "A" or "B" at all (how well it kept to the format).
     pub mean_answer_mass: f64,
+    /// Judgments where the judge put no probability on either letter (or the probe came back
+    /// malformed): kept, counted, and left out of labels and means.
+    pub unanswered_judgments: usize,
+    /// Pairs none of whose judgments answered: they have no label under this judge.
+    pub pairs_without_answer: usize,
     pub prefilled_tokens: u64,
     pub seconds: f64,
     pub interrupted: bool,
@@ -125,8 +132,9 @@ pub(super) struct PairSession {
     pair: PairForLabel,
     /// (question, swapped) still to ask: each question straight, then swapped.
     todo: VecDeque<(Comparison, bool)>,
-    /// Judgments of this pair so far (stored and new): (question id, swapped, p_chosen).
-    done: Vec<(String, bool, f64)>,
+    /// Judgments of this pair so far (stored and new): (question id, swapped, p_chosen or
+    /// no answer).
+    done: StoredJudgments,
     /// The turn in flight.
     current: Option<Asked>,
     /// A chain-of-thought question whose reasoning is done and whose answer is next.
@@ -148,7 +156,7 @@ impl PairSession {
         context: Arc<LabelContext>,
         pair: PairForLabel,
         questions: Vec<&Comparison>,
-        done: Vec<(String, bool, f64)>,
+        done: StoredJudgments,
     ) -> Self {
         let todo = questions
             .into_iter()
@@ -270,35 +278,34 @@ impl Session for PairSession {
             self.reasoned = Some(asked);
             return batch::resolved(true);
         }
-        let (mass_a, mass_b) = match output.probe_mass.as_slice() {
-            [a, b] => (*a, *b),
-            _ => (0.0, 0.0),
-        };
         let clamp = self.context.cot.map(|c| c.clamp);
-        let verdict = Verdict::new(mass_a, mass_b, asked.swapped, clamp);
+        let verdict = Verdict::read(&output.probe_mass, asked.swapped, clamp);
         let judgment = JudgmentRecord {
             judge_id: self.context.judge_id.clone(),
             pair_id: self.pair.pair_id.clone(),
             question_id: asked.question.id.clone(),
             swapped: asked.swapped,
-            mass_a,
-            mass_b,
-            p_a: verdict.p_a,
-            p_chosen: verdict.p_chosen,
+            mass_a: verdict.mass_a,
+            mass_b: verdict.mass_b,
+            answer: verdict.answer,
             prompt_tokens: output.prompt_tokens as i64,
             prefill_tokens: output.prefill_tokens as i64,
             reasoning: asked.reasoning,
         };
-        self.done
-            .push((asked.question.id.clone(), asked.swapped, verdict.p_chosen));
+        self.done.push((
+            asked.question.id.clone(),
+            asked.swapped,
+            verdict.answer.ok().map(|a| a.p_chosen),
+        ));
         let label = self.todo.is_empty().then(|| {
-            let (p_chosen, disagreements) = label::combine(&self.done);
+            let combined = label::combine(&self.done);
             LabelRecord {
                 judge_id: self.context.judge_id.clone(),
                 pair_id: self.pair.pair_id.clone(),
-                p_chosen,
-                judgments: self.done.len() as i64,
-                order_disagreements: disagreements as i64,
+                p_chosen: combined.p_chosen,
+                judgments: combined.answered as i64,
+                unanswered: combined.unanswered as i64,
+                order_disagreements: combined.order_disagreements as i64,
             }
         });
         self.write(LabelWrite::Judgment(judgment, label))
@@ -325,6 +332,9 @@ pub async fn label(
         return Err(PipelineError::Setting(
             "--threads must be at least 1".into(),
         ));
+    }
+    if let Some(cot) = &options.cot {
+        cot.check().map_err(PipelineError::Setting)?;
     }
     let store = Store::open_existing(&options.db).await?;
     let latest = store.latest_run().await?;
@@ -509,6 +519,8 @@ pub async fn label(
     summary.order_disagreement = figures.1;
     summary.mean_p_a = figures.2;
     summary.mean_answer_mass = figures.3;
+    summary.unanswered_judgments = figures.4;
+    summary.pairs_without_answer = figures.5;
     summary.prefilled_tokens = counters.prefilled.load(Ordering::Relaxed);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.interrupted = stop.draining();
@@ -516,24 +528,35 @@ pub async fn label(
     Ok(summary)
 }
 
-/// (mean p_chosen over labels, order disagreement rate, mean P(A), mean answer mass).
+/// (mean p_chosen over labels, order disagreement rate, mean P(A), mean answer mass,
+/// judgments without an answer, labels without a value). Means are over answered judgments;
+/// the answer mass is over all of them (a judgment without one has mass 0, which is the point).
 async fn judge_figures(
     store: &Store,
     judge_id: &str,
-) -> Result<(f64, f64, f64, f64), PipelineError> {
+) -> Result<(f64, f64, f64, f64, usize, usize), PipelineError> {
     use sqlx::Row;
     let row = sqlx::query(
         "SELECT (SELECT COALESCE(AVG(p_chosen), 0.0) FROM labels WHERE judge_id = ?1), \
          (SELECT COALESCE(CAST(SUM(order_disagreements) AS REAL) / NULLIF(SUM(judgments) / 2, 0), 0.0) \
             FROM labels WHERE judge_id = ?1), \
          (SELECT COALESCE(AVG(p_a), 0.0) FROM judgments WHERE judge_id = ?1), \
-         (SELECT COALESCE(AVG(mass_a + mass_b), 0.0) FROM judgments WHERE judge_id = ?1)",
+         (SELECT COALESCE(AVG(mass_a + mass_b), 0.0) FROM judgments WHERE judge_id = ?1), \
+         (SELECT COUNT(*) FROM judgments WHERE judge_id = ?1 AND no_answer IS NOT NULL), \
+         (SELECT COUNT(*) FROM labels WHERE judge_id = ?1 AND p_chosen IS NULL)",
     )
     .bind(judge_id)
     .fetch_one(store.pool())
     .await
     .map_err(store.err())?;
-    Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+    Ok((
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get::<i64, _>(4) as usize,
+        row.get::<i64, _>(5) as usize,
+    ))
 }
 
 /// Commits each judgment (and label), then acknowledges it; counts (judgments, labels,

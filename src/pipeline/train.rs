@@ -25,7 +25,7 @@ use crate::filters::PairFilters;
 use crate::hash;
 use crate::store::{FinalScores, Store, TrainRunRecord, TrainStepRecord};
 use crate::train::adapter;
-use crate::train::model::{Adapters, Model, Target};
+use crate::train::model::{AdapterGrads, Adapters, Model, Target};
 use crate::train::optim::{AdamW, Schedule};
 use crate::train::quant::matmul::{Compute, Kernel};
 use crate::train::trainer::{self, Hyper, Item, Loss, TrainError, Trainer};
@@ -78,6 +78,10 @@ pub struct TrainOptions {
     pub threads: usize,
     pub kernel: Kernel,
     pub quiet: bool,
+    /// Fault injection for tests of the non-finite-gradient guard: the gradients of this step
+    /// are made NaN before the update. No flag sets it.
+    #[doc(hidden)]
+    pub inject_nan_gradient_at: Option<u64>,
 }
 
 impl TrainOptions {
@@ -111,6 +115,7 @@ impl TrainOptions {
             threads: engine::default_threads(),
             kernel: Kernel::detect(),
             quiet: false,
+            inject_nan_gradient_at: None,
         }
     }
 
@@ -624,16 +629,24 @@ impl Job {
             let indices = trainer::batch_indices(items.len(), per_step, step, o.seed);
             let batch: Vec<&Item> = indices.iter().map(|&i| &items[i]).collect();
             let started = Instant::now();
-            let metrics = trainer
-                .train_step(&self.model, &self.compute, &self.hyper, &batch)
-                .map_err(|e| match e {
-                    TrainError::NonFinite { index, value } => PipelineError::Train(format!(
-                        "step {step}: the loss is {value} on the example at {}; lower --lr or \
-                         check that example (a checkpoint before this step is kept)",
-                        self.origins[indices[index]]
-                    )),
-                    other => PipelineError::Train(format!("step {step}: {other}")),
-                })?;
+            let stepped = trainer
+                .gradients(&self.model, &self.compute, &self.hyper, &batch)
+                .and_then(|mut gradients| {
+                    if o.inject_nan_gradient_at == Some(step) {
+                        poison(&mut gradients.grads);
+                    }
+                    trainer.apply(&self.hyper, gradients)
+                });
+            let metrics = match stepped {
+                Ok(metrics) => metrics,
+                Err(e) => {
+                    // Nothing of this step reached the weights: the last completed one is the
+                    // checkpoint a rerun with --resume continues from.
+                    self.checkpoint_last(&trainer, last.as_ref())?;
+                    bar.abandon();
+                    return Err(self.step_error(step, &indices, e));
+                }
+            };
             let seconds = started.elapsed().as_secs_f64();
             let record = TrainStepRecord {
                 step,
@@ -674,15 +687,8 @@ impl Job {
             }
             last = Some(record);
         }
-        if stopped && trainer.step > 0 {
-            // Make the last completed step the checkpoint, so nothing done is redone.
-            if let Some(record) = last {
-                self.handle.block_on(self.store.commit_train_step(
-                    &self.run_id,
-                    &record,
-                    Some(&trainer.to_bytes()),
-                ))?;
-            }
+        if stopped {
+            self.checkpoint_last(&trainer, last.as_ref())?;
         }
         bar.finish_and_clear();
         self.write_csv(&csv_path)?;
@@ -743,6 +749,49 @@ impl Job {
         summary.peft = Some(peft_dir);
         summary.peak_rss_mib = peak_rss_mib();
         Ok(summary)
+    }
+
+    /// Makes the last step this invocation completed (`last`) the checkpoint, so a stopped or
+    /// failed run redoes nothing that was done (`--save-every` may not have saved it).
+    fn checkpoint_last(
+        &self,
+        trainer: &Trainer,
+        last: Option<&TrainStepRecord>,
+    ) -> Result<(), PipelineError> {
+        if let Some(record) = last.filter(|_| trainer.step > 0) {
+            self.handle.block_on(self.store.commit_train_step(
+                &self.run_id,
+                record,
+                Some(&trainer.to_bytes()),
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// What a failed step says: the step, the examples of its batch, and what was kept.
+    fn step_error(&self, step: u64, indices: &[usize], e: TrainError) -> PipelineError {
+        let kept = match step - 1 {
+            0 => "nothing was trained yet".to_string(),
+            done => format!("the checkpoint at step {done} is kept (rerun with --resume)"),
+        };
+        PipelineError::Train(match e {
+            TrainError::NonFinite { index, value } => format!(
+                "step {step}: the loss is {value} on the example at {}; lower --lr or check that \
+                 example ({kept})",
+                self.origins[indices[index]]
+            ),
+            TrainError::NonFiniteGradient { norm } => {
+                let mut examples: Vec<&str> =
+                    indices.iter().map(|&i| self.origins[i].as_str()).collect();
+                examples.dedup();
+                format!(
+                    "step {step}: the gradient norm is {norm} on the batch of {}; no weight was \
+                     changed and {kept}; lower --lr or check those examples",
+                    examples.join(", ")
+                )
+            }
+            other => format!("step {step}: {other}"),
+        })
     }
 
     /// Fills every item's reference log-probs: from the cache, or computed (and cached, a batch
@@ -842,6 +891,14 @@ impl Job {
         let bytes = w.into_inner().map_err(|e| fail(e.to_string()))?;
         export::write_atomically(path, &bytes)?;
         Ok(())
+    }
+}
+
+/// Makes the gradients NaN, every A factor's (the fault
+/// [`TrainOptions::inject_nan_gradient_at`] injects).
+fn poison(grads: &mut AdapterGrads) {
+    for g in grads.layers.iter_mut().flatten().flatten() {
+        g.a.fill(f32::NAN);
     }
 }
 

@@ -81,8 +81,8 @@ pub struct VerdictRecord {
     pub step_id: String,
     /// The string-pattern judge: "comply" or "refuse".
     pub pattern: String,
-    /// The judge model: "comply", "refuse" or "partial".
-    pub judge: String,
+    /// The judge model: "comply", "refuse" or "partial" — or why it gave none.
+    pub judge: Result<crate::eval::Refusal, crate::eval::NoVerdict>,
     pub p_comply: f64,
     pub p_refuse: f64,
     pub p_partial: f64,
@@ -158,15 +158,16 @@ impl Store {
     pub async fn commit_verdict(&self, v: &VerdictRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT OR IGNORE INTO eval_verdicts (eval_id, side, prompt_id, step_id, pattern, \
-             judge, p_comply, p_refuse, p_partial, answer_mass) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             judge, no_verdict, p_comply, p_refuse, p_partial, answer_mass) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&v.eval_id)
         .bind(v.side.as_str())
         .bind(&v.prompt_id)
         .bind(&v.step_id)
         .bind(&v.pattern)
-        .bind(&v.judge)
+        .bind(v.judge.ok().map(|r| r.as_str()))
+        .bind(v.judge.err().map(|n| n.as_str()))
         .bind(v.p_comply)
         .bind(v.p_refuse)
         .bind(v.p_partial)

@@ -1,5 +1,5 @@
 //! The optimiser and its schedule: AdamW (decoupled weight decay, bias-corrected moments), a
-//! learning rate that warms up linearly and then follows a cosine down to a floor, and clipping
+//! learning rate that warms up linearly and then follows a cosine towards a floor, and clipping
 //! of the global gradient norm.
 
 /// AdamW settings.
@@ -64,7 +64,10 @@ impl AdamW {
     }
 }
 
-/// Linear warmup over `warmup` steps to `peak`, then cosine decay to `floor` at `total`.
+/// Linear warmup over `warmup` steps to `peak`, then a cosine from `peak` towards `floor`,
+/// which it would reach one step after `total`: as in Hugging Face's cosine schedule (whose step
+/// counter starts at 0), every step of a run — the last included, and the only one of a
+/// one-step run — gets a learning rate above the floor, so no step is wasted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
     pub peak: f64,
@@ -79,20 +82,26 @@ impl Schedule {
         if self.warmup > 0 && step <= self.warmup {
             return self.peak * step as f64 / self.warmup as f64;
         }
+        // Steps after the warmup, counted from 0: the first of them runs at the peak.
         let span = self.total.saturating_sub(self.warmup).max(1) as f64;
-        let done = (step.saturating_sub(self.warmup) as f64 / span).min(1.0);
+        let done = (step.saturating_sub(self.warmup + 1) as f64 / span).min(1.0);
         self.floor + 0.5 * (self.peak - self.floor) * (1.0 + (std::f64::consts::PI * done).cos())
     }
 }
 
-/// Scales every gradient so their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_global_norm(grads: &mut [&mut [f32]], max_norm: f64) -> f64 {
-    let norm = grads
+/// The L2 norm of all gradients together (NaN if any is NaN, infinite if any is infinite).
+pub fn global_norm(grads: &[&mut [f32]]) -> f64 {
+    grads
         .iter()
         .flat_map(|g| g.iter())
         .map(|&v| f64::from(v) * f64::from(v))
         .sum::<f64>()
-        .sqrt();
+        .sqrt()
+}
+
+/// Scales every gradient so their global L2 norm is at most `max_norm`; returns the norm before.
+pub fn clip_global_norm(grads: &mut [&mut [f32]], max_norm: f64) -> f64 {
+    let norm = global_norm(grads);
     if norm > max_norm && norm > 0.0 {
         let k = (max_norm / norm) as f32;
         grads
@@ -143,9 +152,42 @@ mod tests {
         };
         assert!((s.lr(1) - 1e-5).abs() < 1e-12);
         assert!((s.lr(10) - 1e-4).abs() < 1e-12);
-        assert!((s.lr(60) - 5.5e-5).abs() < 1e-12);
-        assert!((s.lr(110) - 1e-5).abs() < 1e-12);
+        assert!((s.lr(11) - 1e-4).abs() < 1e-12);
+        assert!((s.lr(61) - 5.5e-5).abs() < 1e-12);
+        // The last step still learns; only past the end is the floor reached.
+        assert!(s.lr(110) > 1e-5 + 1e-9);
+        assert!((s.lr(111) - 1e-5).abs() < 1e-12);
         assert!((s.lr(500) - 1e-5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn every_step_of_a_run_has_a_learning_rate_above_the_floor() {
+        for total in 1..=40u64 {
+            // The trainer's default warmup (a tenth of the run), none, and a warmup as long as
+            // the run.
+            for warmup in [total / 10, 0, total] {
+                let s = Schedule {
+                    peak: 2e-4,
+                    floor: 0.0,
+                    warmup,
+                    total,
+                };
+                for step in 1..=total {
+                    let lr = s.lr(step);
+                    assert!(
+                        lr > 0.0 && lr <= 2e-4 * (1.0 + 1e-12),
+                        "total {total}, warmup {warmup}: step {step} has lr {lr}"
+                    );
+                }
+            }
+        }
+        let one = Schedule {
+            peak: 2e-4,
+            floor: 0.0,
+            warmup: 0,
+            total: 1,
+        };
+        assert_eq!(one.lr(1), 2e-4);
     }
 
     #[test]

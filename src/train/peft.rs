@@ -1,5 +1,12 @@
 //! Adapters out in PEFT's format, for the Hugging Face side: `adapter_model.safetensors` (f32
-//! `lora_A`/`lora_B` under HF module names) and `adapter_config.json`.
+//! `lora_A`/`lora_B` under HF module names), `adapter_config.json` and a `README.md` that says
+//! which base model to load it on.
+//!
+//! Module names follow the class transformers builds for the checkpoint ([`HfLayout`]): a plain
+//! causal LM keeps its decoder at `model.layers.N`, while Gemma 3 4B and larger load as
+//! `Gemma3ForConditionalGeneration`, whose decoder sits at `model.language_model.layers.N` beside
+//! a vision tower with q/k/v projections of its own — so there the keys say `language_model` and
+//! `target_modules` is a regular expression that matches the language model only.
 //!
 //! GGUF converters permute the rows of Llama q/k weights so llama.cpp's adjacent-pair RoPE gives
 //! the original rotation (`convert_hf_to_gguf`'s `permute`: within each head, HF row
@@ -13,7 +20,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::lora::Lora;
-use super::model::{Adapters, Model, RopeLayout, Target};
+use super::model::{Adapters, Architecture, Model, RopeLayout, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeftError {
@@ -23,18 +30,105 @@ pub enum PeftError {
     Empty,
 }
 
-/// The HF module path of a projection.
-pub fn module_name(layer: usize, target: Target) -> String {
-    let module = match target {
-        Target::Q => "self_attn.q_proj",
-        Target::K => "self_attn.k_proj",
-        Target::V => "self_attn.v_proj",
-        Target::O => "self_attn.o_proj",
-        Target::Gate => "mlp.gate_proj",
-        Target::Up => "mlp.up_proj",
-        Target::Down => "mlp.down_proj",
+/// Where transformers puts the decoder layers of the class it builds for a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfLayout {
+    /// `*ForCausalLM`: `model.layers.N`.
+    CausalLm,
+    /// `Gemma3ForConditionalGeneration` (Gemma 3 4B, 12B, 27B and their fine-tunes):
+    /// `model.language_model.layers.N`, beside `model.vision_tower`.
+    Gemma3Multimodal,
+}
+
+/// Hidden sizes of the Gemma 3 checkpoints that ship with a vision tower (4B, 12B, 27B); 270M
+/// (640) and 1B (1152) are text-only `Gemma3ForCausalLM`.
+const GEMMA3_MULTIMODAL_WIDTHS: [usize; 3] = [2560, 3840, 5376];
+
+impl HfLayout {
+    /// The layout of `model`'s checkpoint. A GGUF holds only the language model, so Gemma 3's
+    /// size tells: the multimodal checkpoints are the widths above, and only they scale RoPE
+    /// (linear, factor 8, on their global layers).
+    pub fn of(model: &Model) -> Self {
+        let c = model.config();
+        let multimodal = GEMMA3_MULTIMODAL_WIDTHS.contains(&c.embedding) || c.rope_scale != 1.0;
+        if c.architecture == Architecture::Gemma3 && multimodal {
+            HfLayout::Gemma3Multimodal
+        } else {
+            HfLayout::CausalLm
+        }
+    }
+
+    /// The module path of the decoder layers, under the model's root.
+    fn layers(self) -> &'static str {
+        match self {
+            HfLayout::CausalLm => "model.layers",
+            HfLayout::Gemma3Multimodal => "model.language_model.layers",
+        }
+    }
+
+    /// PEFT's `target_modules` for `targets`: module name suffixes for a plain decoder, and for a
+    /// multimodal one a regular expression (PEFT matches a string with `re.fullmatch`) that
+    /// names only the language model's projections, never the vision tower's.
+    fn target_modules(self, targets: &[Target]) -> serde_json::Value {
+        let names: Vec<&str> = targets.iter().map(|t| projection(*t).1).collect();
+        match self {
+            HfLayout::CausalLm => serde_json::json!(names),
+            HfLayout::Gemma3Multimodal => serde_json::json!(format!(
+                r"(.*\.)?language_model\.(model\.)?layers\.\d+\.(self_attn|mlp)\.({})",
+                names.join("|")
+            )),
+        }
+    }
+}
+
+/// A projection's (block, module) names in HF's decoder layer.
+fn projection(target: Target) -> (&'static str, &'static str) {
+    match target {
+        Target::Q => ("self_attn", "q_proj"),
+        Target::K => ("self_attn", "k_proj"),
+        Target::V => ("self_attn", "v_proj"),
+        Target::O => ("self_attn", "o_proj"),
+        Target::Gate => ("mlp", "gate_proj"),
+        Target::Up => ("mlp", "up_proj"),
+        Target::Down => ("mlp", "down_proj"),
+    }
+}
+
+/// The PEFT key prefix of a projection (`base_model.model.` + the module path).
+pub fn module_name(layout: HfLayout, layer: usize, target: Target) -> String {
+    let (block, module) = projection(target);
+    format!(
+        "base_model.model.{}.{layer}.{block}.{module}",
+        layout.layers()
+    )
+}
+
+/// The Hugging Face repository a GGUF was converted from, where the file names it: the
+/// converter's `general.source.huggingface.repository`, or a `general.source.url` on the Hub.
+/// (`general.base_model.*` names the model this one was fine-tuned *from*: not the one to load.)
+pub fn source_repository(gguf: &crate::train::gguf::Gguf) -> Option<String> {
+    let text = |key: &str| gguf.get(key).and_then(|v| v.as_str()).map(str::trim);
+    if let Some(repo) = text("general.source.huggingface.repository").filter(|r| is_repo_id(r)) {
+        return Some(repo.to_string());
+    }
+    let url = text("general.source.url")?;
+    let path = url
+        .strip_prefix("https://huggingface.co/")
+        .or_else(|| url.strip_prefix("http://huggingface.co/"))?;
+    let repo: Vec<&str> = path.split('/').take(2).collect();
+    let repo = repo.join("/");
+    is_repo_id(&repo).then_some(repo)
+}
+
+/// `owner/name`, as the Hub spells repository ids.
+fn is_repo_id(text: &str) -> bool {
+    let ok = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
-    format!("base_model.model.model.layers.{layer}.{module}")
+    matches!(text.split_once('/'), Some((owner, name)) if ok(owner) && ok(name))
 }
 
 /// Rows of a q or k projection from GGUF order back to HF order (`heads` heads of `head_dim`).
@@ -67,6 +161,7 @@ pub fn write(
         message: e.to_string(),
     };
     let c = model.config();
+    let layout = HfLayout::of(model);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
     let mut first: Option<&Lora> = None;
@@ -90,7 +185,7 @@ pub fn write(
                 }
                 _ => lora.b.clone(),
             };
-            let name = module_name(l, target);
+            let name = module_name(layout, l, target);
             tensors.push((
                 format!("{name}.lora_A.weight"),
                 vec![lora.rank, lora.input],
@@ -119,18 +214,9 @@ pub fn write(
         .map_err(|e| fail(&weights_path, &format!("{e:?}")))?;
     crate::atomic::write(&weights_path, &data).map_err(|e| fail(&weights_path, &e))?;
 
-    let base = ["general.basename", "general.name"]
-        .iter()
-        .find_map(|k| model.gguf().get(k).and_then(|v| v.as_str()))
-        .map(str::to_string)
-        .unwrap_or_else(|| model.path().display().to_string());
-    let modules: Vec<String> = targets
-        .iter()
-        .map(|t| {
-            let name = module_name(0, *t);
-            name.rsplit('.').next().unwrap_or_default().to_string()
-        })
-        .collect();
+    // Without a repository id the base cannot be named for `AutoPeftModelForCausalLM`: null,
+    // and the README says to load the base explicitly.
+    let base = source_repository(model.gguf());
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -138,7 +224,7 @@ pub fn write(
         "r": first.rank,
         "lora_alpha": first.scale * first.rank as f32,
         "lora_dropout": dropout,
-        "target_modules": modules,
+        "target_modules": layout.target_modules(&targets),
         "bias": "none",
         "fan_in_fan_out": false,
         "inference_mode": true,
@@ -149,10 +235,56 @@ pub fn write(
         "rank_pattern": {},
         "alpha_pattern": {},
     });
+    let readme_path = dir.join("README.md");
+    let readme = readme(model, layout, base.as_deref());
+    crate::atomic::write(&readme_path, readme.as_bytes()).map_err(|e| fail(&readme_path, &e))?;
     let config_path = dir.join("adapter_config.json");
     let text = serde_json::to_vec_pretty(&config).map_err(|e| fail(&config_path, &e))?;
     crate::atomic::write(&config_path, &text).map_err(|e| fail(&config_path, &e))?;
     Ok(())
+}
+
+/// The adapter folder's model card: the base to load it on and the module layout assumed.
+fn readme(model: &Model, layout: HfLayout, base: Option<&str>) -> String {
+    let name = ["general.name", "general.basename"]
+        .iter()
+        .find_map(|k| model.gguf().get(k).and_then(|v| v.as_str()))
+        .unwrap_or("the base model");
+    let file = model
+        .path()
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    let class = match layout {
+        HfLayout::CausalLm => "AutoModelForCausalLM",
+        HfLayout::Gemma3Multimodal => "Gemma3ForConditionalGeneration",
+    };
+    let load = match base {
+        Some(repo) => format!(
+            "The base is `{repo}` (`base_model_name_or_path`), so PEFT can load it alone:\n\n\
+             ```python\nfrom peft import AutoPeftModelForCausalLM\n\
+             model = AutoPeftModelForCausalLM.from_pretrained(\"path/to/this/folder\")\n```\n"
+        ),
+        None => format!(
+            "The GGUF file ({file}, \"{name}\") does not name the Hugging Face repository it was \
+             converted from, so `base_model_name_or_path` is empty and the base must be given \
+             explicitly — the checkpoint the GGUF was made from:\n\n\
+             ```python\nfrom transformers import {class}\nfrom peft import PeftModel\n\
+             base = {class}.from_pretrained(\"<owner>/<model>\")\n\
+             model = PeftModel.from_pretrained(base, \"path/to/this/folder\")\n```\n"
+        ),
+    };
+    let modules = match layout {
+        HfLayout::CausalLm => "`model.layers.N` (a causal LM)".to_string(),
+        HfLayout::Gemma3Multimodal => "`model.language_model.layers.N`, as transformers builds \
+            Gemma 3 4B and larger (`Gemma3ForConditionalGeneration`); `target_modules` is a \
+            regular expression that leaves the vision tower alone"
+            .to_string(),
+    };
+    format!(
+        "---\nlibrary_name: peft\n---\n\n# LoRA adapter trained by tenets\n\n\
+         Trained on the quantized GGUF `{file}` (\"{name}\"). Its keys address the decoder at \
+         {modules}.\n\n{load}"
+    )
 }
 
 fn bytes(values: &[f32]) -> Vec<u8> {

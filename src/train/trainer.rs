@@ -17,7 +17,7 @@ use super::dpo::{pair_loss, Objective, PairLogps};
 use super::lora::Dropout;
 use super::model::backward::Prediction;
 use super::model::{AdapterGrads, Adapters, Branch, Layout, Model, ModelError, Segment};
-use super::optim::{clip_global_norm, AdamW, Moments, Schedule};
+use super::optim::{clip_global_norm, global_norm, AdamW, Moments, Schedule};
 use super::quant::matmul::Compute;
 
 /// What the adapter is trained for.
@@ -246,6 +246,13 @@ pub struct StepMetrics {
     pub tokens: usize,
 }
 
+/// One step's gradients and metrics, between [`Trainer::gradients`] and [`Trainer::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepGradients {
+    pub metrics: StepMetrics,
+    pub grads: AdapterGrads,
+}
+
 /// A loss that is not a number, and the batch position of the item that made it.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -253,6 +260,9 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error("the loss is {value} on item {index} of the batch")]
     NonFinite { index: usize, value: f64 },
+    /// A gradient that is not a number: no weight was changed.
+    #[error("the gradient norm is {norm}; no weight was changed")]
+    NonFiniteGradient { norm: f64 },
     #[error("item {index} is preference data without a rejected answer or reference log-probs")]
     NotAPair { index: usize },
     #[error("checkpoint does not fit these adapters: {0}")]
@@ -286,7 +296,8 @@ impl Trainer {
         }
     }
 
-    /// One optimiser step on `batch` (the mean loss over its items).
+    /// One optimiser step on `batch` (the mean loss over its items): [`Trainer::gradients`],
+    /// then [`Trainer::apply`].
     pub fn train_step(
         &mut self,
         model: &Model,
@@ -294,11 +305,22 @@ impl Trainer {
         hyper: &Hyper,
         batch: &[&Item],
     ) -> Result<StepMetrics, TrainError> {
+        let step = self.gradients(model, compute, hyper, batch)?;
+        self.apply(hyper, step)
+    }
+
+    /// The gradients of the next step's loss on `batch`, and its metrics; nothing is updated.
+    pub fn gradients(
+        &mut self,
+        model: &Model,
+        compute: &Compute,
+        hyper: &Hyper,
+        batch: &[&Item],
+    ) -> Result<StepGradients, TrainError> {
         let step = self.step + 1;
-        let lr = hyper.schedule.lr(step);
         let mut grads = AdapterGrads::default();
         let mut m = StepMetrics {
-            lr,
+            lr: hyper.schedule.lr(step),
             tokens: batch.iter().map(|i| i.tokens()).sum(),
             ..StepMetrics::default()
         };
@@ -325,6 +347,18 @@ impl Trainer {
             .install(|| self.step_gradients(model, compute, hyper, batch, &mut m, &mut grads));
         self.adapters.dropout = None;
         result?;
+        Ok(StepGradients { metrics: m, grads })
+    }
+
+    /// The update of one step from its gradients: clipped to the global norm, then AdamW.
+    /// A gradient that is not finite (NaN or infinite anywhere) is refused before any weight or
+    /// moment changes, so the adapters and the step count stay as the last checkpoint left
+    /// them; clipping would not save it (a NaN norm compares false and clips nothing).
+    pub fn apply(&mut self, hyper: &Hyper, step: StepGradients) -> Result<StepMetrics, TrainError> {
+        let StepGradients {
+            metrics: mut m,
+            mut grads,
+        } = step;
         let mut slices: Vec<&mut [f32]> = grads
             .layers
             .iter_mut()
@@ -332,13 +366,18 @@ impl Trainer {
             .flatten()
             .flat_map(|g| [g.a.as_mut_slice(), g.b.as_mut_slice()])
             .collect();
+        let norm = global_norm(&slices);
+        if !norm.is_finite() {
+            return Err(TrainError::NonFiniteGradient { norm });
+        }
         let max = if hyper.max_grad_norm > 0.0 {
             hyper.max_grad_norm
         } else {
             f64::INFINITY
         };
         m.grad_norm = clip_global_norm(&mut slices, max);
-        self.apply_update(&grads, &hyper.optimizer, step, lr);
+        let step = self.step + 1;
+        self.apply_update(&grads, &hyper.optimizer, step, m.lr);
         self.step = step;
         Ok(m)
     }

@@ -143,3 +143,160 @@ pub fn execute(db: &Path, sql: &str) {
         pool.close().await;
     })
 }
+
+/// A small random model of `arch` in f32 with the default model's tokenizer (so llama.cpp loads
+/// it): 6 layers, so a Gemma 3 model has five sliding-window layers (window 8) and one global.
+/// `embedding_rows` gives it fewer embedding rows than its tokenizer has tokens (a file
+/// llama.cpp refuses to run, whose tokenizer the native engine still uses).
+pub fn tiny_model(dst: &Path, arch: &str, embedding_rows: Option<u64>) {
+    use rand::{Rng, SeedableRng};
+    use tenets::train::gguf::writer::GgufWriter;
+    use tenets::train::gguf::{Gguf, Value};
+    use tenets::train::quant::QuantType;
+    let tokenizer = Gguf::open(&model()).unwrap();
+    let vocab =
+        embedding_rows.unwrap_or_else(|| tokenizer.tensor("token_embd.weight").unwrap().dims[1]);
+    let mut w = GgufWriter::new();
+    for (key, value) in &tokenizer.metadata {
+        if key.starts_with("tokenizer.") {
+            w.metadata(key, value.clone()).unwrap();
+        }
+    }
+    let gemma = arch == "gemma3";
+    let (embd, layers, heads, kv_heads, head_dim, ff) = (64u64, 6u64, 4u64, 2u64, 32u64, 96u64);
+    let mut meta = |k: &str, v: Value| w.metadata(&format!("{arch}.{k}"), v).unwrap();
+    meta("context_length", Value::U32(512));
+    meta("embedding_length", Value::U32(embd as u32));
+    meta("block_count", Value::U32(layers as u32));
+    meta("feed_forward_length", Value::U32(ff as u32));
+    meta("attention.head_count", Value::U32(heads as u32));
+    meta("attention.head_count_kv", Value::U32(kv_heads as u32));
+    meta("attention.key_length", Value::U32(head_dim as u32));
+    meta("attention.value_length", Value::U32(head_dim as u32));
+    meta("attention.layer_norm_rms_epsilon", Value::F32(1e-6));
+    meta("rope.freq_base", Value::F32(if gemma { 1e6 } else { 1e4 }));
+    meta("rope.dimension_count", Value::U32(head_dim as u32));
+    if gemma {
+        meta("attention.sliding_window", Value::U32(8));
+    }
+    w.metadata("general.architecture", Value::String(arch.into()))
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64], around: f32, spread: f32| {
+        let n: u64 = dims.iter().product();
+        let bytes = (0..n)
+            .flat_map(|_| (around + rng.gen_range(-spread..spread)).to_le_bytes())
+            .collect();
+        w.tensor(name, dims, QuantType::F32, bytes).unwrap();
+    };
+    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+    add(&mut w, "token_embd.weight", &[embd, vocab], 0.0, 0.5);
+    add(&mut w, "output_norm.weight", &[embd], 1.0, 0.2);
+    for l in 0..layers {
+        let n = |t: &str| format!("blk.{l}.{t}.weight");
+        add(&mut w, &n("attn_norm"), &[embd], 1.0, 0.2);
+        add(&mut w, &n("attn_q"), &[embd, q], 0.0, 0.3);
+        add(&mut w, &n("attn_k"), &[embd, kv], 0.0, 0.3);
+        add(&mut w, &n("attn_v"), &[embd, kv], 0.0, 0.3);
+        add(&mut w, &n("attn_output"), &[q, embd], 0.0, 0.2);
+        add(&mut w, &n("ffn_norm"), &[embd], 1.0, 0.2);
+        add(&mut w, &n("ffn_gate"), &[embd, ff], 0.0, 0.3);
+        add(&mut w, &n("ffn_up"), &[embd, ff], 0.0, 0.3);
+        add(&mut w, &n("ffn_down"), &[ff, embd], 0.0, 0.2);
+        if gemma {
+            add(&mut w, &n("attn_q_norm"), &[head_dim], 1.0, 0.2);
+            add(&mut w, &n("attn_k_norm"), &[head_dim], 1.0, 0.2);
+            add(&mut w, &n("post_attention_norm"), &[embd], 1.0, 0.2);
+            add(&mut w, &n("post_ffw_norm"), &[embd], 1.0, 0.2);
+        }
+    }
+    w.write(dst).unwrap();
+}
+
+/// A copy of `src` with metadata entries added (or replaced) and extra f32 tensors.
+pub fn extended_copy(
+    src: &Path,
+    dst: &Path,
+    metadata: &[(&str, tenets::train::gguf::Value)],
+    tensors: &[(&str, u64)],
+) {
+    use tenets::train::gguf::writer::GgufWriter;
+    use tenets::train::gguf::Gguf;
+    use tenets::train::quant::QuantType;
+    let g = Gguf::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (key, value) in &g.metadata {
+        if !metadata.iter().any(|(k, _)| k == key) {
+            w.metadata(key, value.clone()).unwrap();
+        }
+    }
+    for (key, value) in metadata {
+        w.metadata(key, value.clone()).unwrap();
+    }
+    for t in &g.tensors {
+        w.tensor(&t.name, &t.dims, t.kind, g.data(t).to_vec())
+            .unwrap();
+    }
+    for &(name, len) in tensors {
+        let bytes = (0..len).flat_map(|_| 1.0f32.to_le_bytes()).collect();
+        w.tensor(name, &[len], QuantType::F32, bytes).unwrap();
+    }
+    w.write(dst).unwrap();
+}
+
+/// The Python of the tests' own environment (`scripts/python-test-setup`: jinja2 and
+/// `datasets`, to compare against what Hugging Face renders and loads). `None` skips the check
+/// where it is not installed, unless `TENETS_REQUIRE_PYTHON` is set (as CI does): then a
+/// missing environment fails.
+pub fn test_python() -> Option<PathBuf> {
+    let python = repo(".venv-tests/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("TENETS_REQUIRE_PYTHON").is_none(),
+        "{} is missing: run scripts/python-test-setup",
+        python.display()
+    );
+    eprintln!(
+        "skipped: {} is missing (run scripts/python-test-setup)",
+        python.display()
+    );
+    None
+}
+
+/// Runs `python` with `args` (a script under tests/python/ and its arguments, or `-c CODE`),
+/// `stdin` in; its stdout read as JSON.
+pub fn run_python(
+    python: &Path,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+    stdin: &str,
+) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        python.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A script of tests/python/.
+pub fn python_script(name: &str) -> PathBuf {
+    repo(&format!("tests/python/{name}"))
+}

@@ -20,6 +20,43 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Nesting allowed for arrays of arrays.
 const MAX_DEPTH: usize = 4;
+/// Metadata values a file may hold in all (array items included). A parsed value takes about
+/// 32 bytes of memory, so the budget bounds what a file can make the reader hold at 512 MiB;
+/// the largest real tokenizers (262 144 tokens with their scores, types and merges) hold under
+/// 1.5 million.
+const MAX_METADATA_VALUES: u64 = 1 << 24;
+/// The fewest bytes a tensor info takes in the file: name length, dimension count, one
+/// dimension, type and offset.
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
+/// The fewest bytes a metadata entry takes: key length, value type and a one-byte value.
+const MIN_METADATA_ENTRY_BYTES: u64 = 8 + 4 + 1;
+
+/// The fewest bytes one value of GGUF metadata type `kind` takes in the file (0 for a type
+/// that does not exist: it is refused when read).
+fn min_value_bytes(kind: u32) -> u64 {
+    match kind {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        // A string's length; an array's item type and count.
+        8 => 8,
+        9 => 4 + 8,
+        10..=12 => 8,
+        _ => 1,
+    }
+}
+
+/// The capacity to reserve for `count` items a file announces, each at least `item_bytes` long,
+/// with `left` bytes of the file still unread: an error when they cannot fit (a count is only
+/// ever believed as far as the bytes behind it go).
+fn capacity_for(count: u64, item_bytes: u64, left: u64) -> Result<usize, String> {
+    match count.checked_mul(item_bytes) {
+        Some(needed) if needed <= left => Ok(count as usize),
+        _ => Err(format!(
+            "{count} items of at least {item_bytes} bytes each cannot fit in the {left} bytes left"
+        )),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -142,9 +179,28 @@ struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Metadata values still allowed (see [`MAX_METADATA_VALUES`]).
+    values_left: u64,
 }
 
 impl<'a> Reader<'a> {
+    fn left(&self) -> u64 {
+        (self.bytes.len() - self.pos) as u64
+    }
+
+    /// Reserves `count` values of the metadata budget.
+    fn spend_values(&mut self, count: u64) -> Result<(), GgufError> {
+        match self.values_left.checked_sub(count) {
+            Some(rest) => {
+                self.values_left = rest;
+                Ok(())
+            }
+            None => Err(self.corrupt(format!(
+                "metadata holds more than {MAX_METADATA_VALUES} values"
+            ))),
+        }
+    }
+
     fn corrupt(&self, message: impl Into<String>) -> GgufError {
         GgufError::Corrupt {
             path: self.path.to_path_buf(),
@@ -209,13 +265,12 @@ impl<'a> Reader<'a> {
                 }
                 let item = self.u32("array type")?;
                 let count = self.u64("array length")?;
-                // Every element takes at least one byte: a count beyond the bytes left is a lie,
-                // and must not become an allocation.
-                let left = (self.bytes.len() - self.pos) as u64;
-                if count > left {
-                    return Err(self.corrupt(format!("array of {count} items in {left} bytes")));
-                }
-                let mut items = Vec::with_capacity(count as usize);
+                // A count the bytes left cannot hold is a lie, and must not become an
+                // allocation; nor may the file's values in all outgrow the budget.
+                let capacity = capacity_for(count, min_value_bytes(item), self.left())
+                    .map_err(|m| self.corrupt(format!("array: {m}")))?;
+                self.spend_values(count)?;
+                let mut items = Vec::with_capacity(capacity);
                 for _ in 0..count {
                     items.push(self.value(item, depth + 1)?);
                 }
@@ -257,6 +312,7 @@ impl Gguf {
             bytes: &map,
             pos: 0,
             path,
+            values_left: MAX_METADATA_VALUES,
         };
         if map.len() < 4 || &map[..4] != MAGIC {
             return Err(GgufError::NotGguf {
@@ -273,12 +329,19 @@ impl Gguf {
         }
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
-        let left = (map.len() - r.pos) as u64;
-        if n_tensors > left || n_kv > left {
-            return Err(r.corrupt(format!(
-                "{n_tensors} tensors and {n_kv} metadata entries cannot fit in {left} bytes"
-            )));
-        }
+        let left = r.left();
+        let tensor_capacity = n_tensors
+            .checked_mul(MIN_TENSOR_INFO_BYTES)
+            .zip(n_kv.checked_mul(MIN_METADATA_ENTRY_BYTES))
+            .and_then(|(t, m)| t.checked_add(m))
+            .filter(|&needed| needed <= left)
+            .map(|_| n_tensors as usize)
+            .ok_or_else(|| {
+                r.corrupt(format!(
+                    "{n_tensors} tensors and {n_kv} metadata entries cannot fit in {left} bytes"
+                ))
+            })?;
+        r.spend_values(n_kv)?;
 
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
@@ -299,7 +362,11 @@ impl Gguf {
             },
         };
 
-        let mut raw = Vec::with_capacity(n_tensors as usize);
+        let mut raw = Vec::with_capacity(
+            capacity_for(n_tensors, MIN_TENSOR_INFO_BYTES, r.left())
+                .map_err(|m| r.corrupt(format!("tensor table: {m}")))?
+                .min(tensor_capacity),
+        );
         for _ in 0..n_tensors {
             let name = r.string("tensor name")?;
             let n_dims = r.u32("tensor dimensions")?;

@@ -136,10 +136,10 @@ impl AdapterGrads {
 /// Rows the forward must run for `predictions` (through the last row read), with every
 /// prediction's row and token checked.
 fn rows_needed(
+    model: &Model,
     tokens: &[u32],
     layout: &Layout,
     predictions: &[Prediction],
-    vocab: usize,
 ) -> Result<Layout, ModelError> {
     if layout.rows() != tokens.len() {
         return Err(ModelError::Layout {
@@ -147,12 +147,8 @@ fn rows_needed(
             tokens: tokens.len(),
         });
     }
-    if let Some(p) = predictions.iter().find(|p| p.token as usize >= vocab) {
-        return Err(ModelError::Token {
-            token: p.token,
-            vocab,
-        });
-    }
+    let predicted: Vec<u32> = predictions.iter().map(|p| p.token).collect();
+    model.check_tokens(&predicted)?;
     let last = predictions.iter().map(|p| p.row).max().unwrap_or(0);
     if last >= tokens.len() {
         return Err(ModelError::Layout {
@@ -322,7 +318,7 @@ impl Model {
         // On the compute threads: the many small parallel products inside then share work
         // in the pool instead of each waking it from outside.
         compute.install(|| {
-            let layout = rows_needed(tokens, layout, predictions, self.config.vocab)?;
+            let layout = rows_needed(self, tokens, layout, predictions)?;
             let n = layout.rows();
             let hidden = self.run_packed(compute, &tokens[..n], &layout, adapters, None)?;
             Ok(self.head(compute, &hidden, predictions, 0)?.0)
@@ -363,7 +359,7 @@ impl Model {
         adapters: &Adapters,
         predictions: &[Prediction],
     ) -> Result<(Vec<f64>, Traced), ModelError> {
-        let layout = rows_needed(tokens, layout, predictions, self.config.vocab)?;
+        let layout = rows_needed(self, tokens, layout, predictions)?;
         let n = layout.rows();
         let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
         let mut trace = Trace::default();
@@ -468,7 +464,7 @@ impl Model {
             lora_back(Target::O, &t.att, &d_o, &mut d_att)?;
             let ops::AttentionGrads { mut dq, mut dk, dv } =
                 self.attend_backward(compute, l, t, &d_att, &layout)?;
-            let table = rope_table(&tables, c.rope_base_of(l));
+            let table = rope_table(&tables, c.rope_of(l));
             ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
             ops::rope_backward(&mut dk, c.kv_heads, c.head_dim, table, c.rope_layout);
             if let (Some(qn), Some(kn), Some(q_pre), Some(k_pre)) =

@@ -52,6 +52,8 @@ pub struct Config {
     pub rope_base_local: f32,
     /// Positions are multiplied by this (linear RoPE scaling: 1 / factor).
     pub rope_scale: f32,
+    /// The same for sliding-window layers (Gemma 3 scales only its global layers).
+    pub rope_scale_local: f32,
     /// Keys a query may see in a sliding-window layer: positions `p` with `q − p < window`.
     pub sliding_window: Option<usize>,
     /// Every `n`-th layer (the last of each group) is global, the others slide (llama.cpp's
@@ -137,9 +139,14 @@ impl Config {
                 what: format!("RoPE over {rope_dims} of {head_dim} head dimensions"),
             });
         }
+        // As llama.cpp reads it: no type means linear, and a factor (or the older
+        // `rope.scale_linear`) then scales positions; "none" never does.
+        let factor = opt_float("rope.scaling.factor")
+            .or_else(|| opt_float("rope.scale_linear"))
+            .filter(|&f| f != 0.0);
         let rope_scale = match gguf.get(&key("rope.scaling.type")).and_then(Value::as_str) {
-            None | Some("none") => 1.0,
-            Some("linear") => 1.0 / opt_float("rope.scaling.factor").unwrap_or(1.0),
+            Some("none") => 1.0,
+            None | Some("linear") => factor.map_or(1.0, |f| 1.0 / f),
             Some(other) => {
                 return Err(ModelError::Unsupported {
                     path: gguf.path().to_path_buf(),
@@ -164,6 +171,7 @@ impl Config {
             rope_base,
             rope_base_local: rope_base,
             rope_scale,
+            rope_scale_local: rope_scale,
             sliding_window: None,
             sliding_pattern: 0,
             attention_scale: 1.0 / (head_dim as f32).sqrt(),
@@ -175,17 +183,35 @@ impl Config {
             Architecture::Llama => llama,
             Architecture::Gemma3 => {
                 let window = opt_int("attention.sliding_window").filter(|&w| w > 0);
+                let pattern = match gguf.get(&key("attention.sliding_window_pattern")) {
+                    None => 6,
+                    Some(v) => match v.as_u64() {
+                        Some(n) => n as usize,
+                        None => {
+                            return Err(ModelError::Unsupported {
+                                path: gguf.path().to_path_buf(),
+                                what: format!(
+                                    "metadata `{}` = {}: a per-layer pattern of sliding layers",
+                                    key("attention.sliding_window_pattern"),
+                                    describe(v)
+                                ),
+                            })
+                        }
+                    },
+                };
                 Config {
                     norm_eps: opt_float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
                     rope_layout: RopeLayout::Halves,
-                    // llama.cpp's fixed choice for Gemma 3's local layers.
+                    // Local layers: llama.cpp's base for them (10 000 unless the file says),
+                    // and no position scaling (Gemma 3 scales only its global layers).
                     rope_base_local: if window.is_some() {
-                        10_000.0
+                        opt_float("rope.freq_base_swa").unwrap_or(10_000.0)
                     } else {
                         rope_base
                     },
+                    rope_scale_local: if window.is_some() { 1.0 } else { rope_scale },
                     sliding_window: window,
-                    sliding_pattern: if window.is_some() { 6 } else { 0 },
+                    sliding_pattern: if window.is_some() { pattern } else { 0 },
                     // Gemma 3 27B scales by embedding/heads; the others by the head size.
                     attention_scale: if layers == 62 {
                         1.0 / ((embedding / heads) as f32).sqrt()
@@ -199,7 +225,40 @@ impl Config {
                 }
             }
         };
+        check_metadata(gguf, arch_name, &config)?;
+        check_tensors(gguf, &config)?;
         Ok(config)
+    }
+
+    /// Every tensor name the forward reads, `output.weight` included (it may be absent: the
+    /// embedding is then tied to the head).
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = ["token_embd.weight", "output_norm.weight", "output.weight"]
+            .map(String::from)
+            .to_vec();
+        let mut per_layer = vec![
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ];
+        if self.architecture == Architecture::Gemma3 {
+            per_layer.extend([
+                "attn_q_norm",
+                "attn_k_norm",
+                "post_attention_norm",
+                "post_ffw_norm",
+            ]);
+        }
+        for l in 0..self.layers {
+            names.extend(per_layer.iter().map(|n| format!("blk.{l}.{n}.weight")));
+        }
+        names
     }
 
     /// Whether `layer` attends through a sliding window.
@@ -209,12 +268,12 @@ impl Config {
             && layer % self.sliding_pattern < self.sliding_pattern - 1
     }
 
-    /// The RoPE base of `layer`.
-    pub fn rope_base_of(&self, layer: usize) -> f32 {
+    /// The RoPE base and position scale of `layer`.
+    pub fn rope_of(&self, layer: usize) -> (f32, f32) {
         if self.is_sliding(layer) {
-            self.rope_base_local
+            (self.rope_base_local, self.rope_scale_local)
         } else {
-            self.rope_base
+            (self.rope_base, self.rope_scale)
         }
     }
 
@@ -225,5 +284,143 @@ impl Config {
         } else {
             None
         }
+    }
+}
+
+/// Metadata keys of an architecture (after `{arch}.`) that the forward reads, or that change
+/// nothing it computes: sizes, limits and descriptions.
+const KNOWN_KEYS: &[&str] = &[
+    "context_length",
+    "vocab_size",
+    "embedding_length",
+    "block_count",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+    "attention.layer_norm_rms_epsilon",
+    "rope.dimension_count",
+    "rope.freq_base",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+    "rope.scale_linear",
+    // Where the model was fine-tuned to its context: a description under linear scaling (the
+    // only scaling read; any other type is refused by name).
+    "rope.scaling.original_context_length",
+    "rope.scaling.finetuned",
+];
+
+/// Keys the forward reads only for Gemma 3.
+const GEMMA3_KEYS: &[&str] = &[
+    "attention.sliding_window",
+    "attention.sliding_window_pattern",
+    "rope.freq_base_swa",
+    "final_logit_softcapping",
+];
+
+/// Keys that are harmless at one value (the arithmetic the forward does anyway) and change the
+/// model at any other: mixture-of-experts counts, causal attention, and the scales and caps of
+/// relatives that share an architecture name.
+const NEUTRAL_KEYS: &[(&str, f64)] = &[
+    ("expert_count", 0.0),
+    ("expert_used_count", 0.0),
+    ("attention.causal", 1.0),
+    ("logit_scale", 1.0),
+    ("embedding_scale", 1.0),
+    ("residual_scale", 1.0),
+    ("attn_logit_softcapping", 0.0),
+    ("attention.clamp_kqv", 0.0),
+    ("use_parallel_residual", 0.0),
+    ("rope.scaling.attn_factor", 1.0),
+];
+
+/// The value of a metadata entry as a number, booleans as 0 and 1.
+fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        other => other.as_f64(),
+    }
+}
+
+/// Every `{arch}.` key of the file must be one the forward implements (or one that changes
+/// nothing): a key it does not know could change the arithmetic — RoPE scaling, softcapping,
+/// sliding windows, attention or logit scales — and ignoring it would compute a model other
+/// than the one llama.cpp runs from the same file.
+fn check_metadata(gguf: &Gguf, arch: &str, config: &Config) -> Result<(), ModelError> {
+    let prefix = format!("{arch}.");
+    for (key, value) in &gguf.metadata {
+        let Some(name) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        if KNOWN_KEYS.contains(&name)
+            || (config.architecture == Architecture::Gemma3 && GEMMA3_KEYS.contains(&name))
+        {
+            continue;
+        }
+        let neutral = NEUTRAL_KEYS
+            .iter()
+            .find(|(k, _)| *k == name)
+            .is_some_and(|(_, v)| number(value) == Some(*v));
+        if neutral {
+            continue;
+        }
+        return Err(ModelError::Unsupported {
+            path: gguf.path().to_path_buf(),
+            what: format!(
+                "metadata `{key}` = {}: the native forward does not implement it, and would \
+                 compute a different model from the one llama.cpp runs (it implements {})",
+                describe(value),
+                implemented()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Every tensor of the file must be one the forward reads: an extra tensor is a feature —
+/// Llama 3's RoPE frequency factors, biases, LongRoPE factors, fused projections — whose
+/// absence from the arithmetic would silently change the model.
+fn check_tensors(gguf: &Gguf, config: &Config) -> Result<(), ModelError> {
+    let names: std::collections::HashSet<String> = config.tensor_names().into_iter().collect();
+    let Some(extra) = gguf.tensors.iter().find(|t| !names.contains(&t.name)) else {
+        return Ok(());
+    };
+    let name = extra.name.as_str();
+    let what = if name == "rope_freqs.weight" {
+        " (Llama 3 RoPE scaling's frequency factors)"
+    } else if name.starts_with("rope_factors") {
+        " (LongRoPE scaling factors)"
+    } else if name.ends_with(".bias") {
+        " (a bias)"
+    } else if name.contains("attn_qkv") {
+        " (fused query/key/value projections)"
+    } else {
+        ""
+    };
+    Err(ModelError::Unsupported {
+        path: gguf.path().to_path_buf(),
+        what: format!(
+            "tensor `{name}`{what}: the native forward does not implement it, and would compute a \
+             different model from the one llama.cpp runs (it implements {})",
+            implemented()
+        ),
+    })
+}
+
+/// What the native forward runs, for messages about what it does not.
+fn implemented() -> &'static str {
+    "llama without RoPE scaling other than linear, and gemma3"
+}
+
+/// A metadata value for a message: short values whole, arrays by length.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Array(items) => format!("an array of {} items", items.len()),
+        Value::String(text) => format!("{text:?}"),
+        other => match number(other) {
+            Some(v) => v.to_string(),
+            None => format!("{other:?}"),
+        },
     }
 }

@@ -39,8 +39,12 @@ pub enum ModelError {
     Unsupported { path: PathBuf, what: String },
     #[error("a layout of {rows} rows over {tokens} tokens")]
     Layout { rows: usize, tokens: usize },
-    #[error("token {token} is outside the vocabulary of {vocab}")]
-    Token { token: u32, vocab: usize },
+    #[error("{path}: token {token} is outside the model's embedding table ({vocab} rows)")]
+    Token {
+        path: PathBuf,
+        token: u32,
+        vocab: usize,
+    },
     #[error(transparent)]
     Matmul(#[from] MatmulError),
 }
@@ -252,7 +256,7 @@ impl Model {
                 ops::rms_norm_in_place(&mut q, qn, c.norm_eps);
                 ops::rms_norm_in_place(&mut k, kn, c.norm_eps);
             }
-            let table = rope_table(&tables, c.rope_base_of(l));
+            let table = rope_table(&tables, c.rope_of(l));
             ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
             ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
             let att = self.attend(compute, l, &q, &k, &v, layout)?;
@@ -303,16 +307,16 @@ impl Model {
         Ok(x)
     }
 
-    /// One RoPE table per distinct base (Gemma 3's local and global layers differ).
-    fn rope_tables(&self, positions: &[usize]) -> Vec<(f32, RopeTable)> {
+    /// One RoPE table per distinct (base, scale) (Gemma 3's local and global layers differ).
+    fn rope_tables(&self, positions: &[usize]) -> Vec<((f32, f32), RopeTable)> {
         let c = &self.config;
-        let mut tables: Vec<(f32, RopeTable)> = Vec::new();
+        let mut tables: Vec<((f32, f32), RopeTable)> = Vec::new();
         for l in 0..c.layers {
-            let base = c.rope_base_of(l);
-            if !tables.iter().any(|(b, _)| *b == base) {
+            let (base, scale) = c.rope_of(l);
+            if !tables.iter().any(|(k, _)| *k == (base, scale)) {
                 let rows = positions.iter().copied();
-                let table = RopeTable::at(rows, c.rope_dims, base, c.rope_scale);
-                tables.push((base, table));
+                let table = RopeTable::at(rows, c.rope_dims, base, scale);
+                tables.push(((base, scale), table));
             }
         }
         tables
@@ -386,14 +390,9 @@ impl Model {
         let bytes = self.gguf.data(&self.embed.tensor);
         let row_bytes = self.embed.tensor.kind.row_bytes(e);
         let mut x = vec![0.0; tokens.len() * e];
+        self.check_tokens(tokens)?;
         for (&t, out) in tokens.iter().zip(x.chunks_exact_mut(e)) {
             let at = t as usize;
-            if at >= c.vocab {
-                return Err(ModelError::Token {
-                    token: t,
-                    vocab: c.vocab,
-                });
-            }
             dequantize_row(
                 self.embed.tensor.kind,
                 &bytes[at * row_bytes..(at + 1) * row_bytes],
@@ -408,6 +407,19 @@ impl Model {
             }
         }
         Ok(x)
+    }
+
+    /// Every token id must name a row of the embedding table (and so a logit): a tokenizer may
+    /// hold more tokens than the model file has rows.
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
+        match tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            Some(&token) => Err(ModelError::Token {
+                path: self.path().to_path_buf(),
+                token,
+                vocab: self.config.vocab,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Logits of `rows` hidden states (`rows × vocab`), softcapped where the model says so.
@@ -434,10 +446,10 @@ impl Model {
     ) -> Result<Vec<TokenScore>, ModelError> {
         // On the compute threads: the many small parallel products inside then share work
         // in the pool instead of each waking it from outside.
+        // Every id, the last one too: it is only ever read as a prediction, never embedded.
+        self.check_tokens(tokens)?;
         compute.install(|| {
             if tokens.len() < 2 {
-                // Still check the tokens, so a bad id is reported the same way.
-                self.embed_tokens(tokens)?;
                 return Ok(Vec::new());
             }
             let e = self.config.embedding;
@@ -457,13 +469,13 @@ impl Model {
     }
 }
 
-/// The table of `base` among `tables`.
-fn rope_table(tables: &[(f32, RopeTable)], base: f32) -> &RopeTable {
+/// The table of `(base, scale)` among `tables`.
+fn rope_table(tables: &[((f32, f32), RopeTable)], rope: (f32, f32)) -> &RopeTable {
     tables
         .iter()
-        .find(|(b, _)| *b == base)
+        .find(|(k, _)| *k == rope)
         .map(|(_, t)| t)
-        .expect("a table was made for every layer's base")
+        .expect("a table was made for every layer's base and scale")
 }
 
 /// Log-softmax of one row of logits, read at `next` and at its maximum.
