@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use tenets::engine::{self, batch, EngineConfig};
+use tenets::model::Model;
+use tenets::quant::matmul::{Compute, Kernel};
 use tenets::score::{self, ScoreInput};
-use tenets::train::model::Model;
-use tenets::train::quant::matmul::{Compute, Kernel};
 
 /// Peak RSS of a fresh process that opens the model and scores `n` tokens natively — nothing
 /// else in it (this binary again, with `BENCH_RSS_CHILD` set).

@@ -8,8 +8,8 @@ mod common;
 
 use common::{best, env_usize};
 
-use tenets::train::quant::matmul::{Compute, Kernel, Matrix};
-use tenets::train::quant::{random_blocks, QuantType};
+use tenets::quant::matmul::{Compute, Kernel, Matrix};
+use tenets::quant::{random_blocks, QuantType};
 
 fn main() {
     let threads = env_usize("BENCH_THREADS", 2);

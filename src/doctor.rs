@@ -114,7 +114,7 @@ pub async fn run(model: &Path, gpu_layers: u32, threads: Option<usize>) -> Repor
     check(
         &mut checks,
         "trainer kernels",
-        format!("{:?}", crate::train::quant::matmul::Kernel::detect()),
+        format!("{:?}", crate::quant::matmul::Kernel::detect()),
         true,
     );
 
@@ -189,7 +189,7 @@ fn model_checks(checks: &mut Vec<Check>, model: &Path) {
         );
         return;
     }
-    let gguf = match crate::train::gguf::Gguf::open(model) {
+    let gguf = match crate::gguf::Gguf::open(model) {
         Ok(g) => g,
         Err(e) => {
             check(checks, name, e.to_string(), false);
@@ -225,7 +225,7 @@ fn model_checks(checks: &mut Vec<Check>, model: &Path) {
         },
         template,
     );
-    match crate::train::model::config::Config::from_gguf(&gguf) {
+    match crate::model::config::Config::from_gguf(&gguf) {
         Ok(c) => check(
             checks,
             "native engine",

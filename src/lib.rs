@@ -3,8 +3,10 @@
 //! A YAML [`constitution`] and a [`prompt`] set go in; the [`pipeline`] runs the model through
 //! llama.cpp ([`engine`]) to answer, critique and revise, streaming every step into SQLite
 //! ([`store`]); [`export`] turns the result into DPO/SFT datasets and [`stats`] summarises it.
-//! [`train`] is the native side — GGUF, quantized kernels, the forward and backward, LoRA, the
-//! losses — and `pipeline::train` drives it over a [`dataset`] into adapters.
+//! The native runtime stands apart from llama.cpp: [`gguf`] files, the quantized blocks and
+//! kernels of [`quant`], and the transformer forward and backward of [`model`] (with LoRA and
+//! llama.cpp's adapter files). [`train`] — losses, optimiser, a step, PEFT export — runs on it,
+//! and `pipeline::train` drives it over a [`dataset`] into adapters.
 //! The binary (`src/main.rs`) is a thin command-line shell over this library.
 
 pub mod atomic;
@@ -18,14 +20,17 @@ pub mod engine;
 pub mod eval;
 pub mod export;
 pub mod filters;
+pub mod gguf;
 pub mod hash;
 pub mod label;
+pub mod model;
 pub mod models;
 pub mod parquet;
 #[cfg(feature = "llama")]
 pub mod pipeline;
 pub mod plot;
 pub mod prompt;
+pub mod quant;
 pub mod redteam;
 pub mod report;
 #[cfg(feature = "llama")]

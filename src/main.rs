@@ -16,9 +16,9 @@ use tenets::label::CotSettings;
 use tenets::pipeline::label::LabelOptions;
 use tenets::pipeline::redteam::RedteamOptions;
 use tenets::pipeline::{self, GenerateOptions};
+use tenets::quant::matmul::Kernel;
 use tenets::score::{self, ScoreEngine, ScoreInput, ScoreOptions};
 use tenets::store::Store;
-use tenets::train::quant::matmul::Kernel;
 use tenets::{models, stats};
 
 #[derive(Parser)]
@@ -1074,9 +1074,9 @@ async fn run_loop(args: LoopArgs) -> Result<ExitCode> {
 }
 
 async fn train(args: TrainArgs) -> Result<ExitCode> {
+    use tenets::model::Target;
     use tenets::pipeline::train::{self as training, TrainData, TrainOptions};
     use tenets::train::dpo::Objective;
-    use tenets::train::model::Target;
     use tenets::train::trainer::Loss;
     let model = model_or_default(args.model)?;
     let data = match (args.data, args.db) {

@@ -1,5 +1,5 @@
 //! Per-token log-probabilities of a text or a chat under a model, from the native forward
-//! ([`crate::train::model`]) or from llama.cpp ([`crate::engine::score`]) — `tenets score`, the
+//! ([`crate::model`]) or from llama.cpp ([`crate::engine::score`]) — `tenets score`, the
 //! check a user runs to see that the two agree on their own model, and what the trainer's
 //! reference log-probs are checked with.
 //!
@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use crate::chat::Message;
 use crate::engine::{self, EngineConfig, EngineError};
-use crate::train::adapter;
-use crate::train::model::{Model, ModelError, TokenScore};
-use crate::train::quant::matmul::{Compute, Kernel, MatmulError};
+use crate::model::adapter_gguf;
+use crate::model::{Model, ModelError, TokenScore};
+use crate::quant::matmul::{Compute, Kernel, MatmulError};
 
 /// Which implementation computes the log-probs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub enum ScoreError {
     #[error(transparent)]
     Matmul(#[from] MatmulError),
     #[error(transparent)]
-    Adapter(#[from] crate::train::adapter::AdapterError),
+    Adapter(#[from] crate::model::adapter_gguf::AdapterError),
     #[error("the input is {0} token(s): at least 2 are needed to score anything")]
     TooShort(usize),
     #[error(
@@ -222,7 +222,7 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
             let compute = Compute::new(options.threads, options.kernel)?;
             let model = Model::open(&options.model)?;
             let adapters = match &options.lora {
-                Some(lora) => Some(adapter::read_gguf(&model, lora)?),
+                Some(lora) => Some(adapter_gguf::read(&model, lora)?),
                 None => None,
             };
             match model.score_adapted(&compute, &tokens, adapters.as_ref()) {

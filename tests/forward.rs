@@ -1,4 +1,4 @@
-//! The native forward (`src/train/model`) checked on both test models (SmolLM2 Q4_1, Gemma 3
+//! The native forward (`src/model`) checked on both test models (SmolLM2 Q4_1, Gemma 3
 //! Q4_K_M) and three texts, scoring their first `TOKENS` tokens:
 //!
 //! (a) exact: against an f64 reference forward on the same dequantized weights
@@ -17,13 +17,13 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use tenets::engine::{self, EngineConfig};
+use tenets::gguf::writer::GgufWriter;
+use tenets::gguf::Gguf;
+use tenets::model::{Model, TokenScore};
+use tenets::quant::dequantize_row;
+use tenets::quant::matmul::{Compute, Kernel};
+use tenets::quant::QuantType;
 use tenets::score::{self, ScoreInput};
-use tenets::train::gguf::writer::GgufWriter;
-use tenets::train::gguf::Gguf;
-use tenets::train::model::{Model, TokenScore};
-use tenets::train::quant::dequantize_row;
-use tenets::train::quant::matmul::{Compute, Kernel};
-use tenets::train::quant::QuantType;
 
 const TEXTS: [&str; 3] = ["printing-press", "sourdough", "rust-errors"];
 /// Tokens scored per text (every text has more): ≥ 200, small enough for the f64 reference.
@@ -43,7 +43,7 @@ fn dequantized_copy(src: &Path, dst: &Path) {
     for (key, value) in &g.metadata {
         w.metadata(key, value.clone()).unwrap();
     }
-    w.metadata("general.file_type", tenets::train::gguf::Value::U32(0))
+    w.metadata("general.file_type", tenets::gguf::Value::U32(0))
         .unwrap();
     for t in &g.tensors {
         let mut values = vec![0f32; t.elements() as usize];
@@ -248,7 +248,7 @@ fn altered_copy(src: &Path, dst: &Path, change: TensorChange, arch: &str) {
     }
     w.metadata(
         "general.architecture",
-        tenets::train::gguf::Value::String(arch.into()),
+        tenets::gguf::Value::String(arch.into()),
     )
     .unwrap();
     for t in &g.tensors {
@@ -326,7 +326,7 @@ fn broken_models_are_named_errors() {
 /// window on a llama. Keys at the value the forward computes anyway load.
 #[test]
 fn model_features_the_forward_does_not_implement_are_refused_by_name() {
-    use tenets::train::gguf::Value;
+    use tenets::gguf::Value;
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.gguf");
     tiny_model(&good, "llama");
@@ -395,7 +395,7 @@ fn model_features_the_forward_does_not_implement_are_refused_by_name() {
 #[test]
 fn lora_gradients_match_finite_differences() {
     use rand::{Rng, SeedableRng};
-    use tenets::train::model::{Adapters, Target};
+    use tenets::model::{Adapters, Target};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
@@ -421,7 +421,7 @@ fn lora_gradients_match_finite_differences() {
                 .for_each(|v| *v = rng.gen_range(-0.1..0.1));
         }
         // With LoRA dropout on: each adapter's mask is the same in the forward and the backward.
-        adapters.dropout = Some(tenets::train::lora::Dropout { p: 0.2, seed: 5 });
+        adapters.dropout = Some(tenets::model::lora::Dropout { p: 0.2, seed: 5 });
         let analytic = model
             .logprob_gradients(&compute, &tokens, &adapters, &weights)
             .unwrap()
@@ -477,8 +477,8 @@ fn lora_gradients_match_finite_differences() {
 #[test]
 fn a_packed_pair_equals_its_two_sequences() {
     use rand::{Rng, SeedableRng};
-    use tenets::train::model::backward::Prediction;
-    use tenets::train::model::{Adapters, Branch, Layout, Segment, Target};
+    use tenets::model::backward::Prediction;
+    use tenets::model::{Adapters, Branch, Layout, Segment, Target};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
@@ -613,8 +613,8 @@ fn a_packed_pair_equals_its_two_sequences() {
 #[test]
 fn llama_cpp_loads_our_adapters_and_agrees() {
     use rand::{Rng, SeedableRng};
-    use tenets::train::adapter;
-    use tenets::train::model::{Adapters, Target};
+    use tenets::model::adapter_gguf;
+    use tenets::model::{Adapters, Target};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
@@ -628,8 +628,8 @@ fn llama_cpp_loads_our_adapters_and_agrees() {
                 .for_each(|v| *v = rng.gen_range(-0.2..0.2));
         }
         let lora_path = dir.path().join(format!("{arch}-lora.gguf"));
-        adapter::write_gguf(&model, &adapters, &lora_path).unwrap();
-        assert_eq!(adapter::read_gguf(&model, &lora_path).unwrap(), adapters);
+        adapter_gguf::write(&model, &adapters, &lora_path).unwrap();
+        assert_eq!(adapter_gguf::read(&model, &lora_path).unwrap(), adapters);
 
         let mut llama = engine::load_model(&EngineConfig::new(&path)).unwrap();
         let all = score::tokenize(&llama, &ScoreInput::Text(text("rust-errors"))).unwrap();
@@ -668,8 +668,8 @@ fn llama_cpp_loads_our_adapters_and_agrees() {
 #[test]
 fn dpo_steps_learn_a_preference() {
     use rand::{Rng, SeedableRng};
+    use tenets::model::{Adapters, Target};
     use tenets::train::dpo::Objective;
-    use tenets::train::model::{Adapters, Target};
     use tenets::train::optim::{AdamW, Schedule};
     use tenets::train::trainer::{self, Hyper, Item, Loss, Trainer};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -6,8 +6,8 @@ mod common;
 
 use std::io::Write;
 
-use tenets::train::gguf::{Gguf, GgufError};
-use tenets::train::quant::{dequantize_row, QuantType};
+use tenets::gguf::{Gguf, GgufError};
+use tenets::quant::{dequantize_row, QuantType};
 
 /// (tensor, type, elements, Σx, Σx², first three values as f64: they are exact f32 values).
 type Reference = (&'static str, QuantType, usize, f64, f64, [f64; 3]);
@@ -168,7 +168,7 @@ fn reads_the_default_model_and_dequantizes_like_the_reference() {
         Some(576)
     );
     let tokens = gguf.get("tokenizer.ggml.tokens").unwrap();
-    assert!(matches!(tokens, tenets::train::gguf::Value::Array(a) if a.len() == 49152));
+    assert!(matches!(tokens, tenets::gguf::Value::Array(a) if a.len() == 49152));
 
     check_against_reference(&gguf, REFERENCE);
 }

@@ -26,13 +26,13 @@ use std::sync::Mutex;
 
 use llama_cpp_sys_2 as sys;
 use tenets::engine::{self, EngineConfig};
+use tenets::gguf::Gguf;
+use tenets::model::ops::{self, AttentionShape, RopeTable};
+use tenets::model::Config;
+use tenets::quant::float::{f16_to_f32, f32_to_f16};
+use tenets::quant::matmul::{Compute, Kernel, Matrix};
+use tenets::quant::QuantType;
 use tenets::score::{self, ScoreInput};
-use tenets::train::gguf::Gguf;
-use tenets::train::model::ops::{self, AttentionShape, RopeTable};
-use tenets::train::model::Config;
-use tenets::train::quant::float::{f16_to_f32, f32_to_f16};
-use tenets::train::quant::matmul::{Compute, Kernel, Matrix};
-use tenets::train::quant::QuantType;
 
 const TOKENS: usize = 208;
 

@@ -169,7 +169,7 @@ fn bad_input_is_named() {
 #[test]
 fn both_engines_apply_an_adapter() {
     use rand::{Rng, SeedableRng};
-    use tenets::train::model::{Adapters, Model, Target};
+    use tenets::model::{Adapters, Model, Target};
     let _guard = common::MODEL_LOCK.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let model = Model::open(&common::model()).unwrap();
@@ -181,7 +181,7 @@ fn both_engines_apply_an_adapter() {
             .for_each(|v| *v = rng.gen_range(-0.08..0.08));
     }
     let lora = dir.path().join("lora.gguf");
-    tenets::train::adapter::write_gguf(&model, &adapters, &lora).unwrap();
+    tenets::model::adapter_gguf::write(&model, &adapters, &lora).unwrap();
     let text = common::repo("tests/fixtures/texts/sourdough.txt");
     let (text, lora_arg) = (text.to_str().unwrap(), lora.to_str().unwrap());
     engines_agree(&["--text-file", text, "--lora", lora_arg]);

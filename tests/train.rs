@@ -373,10 +373,10 @@ fn killed_at_ten_moments_the_resumed_run_retraces_the_loss_curve() {
 /// Every factor of `adapter` (read against the default model) and the model's log-probs of a
 /// few tokens with and without it.
 fn adapter_effect(adapter: &Path) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
-    use tenets::train::model::Model;
-    use tenets::train::quant::matmul::{Compute, Kernel};
+    use tenets::model::Model;
+    use tenets::quant::matmul::{Compute, Kernel};
     let model = Model::open(&common::model()).unwrap();
-    let adapters = tenets::train::adapter::read_gguf(&model, adapter).unwrap();
+    let adapters = tenets::model::adapter_gguf::read(&model, adapter).unwrap();
     let b: Vec<f32> = adapters
         .layers
         .iter()
@@ -386,7 +386,7 @@ fn adapter_effect(adapter: &Path) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
         .collect();
     let compute = Compute::new(tenets::engine::default_threads(), Kernel::detect()).unwrap();
     let tokens = [1, 504, 2717, 282, 253, 1345, 30, 378, 1429];
-    let logps = |a: Option<&tenets::train::model::Adapters>| -> Vec<f64> {
+    let logps = |a: Option<&tenets::model::Adapters>| -> Vec<f64> {
         let scores = model.score_adapted(&compute, &tokens, a).unwrap();
         scores.iter().map(|s| s.logprob).collect()
     };
@@ -668,8 +668,8 @@ fn bad_training_input_is_named_and_writes_nothing() {
 /// tower's own q/k/v projections.
 #[test]
 fn peft_adapters_name_their_base_and_the_modules_transformers_builds() {
-    use tenets::train::gguf::Value as Meta;
-    use tenets::train::model::{Adapters, Model, Target};
+    use tenets::gguf::Value as Meta;
+    use tenets::model::{Adapters, Model, Target};
     let dir = tempfile::tempdir().unwrap();
     let llama = dir.path().join("llama.gguf");
     common::tiny_model(&llama, "llama", None);

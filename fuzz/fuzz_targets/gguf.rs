@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
-use tenets::train::gguf::Gguf;
+use tenets::gguf::Gguf;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(mut file) = tempfile::Builder::new().suffix(".gguf").tempfile() else {

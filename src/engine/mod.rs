@@ -138,7 +138,7 @@ pub fn gpu_offload_available() -> Result<bool, EngineError> {
 /// metadata and every tensor's extent are read with tenets' bounds-checked GGUF reader, so a
 /// wrong, truncated or corrupt file gets a message that says what is wrong and where.
 pub fn check_model_file(path: &Path) -> Result<(), EngineError> {
-    crate::train::gguf::Gguf::open(path)
+    crate::gguf::Gguf::open(path)
         .map(drop)
         .map_err(|e| EngineError::Model {
             path: path.to_path_buf(),
@@ -149,7 +149,7 @@ pub fn check_model_file(path: &Path) -> Result<(), EngineError> {
 /// Checks that `path` is a GGUF LoRA adapter (what `tenets train` or llama.cpp's converter
 /// writes), before anything loads or any database is touched.
 pub fn check_adapter_file(path: &Path) -> Result<(), EngineError> {
-    let gguf = crate::train::gguf::Gguf::open(path).map_err(|e| EngineError::Model {
+    let gguf = crate::gguf::Gguf::open(path).map_err(|e| EngineError::Model {
         path: path.to_path_buf(),
         message: strip_path(&e.to_string(), path),
     })?;

@@ -12,7 +12,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::{backend, EngineConfig, EngineError};
-use crate::train::model::{score_row, TokenScore};
+use crate::model::{score_row, TokenScore};
 
 /// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED`.
 const FLASH_ATTENTION_DISABLED: i32 = 0;

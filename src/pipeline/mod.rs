@@ -49,7 +49,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Dataset(#[from] crate::dataset::DatasetError),
     #[error(transparent)]
-    Model(#[from] crate::train::model::ModelError),
+    Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
     #[error("training: {0}")]

@@ -23,11 +23,11 @@ use crate::engine;
 use crate::export::{self, Kind};
 use crate::filters::PairFilters;
 use crate::hash;
+use crate::model::adapter_gguf;
+use crate::model::{AdapterGrads, Adapters, Model, Target};
+use crate::quant::matmul::{Compute, Kernel};
 use crate::store::{FinalScores, Store, TrainRunRecord, TrainStepRecord};
-use crate::train::adapter;
-use crate::train::model::{AdapterGrads, Adapters, Model, Target};
 use crate::train::optim::{AdamW, Schedule};
-use crate::train::quant::matmul::{Compute, Kernel};
 use crate::train::trainer::{self, Hyper, Item, Loss, TrainError, Trainer};
 
 /// Where the examples come from.
@@ -736,7 +736,7 @@ impl Job {
                 .finish_train_run(&self.run_id, final_scores.as_ref()),
         )?;
         summary.final_scores = final_scores;
-        adapter::write_gguf(&self.model, &trainer.adapters, &o.out)
+        adapter_gguf::write(&self.model, &trainer.adapters, &o.out)
             .map_err(|e| PipelineError::Train(e.to_string()))?;
         summary.adapter = Some(o.out.clone());
         let steps = self.handle.block_on(self.store.train_steps(&self.run_id))?;

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::lora::Lora;
-use super::model::{Adapters, Architecture, Model, RopeLayout, Target};
+use crate::model::lora::Lora;
+use crate::model::{Adapters, Architecture, Model, RopeLayout, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeftError {
@@ -106,7 +106,7 @@ pub fn module_name(layout: HfLayout, layer: usize, target: Target) -> String {
 /// The Hugging Face repository a GGUF was converted from, where the file names it: the
 /// converter's `general.source.huggingface.repository`, or a `general.source.url` on the Hub.
 /// (`general.base_model.*` names the model this one was fine-tuned *from*: not the one to load.)
-pub fn source_repository(gguf: &crate::train::gguf::Gguf) -> Option<String> {
+pub fn source_repository(gguf: &crate::gguf::Gguf) -> Option<String> {
     let text = |key: &str| gguf.get(key).and_then(|v| v.as_str()).map(str::trim);
     if let Some(repo) = text("general.source.huggingface.repository").filter(|r| is_repo_id(r)) {
         return Some(repo.to_string());

@@ -14,11 +14,11 @@
 //! thread count), so a run resumed from a checkpoint retraces the uninterrupted one.
 
 use super::dpo::{pair_loss, Objective, PairLogps};
-use super::lora::Dropout;
-use super::model::backward::Prediction;
-use super::model::{AdapterGrads, Adapters, Branch, Layout, Model, ModelError, Segment};
 use super::optim::{clip_global_norm, global_norm, AdamW, Moments, Schedule};
-use super::quant::matmul::Compute;
+use crate::model::backward::Prediction;
+use crate::model::lora::Dropout;
+use crate::model::{AdapterGrads, Adapters, Branch, Layout, Model, ModelError, Segment};
+use crate::quant::matmul::Compute;
 
 /// What the adapter is trained for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -150,9 +150,9 @@ pub fn execute(db: &Path, sql: &str) {
 /// llama.cpp refuses to run, whose tokenizer the native engine still uses).
 pub fn tiny_model(dst: &Path, arch: &str, embedding_rows: Option<u64>) {
     use rand::{Rng, SeedableRng};
-    use tenets::train::gguf::writer::GgufWriter;
-    use tenets::train::gguf::{Gguf, Value};
-    use tenets::train::quant::QuantType;
+    use tenets::gguf::writer::GgufWriter;
+    use tenets::gguf::{Gguf, Value};
+    use tenets::quant::QuantType;
     let tokenizer = Gguf::open(&model()).unwrap();
     let vocab =
         embedding_rows.unwrap_or_else(|| tokenizer.tensor("token_embd.weight").unwrap().dims[1]);
@@ -217,12 +217,12 @@ pub fn tiny_model(dst: &Path, arch: &str, embedding_rows: Option<u64>) {
 pub fn extended_copy(
     src: &Path,
     dst: &Path,
-    metadata: &[(&str, tenets::train::gguf::Value)],
+    metadata: &[(&str, tenets::gguf::Value)],
     tensors: &[(&str, u64)],
 ) {
-    use tenets::train::gguf::writer::GgufWriter;
-    use tenets::train::gguf::Gguf;
-    use tenets::train::quant::QuantType;
+    use tenets::gguf::writer::GgufWriter;
+    use tenets::gguf::Gguf;
+    use tenets::quant::QuantType;
     let g = Gguf::open(src).unwrap();
     let mut w = GgufWriter::new();
     for (key, value) in &g.metadata {

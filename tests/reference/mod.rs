@@ -1,11 +1,11 @@
 //! An exact reference forward for the tests: the file's weights decoded by the scalar reference
 //! decoders (checked against gguf-py), every operation in f64, written as plainly as possible and
-//! apart from `src/train/model` — the same architectures read off the GGUF metadata again.
+//! apart from `src/model` — the same architectures read off the GGUF metadata again.
 //! Slow by design; it proves the model code, it is not meant to be fast.
 
 use rayon::prelude::*;
-use tenets::train::gguf::{Gguf, Value};
-use tenets::train::quant::dequantize_row;
+use tenets::gguf::{Gguf, Value};
+use tenets::quant::dequantize_row;
 
 struct Spec {
     gemma: bool,

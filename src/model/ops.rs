@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::train::quant::matmul::{transpose, Compute, MatmulError, Matrix};
+use crate::quant::matmul::{transpose, Compute, MatmulError, Matrix};
 
 use super::config::{Activation, RopeLayout};
 
@@ -651,7 +651,7 @@ mod tests {
 
     #[test]
     fn glu_backward_matches_finite_differences() {
-        let compute = Compute::new(1, crate::train::quant::matmul::Kernel::Scalar).unwrap();
+        let compute = Compute::new(1, crate::quant::matmul::Kernel::Scalar).unwrap();
         for activation in [Activation::Silu, Activation::GeluTanh] {
             let (g, u, r) = (random(10, 6), random(10, 7), random(10, 8));
             let g: Vec<f32> = g.iter().map(|v| v * 3.0).collect();
@@ -668,7 +668,7 @@ mod tests {
 
     #[test]
     fn attention_backward_matches_finite_differences() {
-        let compute = Compute::new(2, crate::train::quant::matmul::Kernel::detect()).unwrap();
+        let compute = Compute::new(2, crate::quant::matmul::Kernel::detect()).unwrap();
         // Small shapes, and one long enough for several query blocks behind a sliding window.
         for (tokens, heads, kv_heads, head_dim, window) in [
             (6, 4, 2, 3, None),
@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn attention_is_causal_and_windowed() {
-        let compute = Compute::new(1, crate::train::quant::matmul::Kernel::Scalar).unwrap();
+        let compute = Compute::new(1, crate::quant::matmul::Kernel::Scalar).unwrap();
         // One head of size 1; equal scores, so each output is the mean of the values it sees.
         let q = vec![0.0; 4];
         let k = vec![0.0; 4];
@@ -730,7 +730,7 @@ mod tests {
 
     #[test]
     fn a_packed_continuation_sees_the_prefix_and_itself_only() {
-        let compute = Compute::new(1, crate::train::quant::matmul::Kernel::Scalar).unwrap();
+        let compute = Compute::new(1, crate::quant::matmul::Kernel::Scalar).unwrap();
         // Prefix rows 0-1, first continuation 2-3, second 4: equal scores, so each output is
         // the mean of the values its query sees.
         let (q, k) = (vec![0.0; 5], vec![0.0; 5]);

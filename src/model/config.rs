@@ -3,7 +3,7 @@
 //! which scales).
 
 use super::ModelError;
-use crate::train::gguf::{Gguf, Value};
+use crate::gguf::{Gguf, Value};
 
 /// Architectures the native forward implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

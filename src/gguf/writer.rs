@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{Value, DEFAULT_ALIGNMENT, MAGIC};
-use crate::train::quant::QuantType;
+use crate::quant::QuantType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -200,7 +200,7 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::gguf::Gguf;
+    use crate::gguf::Gguf;
 
     #[test]
     fn written_files_read_back() {

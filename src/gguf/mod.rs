@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::quant::QuantType;
+use crate::quant::QuantType;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;

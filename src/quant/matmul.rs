@@ -568,7 +568,7 @@ fn axpy_panel(kernel: Kernel, a: &Axpy, tokens: usize, out: Out) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::quant::random_blocks;
+    use crate::quant::random_blocks;
     use rand::{Rng, SeedableRng};
 
     fn activations(n: usize, seed: u64) -> Vec<f32> {

@@ -6,7 +6,7 @@
 
 use rand::{Rng, SeedableRng};
 
-use super::quant::matmul::{transpose, Compute, MatmulError, Matrix};
+use crate::quant::matmul::{transpose, Compute, MatmulError, Matrix};
 
 /// One adapted projection's factors.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,7 +176,7 @@ impl Lora {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::quant::matmul::Kernel;
+    use crate::quant::matmul::Kernel;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

@@ -6,11 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::gguf::writer::{GgufWriter, WriteError};
-use super::gguf::{Gguf, GgufError, Value};
 use super::lora::Lora;
-use super::model::{Adapters, Model, Target};
-use super::quant::{dequantize_row, QuantType};
+use super::{Adapters, Model, Target};
+use crate::gguf::writer::{GgufWriter, WriteError};
+use crate::gguf::{Gguf, GgufError, Value};
+use crate::quant::{dequantize_row, QuantType};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
@@ -41,7 +41,7 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 /// Writes `adapters` (made for `model`) as a GGUF LoRA adapter.
-pub fn write_gguf(model: &Model, adapters: &Adapters, path: &Path) -> Result<(), AdapterError> {
+pub fn write(model: &Model, adapters: &Adapters, path: &Path) -> Result<(), AdapterError> {
     let invalid = |message: String| AdapterError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -59,8 +59,8 @@ pub fn write_gguf(model: &Model, adapters: &Adapters, path: &Path) -> Result<(),
         ));
     }
     let arch = match model.config().architecture {
-        super::model::Architecture::Llama => "llama",
-        super::model::Architecture::Gemma3 => "gemma3",
+        super::Architecture::Llama => "llama",
+        super::Architecture::Gemma3 => "gemma3",
     };
     let mut w = GgufWriter::new();
     w.metadata("general.architecture", Value::String(arch.into()))?;
@@ -97,7 +97,7 @@ pub fn write_gguf(model: &Model, adapters: &Adapters, path: &Path) -> Result<(),
 }
 
 /// Reads a GGUF LoRA adapter written for `model` (by tenets or by llama.cpp's converter).
-pub fn read_gguf(model: &Model, path: &Path) -> Result<Adapters, AdapterError> {
+pub fn read(model: &Model, path: &Path) -> Result<Adapters, AdapterError> {
     let invalid = |message: String| AdapterError::Invalid {
         path: path.to_path_buf(),
         message,

@@ -1,21 +1,25 @@
 //! The native transformer forward over a GGUF file's weights as they are stored — still
 //! quantized, memory-mapped, decoded a panel at a time by the kernels in
-//! [`crate::train::quant::matmul`]. Llama (SmolLM2) and Gemma 3, with f32 activations; it computes
+//! [`crate::quant::matmul`]. Llama (SmolLM2) and Gemma 3, with f32 activations; it computes
 //! what llama.cpp computes for the same file, and is the base the LoRA trainer builds on.
 
+pub mod adapter_gguf;
+pub mod adapters;
 pub mod backward;
 pub mod config;
+pub mod lora;
 pub mod ops;
 
 use std::path::{Path, PathBuf};
 
-use crate::train::gguf::{Gguf, GgufError, TensorInfo};
-use crate::train::lora::{Dropout, Lora};
-use crate::train::quant::dequantize_row;
-use crate::train::quant::matmul::{Compute, MatmulError, Matrix};
+use crate::gguf::{Gguf, GgufError, TensorInfo};
+use crate::quant::dequantize_row;
+use crate::quant::matmul::{Compute, MatmulError, Matrix};
+use lora::{Dropout, Lora};
 
+pub use adapters::{AdapterGrads, Adapters, Target, TARGETS};
 use backward::LayerTrace;
-pub use backward::{AdapterGrads, Adapters, LogprobGradients, Target, Trace, TARGETS};
+pub use backward::{LogprobGradients, Trace};
 pub use config::{Activation, Architecture, Config, RopeLayout};
 use ops::{AttentionShape, RopeTable};
 pub use ops::{Branch, Layout, Segment};
@@ -80,6 +84,21 @@ struct Layer {
     up: Weight,
     down: Weight,
     post_ffn_norm: Option<Vec<f32>>,
+}
+
+impl Layer {
+    /// The frozen projection an adapter on `t` sits beside.
+    fn weight(&self, t: Target) -> &Weight {
+        match t {
+            Target::Q => &self.q,
+            Target::K => &self.k,
+            Target::V => &self.v,
+            Target::O => &self.o,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
 }
 
 /// The log-probability the model gives the token that actually comes next, and its own top
