@@ -2,7 +2,7 @@
 //! (TRL conversational format), writes adapters llama.cpp and PEFT load, resumes after kill -9
 //! retracing the same loss curve, trains SFT and from a tenets database, and names bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

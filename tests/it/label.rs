@@ -2,7 +2,7 @@
 //! undone, labels that are the mean of their stored parts, durability and resume (a pair whose
 //! judgments were only partly stored, and a SIGKILL mid-run), and export of the soft labels.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

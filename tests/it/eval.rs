@@ -3,7 +3,7 @@
 //! two-round loop writes two adapters and a report, and that report renders in headless
 //! Chromium with the sections it promises.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! (and the place, where there is one), a non-zero exit and no panic, and leave every file that
 //! was there before exactly as it was — nothing created, nothing half-written.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

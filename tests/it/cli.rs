@@ -1,7 +1,7 @@
 //! Bad input at the command line: a clear message naming the file and place, a non-zero exit,
 //! no panic, and no database created. None of these load the model.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

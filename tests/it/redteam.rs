@@ -2,7 +2,7 @@
 //! restricted topic, benign look-alikes at the asked ratio, each with its topic and style, that
 //! `tenets generate` reads back.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! `tenets score` from the command line: both engines on a text and a chat, and bad input.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -5,7 +5,7 @@
 //! outage mid-run stops the run and a rerun after it completes every prompt exactly once per
 //! stage; labels are read from the server's log-probabilities, both orders.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -2,7 +2,7 @@
 //! resume, export in both formats, template-looking user text kept verbatim, and a prompt too
 //! long for its context failing alone.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

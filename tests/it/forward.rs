@@ -8,10 +8,10 @@
 //! (c) llama.cpp on the quantized file itself: the native forward must sit as close to it as
 //!     llama.cpp's own exact run (b) does — what remains is llama.cpp's activation rounding.
 //!
-//! Every figure is printed (`cargo test --release --test forward -- --nocapture`).
+//! Every figure is printed (`cargo test --release --test it forward:: -- --nocapture`).
 
-mod common;
-mod reference;
+use crate::common;
+use crate::reference;
 
 use std::path::Path;
 use std::sync::Mutex;

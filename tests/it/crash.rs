@@ -2,7 +2,7 @@
 //! command, completes every prompt exactly once — once, or at ten moments of one run; Ctrl-C
 //! (SIGINT) stops cleanly and resumes; a second generate on the same database is refused.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

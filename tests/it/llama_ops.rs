@@ -16,9 +16,9 @@
 //! comes out ~20× larger, four times a layer. The second test measures that amplification on
 //! llama.cpp's own activations.
 //!
-//! Run with figures: `cargo test --release --test llama_ops -- --nocapture`.
+//! Run with figures: `cargo test --release --test it llama_ops:: -- --nocapture`.
 
-mod common;
+use crate::common;
 
 use std::ffi::{c_void, CStr, CString};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! generate into their own databases, `tenets merge` joins them without duplicates, and
 //! `tenets doctor` says what this build and machine can do.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! Prompt files in every supported format, read through the public loader.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

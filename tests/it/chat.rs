@@ -5,7 +5,7 @@
 //! could mistake for their own; and the spans tenets hands the tokenizer as message content
 //! hold the messages, user text that looks like template syntax or special tokens included.
 
-mod common;
+use crate::common;
 
 use serde_json::json;
 use tenets::chat::{ChatTemplate, Message, Segment};

@@ -2,7 +2,7 @@
 //! an independent implementation (gguf-py's `quants.dequantize`, figures recorded below), and
 //! against truncated, corrupted and hand-made hostile files: errors, never panics.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 
