@@ -557,10 +557,15 @@ enum KernelArg {
     Avx512,
 }
 
+/// Our log on stderr: warnings by default, more with `-v`; `RUST_LOG` overrides. llama.cpp's
+/// own log (tracing target `llama-cpp-2`) is detail — dozens of warnings about buffer types and
+/// token types on an ordinary run — so only its errors show by default, its warnings with `-v`
+/// and everything with `-vv`. Colours only on a terminal.
 fn init_logging(verbose: u8) {
+    use std::io::IsTerminal;
     let default = match verbose {
-        0 => "warn,llama_cpp_2=error",
-        1 => "info,llama_cpp_2=warn",
+        0 => "warn,llama-cpp-2=error",
+        1 => "info,llama-cpp-2=warn",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -568,6 +573,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

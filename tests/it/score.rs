@@ -206,3 +206,48 @@ fn both_engines_apply_an_adapter() {
         fails_with(&out, "sourdough.txt");
     }
 }
+
+/// llama.cpp's own log is detail, not the user's business: a Gemma 3 run with an adapter (some
+/// thirty llama.cpp warnings about token types and buffer types) prints none of it by default,
+/// shows it with `-v`, and writes no colour codes into a stderr that is not a terminal.
+#[test]
+fn llama_cpp_keeps_quiet_unless_asked() {
+    use tenets::model::{Adapters, Model, Target};
+    let _guard = common::MODEL_LOCK.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let gemma = common::second_model();
+    let model = Model::open(&gemma).unwrap();
+    let lora = dir.path().join("gemma-lora.gguf");
+    let adapters = Adapters::new(&model, &Target::ALL, 4, 8.0, 1);
+    tenets::model::adapter_gguf::write(&model, &adapters, &lora).unwrap();
+    let text = common::repo("tests/fixtures/texts/sourdough.txt");
+    let run = |verbose: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenets"));
+        if verbose {
+            cmd.arg("-v");
+        }
+        let out = cmd
+            .args(["score", "--engine", "llama", "--model"])
+            .arg(&gemma)
+            .arg("--lora")
+            .arg(&lora)
+            .arg("--text-file")
+            .arg(&text)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let quiet = run(false);
+    assert!(quiet.trim().is_empty(), "{quiet}");
+    let verbose = run(true);
+    assert!(verbose.contains("llama-cpp-2"), "{verbose}");
+    for stderr in [&quiet, &verbose] {
+        assert!(!stderr.contains('\u{1b}'), "colour codes: {stderr:?}");
+    }
+}
