@@ -109,7 +109,7 @@ fn bench_model(path: &Path, n_tokens: usize, threads: usize) {
     });
     drop(ctx);
     let llama_score = best(3, || {
-        engine::score::score_tokens(&llama, &config, &ids).unwrap();
+        engine::logprobs::score_tokens(&llama, &config, &ids).unwrap();
     });
 
     let rate = |s: f64| n as f64 / s;
@@ -141,8 +141,8 @@ fn main() {
     let models: Vec<PathBuf> = match std::env::var("BENCH_MODELS") {
         Ok(v) => v.split(':').map(PathBuf::from).collect(),
         Err(_) => vec![
-            tenets::models::default_model_path(),
-            tenets::models::models_dir().join(tenets::models::SECOND_MODEL_FILE),
+            tenets::home::default_model_path(),
+            tenets::home::models_dir().join(tenets::home::SECOND_MODEL_FILE),
         ],
     };
     for path in models.iter().filter(|p| p.exists()) {

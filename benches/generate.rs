@@ -202,7 +202,7 @@ fn main() {
     let repeats = env_usize("BENCH_REPEAT", 3).max(1);
     let threads = env_usize("BENCH_THREADS", engine::default_threads());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model_path = tenets::models::default_model_path();
+    let model_path = tenets::home::default_model_path();
     assert!(
         model_path.exists(),
         "run scripts/fetch-model first ({})",

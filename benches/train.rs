@@ -65,14 +65,14 @@ fn llama_anchor(model: &std::path::Path, threads: usize) -> (usize, f64) {
     let started = Instant::now();
     let mut tokens = 0;
     for s in &sequences {
-        engine::score::score_tokens(&llama, &config, s).expect("llama.cpp score");
+        engine::logprobs::score_tokens(&llama, &config, s).expect("llama.cpp score");
         tokens += s.len();
     }
     (tokens, started.elapsed().as_secs_f64())
 }
 
 fn main() {
-    let model = tenets::models::default_model_path();
+    let model = tenets::home::default_model_path();
     assert!(model.exists(), "run scripts/fetch-model first");
     let threads = env_usize("BENCH_THREADS", engine::default_threads());
     let steps = env_usize("BENCH_STEPS", 16);

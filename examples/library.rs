@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let db = dir.path().join("example.db");
     let mut options = GenerateOptions::new(
-        &tenets::models::default_model_path(),
+        &tenets::home::default_model_path(),
         &root.join("constitutions/harmless-helpful.yaml"),
         &prompts,
         &db,

@@ -287,7 +287,7 @@ fn cpu_features() -> Vec<&'static str> {
 
 /// The default model a run would use, for `doctor` without `--model`.
 pub fn default_model() -> PathBuf {
-    crate::models::default_model_path()
+    crate::home::default_model_path()
 }
 
 #[cfg(test)]

@@ -22,9 +22,9 @@ pub mod export;
 pub mod filters;
 pub mod gguf;
 pub mod hash;
+pub mod home;
 pub mod label;
 pub mod model;
-pub mod models;
 pub mod parquet;
 #[cfg(feature = "llama")]
 pub mod pipeline;

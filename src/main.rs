@@ -19,7 +19,7 @@ use tenets::pipeline::{self, GenerateOptions};
 use tenets::quant::matmul::Kernel;
 use tenets::score::{self, ScoreEngine, ScoreInput, ScoreOptions};
 use tenets::store::Store;
-use tenets::{models, stats};
+use tenets::{home, stats};
 
 #[derive(Parser)]
 #[command(
@@ -922,7 +922,7 @@ fn resumable_exit(interrupted: bool) -> ExitCode {
 }
 
 fn model_or_default(model: Option<PathBuf>) -> Result<PathBuf> {
-    let model = model.unwrap_or_else(models::default_model_path);
+    let model = model.unwrap_or_else(home::default_model_path);
     if !model.exists() {
         bail!(
             "model {} not found. Run scripts/setup to fetch the default model, or pass --model FILE.gguf",
@@ -1007,7 +1007,7 @@ async fn eval(args: EvalArgs) -> Result<ExitCode> {
     use tenets::pipeline::eval::{self as evaluation, EvalOptions};
     let model = model_or_default(args.model)?;
     let prompts = if args.prompts.is_empty() {
-        models::bundled_eval_sets()
+        home::bundled_eval_sets()
     } else {
         args.prompts
     };
@@ -1042,7 +1042,7 @@ async fn run_loop(args: LoopArgs) -> Result<ExitCode> {
     use tenets::pipeline::iterate::{self, LoopOptions};
     let model = model_or_default(args.model)?;
     let eval_prompts = if args.eval_prompts.is_empty() {
-        models::bundled_eval_sets()
+        home::bundled_eval_sets()
     } else {
         args.eval_prompts
     };

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sqlx::Row;
 
+use crate::eval::intervals::Rate;
 use crate::eval::results::{self, BreakdownRow, EvalResults, WinRate};
-use crate::eval::stats::Rate;
 use crate::plot::{self, RateBar};
 use crate::stats::{self, Stats};
 use crate::store::{Store, StoreError, TrainStepRecord};

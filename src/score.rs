@@ -1,5 +1,5 @@
 //! Per-token log-probabilities of a text or a chat under a model, from the native forward
-//! ([`crate::model`]) or from llama.cpp ([`crate::engine::score`]) — `tenets score`, the
+//! ([`crate::model`]) or from llama.cpp ([`crate::engine::logprobs`]) — `tenets score`, the
 //! check a user runs to see that the two agree on their own model, and what the trainer's
 //! reference log-probs are checked with.
 //!
@@ -213,9 +213,9 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
                 .collect();
             match &options.lora {
                 Some(lora) => {
-                    engine::score::score_tokens_with_lora(&mut llama, &config, &ids, lora, 1.0)?
+                    engine::logprobs::score_tokens_with_lora(&mut llama, &config, &ids, lora, 1.0)?
                 }
-                None => engine::score::score_tokens(&llama, &config, &ids)?,
+                None => engine::logprobs::score_tokens(&llama, &config, &ids)?,
             }
         }
         ScoreEngine::Native => {

@@ -7,8 +7,8 @@
 //! belongs to the pipeline.
 
 pub mod batch;
+pub mod logprobs;
 pub mod remote;
-pub mod score;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

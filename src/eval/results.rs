@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 
-use super::stats::{bootstrap_mean, Mean, Rate};
+use super::intervals::{bootstrap_mean, Mean, Rate};
 use super::Refusal;
 use crate::store::{EvalSide, Store, StoreError};
 

@@ -1,9 +1,13 @@
-//! The generate pipeline: prompts → answer → (critique → revision) × rounds → SQLite.
+//! The commands' stages: each command that runs a model is an engine thread, a store writer and
+//! progress, joined by bounded queues — a finished turn is committed before its session may ask
+//! for the next, so a kill -9 loses at most the turns in flight and the same command resumes
+//! from the store. One file per command ([`chain`] and this module: `generate`; [`label`],
+//! [`eval`], [`redteam`], [`train`], [`iterate`]: `loop`).
 //!
-//! Three stages joined by bounded queues: an async stream of chains still to do feeds the engine
-//! thread (continuous batching over llama.cpp); the engine hands every finished turn to the store
-//! writer, which commits it and only then lets that chain ask for its next turn. A kill -9 loses
-//! at most the turns in flight; the same command resumes from the store.
+//! `generate`: prompts → answer → (critique → revision) × rounds → SQLite. An async stream of
+//! chains still to do feeds the engine thread (continuous batching over llama.cpp); the engine
+//! hands every finished turn to the store writer, which commits it and only then lets that chain
+//! ask for its next turn.
 
 pub mod chain;
 pub mod eval;

@@ -69,7 +69,7 @@ fn llama_scores(model: &Path, tokens: &[u32]) -> Vec<TokenScore> {
         .iter()
         .map(|&t| llama_cpp_2::token::LlamaToken(t as i32))
         .collect();
-    engine::score::score_tokens(&llama, &config, &ids).unwrap()
+    engine::logprobs::score_tokens(&llama, &config, &ids).unwrap()
 }
 
 struct Distance {
@@ -640,7 +640,7 @@ fn llama_cpp_loads_our_adapters_and_agrees() {
             .collect();
         let config = EngineConfig::new(&path);
         let theirs =
-            engine::score::score_tokens_with_lora(&mut llama, &config, &ids, &lora_path, 1.0)
+            engine::logprobs::score_tokens_with_lora(&mut llama, &config, &ids, &lora_path, 1.0)
                 .unwrap();
         let ours = model
             .score_adapted(&compute, tokens, Some(&adapters))

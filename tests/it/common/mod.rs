@@ -10,7 +10,7 @@ pub static MODEL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(()
 
 /// The default model; the tests need it (scripts/setup or scripts/fetch-model fetches it).
 pub fn model() -> PathBuf {
-    let path = tenets::models::default_model_path();
+    let path = tenets::home::default_model_path();
     assert!(
         path.exists(),
         "default model not found at {}: run scripts/fetch-model first",
@@ -21,7 +21,7 @@ pub fn model() -> PathBuf {
 
 /// The second test model (Gemma 3 270M Q4_K_M), fetched by scripts/fetch-model.
 pub fn second_model() -> PathBuf {
-    let path = tenets::models::models_dir().join(tenets::models::SECOND_MODEL_FILE);
+    let path = tenets::home::models_dir().join(tenets::home::SECOND_MODEL_FILE);
     assert!(
         path.exists(),
         "second test model not found at {}: run scripts/fetch-model first",

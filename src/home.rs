@@ -1,5 +1,5 @@
-//! Where models and bundled files live on this machine: the default model's cache location and
-//! the bundled evaluation prompt sets.
+//! Where tenets keeps things on this machine: the default model's cache location and the
+//! bundled evaluation prompt sets.
 //!
 //! `scripts/fetch-model` (run by `scripts/setup`) fetches the default model
 //! (SmolLM2-135M-Instruct, Q4_1) and a second test model into a git-ignored `models/` folder of
