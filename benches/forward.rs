@@ -132,7 +132,7 @@ fn bench_model(path: &Path, n_tokens: usize, threads: usize) {
 }
 
 fn main() {
-    let threads = env_usize("BENCH_THREADS", engine::default_threads());
+    let threads = env_usize("BENCH_THREADS", tenets::settings::default_threads());
     let n_tokens = env_usize("BENCH_TOKENS", 512);
     if let Ok(path) = std::env::var("BENCH_RSS_CHILD") {
         rss_child(Path::new(&path), n_tokens, threads);

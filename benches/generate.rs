@@ -200,7 +200,7 @@ fn main() {
     let max_tokens = env_usize("BENCH_MAX_TOKENS", 96);
     let prompts = env_usize("BENCH_PROMPTS", parallel).max(parallel);
     let repeats = env_usize("BENCH_REPEAT", 3).max(1);
-    let threads = env_usize("BENCH_THREADS", engine::default_threads());
+    let threads = env_usize("BENCH_THREADS", tenets::settings::default_threads());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let model_path = tenets::home::default_model_path();
     assert!(
@@ -242,11 +242,12 @@ fn main() {
     let run_tenets = |repeat: usize| {
         let db = dir.path().join(format!("bench-{repeat}.db"));
         let mut options = GenerateOptions::new(&model_path, &constitution_path, &prompt_file, &db);
-        options.parallel = parallel;
+        options.engine.parallel = parallel;
         options.max_tokens = max_tokens;
         options.temperature = 0.0;
-        options.threads = threads;
+        options.engine.model.threads = Some(threads);
         options.rounds = 1;
+        options.run.quiet = true;
         let summary = runtime
             .block_on(pipeline::generate(&options, StopSignal::default()))
             .expect("generate");

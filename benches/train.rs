@@ -74,7 +74,7 @@ fn llama_anchor(model: &std::path::Path, threads: usize) -> (usize, f64) {
 fn main() {
     let model = tenets::home::default_model_path();
     assert!(model.exists(), "run scripts/fetch-model first");
-    let threads = env_usize("BENCH_THREADS", engine::default_threads());
+    let threads = env_usize("BENCH_THREADS", tenets::settings::default_threads());
     let steps = env_usize("BENCH_STEPS", 16);
     println!("train bench: {} threads, {steps} steps, 64 pairs", threads);
 

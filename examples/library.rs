@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
         &db,
     );
     options.max_tokens = 96;
-    options.quiet = false;
+    options.run.quiet = false;
     let summary = pipeline::generate(&options, StopSignal::default()).await?;
     println!(
         "{} steps in {:.1} s",

@@ -4,7 +4,7 @@
 //! be offloaded, and SQLite's version. Every check is a line with a verdict; the command fails
 //! only on what would stop a run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -55,6 +55,28 @@ fn check(checks: &mut Vec<Check>, name: &str, value: impl Into<String>, ok: bool
     });
 }
 
+/// `tenets doctor`'s command line: the model and settings a run would use.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DoctorOptions {
+    #[command(flatten)]
+    pub model: crate::settings::ModelSettings,
+    /// The offload a run would ask for.
+    #[arg(long, default_value_t = 0)]
+    pub gpu_layers: u32,
+    #[command(flatten)]
+    pub run: crate::settings::RunSettings,
+}
+
+/// Runs every check on what `options` would run with.
+pub async fn check_machine(options: &DoctorOptions) -> Report {
+    let model = options
+        .model
+        .model
+        .clone()
+        .unwrap_or_else(crate::home::default_model_path);
+    run(&model, options.gpu_layers, options.model.threads).await
+}
+
 /// Runs every check; `model` is the model a run would use, `gpu_layers` the offload it would ask.
 pub async fn run(model: &Path, gpu_layers: u32, threads: Option<usize>) -> Report {
     let mut checks = Vec::new();
@@ -86,7 +108,7 @@ pub async fn run(model: &Path, gpu_layers: u32, threads: Option<usize>) -> Repor
     );
 
     // CPU: features llama.cpp and our kernels use.
-    let cores = crate::engine::default_threads();
+    let cores = crate::settings::default_threads();
     let threads = threads.unwrap_or(cores);
     check(
         &mut checks,
@@ -182,7 +204,7 @@ fn model_checks(checks: &mut Vec<Check>, model: &Path) {
             checks,
             name,
             format!(
-                "{} not found: run scripts/setup (or scripts/fetch-model), or pass --model FILE.gguf",
+                "{} not found: run `tenets fetch-model` (or scripts/setup), or pass --model FILE.gguf",
                 model.display()
             ),
             false,
@@ -286,10 +308,6 @@ fn cpu_features() -> Vec<&'static str> {
 }
 
 /// The default model a run would use, for `doctor` without `--model`.
-pub fn default_model() -> PathBuf {
-    crate::home::default_model_path()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

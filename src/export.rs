@@ -37,8 +37,53 @@ pub enum Format {
     Parquet,
 }
 
+/// `tenets export`'s command line.
+#[derive(clap::Args, Debug, Clone)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
+pub struct ExportOptions {
+    #[arg(long)]
+    pub db: PathBuf,
+    #[arg(long, value_enum, default_value_t = Kind::Dpo)]
+    pub kind: Kind,
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    #[arg(short, long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub filters: PairFilters,
+}
+
+/// `tenets export`: the database's dataset written to `--out`.
+pub async fn run(options: &ExportOptions) -> Result<ExportRows, ExportError> {
+    options
+        .filters
+        .check_settings()
+        .map_err(ExportError::Setting)?;
+    let store = Store::open_existing(&options.db).await?;
+    export(
+        &store,
+        options.kind,
+        options.format,
+        &options.filters,
+        &options.out,
+    )
+    .await
+}
+
+/// What an export wrote and left out, as text.
+pub fn render(rows: &ExportRows, out: &Path) -> String {
+    let mut text = format!("wrote {} rows to {}\n", rows.rows.len(), out.display());
+    for (reason, count) in &rows.dropped {
+        text += &format!("  dropped {count}: {}\n", reason.as_str());
+    }
+    text
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    #[error("{0}")]
+    Setting(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot write {path}: {message}")]

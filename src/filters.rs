@@ -175,19 +175,25 @@ pub fn similar_at_least(a: &str, b: &str, threshold: f64) -> bool {
     prev[b.len()] <= k
 }
 
-/// Which pairs `tenets export` leaves out.
-#[derive(Debug, Clone, PartialEq)]
+/// Which pairs `tenets export` leaves out: its filter flags.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct PairFilters {
-    /// Keep pairs where either answer hit the token or context limit.
+    /// Keep pairs where an answer hit the token or context limit (dropped by default).
+    #[arg(long)]
     pub include_truncated: bool,
-    /// Drop pairs whose answers are at least this similar (`edit_similarity`).
+    /// Drop pairs whose two answers are at least this similar (1 − normalised edit distance).
+    #[arg(long, default_value_t = 0.95)]
     pub max_similarity: f64,
-    /// Drop labeled pairs whose weight (2·label − 1) is below this.
+    /// Drop labeled pairs whose weight (2·p_chosen − 1) is below this (kept, weighted, if unset).
+    #[arg(long)]
     pub min_margin: Option<f64>,
-    /// Benign pairs per harmful pair in the export (by prompt `kind`): the larger side is
-    /// subsampled, deterministically, to this ratio.
+    /// Benign pairs per harmful pair (by prompt `kind`): the larger side is subsampled,
+    /// deterministically, to this ratio.
+    #[arg(long)]
     pub helpful_ratio: Option<f64>,
-    /// Which pairs of a prompt's sampled answers become rows.
+    /// Which pairs of a prompt's sampled answers (generate --samples) to export, once ranked by
+    /// their labels: the best against the worst, or every pair, by its label.
+    #[arg(long, value_enum, default_value_t = SampledPairs::BestWorst)]
     pub sampled_pairs: SampledPairs,
 }
 
@@ -210,6 +216,26 @@ impl Default for PairFilters {
             helpful_ratio: None,
             sampled_pairs: SampledPairs::BestWorst,
         }
+    }
+}
+
+impl PairFilters {
+    /// The settings make sense (messages name the flag).
+    pub fn check_settings(&self) -> Result<(), String> {
+        if self
+            .helpful_ratio
+            .is_some_and(|r| !(r.is_finite() && r >= 0.0))
+        {
+            return Err("--helpful-ratio must be 0 or more".into());
+        }
+        // Above 1, no pair is similar enough to drop: every one is kept.
+        if !(self.max_similarity.is_finite() && self.max_similarity >= 0.0) {
+            return Err("--max-similarity must be 0 or more (above 1 keeps every pair)".into());
+        }
+        if self.min_margin.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+            return Err("--min-margin must be between 0 and 1".into());
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! The binary (`src/main.rs`) is a thin command-line shell over this library.
 
 pub mod atomic;
+pub mod bundled;
 pub mod chat;
 pub mod constitution;
 pub mod dataset;
@@ -35,6 +36,8 @@ pub mod redteam;
 pub mod report;
 #[cfg(feature = "llama")]
 pub mod score;
+#[cfg(feature = "llama")]
+pub mod settings;
 pub mod stats;
 pub mod store;
 pub mod train;

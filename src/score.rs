@@ -15,10 +15,11 @@ use crate::chat::Message;
 use crate::engine::{self, EngineConfig, EngineError};
 use crate::model::adapter_gguf;
 use crate::model::{Model, ModelError, TokenScore};
-use crate::quant::matmul::{Compute, Kernel, MatmulError};
+use crate::quant::matmul::{Compute, MatmulError};
+use crate::settings::{KernelChoice, ModelSettings, RunSettings};
 
 /// Which implementation computes the log-probs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScoreEngine {
     /// tenets' own forward over the quantized weights (f32 activations).
     Native,
@@ -63,6 +64,10 @@ pub enum ScoreError {
     Adapter(#[from] crate::model::adapter_gguf::AdapterError),
     #[error("the input is {0} token(s): at least 2 are needed to score anything")]
     TooShort(usize),
+    #[error("give --text-file or --chat-file")]
+    NoInput,
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
     #[error(
         "{model}: the tokenizer gave token {token} ({piece:?}), but the model's embedding table \
          has only {rows} rows: the file's tokenizer and weights do not belong together"
@@ -75,26 +80,67 @@ pub enum ScoreError {
     },
 }
 
-/// How to score.
-#[derive(Debug, Clone)]
+/// How to score, and what: the command line of `tenets score`.
+#[derive(clap::Args, Debug, Clone)]
 pub struct ScoreOptions {
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelSettings,
+    /// native: tenets' own forward over the quantized weights; llama: llama.cpp.
+    #[arg(long, value_enum, default_value_t = ScoreEngine::Native)]
     pub engine: ScoreEngine,
-    pub threads: usize,
-    /// Native engine kernels (default: the fastest this CPU runs).
-    pub kernel: Kernel,
-    /// A GGUF LoRA adapter applied on top of the model.
+    /// A UTF-8 text file, scored as it is.
+    #[arg(
+        long,
+        required_unless_present = "chat_file",
+        conflicts_with = "chat_file"
+    )]
+    pub text_file: Option<PathBuf>,
+    /// A JSON chat ([{"role": ..., "content": ...}, ...]), framed by the model's chat template.
+    #[arg(long)]
+    pub chat_file: Option<PathBuf>,
+    /// Native engine kernels [default: the fastest this CPU runs]
+    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
+    pub kernel: KernelChoice,
+    /// A GGUF LoRA adapter to apply (both engines).
+    #[arg(long)]
     pub lora: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunSettings,
 }
 
 impl ScoreOptions {
+    /// `tenets score`'s defaults for `model` with `engine` (and no input file).
     pub fn new(model: impl Into<PathBuf>, engine: ScoreEngine) -> Self {
         ScoreOptions {
-            model: model.into(),
+            model: ModelSettings::of(model),
             engine,
-            threads: engine::default_threads(),
-            kernel: Kernel::detect(),
+            text_file: None,
+            chat_file: None,
+            kernel: KernelChoice::Auto,
             lora: None,
+            run: RunSettings::default(),
+        }
+    }
+
+    /// What `--text-file` or `--chat-file` holds.
+    pub fn input(&self) -> Result<ScoreInput, ScoreError> {
+        match (&self.text_file, &self.chat_file) {
+            (Some(path), _) => {
+                let bytes = std::fs::read(path).map_err(|source| ScoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let text = String::from_utf8(bytes).map_err(|e| ScoreError::ChatFile {
+                    path: path.clone(),
+                    message: format!(
+                        "not UTF-8 text (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                })?;
+                Ok(ScoreInput::Text(text))
+            }
+            (None, Some(path)) => Ok(ScoreInput::Chat(read_chat_file(path)?)),
+            (None, None) => Err(ScoreError::NoInput),
         }
     }
 }
@@ -188,17 +234,26 @@ pub fn tokenize(
     Ok(tokens.into_iter().map(|t| t.0 as u32).collect())
 }
 
+/// `tenets score`: the settings and the model first, then the input file, then the scores.
+pub fn run(options: &ScoreOptions) -> Result<ScoreReport, ScoreError> {
+    options.model.check()?;
+    options.model.model_path()?;
+    score(options, &options.input()?)
+}
+
 /// Scores the input with the chosen engine.
 pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, ScoreError> {
+    options.model.check()?;
+    let model_path = options.model.model_path()?;
     let config = EngineConfig {
-        threads: options.threads,
-        ..EngineConfig::new(&options.model)
+        threads: options.model.threads(),
+        ..EngineConfig::new(&model_path)
     };
     // The native engine takes only the tokenizer from llama.cpp, so a file llama.cpp would
     // refuse to run (say, a tokenizer larger than the embedding table) still gets our own check.
     let mut llama = match options.engine {
         ScoreEngine::Llama => engine::load_model(&config)?,
-        ScoreEngine::Native => engine::load_vocab(&options.model)?,
+        ScoreEngine::Native => engine::load_vocab(&model_path)?,
     };
     let tokens = tokenize(&llama, input)?;
     if tokens.len() < 2 {
@@ -219,8 +274,8 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
             }
         }
         ScoreEngine::Native => {
-            let compute = Compute::new(options.threads, options.kernel)?;
-            let model = Model::open(&options.model)?;
+            let compute = Compute::new(options.model.threads(), options.kernel.kernel())?;
+            let model = Model::open(&model_path)?;
             let adapters = match &options.lora {
                 Some(lora) => Some(adapter_gguf::read(&model, lora)?),
                 None => None,
@@ -239,9 +294,14 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    Ok(report(options, &tokens, &scores, seconds, |t| {
-        piece(&llama, t)
-    }))
+    Ok(report(
+        options,
+        &model_path,
+        &tokens,
+        &scores,
+        seconds,
+        |t| piece(&llama, t),
+    ))
 }
 
 /// The text of token `t`.
@@ -252,6 +312,7 @@ fn piece(llama: &llama_cpp_2::model::LlamaModel, t: u32) -> String {
 
 fn report(
     options: &ScoreOptions,
+    model: &Path,
     tokens: &[u32],
     scores: &[TokenScore],
     seconds: f64,
@@ -276,7 +337,7 @@ fn report(
     let mean = sum / scored.max(1) as f64;
     ScoreReport {
         engine: options.engine.name(),
-        model: options.model.display().to_string(),
+        model: model.display().to_string(),
         tokens: out,
         scored,
         sum_logprob: sum,

@@ -6,6 +6,9 @@
 #   examples/overnight/run.sh [OUT_DIR]        (default: out/overnight)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The checkout is the data folder: the models scripts/fetch-model put in models/ (an installed
+# tenets uses $TENETS_HOME or ~/.local/share/tenets; `tenets fetch-model` fills it).
+export TENETS_HOME="${TENETS_HOME:-$PWD}"
 out=${1:-out/overnight}
 
 scripts/setup                      # system packages, the default model, the release build

@@ -3,6 +3,45 @@
 /// File name of the JSON Schema written next to a new constitution, referenced by its modeline.
 pub const SCHEMA_FILE: &str = "constitution.schema.json";
 
+/// Why `tenets init` wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("NAME must be a plain file name, without directories")]
+    Name,
+    #[error("{0} already exists; not overwriting it")]
+    Exists(std::path::PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `tenets init NAME`: writes `NAME.yaml` (a starter) in `dir`, and the JSON Schema beside it
+/// when it is not there; returns the constitution's path. An existing file is never overwritten.
+pub fn init(dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf, InitError> {
+    if name.is_empty() || name.contains(['/', '\\']) {
+        return Err(InitError::Name);
+    }
+    let path = dir.join(format!("{name}.yaml"));
+    if path.exists() {
+        return Err(InitError::Exists(path));
+    }
+    let write = |path: &std::path::Path, text: &str| {
+        crate::atomic::write(path, text.as_bytes()).map_err(|source| InitError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let schema_path = dir.join(SCHEMA_FILE);
+    if !schema_path.exists() {
+        let schema = serde_json::to_string_pretty(&super::json_schema()).unwrap_or_default();
+        write(&schema_path, &schema)?;
+    }
+    write(&path, &starter(name))?;
+    Ok(path)
+}
+
 /// A starter constitution for `name`: valid as written, commented for a first-time author.
 pub fn starter(name: &str) -> String {
     // `name` is quoted through JSON so any characters the user chose stay a plain YAML string.
@@ -10,7 +49,7 @@ pub fn starter(name: &str) -> String {
     format!(
         r#"# yaml-language-server: $schema=./{SCHEMA_FILE}
 # A tenets constitution. Check it with `tenets validate FILE`; see the JSON Schema with
-# `tenets schema`. Every field below is documented in the README's authoring guide.
+# `tenets schema`. Every field below is documented in docs/constitution.md.
 
 name: {quoted}
 version: "0.1"

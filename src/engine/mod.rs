@@ -88,7 +88,7 @@ impl EngineConfig {
     }
 }
 
-/// The cores this process may use.
+/// The cores this process may use (llama.cpp's threads spin-wait: never more).
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -40,6 +40,9 @@ pub struct CotSettings {
 }
 
 impl CotSettings {
+    /// Reasoning tokens by default.
+    pub const DEFAULT_TOKENS: usize = 192;
+
     /// The settings make sense: `--cot-tokens` at least 1, and a clamp `LOW,HIGH` of finite
     /// numbers with 0 ≤ LOW ≤ 0.5 ≤ HIGH ≤ 1 (a clamp that leaves out 0.5 would turn every
     /// judgment into a verdict, one that leaves [0, 1] is no probability).
@@ -62,7 +65,7 @@ impl CotSettings {
 impl Default for CotSettings {
     fn default() -> Self {
         CotSettings {
-            max_tokens: 192,
+            max_tokens: Self::DEFAULT_TOKENS,
             clamp: (0.4, 0.6),
         }
     }

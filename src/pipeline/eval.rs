@@ -24,9 +24,7 @@ use crate::chat::Message;
 use crate::constitution::Constitution;
 use crate::engine::batch::{self, Counters, Next, Sampling};
 use crate::engine::Probe;
-use crate::engine::{
-    self, EngineConfig, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest,
-};
+use crate::engine::{self, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
 use crate::eval::results::{self, EvalResults};
 use crate::eval::{
     pattern_verdict, principle_comparison, JudgeVerdict, Refusal, VerdictFrame, PRINCIPLE_PREFIX,
@@ -35,102 +33,111 @@ use crate::eval::{
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, ANSWER_PREFIX};
 use crate::prompt::{self, PromptItem};
+use crate::settings::{EngineSettings, ModelSettings, RunSettings};
 use crate::store::{EvalRecord, EvalSide, JudgmentTable, PairForLabel, Store, VerdictRecord};
 
-/// Everything `tenets eval` needs.
-#[derive(Debug, Clone)]
+/// Everything `tenets eval` needs: its command line.
+#[derive(clap::Args, Debug, Clone)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 pub struct EvalOptions {
-    pub model: PathBuf,
-    /// The adapter to compare with the base model; without one only the base is measured.
+    /// The base model (`--model`), and how its answers are decoded.
+    #[command(flatten)]
+    pub engine: EngineSettings,
+    /// LoRA adapter (GGUF) to compare with the base model; without one only the base is measured.
+    #[arg(long)]
     pub lora: Option<PathBuf>,
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
     pub lora_scale: f32,
+    /// Constitution (YAML), or a bundled one by name: harmless-helpful, medical-info.
+    #[arg(long)]
     pub constitution: PathBuf,
-    /// Held-out prompt files (rows carry `kind`: harmful or benign, and optionally topic, style).
+    /// Held-out prompt files (repeat the flag): rows with `kind` harmful or benign, and optionally
+    /// `topic` and `style` [default: the bundled eval-harmful and eval-benign sets]
+    #[arg(long)]
     pub prompts: Vec<PathBuf>,
+    #[arg(long)]
     pub db: PathBuf,
-    /// The judge [default: the base model].
+    /// Judge model [default: the base model]
+    #[arg(long)]
     pub judge_model: Option<PathBuf>,
-    /// A directory with `verdict.jinja` / `judge.jinja` frames [default: the bundled ones].
+    /// Directory with verdict.jinja / judge.jinja frames [default: the bundled ones]
+    #[arg(long)]
     pub templates: Option<PathBuf>,
-    /// A label for the report [default: the adapter's file name, or "base"].
+    /// A name for this evaluation in reports [default: the adapter's file name, or "base"]
+    #[arg(long)]
     pub name: Option<String>,
-    /// Comparison questions per prompt (each asked in both orders).
+    /// Comparison questions per prompt, each asked in both orders.
+    #[arg(long, default_value_t = 2)]
     pub questions: usize,
-    /// Principles asked as comparison questions per prompt (seeded, weight-aware; both orders):
-    /// the win rate by principle.
+    /// Principles asked as comparison questions per prompt (both orders): the win rate by
+    /// principle.
+    #[arg(long, default_value_t = 1)]
     pub principle_questions: usize,
+    /// Most new tokens per answer.
+    #[arg(long, default_value_t = 192)]
     pub max_tokens: usize,
+    /// 0 for greedy decoding (the default: an evaluation measures the model, not one draw).
+    #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    pub parallel: usize,
-    pub threads: usize,
-    pub gpu_layers: u32,
-    pub ctx_per_sequence: usize,
+    /// Stop before anything runs if any prompt line is bad.
+    #[arg(long)]
     pub strict: bool,
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunSettings,
 }
 
 impl EvalOptions {
+    /// The defaults of `tenets eval` for these inputs (no prompt files: the bundled sets).
     pub fn new(model: &Path, constitution: &Path, prompts: Vec<PathBuf>, db: &Path) -> Self {
-        EvalOptions {
-            model: model.to_path_buf(),
-            lora: None,
-            lora_scale: 1.0,
-            constitution: constitution.to_path_buf(),
-            prompts,
-            db: db.to_path_buf(),
-            judge_model: None,
-            templates: None,
-            name: None,
-            questions: 2,
-            principle_questions: 1,
-            max_tokens: 192,
-            // Greedy: an evaluation should say what the model does, not what one draw did.
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 42,
-            parallel: 8,
-            threads: engine::default_threads(),
-            gpu_layers: 0,
-            ctx_per_sequence: 2048,
-            strict: false,
-            quiet: true,
-        }
+        let mut o: Self = crate::settings::from_flags(&["--constitution", "-", "--db", "-"]);
+        o.engine.model = ModelSettings::of(model);
+        o.constitution = constitution.to_path_buf();
+        o.prompts = prompts;
+        o.db = db.to_path_buf();
+        o
     }
 
-    fn generate_options(&self, lora: Option<&PathBuf>) -> GenerateOptions {
-        let mut g = GenerateOptions::new(&self.model, &self.constitution, Path::new(""), &self.db);
+    fn generate_options(&self, model: &Path, lora: Option<&PathBuf>) -> GenerateOptions {
+        let mut g = GenerateOptions::new(model, &self.constitution, Path::new(""), &self.db);
+        g.engine = self.engine.clone();
+        g.engine.model.model = Some(model.to_path_buf());
         g.rounds = 0;
         g.max_tokens = self.max_tokens;
         g.temperature = self.temperature;
         g.top_p = self.top_p;
         g.seed = self.seed;
-        g.parallel = self.parallel;
-        g.threads = self.threads;
-        g.gpu_layers = self.gpu_layers;
-        g.ctx_per_sequence = self.ctx_per_sequence;
-        g.quiet = self.quiet;
+        g.run.quiet = self.run.quiet;
         g.lora = lora.cloned();
         g.lora_scale = self.lora_scale;
         g
     }
 
     fn check(&self) -> Result<(), PipelineError> {
-        let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
-        if self.prompts.is_empty() {
-            return bad("give at least one --prompts file");
-        }
+        self.engine.check()?;
         if self.questions == 0 {
-            return bad("--questions must be at least 1");
-        }
-        if self.parallel == 0 || self.parallel > 256 {
-            return bad("--parallel must be between 1 and 256");
-        }
-        if self.threads == 0 {
-            return bad("--threads must be at least 1");
+            return Err(PipelineError::Setting(
+                "--questions must be at least 1".into(),
+            ));
         }
         Ok(())
+    }
+
+    /// The prompt files: those given, or the bundled evaluation sets.
+    fn prompt_files(&self) -> Result<Vec<PathBuf>, PipelineError> {
+        if self.prompts.is_empty() {
+            return crate::bundled::eval_sets().map_err(|e| {
+                PipelineError::Setting(format!("cannot unpack the bundled evaluation sets: {e}"))
+            });
+        }
+        self.prompts
+            .iter()
+            .map(|p| super::resolve_bundled(p, crate::bundled::PROMPT_SETS))
+            .collect()
     }
 }
 
@@ -157,20 +164,23 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     options.check()?;
     let started = Instant::now();
     // Everything the user gave is read and checked before any model loads.
-    let constitution = Constitution::load(&options.constitution)?;
+    let constitution_path =
+        super::resolve_bundled(&options.constitution, crate::bundled::CONSTITUTIONS)?;
+    let constitution = Constitution::load(&constitution_path)?;
     if options.lora.is_some() && constitution.comparisons.is_empty() {
         return Err(PipelineError::Setting(format!(
             "{}: `comparisons` is empty: there is nothing to compare the adapter with the base by",
-            options.constitution.display()
+            constitution_path.display()
         )));
     }
+    let model = options.engine.model.model_path()?;
     let verdict_frame = VerdictFrame::load(options.templates.as_deref())?;
     let judge_frame = match &options.templates {
         Some(dir) => JudgeFrame::from_dir(dir)?,
         None => JudgeFrame::bundled()?,
     };
     let mut sets = Vec::new();
-    for path in &options.prompts {
+    for path in &options.prompt_files()? {
         sets.push(prompt::load(path)?);
     }
     check_prompt_sets(&sets, options.strict)?;
@@ -195,7 +205,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
              rate only, not in the compliance and over-refusal rates"
         );
     }
-    let judge_model = options.judge_model.clone().unwrap_or(options.model.clone());
+    let judge_model = options.judge_model.clone().unwrap_or(model.clone());
     engine::check_model_file(&judge_model)?;
     if let Some(lora) = &options.lora {
         engine::check_adapter_file(lora)?;
@@ -206,14 +216,22 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
         prompts: items.len(),
         ..EvalSummary::default()
     };
-    summary.base =
-        generate_sets(&options.generate_options(None), sets.clone(), stop.clone()).await?;
+    summary.base = generate_sets(
+        &options.generate_options(&model, None),
+        sets.clone(),
+        stop.clone(),
+    )
+    .await?;
     if summary.base.interrupted {
         return finish(summary, started, true);
     }
     if let Some(lora) = &options.lora {
-        let adapter =
-            generate_sets(&options.generate_options(Some(lora)), sets, stop.clone()).await?;
+        let adapter = generate_sets(
+            &options.generate_options(&model, Some(lora)),
+            sets,
+            stop.clone(),
+        )
+        .await?;
         let interrupted = adapter.interrupted;
         summary.adapter = Some(adapter);
         if interrupted {
@@ -246,14 +264,8 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
         None => None,
     };
 
-    let config = EngineConfig {
-        gpu_layers: options.gpu_layers,
-        threads: options.threads,
-        parallel: options.parallel,
-        ctx_per_sequence: options.ctx_per_sequence,
-        ..EngineConfig::new(judge_model.clone())
-    };
-    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
+    let config = options.engine.config(&judge_model);
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.engine.parallel * 2);
     let counters = Arc::new(Counters::default());
     let (((pair_letters, verdict_letters), chat_hash), engine_task) = start_engine(
         config,
@@ -318,8 +330,8 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     let (mut stored, compared) = store
         .judgment_progress(JudgmentTable::Comparisons, &eval_id)
         .await?;
-    let (verdict_tx, verdict_rx) = mpsc::channel::<VerdictRequest>(options.parallel * 2);
-    let (pair_tx, pair_rx) = mpsc::channel::<LabelRequest>(options.parallel * 2);
+    let (verdict_tx, verdict_rx) = mpsc::channel::<VerdictRequest>(options.engine.parallel * 2);
+    let (pair_tx, pair_rx) = mpsc::channel::<LabelRequest>(options.engine.parallel * 2);
     let verdict_context = Arc::new(VerdictContext {
         eval_id: eval_id.clone(),
         frame: verdict_frame,
@@ -398,7 +410,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     }
     drop((verdict_context, pair_context));
 
-    let progress = progress_bar(options.quiet, remaining, "judgments");
+    let progress = progress_bar(options.run.quiet, remaining, "judgments");
     let verdict_writer = tokio::spawn(write_verdicts(
         store.clone(),
         verdict_rx,
@@ -540,7 +552,7 @@ impl Session for VerdictSession {
             prompt_id: self.prompt_id.clone(),
             step_id: self.step_id.clone(),
             pattern: pattern_verdict(&self.reply).as_str().to_string(),
-            judge: judged.verdict,
+            judge: judged.verdict.map(|r| r.as_str()).map_err(|n| n.as_str()),
             p_comply,
             p_refuse,
             p_partial,

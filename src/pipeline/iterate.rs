@@ -10,51 +10,82 @@
 //! the previous round. The report shows every round side by side.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::eval::{self, EvalOptions};
 use super::label::{self, LabelOptions};
 use super::train::{self, TrainData, TrainOptions};
 use super::{generate, GenerateOptions, PipelineError};
-use crate::engine::{self, StopSignal};
+use crate::engine::StopSignal;
+use crate::settings::{BackendKind, BackendSettings, EngineSettings, ModelSettings, RunSettings};
 
-/// Everything `tenets loop` needs. Stage settings not named here keep their stage's defaults.
-#[derive(Debug, Clone)]
+/// Everything `tenets loop` needs: its command line. Stage settings not named here keep their
+/// stage's defaults.
+#[derive(clap::Args, Debug, Clone)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 pub struct LoopOptions {
-    pub model: PathBuf,
+    /// The base model (`--model`: trained and evaluated here), and how every stage decodes.
+    #[command(flatten)]
+    pub engine: EngineSettings,
+    /// Where generate and label run (evaluation and training stay on --model here).
+    #[command(flatten)]
+    pub backend: BackendSettings,
+    /// Constitution (YAML), or a bundled one by name: harmless-helpful, medical-info.
+    #[arg(long)]
     pub constitution: PathBuf,
-    /// Training prompts (generate's input).
+    /// Training prompts (generate's input), or a bundled set by name.
+    #[arg(long)]
     pub prompts: PathBuf,
-    /// Held-out evaluation prompt files.
+    /// Held-out evaluation prompt files (repeat the flag) [default: the bundled eval sets]
+    #[arg(long)]
     pub eval_prompts: Vec<PathBuf>,
-    /// Where the database, adapters and report go.
+    /// Output directory: loop.db, adapter-round-K.gguf, report.html.
+    #[arg(long)]
     pub dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
     pub rounds: usize,
-    /// Critique/revision rounds per prompt in generate.
+    /// Critique/revision rounds per prompt when generating (1-4).
+    #[arg(long, default_value_t = 1)]
     pub critique_rounds: usize,
+    /// Most new tokens per generated turn.
+    #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
+    /// Most new tokens per evaluation answer.
+    #[arg(long, default_value_t = 192)]
     pub eval_max_tokens: usize,
+    /// Comparison questions per pair (labeling) and per prompt (evaluation).
+    #[arg(long, default_value_t = 2)]
     pub questions: usize,
+    /// Optimiser steps per round [default: --epochs over the data]
+    #[arg(long = "steps")]
     pub train_steps: Option<u64>,
+    #[arg(long, default_value_t = 1.0)]
     pub epochs: f64,
+    #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
+    #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
+    #[arg(long, default_value_t = 8)]
     pub rank: usize,
+    /// Longest training sequence (prompt + answer), in tokens.
+    #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
     /// Train on pairs whose answers hit the token limit too (dropped by default, as in export).
+    #[arg(long)]
     pub include_truncated: bool,
-    /// Stop after a round whose over-refusal (judge model) rose by more than this from the
-    /// previous round (the base model for round 1).
+    /// Stop after a round whose over-refusal (judge model) rose by more than this (0.1 = 10
+    /// points) from the previous round (the base model for round 1).
+    #[arg(long, default_value_t = 0.1)]
     pub max_over_refusal_increase: f64,
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    pub parallel: usize,
-    pub threads: usize,
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunSettings,
 }
 
 impl LoopOptions {
+    /// The defaults of `tenets loop` for these inputs.
     pub fn new(
         model: &Path,
         constitution: &Path,
@@ -62,30 +93,14 @@ impl LoopOptions {
         eval_prompts: Vec<PathBuf>,
         dir: &Path,
     ) -> Self {
-        LoopOptions {
-            model: model.to_path_buf(),
-            constitution: constitution.to_path_buf(),
-            prompts: prompts.to_path_buf(),
-            eval_prompts,
-            dir: dir.to_path_buf(),
-            rounds: 2,
-            critique_rounds: 1,
-            max_tokens: 256,
-            eval_max_tokens: 192,
-            questions: 2,
-            train_steps: None,
-            epochs: 1.0,
-            lr: 2e-4,
-            beta: 0.1,
-            rank: 8,
-            max_length: 1024,
-            include_truncated: false,
-            max_over_refusal_increase: 0.1,
-            seed: 42,
-            parallel: 8,
-            threads: engine::default_threads(),
-            quiet: true,
-        }
+        let mut o: Self =
+            crate::settings::from_flags(&["--constitution", "-", "--prompts", "-", "--dir", "-"]);
+        o.engine.model = ModelSettings::of(model);
+        o.constitution = constitution.to_path_buf();
+        o.prompts = prompts.to_path_buf();
+        o.eval_prompts = eval_prompts;
+        o.dir = dir.to_path_buf();
+        o
     }
 
     /// The loop's database.
@@ -96,6 +111,23 @@ impl LoopOptions {
     /// Round `k`'s adapter.
     pub fn adapter(&self, round: usize) -> PathBuf {
         self.dir.join(format!("adapter-round-{round}.gguf"))
+    }
+
+    fn check(&self) -> Result<(), PipelineError> {
+        self.engine.check()?;
+        let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
+        if self.rounds == 0 || self.rounds > 20 {
+            return bad("--rounds must be between 1 and 20");
+        }
+        if !(1..=4).contains(&self.critique_rounds) {
+            return bad(
+                "--critique-rounds must be between 1 and 4 (a round needs pairs to train on)",
+            );
+        }
+        if !(self.max_over_refusal_increase.is_finite() && self.max_over_refusal_increase >= 0.0) {
+            return bad("--max-over-refusal-increase must be 0 or more");
+        }
+        Ok(())
     }
 }
 
@@ -127,22 +159,10 @@ pub struct LoopSummary {
 
 /// Runs (or resumes) the loop.
 pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary, PipelineError> {
-    if options.rounds == 0 || options.rounds > 20 {
-        return Err(PipelineError::Setting(
-            "--rounds must be between 1 and 20".into(),
-        ));
-    }
-    if !(1..=4).contains(&options.critique_rounds) {
-        return Err(PipelineError::Setting(
-            "--critique-rounds must be between 1 and 4 (a round needs pairs to train on)".into(),
-        ));
-    }
-    if !(options.max_over_refusal_increase.is_finite() && options.max_over_refusal_increase >= 0.0)
-    {
-        return Err(PipelineError::Setting(
-            "--max-over-refusal-increase must be 0 or more".into(),
-        ));
-    }
+    options.check()?;
+    // The base model is trained and evaluated here, whatever serves generate and label.
+    let model = options.engine.model.model_path()?;
+    options.backend.resolve()?;
     std::fs::create_dir_all(&options.dir).map_err(|e| {
         PipelineError::Setting(format!("cannot create {}: {e}", options.dir.display()))
     })?;
@@ -159,14 +179,17 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         let started = Instant::now();
         let previous_adapter = (round > 1).then(|| options.adapter(round - 1));
         tracing::info!(round, "loop: generate");
-        let mut g =
-            GenerateOptions::new(&options.model, &options.constitution, &options.prompts, &db);
+        let mut g = GenerateOptions::new(&model, &options.constitution, &options.prompts, &db);
+        g.engine = options.engine.clone();
+        g.backend = options.backend.clone();
+        if options.backend.backend != BackendKind::Llama {
+            // The server names its own model.
+            g.engine.model.model = None;
+        }
         g.rounds = options.critique_rounds;
         g.max_tokens = options.max_tokens;
         g.seed = options.seed + round as u64 - 1;
-        g.parallel = options.parallel;
-        g.threads = options.threads;
-        g.quiet = options.quiet;
+        g.run.quiet = options.run.quiet;
         g.lora = previous_adapter.clone();
         let generated = generate(&g, stop.clone()).await?;
         if generated.interrupted {
@@ -176,13 +199,12 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
 
         tracing::info!(round, "loop: label");
         let mut l = LabelOptions::new(&db);
-        l.model = Some(options.model.clone());
-        l.constitution = Some(options.constitution.clone());
+        l.engine = g.engine.clone();
+        l.backend = g.backend.clone();
+        l.constitution = Some(g.constitution_path()?);
         l.questions = options.questions;
         l.seed = options.seed;
-        l.parallel = options.parallel;
-        l.threads = options.threads;
-        l.quiet = options.quiet;
+        l.run.quiet = options.run.quiet;
         let labeled = label::label(&l, stop.clone()).await?;
         if labeled.interrupted {
             summary.interrupted = true;
@@ -191,7 +213,8 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
 
         tracing::info!(round, "loop: train");
         let adapter = options.adapter(round);
-        let mut t = TrainOptions::new(&options.model, TrainData::Db(db.clone()), &adapter);
+        let mut t = TrainOptions::new(&model, TrainData::Db(db.clone()), &adapter);
+        t.model.threads = options.engine.model.threads;
         t.steps = options.train_steps;
         t.epochs = options.epochs;
         t.lr = options.lr;
@@ -199,27 +222,14 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         t.rank = options.rank;
         t.alpha = 2.0 * options.rank as f32;
         t.max_length = options.max_length;
-        t.max_prompt_length = t.max_prompt_length.min(options.max_length / 2);
+        // --max-prompt-length: half of --max-length, its default.
         t.filters.include_truncated = options.include_truncated;
         t.seed = options.seed;
-        t.threads = options.threads;
         t.resume = true;
         // A round's final score is the evaluation below.
-        t.final_eval = false;
-        t.quiet = options.quiet;
-        let flag = Arc::new(AtomicBool::new(false));
-        let watcher = tokio::spawn({
-            let (flag, stop) = (flag.clone(), stop.clone());
-            async move {
-                while !stop.draining() {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-                flag.store(true, Ordering::SeqCst);
-            }
-        });
-        let trained = train::train(&t, flag).await;
-        watcher.abort();
-        let trained = trained?;
+        t.no_final_eval = true;
+        t.run.quiet = options.run.quiet;
+        let trained = train::train(&t, stop.clone()).await?;
         if trained.stopped {
             summary.interrupted = true;
             return Ok(summary);
@@ -227,19 +237,19 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
 
         tracing::info!(round, "loop: eval");
         let mut e = EvalOptions::new(
-            &options.model,
+            &model,
             &options.constitution,
             options.eval_prompts.clone(),
             &db,
         );
+        e.engine = options.engine.clone();
+        e.engine.model.model = Some(model.clone());
         e.lora = Some(adapter.clone());
         e.name = Some(format!("round {round}"));
         e.questions = options.questions;
         e.max_tokens = options.eval_max_tokens;
         e.seed = options.seed;
-        e.parallel = options.parallel;
-        e.threads = options.threads;
-        e.quiet = options.quiet;
+        e.run.quiet = options.run.quiet;
         let evaluated = eval::eval(&e, stop.clone()).await?;
         let Some(results) = evaluated.results else {
             summary.interrupted = true;

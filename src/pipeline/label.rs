@@ -21,56 +21,79 @@ use super::{connect_remote, join_stages, progress_bar, start_engine, start_remot
 use crate::chat::Message;
 use crate::constitution::{Comparison, Constitution};
 use crate::engine::batch::{self, Counters, Next, Sampling};
-use crate::engine::{self, Backend, EngineConfig, Probe, ServedModel, Session, StopSignal};
+use crate::engine::{self, Backend, Probe, ServedModel, Session, StopSignal};
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, CotSettings, Verdict, ANSWER_PREFIX, COT_PREFIX};
+use crate::settings::{BackendSettings, EngineSettings, RunSettings};
 use crate::store::{
     JudgeRecord, JudgmentRecord, JudgmentTable, LabelRecord, PairForLabel, Store, StoredJudgments,
 };
 
-/// Everything `tenets label` needs.
-#[derive(Debug, Clone)]
+/// Everything `tenets label` needs: its command line.
+#[derive(clap::Args, Debug, Clone)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 pub struct LabelOptions {
+    /// Database written by `tenets generate`.
+    #[arg(long)]
     pub db: PathBuf,
-    /// Judge model [default: the model of the database's latest run].
-    pub model: Option<PathBuf>,
-    /// Comparison questions [default: the constitution of the database's latest run].
+    /// The judge: `--model` defaults to the model of the database's latest run.
+    #[command(flatten)]
+    pub engine: EngineSettings,
+    #[command(flatten)]
+    pub backend: BackendSettings,
+    /// Constitution whose comparison questions are asked [default: the latest run's]
+    #[arg(long)]
     pub constitution: Option<PathBuf>,
-    /// A directory with a `judge.jinja` frame [default: the bundled one].
+    /// Directory with a judge.jinja frame [default: the bundled prompts/judge.jinja]
+    #[arg(long)]
     pub templates: Option<PathBuf>,
-    /// Comparison questions asked per pair (each in both orders).
+    /// Comparison questions asked per pair, each in both orders.
+    #[arg(long, default_value_t = 2)]
     pub questions: usize,
-    /// Chain-of-thought judging: the judge reasons before its answer is read.
-    pub cot: Option<CotSettings>,
+    /// Chain of thought: the judge reasons before its answer is read.
+    #[arg(long)]
+    pub cot: bool,
+    /// With --cot: most tokens of reasoning.
+    #[arg(long, default_value_t = CotSettings::DEFAULT_TOKENS, requires = "cot")]
+    pub cot_tokens: usize,
+    /// With --cot: P(A) is clamped into LOW,HIGH (the CAI paper's 0.4,0.6).
+    #[arg(long, default_value = "0.4,0.6", requires = "cot", value_parser = crate::settings::parse_pair)]
+    pub cot_clamp: (f64, f64),
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    pub parallel: usize,
-    pub threads: usize,
-    pub gpu_layers: u32,
-    pub ctx_per_sequence: usize,
-    pub quiet: bool,
-    /// Which engine judges: the local llama.cpp one (`model`), or an OpenAI-compatible server
-    /// (`--parallel` requests in flight).
-    pub backend: Backend,
+    #[command(flatten)]
+    pub run: RunSettings,
 }
 
 impl LabelOptions {
+    /// The defaults of `tenets label` on `db`.
     pub fn new(db: impl Into<PathBuf>) -> Self {
-        LabelOptions {
-            db: db.into(),
-            model: None,
-            constitution: None,
-            templates: None,
-            questions: 2,
-            cot: None,
-            seed: 42,
-            parallel: 8,
-            threads: engine::default_threads(),
-            gpu_layers: 0,
-            ctx_per_sequence: 2048,
-            quiet: true,
-            backend: Backend::Local,
+        let mut o: Self = crate::settings::from_flags(&["--db", "-"]);
+        o.db = db.into();
+        o
+    }
+
+    /// The chain-of-thought settings, with `--cot`.
+    pub fn cot(&self) -> Option<CotSettings> {
+        self.cot.then_some(CotSettings {
+            max_tokens: self.cot_tokens,
+            clamp: self.cot_clamp,
+        })
+    }
+
+    fn check(&self) -> Result<(), PipelineError> {
+        self.engine.check()?;
+        if self.questions == 0 {
+            return Err(PipelineError::Setting(
+                "--questions must be at least 1".into(),
+            ));
         }
+        if let Some(cot) = self.cot() {
+            cot.check().map_err(PipelineError::Setting)?;
+        }
+        Ok(())
     }
 }
 
@@ -99,6 +122,37 @@ pub struct LabelSummary {
     pub prefilled_tokens: u64,
     pub seconds: f64,
     pub interrupted: bool,
+}
+
+/// A label run's summary as text.
+pub fn render(s: &LabelSummary) -> String {
+    let mut out = format!(
+        "judge {}: {} pairs ({} already labeled), {} judgments and {} labels written, {} failed, \
+         {:.1} s\n",
+        &s.judge_id[..16.min(s.judge_id.len())],
+        s.pairs,
+        s.already_labeled,
+        s.judgments_written,
+        s.labels_written,
+        s.failures,
+        s.seconds,
+    );
+    out += &format!(
+        "labels: mean p(chosen ≻ rejected) {:.3}; orders disagree on {:.1}% of questions; mean \
+         P(A) {:.3}; answer mass {:.3}\n",
+        s.mean_p_chosen,
+        100.0 * s.order_disagreement,
+        s.mean_p_a,
+        s.mean_answer_mass,
+    );
+    if s.unanswered_judgments > 0 {
+        out += &format!(
+            "warning: {} judgment(s) put no probability on \"A\" or \"B\" (left out of the \
+             labels); {} pair(s) got no answer at all and have no label\n",
+            s.unanswered_judgments, s.pairs_without_answer
+        );
+    }
+    out
 }
 
 /// What every session of a label run shares (an evaluation's comparisons share it too: judge
@@ -318,24 +372,16 @@ pub async fn label(
     stop: StopSignal,
 ) -> Result<LabelSummary, PipelineError> {
     let started = Instant::now();
-    if options.questions == 0 {
+    options.check()?;
+    let backend = options.backend.resolve()?;
+    if matches!(backend, Backend::OpenAi(_)) && options.engine.model.model.is_some() {
         return Err(PipelineError::Setting(
-            "--questions must be at least 1".into(),
+            "--model names a GGUF file for the llama backend; with --backend openai use \
+             --remote-model"
+                .into(),
         ));
     }
-    if options.parallel == 0 || options.parallel > 256 {
-        return Err(PipelineError::Setting(
-            "--parallel must be between 1 and 256".into(),
-        ));
-    }
-    if options.threads == 0 {
-        return Err(PipelineError::Setting(
-            "--threads must be at least 1".into(),
-        ));
-    }
-    if let Some(cot) = &options.cot {
-        cot.check().map_err(PipelineError::Setting)?;
-    }
+    let cot = options.cot();
     let store = Store::open_existing(&options.db).await?;
     let latest = store.latest_run().await?;
     let constitution = match (&options.constitution, &latest) {
@@ -363,11 +409,11 @@ pub async fn label(
         None => JudgeFrame::bundled()?,
     };
     let pairs = store.pairs_for_labels().await?;
-    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.engine.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let (served, answers, engine_task) = match &options.backend {
+    let (served, answers, engine_task) = match &backend {
         Backend::Local => {
-            let model = match (&options.model, &latest) {
+            let model = match (&options.engine.model.model, &latest) {
                 (Some(path), _) => path.clone(),
                 (None, Some((path, _))) => PathBuf::from(path),
                 (None, None) => {
@@ -385,13 +431,7 @@ pub async fn label(
             }
             engine::check_model_file(&model)?;
             let model_sha256 = store.model_sha256(&model).await?;
-            let config = EngineConfig {
-                gpu_layers: options.gpu_layers,
-                threads: options.threads,
-                parallel: options.parallel,
-                ctx_per_sequence: options.ctx_per_sequence,
-                ..EngineConfig::new(model.clone())
-            };
+            let config = options.engine.config(&model);
             let ((answers, chat_hash), engine_task) = start_engine(
                 config,
                 Sampling::GREEDY,
@@ -420,7 +460,7 @@ pub async fn label(
             (served, probe, engine_task)
         }
         Backend::OpenAi(remote) => {
-            if options.cot.is_some() {
+            if cot.is_some() {
                 return Err(PipelineError::Setting(
                     "--cot reads the answer after the judge's own reasoning, which needs the \
                      local engine (a chat-completions server cannot continue a reply)"
@@ -428,7 +468,7 @@ pub async fn label(
                 ));
             }
             let mut remote = remote.clone();
-            remote.concurrency = options.parallel;
+            remote.concurrency = options.engine.parallel;
             let engine = connect_remote(remote).await?;
             let (served, engine_task) = start_remote(
                 engine,
@@ -452,8 +492,8 @@ pub async fn label(
         frame_sha256: frame.hash().to_string(),
         questions_per_pair: options.questions as i64,
         seed: options.seed as i64,
-        cot_tokens: options.cot.map_or(0, |c| c.max_tokens as i64),
-        cot_clamp: options.cot.map(|c| c.clamp),
+        cot_tokens: cot.map_or(0, |c| c.max_tokens as i64),
+        cot_clamp: cot.map(|c| c.clamp),
     };
     let judge_id = store.upsert_judge(&judge).await?;
     let (mut stored, labeled) = store
@@ -461,12 +501,12 @@ pub async fn label(
         .await?;
     tracing::info!(judge = %judge_id, pairs = pairs.len(), "label");
 
-    let (writer_tx, writer_rx) = mpsc::channel::<LabelRequest>(options.parallel * 2);
+    let (writer_tx, writer_rx) = mpsc::channel::<LabelRequest>(options.engine.parallel * 2);
     let context = Arc::new(LabelContext {
         judge_id: judge_id.clone(),
         frame,
         answers: Arc::new(answers),
-        cot: options.cot,
+        cot,
         writer: writer_tx,
     });
     let mut summary = LabelSummary {
@@ -494,7 +534,7 @@ pub async fn label(
     }
     drop(context);
 
-    let progress = progress_bar(options.quiet, remaining, "judgments");
+    let progress = progress_bar(options.run.quiet, remaining, "judgments");
     let writer = tokio::spawn(write_loop(
         store.clone(),
         writer_rx,

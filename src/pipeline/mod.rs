@@ -21,7 +21,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,6 +29,7 @@ use crate::engine::batch::{self, Counters, Sampling};
 use crate::engine::remote::{RemoteConfig, RemoteEngine};
 use crate::engine::{self, Backend, EngineConfig, EngineError, ServedModel, Session, StopSignal};
 use crate::prompt::{self, PromptError};
+use crate::settings::{BackendSettings, EngineSettings, ModelSettings, RunSettings};
 use crate::store::{RunRecord, Store, StoreError};
 use crate::turns::{TurnTemplateError, TurnTemplates};
 use chain::{Chain, RunContext, Write, WriteRequest};
@@ -64,66 +64,75 @@ pub enum PipelineError {
     Internal(String),
 }
 
-/// Everything `tenets generate` needs.
-#[derive(Debug, Clone)]
+/// Everything `tenets generate` needs: its command line.
+#[derive(clap::Args, Debug, Clone)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 pub struct GenerateOptions {
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub engine: EngineSettings,
+    #[command(flatten)]
+    pub backend: BackendSettings,
+    /// Constitution (YAML), or a bundled one by name: harmless-helpful, medical-info.
+    #[arg(long)]
     pub constitution: PathBuf,
+    /// Prompt file: .jsonl (prompt or messages), .csv (prompt column), .parquet, or text; or a
+    /// bundled set by name: demo, eval-harmful, eval-benign.
+    #[arg(long)]
     pub prompts: PathBuf,
+    #[arg(long)]
     pub db: PathBuf,
+    /// Directory with critique.jinja and revision.jinja [default: the bundled templates]
+    #[arg(long)]
     pub templates: Option<PathBuf>,
-    pub parallel: usize,
+    /// Critique/revision rounds per prompt (0-4; 0: answers only, no revision pairs).
+    #[arg(long, default_value_t = 1)]
     pub rounds: usize,
-    /// Answers sampled per prompt (RL-CAI's `sampled` pairs: every two of them are judged).
+    /// Answers sampled per prompt (1-8; above 1 needs --temperature > 0): every two of them
+    /// become a candidate pair (strategy `sampled`, RL-CAI) for `tenets label` to rank.
+    #[arg(long, default_value_t = 1)]
     pub samples: usize,
+    /// Most new tokens per turn.
+    #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
+    /// 0 for greedy decoding.
+    #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    pub gpu_layers: u32,
-    pub threads: usize,
-    pub ctx_per_sequence: usize,
-    pub strict: bool,
-    pub quiet: bool,
-    /// A LoRA adapter (GGUF) to decode with, and its scale.
+    /// A LoRA adapter (GGUF, e.g. from `tenets train`) to decode with.
+    #[arg(long)]
     pub lora: Option<PathBuf>,
+    /// How strongly the adapter applies.
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
     pub lora_scale: f32,
-    /// `(i, n)`: only the prompts of shard `i` of `n` (by content hash; see
-    /// [`prompt::shard_of`]). The run id leaves it out, so shards merge into one run.
+    /// Stop before anything runs if any prompt line is bad.
+    #[arg(long)]
+    pub strict: bool,
+    /// Only shard I of N of the prompts (by content hash), for array jobs; `tenets merge` joins
+    /// the shards' databases. The run id leaves it out, so shards merge into one run.
+    #[arg(long, value_parser = crate::settings::parse_shard, value_name = "I/N")]
     pub shard: Option<(usize, usize)>,
-    /// Which engine generates: llama.cpp on `model`, or an OpenAI-compatible server
-    /// (`parallel` requests in flight).
-    pub backend: Backend,
+    #[command(flatten)]
+    pub run: RunSettings,
 }
 
 impl GenerateOptions {
+    /// The defaults of `tenets generate` for these inputs, on llama.cpp with `model`.
     pub fn new(model: &Path, constitution: &Path, prompts: &Path, db: &Path) -> Self {
-        GenerateOptions {
-            model: model.to_path_buf(),
-            constitution: constitution.to_path_buf(),
-            prompts: prompts.to_path_buf(),
-            db: db.to_path_buf(),
-            templates: None,
-            parallel: 8,
-            rounds: 1,
-            samples: 1,
-            max_tokens: 256,
-            temperature: 0.7,
-            top_p: 0.95,
-            seed: 42,
-            gpu_layers: 0,
-            threads: engine::default_threads(),
-            ctx_per_sequence: 2048,
-            strict: false,
-            quiet: true,
-            lora: None,
-            lora_scale: 1.0,
-            shard: None,
-            backend: Backend::Local,
-        }
+        let mut o: Self =
+            crate::settings::from_flags(&["--constitution", "-", "--prompts", "-", "--db", "-"]);
+        o.engine.model = ModelSettings::of(model);
+        o.constitution = constitution.to_path_buf();
+        o.prompts = prompts.to_path_buf();
+        o.db = db.to_path_buf();
+        o
     }
 
     fn check(&self) -> Result<(), PipelineError> {
+        self.engine.check()?;
         let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
         // 0 rounds: answers only (what `tenets eval` asks for).
         if self.rounds > 4 {
@@ -131,9 +140,6 @@ impl GenerateOptions {
         }
         if self.samples == 0 || self.samples > MAX_SAMPLES {
             return bad(&format!("--samples must be between 1 and {MAX_SAMPLES}"));
-        }
-        if self.parallel == 0 || self.parallel > 256 {
-            return bad("--parallel must be between 1 and 256");
         }
         if self.max_tokens == 0 {
             return bad("--max-tokens must be at least 1");
@@ -149,14 +155,8 @@ impl GenerateOptions {
                 "--samples above 1 needs --temperature above 0 (greedy samples are all alike)",
             );
         }
-        if self.threads == 0 {
-            return bad("--threads must be at least 1");
-        }
         if !self.lora_scale.is_finite() {
             return bad("--lora-scale must be a number");
-        }
-        if self.ctx_per_sequence < 64 {
-            return bad("--ctx must be at least 64 tokens");
         }
         if let Some((i, n)) = self.shard {
             if n == 0 || i >= n {
@@ -164,6 +164,31 @@ impl GenerateOptions {
             }
         }
         Ok(())
+    }
+
+    /// The constitution file: the one named, or the bundled one of that name.
+    pub fn constitution_path(&self) -> Result<PathBuf, PipelineError> {
+        resolve_bundled(&self.constitution, crate::bundled::CONSTITUTIONS)
+    }
+}
+
+/// `path`, or the bundled file of that name among `set` ([`crate::bundled::resolve`]).
+pub(crate) fn resolve_bundled(
+    path: &Path,
+    set: &[crate::bundled::Bundled],
+) -> Result<PathBuf, PipelineError> {
+    crate::bundled::resolve(path, set).map_err(|e| {
+        PipelineError::Setting(format!(
+            "cannot unpack the bundled {} into {}: {e}",
+            path.display(),
+            crate::home::data_dir().display()
+        ))
+    })
+}
+
+impl From<crate::settings::SettingsError> for PipelineError {
+    fn from(e: crate::settings::SettingsError) -> Self {
+        PipelineError::Setting(e.0)
     }
 }
 
@@ -201,10 +226,37 @@ pub async fn generate(
 ) -> Result<GenerateSummary, PipelineError> {
     options.check()?;
     // Everything that can be wrong with the inputs is found before the model loads.
-    Constitution::load(&options.constitution)?;
-    let prompt_set = prompt::load(&options.prompts)?;
+    Constitution::load(&options.constitution_path()?)?;
+    let prompt_set = prompt::load(&resolve_bundled(
+        &options.prompts,
+        crate::bundled::PROMPT_SETS,
+    )?)?;
     check_prompt_sets(std::slice::from_ref(&prompt_set), options.strict)?;
     generate_sets(options, vec![prompt_set], stop).await
+}
+
+/// A generate run's summary as text.
+pub fn render_generate(s: &GenerateSummary) -> String {
+    let mut out = format!(
+        "run {}: {} prompts ({} already complete), {} steps written, {} failed, {} tokens in \
+         {:.1} s ({:.1} tok/s)\n",
+        &s.run_id[..16.min(s.run_id.len())],
+        s.prompts,
+        s.already_complete,
+        s.steps_written,
+        s.failures,
+        s.generated_tokens,
+        s.seconds,
+        s.generated_tokens as f64 / s.seconds.max(1e-9),
+    );
+    if s.duplicates > 0 || s.bad_lines > 0 {
+        out += &format!(
+            "left out: {} duplicate or near-duplicate prompt(s), {} bad line(s) (see `tenets \
+             stats`)\n",
+            s.duplicates, s.bad_lines
+        );
+    }
+    out
 }
 
 /// Reports the bad lines of prompt files: an error under `--strict`, warnings otherwise.
@@ -236,15 +288,17 @@ pub async fn generate_sets(
 ) -> Result<GenerateSummary, PipelineError> {
     options.check()?;
     let started = Instant::now();
-    let constitution = Constitution::load(&options.constitution)?;
+    let constitution = Constitution::load(&options.constitution_path()?)?;
     let templates = match &options.templates {
         Some(dir) => TurnTemplates::from_dir(dir)?,
         None => TurnTemplates::bundled()?,
     };
     templates.check(&constitution)?;
-    let remote = match &options.backend {
+    let (backend, model) = options.backend.resolve_with(&options.engine.model)?;
+    let model = model.unwrap_or_default();
+    let remote = match backend {
         Backend::Local => {
-            engine::check_model_file(&options.model)?;
+            engine::check_model_file(&model)?;
             None
         }
         Backend::OpenAi(remote) => {
@@ -256,7 +310,7 @@ pub async fn generate_sets(
                 ));
             }
             let mut remote = remote.clone();
-            remote.concurrency = options.parallel;
+            remote.concurrency = options.engine.parallel;
             // The server is asked first: an address that does not answer leaves no database.
             Some(connect_remote(remote).await?)
         }
@@ -286,24 +340,19 @@ pub async fn generate_sets(
         temperature: options.temperature,
         top_p: options.top_p,
     };
-    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.engine.parallel * 2);
     let counters = Arc::new(Counters::default());
     let (served, engine_task) = match remote {
         None => {
             // The engine thread loads the model, reports its chat template, then serves chains.
             let config = EngineConfig {
-                model_path: options.model.clone(),
-                gpu_layers: options.gpu_layers,
-                threads: options.threads,
-                parallel: options.parallel,
-                ctx_per_sequence: options.ctx_per_sequence,
-                batch_tokens: 512,
                 lora: options.lora.clone().map(|p| (p, options.lora_scale)),
+                ..options.engine.config(&model)
             };
             // The model file is hashed while the engine loads it (each takes a fraction of a
             // second on the default model, more on big ones).
             let (model_sha256, started) = tokio::join!(
-                store.model_sha256(&options.model),
+                store.model_sha256(&model),
                 start_engine(
                     config,
                     sampling,
@@ -316,7 +365,7 @@ pub async fn generate_sets(
             let (((), chat_hash), engine_task) = started?;
             let model_sha256 = model_sha256?;
             let served = ServedModel {
-                model_path: options.model.display().to_string(),
+                model_path: model.display().to_string(),
                 model_sha256,
                 chat_template_sha256: chat_hash,
             };
@@ -375,7 +424,7 @@ pub async fn generate_sets(
     let mut stored = store.steps_of_run(&run_id).await?;
     tracing::info!(run = %run_id, prompts = items.len(), "generate");
 
-    let (writer_tx, writer_rx) = mpsc::channel::<WriteRequest>(options.parallel * 2);
+    let (writer_tx, writer_rx) = mpsc::channel::<WriteRequest>(options.engine.parallel * 2);
     let context = Arc::new(RunContext {
         run_id: run_id.clone(),
         constitution,
@@ -409,7 +458,7 @@ pub async fn generate_sets(
         }
     }
 
-    let progress = progress_bar(options.quiet, remaining_steps as u64, "steps");
+    let progress = progress_bar(options.run.quiet, remaining_steps as u64, "steps");
     let writer = tokio::spawn(write_loop(
         store.clone(),
         run_id.clone(),
@@ -420,13 +469,9 @@ pub async fn generate_sets(
     let ticker = tokio::spawn(tick(progress.clone(), counters.clone()));
     drop(context);
 
-    // The feeding stage: a bounded queue, so chains are built and handed over as slots free up.
-    let mut feed = Box::pin(async_stream::stream! {
-        for chain in chains {
-            yield chain;
-        }
-    });
-    while let Some(chain) = feed.next().await {
+    // The feeding stage: a bounded queue, so chains are handed over as slots free up.
+    let mut feed = chains.into_iter();
+    for chain in feed.by_ref() {
         if stop.draining() || jobs_tx.send(Box::new(chain)).await.is_err() {
             break;
         }
@@ -619,7 +664,7 @@ async fn write_loop(
     Ok((steps, failures))
 }
 
-pub(crate) fn progress_bar(quiet: bool, total: u64, unit: &str) -> ProgressBar {
+pub fn progress_bar(quiet: bool, total: u64, unit: &str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }

@@ -13,50 +13,51 @@ use super::{join_stages, progress_bar, start_engine, PipelineError};
 use crate::chat::Message;
 use crate::constitution::Constitution;
 use crate::engine::batch::{self, Counters, Finish, Next, Sampling};
-use crate::engine::{
-    self, EngineConfig, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest,
-};
+use crate::engine::{self, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
 use crate::hash;
 use crate::redteam::{self, GeneratedPrompt, Rejected, Request};
+use crate::settings::{EngineSettings, RunSettings};
 
-#[derive(Debug, Clone)]
+#[derive(clap::Args, Debug, Clone)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 pub struct RedteamOptions {
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub engine: EngineSettings,
+    /// Constitution (YAML), or a bundled one by name: harmless-helpful, medical-info.
+    #[arg(long)]
     pub constitution: PathBuf,
+    /// The prompt file to write (JSONL: prompt, kind, topic, style).
+    #[arg(short, long)]
     pub out: PathBuf,
-    /// Adversarial prompts asked for per restricted topic and attack style.
+    /// Adversarial prompts per restricted topic and attack style.
+    #[arg(long, default_value_t = 1)]
     pub per_topic: usize,
     /// Benign look-alike prompts per adversarial one.
+    #[arg(long, default_value_t = 1.0)]
     pub helpful_ratio: f64,
+    #[arg(long, default_value_t = 0.9)]
     pub temperature: f32,
+    #[arg(long, default_value_t = 96)]
     pub max_tokens: usize,
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    pub parallel: usize,
-    pub threads: usize,
-    pub gpu_layers: u32,
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunSettings,
 }
 
 impl RedteamOptions {
+    /// The defaults of `tenets redteam` for these inputs.
     pub fn new(
         model: impl Into<PathBuf>,
         constitution: impl Into<PathBuf>,
         out: impl Into<PathBuf>,
     ) -> Self {
-        RedteamOptions {
-            model: model.into(),
-            constitution: constitution.into(),
-            out: out.into(),
-            per_topic: 1,
-            helpful_ratio: 1.0,
-            temperature: 0.9,
-            max_tokens: 96,
-            seed: 42,
-            parallel: 8,
-            threads: engine::default_threads(),
-            gpu_layers: 0,
-            quiet: true,
-        }
+        let mut o: Self = crate::settings::from_flags(&["--constitution", "-", "--out", "-"]);
+        o.engine.model = crate::settings::ModelSettings::of(model);
+        o.constitution = constitution.into();
+        o.out = out.into();
+        o
     }
 }
 
@@ -108,6 +109,24 @@ impl Session for Ask {
     }
 }
 
+/// A redteam run's summary as text.
+pub fn render(s: &RedteamSummary, out: &std::path::Path) -> String {
+    let mut text = format!(
+        "wrote {} prompts ({} adversarial, {} benign look-alikes) of {} asked for to {} in \
+         {:.1} s\n",
+        s.kept_harmful + s.kept_benign,
+        s.kept_harmful,
+        s.kept_benign,
+        s.requested,
+        out.display(),
+        s.seconds
+    );
+    for (reason, count) in &s.rejected {
+        text += &format!("  not kept {count}: {reason:?}\n");
+    }
+    text
+}
+
 pub async fn redteam(
     options: &RedteamOptions,
     stop: StopSignal,
@@ -120,14 +139,9 @@ pub async fn redteam(
     if !(options.helpful_ratio.is_finite() && (0.0..=10.0).contains(&options.helpful_ratio)) {
         return bad("--helpful-ratio must be between 0 and 10");
     }
-    if options.parallel == 0
-        || options.parallel > 256
-        || options.threads == 0
-        || options.max_tokens == 0
-    {
-        return bad(
-            "--parallel, --threads and --max-tokens must be at least 1 (--parallel at most 256)",
-        );
+    options.engine.check()?;
+    if options.max_tokens == 0 {
+        return bad("--max-tokens must be at least 1");
     }
     // The file is written at the end: a missing folder must fail now, not after the model ran.
     let folder = match options.out.parent() {
@@ -141,32 +155,29 @@ pub async fn redteam(
             folder.display()
         )));
     }
-    let constitution = Constitution::load(&options.constitution)?;
+    let constitution_path =
+        super::resolve_bundled(&options.constitution, crate::bundled::CONSTITUTIONS)?;
+    let constitution = Constitution::load(&constitution_path)?;
     if constitution.topics.restricted.is_empty() {
         return Err(PipelineError::Setting(format!(
             "{}: `topics.restricted` is empty: there is nothing to red-team",
-            options.constitution.display()
+            constitution_path.display()
         )));
     }
-    engine::check_model_file(&options.model)?;
+    let model = options.engine.model.model_path()?;
+    engine::check_model_file(&model)?;
     let plan = redteam::plan(
         &constitution.topics.restricted,
         &constitution.topics.allowed,
         options.per_topic,
         options.helpful_ratio,
     );
-    let config = EngineConfig {
-        gpu_layers: options.gpu_layers,
-        threads: options.threads,
-        parallel: options.parallel,
-        ctx_per_sequence: 1024,
-        ..EngineConfig::new(options.model.clone())
-    };
+    let config = options.engine.config(&model);
     let sampling = Sampling {
         temperature: options.temperature,
         top_p: 0.95,
     };
-    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.parallel * 2);
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.engine.parallel * 2);
     let counters = Arc::new(Counters::default());
     let (_, engine_task) =
         start_engine(
@@ -180,8 +191,8 @@ pub async fn redteam(
         .await?;
 
     let (results_tx, mut results_rx) =
-        mpsc::channel::<(Request, String, bool)>(options.parallel * 2);
-    let progress = progress_bar(options.quiet, plan.len() as u64, "prompts");
+        mpsc::channel::<(Request, String, bool)>(options.engine.parallel * 2);
+    let progress = progress_bar(options.run.quiet, plan.len() as u64, "prompts");
     let collector = {
         let progress = progress.clone();
         tokio::spawn(async move {

@@ -10,8 +10,6 @@
 //! and the curves as SVG.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use llama_cpp_2::model::LlamaModel;
@@ -19,13 +17,14 @@ use llama_cpp_2::model::LlamaModel;
 use super::{progress_bar, PipelineError};
 use crate::chat::{ChatTemplate, Message};
 use crate::dataset::{self, Example};
-use crate::engine;
+use crate::engine::{self, StopSignal};
 use crate::export::{self, Kind};
 use crate::filters::PairFilters;
 use crate::hash;
 use crate::model::adapter_gguf;
 use crate::model::{AdapterGrads, Adapters, Model, Target};
-use crate::quant::matmul::{Compute, Kernel};
+use crate::quant::matmul::Compute;
+use crate::settings::{KernelChoice, ModelSettings, RunSettings};
 use crate::store::{FinalScores, Store, TrainRunRecord, TrainStepRecord};
 use crate::train::optim::{AdamW, Schedule};
 use crate::train::trainer::{self, Hyper, Item, Loss, TrainError, Trainer};
@@ -39,91 +38,149 @@ pub enum TrainData {
     Db(PathBuf),
 }
 
-/// Everything `tenets train` needs.
-#[derive(Debug, Clone)]
+/// Everything `tenets train` needs: its command line.
+#[derive(clap::Args, Debug, Clone)]
+// A negative number is a value (for the range check to name), not a flag.
+#[command(allow_negative_numbers = true)]
 pub struct TrainOptions {
-    pub model: PathBuf,
-    pub data: TrainData,
-    /// The GGUF adapter to write.
+    /// The base model (stays quantized and frozen), and the threads it computes on.
+    #[command(flatten)]
+    pub model: ModelSettings,
+    /// Training data: JSONL or Parquet in TRL's format (prompt/chosen/rejected, or messages).
+    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    pub data: Option<PathBuf>,
+    /// A tenets database: train on its (labelled) pairs, as `tenets export` would write them.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// The adapter to write (GGUF, for llama.cpp); PEFT files, metrics CSV and curves go beside it.
+    #[arg(long)]
     pub out: PathBuf,
-    /// Where runs, metrics, checkpoints and cached reference log-probs live (default: the
-    /// `--db` database, else `OUT.train.db`).
+    /// Database for runs, metrics, checkpoints and cached reference log-probs
+    /// [default: the --db database, else OUT.train.db]
+    #[arg(long)]
     pub state: Option<PathBuf>,
+    #[arg(long = "objective", value_enum, default_value = "dpo")]
     pub loss: Loss,
-    /// Optimiser steps; default `epochs` passes over the data.
+    /// Optimiser steps [default: --epochs passes over the data]
+    #[arg(long)]
     pub steps: Option<u64>,
+    #[arg(long, default_value_t = 1.0)]
     pub epochs: f64,
+    /// Examples per micro-batch (each runs at its own length: nothing is padded).
+    #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Micro-batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
+    /// Peak learning rate (AdamW, linear warmup, cosine decay towards 0).
+    #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
-    /// Warmup steps (default: a tenth of the run, at most 100).
+    /// Warmup steps [default: a tenth of the run, at most 100]
+    #[arg(long)]
     pub warmup: Option<u64>,
+    /// DPO/IPO/hinge strength.
+    #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
+    #[arg(long, default_value_t = 8)]
     pub rank: usize,
+    #[arg(long, default_value_t = 16.0)]
     pub alpha: f32,
-    /// LoRA dropout on the adapters' inputs while training.
+    /// Dropout on the adapters' inputs while training (PEFT's lora_dropout).
+    #[arg(long = "lora-dropout", default_value_t = 0.0)]
     pub dropout: f32,
+    /// Projections to adapt (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down", value_parser = parse_target)]
     pub targets: Vec<Target>,
+    /// Most tokens of prompt + answer.
+    #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
-    pub max_prompt_length: usize,
+    /// Most prompt tokens; longer prompts keep their end [default: half of --max-length]
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Save a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 25)]
     pub save_every: u64,
+    /// Continue this run from its last checkpoint.
+    #[arg(long)]
     pub resume: bool,
-    /// Which database pairs to train on (`--db`): the same filters as `tenets export`.
+    /// With --db: which of its pairs to train on (the filters of `tenets export`).
+    #[command(flatten)]
     pub filters: PairFilters,
-    /// Score every example with the trained adapter at the end.
-    pub final_eval: bool,
-    pub threads: usize,
-    pub kernel: Kernel,
-    pub quiet: bool,
+    /// Skip scoring every example with the trained adapter at the end.
+    #[arg(long)]
+    pub no_final_eval: bool,
+    /// Native kernels [default: the fastest this CPU runs]
+    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
+    pub kernel: KernelChoice,
+    #[command(flatten)]
+    pub run: RunSettings,
     /// Fault injection for tests of the non-finite-gradient guard: the gradients of this step
     /// are made NaN before the update. No flag sets it.
+    #[arg(skip)]
     #[doc(hidden)]
     pub inject_nan_gradient_at: Option<u64>,
 }
 
+/// `--targets`' projections.
+fn parse_target(name: &str) -> Result<Target, String> {
+    Target::parse(name.trim()).ok_or_else(|| {
+        format!(
+            "unknown projection `{}` (choose from q,k,v,o,gate,up,down)",
+            name.trim()
+        )
+    })
+}
+
 impl TrainOptions {
+    /// The defaults of `tenets train` on `model` and `data`, writing `out`.
     pub fn new(model: &Path, data: TrainData, out: &Path) -> Self {
-        TrainOptions {
-            model: model.to_path_buf(),
-            data,
-            out: out.to_path_buf(),
-            state: None,
-            loss: Loss::Preference(crate::train::dpo::Objective::Dpo),
-            steps: None,
-            epochs: 1.0,
-            batch: 4,
-            grad_accum: 1,
-            lr: 2e-4,
-            warmup: None,
-            beta: 0.1,
-            rank: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            targets: Target::ALL.to_vec(),
-            max_length: 1024,
-            max_prompt_length: 512,
-            max_grad_norm: 1.0,
-            weight_decay: 0.0,
-            seed: 0,
-            save_every: 25,
-            resume: false,
-            filters: PairFilters::default(),
-            final_eval: true,
-            threads: engine::default_threads(),
-            kernel: Kernel::detect(),
-            quiet: false,
-            inject_nan_gradient_at: None,
+        let mut o: Self = crate::settings::from_flags(&["--data", "-", "--out", "-"]);
+        o.model = ModelSettings::of(model);
+        (o.data, o.db) = match data {
+            TrainData::File(p) => (Some(p), None),
+            TrainData::Db(p) => (None, Some(p)),
+        };
+        o.out = out.to_path_buf();
+        o
+    }
+
+    /// Where the examples come from.
+    pub fn data(&self) -> TrainData {
+        match (&self.data, &self.db) {
+            (Some(file), _) => TrainData::File(file.clone()),
+            (None, Some(db)) => TrainData::Db(db.clone()),
+            // clap requires one; a library caller without either trains on nothing.
+            (None, None) => TrainData::File(PathBuf::new()),
         }
+    }
+
+    pub fn max_prompt_length(&self) -> usize {
+        self.max_prompt_length.unwrap_or(self.max_length / 2)
+    }
+
+    /// The adapted projections, each once, in the order given.
+    fn target_list(&self) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::new();
+        for &t in &self.targets {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
     }
 
     /// The state database for these options.
     pub fn state_path(&self) -> PathBuf {
-        match (&self.state, &self.data) {
+        match (&self.state, self.data()) {
             (Some(p), _) => p.clone(),
-            (None, TrainData::Db(db)) => db.clone(),
+            (None, TrainData::Db(db)) => db,
             (None, TrainData::File(_)) => sibling(&self.out, "train.db"),
         }
     }
@@ -194,27 +251,26 @@ fn setting(message: impl Into<String>) -> PipelineError {
     PipelineError::Setting(message.into())
 }
 
-/// Runs (or resumes) a training run. `stop` is checked between steps: when set, the run saves a
-/// checkpoint and returns with `stopped`.
+/// Runs (or resumes) a training run. `stop` is checked between steps: once it drains (Ctrl-C),
+/// the run saves a checkpoint and returns with `stopped`.
 pub async fn train(
     options: &TrainOptions,
-    stop: Arc<AtomicBool>,
+    stop: StopSignal,
 ) -> Result<TrainSummary, PipelineError> {
     check(options)?;
+    let model_path = options.model.model_path()?;
     let examples = load_examples(options).await?;
-    let (items, truncated) = tokenize(options, &examples)?;
+    let (items, truncated) = tokenize(options, &model_path, &examples)?;
     // The native model and threads before any database is touched: a model the forward cannot
     // run leaves nothing behind.
-    let model = Model::open(&options.model)?;
-    let compute = Compute::new(options.threads, options.kernel).map_err(|e| {
-        PipelineError::Train(format!(
-            "cannot start {} compute threads: {e}",
-            options.threads
-        ))
+    let model = Model::open(&model_path)?;
+    let threads = options.model.threads();
+    let compute = Compute::new(threads, options.kernel.kernel()).map_err(|e| {
+        PipelineError::Train(format!("cannot start {threads} compute threads: {e}"))
     })?;
     let state = options.state_path();
     let store = Store::open(&state).await?;
-    let model_sha256 = store.model_sha256(&options.model).await?;
+    let model_sha256 = store.model_sha256(&model_path).await?;
 
     let per_step = options.batch * options.grad_accum;
     let total_steps = options.steps.unwrap_or_else(|| {
@@ -254,9 +310,9 @@ pub async fn train(
         "rank": options.rank,
         "alpha": options.alpha,
         "dropout": options.dropout,
-        "targets": options.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "targets": options.target_list().iter().map(|t| t.name()).collect::<Vec<_>>(),
         "max_length": options.max_length,
-        "max_prompt_length": options.max_prompt_length,
+        "max_prompt_length": options.max_prompt_length(),
         "max_grad_norm": options.max_grad_norm,
         "weight_decay": options.weight_decay,
         "seed": options.seed,
@@ -268,9 +324,9 @@ pub async fn train(
             .collect::<Vec<_>>(),
     );
     let record = TrainRunRecord {
-        model_path: options.model.display().to_string(),
+        model_path: model_path.display().to_string(),
         model_sha256: model_sha256.clone(),
-        data_source: match &options.data {
+        data_source: match &options.data() {
             TrainData::File(p) | TrainData::Db(p) => p.display().to_string(),
         },
         data_sha256,
@@ -346,7 +402,6 @@ fn check(o: &TrainOptions) -> Result<(), PipelineError> {
         ("--lr", o.lr),
         ("--epochs", o.epochs),
         ("--save-every", o.save_every as f64),
-        ("--threads", o.threads as f64),
         ("--alpha", f64::from(o.alpha)),
     ];
     for (flag, v) in positive {
@@ -366,13 +421,22 @@ fn check(o: &TrainOptions) -> Result<(), PipelineError> {
             o.dropout
         )));
     }
+    o.model.check()?;
+    o.filters.check_settings().map_err(setting)?;
+    if o.db.is_none() && o.filters != PairFilters::default() {
+        return Err(setting(
+            "--include-truncated, --max-similarity, --min-margin, --helpful-ratio and \
+             --sampled-pairs choose a database's pairs: they need --db",
+        ));
+    }
     if o.targets.is_empty() {
         return Err(setting("--targets names no projection"));
     }
-    if o.max_length < 8 || o.max_prompt_length < 1 || o.max_prompt_length >= o.max_length {
+    let prompt_length = o.max_prompt_length();
+    if o.max_length < 8 || prompt_length < 1 || prompt_length >= o.max_length {
         return Err(setting(format!(
-            "need 1 ≤ --max-prompt-length < --max-length (≥ 8); got {} and {}",
-            o.max_prompt_length, o.max_length
+            "need 1 ≤ --max-prompt-length < --max-length (≥ 8); got {prompt_length} and {}",
+            o.max_length
         )));
     }
     if !(0.0..=1.0).contains(&o.weight_decay) || o.max_grad_norm.is_nan() || o.max_grad_norm < 0.0 {
@@ -398,7 +462,7 @@ fn check(o: &TrainOptions) -> Result<(), PipelineError> {
 
 /// The examples, from a file or a database; preference losses need every one to be a pair.
 async fn load_examples(options: &TrainOptions) -> Result<Vec<Example>, PipelineError> {
-    let examples = match &options.data {
+    let examples = match &options.data() {
         TrainData::File(path) => dataset::load(path)?,
         TrainData::Db(db) => {
             let store = Store::open_existing(db).await?;
@@ -451,9 +515,10 @@ async fn load_examples(options: &TrainOptions) -> Result<Vec<Example>, PipelineE
 /// how many were cut to fit the length limits.
 fn tokenize(
     options: &TrainOptions,
+    model_path: &Path,
     examples: &[Example],
 ) -> Result<(Vec<Item>, usize), PipelineError> {
-    let llama = engine::load_vocab(&options.model)?;
+    let llama = engine::load_vocab(model_path)?;
     let template = engine::chat_template(&llama)?;
     let mut items = Vec::with_capacity(examples.len());
     let mut truncated = 0;
@@ -467,8 +532,8 @@ fn tokenize(
         };
         // As TRL does: the prompt keeps its end, then the answers are cut to fit.
         let mut cut = false;
-        if prompt.len() > options.max_prompt_length {
-            prompt.drain(..prompt.len() - options.max_prompt_length);
+        if prompt.len() > options.max_prompt_length() {
+            prompt.drain(..prompt.len() - options.max_prompt_length());
             cut = true;
         }
         let room = options.max_length - prompt.len();
@@ -586,7 +651,7 @@ struct Job {
     model_sha256: String,
     checkpoint: Option<(u64, Vec<u8>)>,
     total_steps: u64,
-    stop: Arc<AtomicBool>,
+    stop: StopSignal,
     /// Where each example came from (`file:line`), for messages about it.
     origins: Vec<String>,
 }
@@ -600,7 +665,7 @@ impl Job {
             Loss::Sft => 0,
         };
         let reference_seconds = started.elapsed().as_secs_f64();
-        let adapters = Adapters::new(&self.model, &o.targets, o.rank, o.alpha, o.seed);
+        let adapters = Adapters::new(&self.model, &o.target_list(), o.rank, o.alpha, o.seed);
         let mut trainer = Trainer::new(adapters);
         let resumed_from = match &self.checkpoint {
             Some((step, state)) => {
@@ -614,14 +679,14 @@ impl Job {
         };
         let (_, csv_path, plot_path) = o.outputs();
         let per_step = o.batch * o.grad_accum;
-        let bar = progress_bar(o.quiet, self.total_steps, "steps");
+        let bar = progress_bar(o.run.quiet, self.total_steps, "steps");
         bar.set_position(trainer.step);
         let (mut steps_run, mut tokens_run, mut seconds_run, mut examples_run) =
             (0u64, 0usize, 0.0f64, 0usize);
         let mut last = None;
         let mut stopped = false;
         while trainer.step < self.total_steps {
-            if self.stop.load(Ordering::Relaxed) {
+            if self.stop.draining() {
                 stopped = true;
                 break;
             }
@@ -727,8 +792,8 @@ impl Job {
             .handle
             .block_on(self.store.train_run_finished(&self.run_id))?
         {
-            Some(scores) if scores.is_some() || !o.final_eval => scores,
-            _ if o.final_eval => Some(self.final_eval(&trainer, &items)?),
+            Some(scores) if scores.is_some() || o.no_final_eval => scores,
+            _ if !o.no_final_eval => Some(self.final_eval(&trainer, &items)?),
             _ => None,
         };
         self.handle.block_on(
@@ -811,7 +876,11 @@ impl Job {
         if missing.is_empty() {
             return Ok(0);
         }
-        let bar = progress_bar(self.options.quiet, missing.len() as u64, "reference pairs");
+        let bar = progress_bar(
+            self.options.run.quiet,
+            missing.len() as u64,
+            "reference pairs",
+        );
         bar.set_message("base model log-probs, computed once");
         for chunk in missing.chunks(8) {
             let batch: Vec<&Item> = chunk.iter().map(|&i| &items[i]).collect();
@@ -827,7 +896,7 @@ impl Job {
             }
             self.handle
                 .block_on(self.store.put_reference_logps(&self.model_sha256, &rows))?;
-            if self.stop.load(Ordering::Relaxed) {
+            if self.stop.draining() {
                 bar.abandon();
                 return Err(PipelineError::Train(
                     "stopped while computing reference log-probs (those done are kept)".into(),
@@ -840,7 +909,7 @@ impl Job {
 
     /// Every example scored with the trained adapter: mean loss, accuracy, mean margin.
     fn final_eval(&self, trainer: &Trainer, items: &[Item]) -> Result<FinalScores, PipelineError> {
-        let bar = progress_bar(self.options.quiet, items.len() as u64, "examples");
+        let bar = progress_bar(self.options.run.quiet, items.len() as u64, "examples");
         bar.set_message("final evaluation");
         let (mut loss, mut correct, mut margin) = (0.0, 0usize, 0.0);
         for chunk in items.chunks(8) {

@@ -81,8 +81,9 @@ pub struct VerdictRecord {
     pub step_id: String,
     /// The string-pattern judge: "comply" or "refuse".
     pub pattern: String,
-    /// The judge model: "comply", "refuse" or "partial" — or why it gave none.
-    pub judge: Result<crate::eval::Refusal, crate::eval::NoVerdict>,
+    /// The judge model's verdict ("comply", "refuse" or "partial"), or why it gave none
+    /// ("no-mass", "tie").
+    pub judge: Result<&'static str, &'static str>,
     pub p_comply: f64,
     pub p_refuse: f64,
     pub p_partial: f64,
@@ -166,8 +167,8 @@ impl Store {
         .bind(&v.prompt_id)
         .bind(&v.step_id)
         .bind(&v.pattern)
-        .bind(v.judge.ok().map(|r| r.as_str()))
-        .bind(v.judge.err().map(|n| n.as_str()))
+        .bind(v.judge.ok())
+        .bind(v.judge.err())
         .bind(v.p_comply)
         .bind(v.p_refuse)
         .bind(v.p_partial)

@@ -27,6 +27,26 @@ pub struct SourceAdded {
     pub tables: Vec<(String, u64)>,
 }
 
+/// What a merge added from each source, as text.
+pub fn render(summary: &MergeSummary) -> String {
+    let mut out = String::new();
+    for pass in &summary.added {
+        let rows: Vec<String> = pass
+            .tables
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(table, n)| format!("{n} {table}"))
+            .collect();
+        let added = if rows.is_empty() {
+            "nothing new".to_string()
+        } else {
+            rows.join(", ")
+        };
+        out += &format!("{}: {added}\n", pass.source.display());
+    }
+    out + &format!("wrote {}\n", summary.out.display())
+}
+
 /// Merges `sources` into a new database at `out`.
 pub async fn merge(sources: &[PathBuf], out: &Path) -> Result<MergeSummary, StoreError> {
     let other = |message: String| StoreError::Other {

@@ -39,15 +39,27 @@ impl Loss {
         }
     }
 
+    /// Every loss, in the order `--objective` lists them.
+    pub const ALL: [Loss; 4] = [
+        Loss::Preference(Objective::Dpo),
+        Loss::Preference(Objective::Ipo),
+        Loss::Preference(Objective::Hinge),
+        Loss::Sft,
+    ];
+
     pub fn parse(name: &str) -> Option<Self> {
-        [
-            Loss::Preference(Objective::Dpo),
-            Loss::Preference(Objective::Ipo),
-            Loss::Preference(Objective::Hinge),
-            Loss::Sft,
-        ]
-        .into_iter()
-        .find(|l| l.name() == name)
+        Loss::ALL.into_iter().find(|l| l.name() == name)
+    }
+}
+
+/// `--objective dpo|ipo|hinge|sft`.
+impl clap::ValueEnum for Loss {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Loss::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 

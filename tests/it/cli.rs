@@ -268,3 +268,82 @@ fn label_settings_and_an_empty_database_fail_clearly() {
         "{err}"
     );
 }
+
+/// docs/commands.md is the reference: every flag each command's `--help` lists is written in
+/// that command's section, or among the flags several commands share.
+#[test]
+fn every_flag_in_help_is_documented() {
+    let docs = std::fs::read_to_string(common::repo("docs/commands.md")).unwrap();
+    // Sections by `## ` heading; a heading names the commands it covers as `tenets NAME`.
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for block in docs.split("\n## ").skip(1) {
+        let (heading, body) = block.split_once('\n').unwrap_or((block, ""));
+        sections.push((heading.to_string(), body.to_string()));
+    }
+    let shared = sections
+        .iter()
+        .find(|(h, _)| h.starts_with("Flags several commands share"))
+        .map(|(_, b)| b.clone())
+        .expect("a section of shared flags");
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&["--help"]);
+    let commands: Vec<String> = top
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect();
+    assert!(commands.len() >= 16, "{commands:?}");
+    let (mut missing, mut checked) = (Vec::new(), 0);
+    for command in &commands {
+        let section = sections
+            .iter()
+            .filter(|(h, _)| h.contains(&format!("`tenets {command}`")))
+            .map(|(_, b)| b.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if section.is_empty() {
+            missing.push(format!("{command}: no section"));
+            continue;
+        }
+        for line in help(&[command, "--help"]).lines() {
+            let line = line.trim_start();
+            if !line.starts_with('-') {
+                continue;
+            }
+            // The flag part of the line: up to the first two spaces (the help text follows).
+            let spec = line.split("  ").next().unwrap_or("");
+            for flag in spec
+                .split([',', ' '])
+                .map(|w| w.trim_end_matches('.'))
+                .filter(|w| w.starts_with("--") && w.len() > 2)
+            {
+                let documented = |text: &str| {
+                    text.match_indices(flag).any(|(at, _)| {
+                        // The whole flag, not the start of a longer one.
+                        !text[at + flag.len()..]
+                            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+                    })
+                };
+                checked += 1;
+                if !documented(&section) && !documented(&shared) {
+                    missing.push(format!("{command} {flag}"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in docs/commands.md: {missing:?}");
+    assert!(checked > 150, "only {checked} flags read from --help");
+}

@@ -101,7 +101,7 @@ fn check_model(path: &Path) {
 
     let llama = engine::load_model(&EngineConfig::new(path)).unwrap();
     let native = Model::open(path).unwrap();
-    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
     let (mut to_f32, mut to_quantized, mut exact_to_quantized) = (vec![], vec![], vec![]);
     for text_name in TEXTS {
         let all = score::tokenize(&llama, &ScoreInput::Text(text(text_name))).unwrap();
@@ -209,7 +209,7 @@ fn tiny_models(dir: &Path) -> Vec<(&'static str, std::path::PathBuf)> {
 fn small_random_models_agree_with_llama_cpp() {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
     for (arch, path) in tiny_models(dir.path()) {
         let llama = engine::load_model(&EngineConfig::new(&path)).unwrap();
         let all = score::tokenize(&llama, &ScoreInput::Text(text("sourdough"))).unwrap();
@@ -398,7 +398,7 @@ fn lora_gradients_match_finite_differences() {
     use tenets::model::{Adapters, Target};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
     for (arch, path) in tiny_models(dir.path()) {
         let model = Model::open(&path).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -481,7 +481,7 @@ fn a_packed_pair_equals_its_two_sequences() {
     use tenets::model::{Adapters, Branch, Layout, Segment, Target};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
     for (arch, path) in tiny_models(dir.path()) {
         let model = Model::open(&path).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
@@ -617,7 +617,7 @@ fn llama_cpp_loads_our_adapters_and_agrees() {
     use tenets::model::{Adapters, Target};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
     for (arch, path) in tiny_models(dir.path()) {
         let model = Model::open(&path).unwrap();
         let mut adapters = Adapters::new(&model, &Target::ALL, 4, 8.0, 5);
@@ -674,7 +674,7 @@ fn dpo_steps_learn_a_preference() {
     use tenets::train::trainer::{self, Hyper, Item, Loss, Trainer};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let compute = Compute::new(engine::default_threads(), Kernel::detect()).unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
     let (_, path) = tiny_models(dir.path()).remove(0);
     let model = Model::open(&path).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);

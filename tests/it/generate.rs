@@ -29,7 +29,7 @@ async fn generate_resume_and_export() {
     let db = dir.path().join("out.db");
     let mut options = common::options(&prompts, &db);
     options.rounds = 2;
-    options.parallel = 4;
+    options.engine.parallel = 4;
 
     let summary = pipeline::generate(&options, StopSignal::default())
         .await
@@ -242,8 +242,8 @@ async fn a_prompt_too_long_for_the_context_fails_alone() {
     let prompts = common::write_prompts(dir.path(), "p.jsonl", &texts);
     let db = dir.path().join("out.db");
     let mut options = common::options(&prompts, &db);
-    options.ctx_per_sequence = 256;
-    options.parallel = 2;
+    options.engine.ctx = 256;
+    options.engine.parallel = 2;
 
     let summary = pipeline::generate(&options, StopSignal::default())
         .await
@@ -309,7 +309,7 @@ fn a_copied_shared_prefix_gives_the_same_probabilities() {
         let mut config = engine::EngineConfig::new(common::model());
         config.parallel = parallel;
         config.ctx_per_sequence = 256;
-        config.threads = engine::default_threads();
+        config.threads = tenets::settings::default_threads();
         engine::on_own_thread(|| {
             let model = engine::load_model(&config).unwrap();
             let chat = engine::chat_template(&model).unwrap();

@@ -45,7 +45,7 @@ async fn generate_pairs(dir: &Path, n: usize) -> std::path::PathBuf {
     let prompts = common::write_prompts(dir, "p.jsonl", &common::prompts(n));
     let db = dir.join("run.db");
     let mut options = common::options(&prompts, &db);
-    options.parallel = 4;
+    options.engine.parallel = 4;
     tenets::pipeline::generate(&options, StopSignal::default())
         .await
         .unwrap();
@@ -54,8 +54,8 @@ async fn generate_pairs(dir: &Path, n: usize) -> std::path::PathBuf {
 
 fn label_options(db: &Path) -> LabelOptions {
     let mut o = LabelOptions::new(db);
-    o.parallel = 4;
-    o.ctx_per_sequence = 1024;
+    o.engine.parallel = 4;
+    o.engine.ctx = 1024;
     o.questions = 2;
     o
 }
@@ -253,11 +253,12 @@ async fn labels_are_both_orders_durable_and_resume() {
     train.steps = Some(1);
     train.batch = 6;
     train.max_length = 128;
-    train.max_prompt_length = 64;
-    train.final_eval = false;
-    train.quiet = true;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trained = tenets::pipeline::train::train(&train, stop).await.unwrap();
+    train.max_prompt_length = Some(64);
+    train.no_final_eval = true;
+    train.run.quiet = true;
+    let trained = tenets::pipeline::train::train(&train, StopSignal::default())
+        .await
+        .unwrap();
     assert_eq!(trained.examples, 6);
     assert_eq!(trained.steps_done, 1);
     assert_eq!(trained.reference_computed, 6);
@@ -349,10 +350,9 @@ async fn chain_of_thought_judgments_keep_their_reasoning_and_are_clamped() {
     let db = generate_pairs(dir.path(), 3).await;
     let mut options = label_options(&db);
     options.questions = 1;
-    options.cot = Some(tenets::label::CotSettings {
-        max_tokens: 16,
-        clamp: (0.4, 0.6),
-    });
+    options.cot = true;
+    options.cot_tokens = 16;
+    options.cot_clamp = (0.4, 0.6);
     let summary = label(&options, StopSignal::default()).await.unwrap();
     assert_eq!((summary.judgments_written, summary.labels_written), (6, 3));
     let store = Store::open_existing(&db).await.unwrap();
@@ -395,7 +395,7 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
     let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(3));
     let db = dir.path().join("sampled.db");
     let mut options = common::options(&prompts, &db);
-    options.parallel = 4;
+    options.engine.parallel = 4;
     options.rounds = 0;
     options.samples = 3;
     options.temperature = 1.0;

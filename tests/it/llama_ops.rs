@@ -275,7 +275,7 @@ fn setup() -> Setup {
     let gguf = Gguf::open(&path).unwrap();
     let config = Config::from_gguf(&gguf).unwrap();
     let last = config.layers - 1;
-    let threads = engine::default_threads();
+    let threads = tenets::settings::default_threads();
     let capture = llama_tensors(&path, &tokens(&path), vec![0, last - 1, last], threads);
     let compute = Compute::new(threads, Kernel::detect()).unwrap();
     Setup {

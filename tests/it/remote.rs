@@ -6,6 +6,7 @@
 //! stage; labels are read from the server's log-probabilities, both orders.
 
 use crate::common;
+use common::text;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -203,14 +204,6 @@ fn first_number(rows: Vec<Vec<String>>) -> i64 {
         .and_then(|r| r.first())
         .and_then(|v| v.parse().ok())
         .unwrap_or(-1)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -384,7 +384,7 @@ fn adapter_effect(adapter: &Path) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
         .flatten()
         .flat_map(|l| l.b.iter().copied())
         .collect();
-    let compute = Compute::new(tenets::engine::default_threads(), Kernel::detect()).unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
     let tokens = [1, 504, 2717, 282, 253, 1345, 30, 378, 1429];
     let logps = |a: Option<&tenets::model::Adapters>| -> Vec<f64> {
         let scores = model.score_adapted(&compute, &tokens, a).unwrap();
@@ -445,19 +445,19 @@ fn a_non_finite_gradient_stops_the_run_before_any_weight_changes() {
             &dir.path().join(name),
         );
         o.max_length = 96;
-        o.max_prompt_length = 64;
+        o.max_prompt_length = Some(64);
         o.batch = 2;
         o.steps = Some(4);
         o.save_every = 1;
         o.lr = 1e-3;
-        o.final_eval = false;
-        o.quiet = true;
+        o.no_final_eval = true;
+        o.run.quiet = true;
         o.resume = resume;
         o.inject_nan_gradient_at = fault;
         o
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let stop = || std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = tenets::engine::StopSignal::default;
     runtime
         .block_on(train(&options("whole.gguf", None, false), stop()))
         .unwrap();

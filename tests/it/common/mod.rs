@@ -34,6 +34,15 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// A command's stdout then stderr, as text.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Writes `prompts` as a JSONL prompt file.
 pub fn write_prompts(dir: &Path, name: &str, prompts: &[String]) -> PathBuf {
     let path = dir.join(name);
@@ -54,8 +63,8 @@ pub fn options(prompts: &Path, db: &Path) -> GenerateOptions {
         db,
     );
     o.max_tokens = 24;
-    o.ctx_per_sequence = 1024;
-    o.threads = tenets::engine::default_threads();
+    o.engine.ctx = 1024;
+    o.run.quiet = true;
     o
 }
 
