@@ -329,10 +329,11 @@ fn main() {
 
     let (prompt_tokens, prefill_tokens): (i64, i64) = runtime.block_on(async {
         let store = tenets::store::Store::open_existing(&db).await.expect("db");
+        let conn = connect(&db).await;
         let row = sqlx::query_as(
             "SELECT SUM(prompt_tokens), SUM(prefill_tokens) FROM steps WHERE stage != 'answer'",
         )
-        .fetch_one(store.pool())
+        .fetch_one(&conn)
         .await
         .expect("query");
         store.close().await;
@@ -361,4 +362,14 @@ fn main() {
         "  reuse   critique+revision turns decoded {prefill_tokens} of {prompt_tokens} conversation tokens = {:.2}× of re-encoding",
         prefill_tokens as f64 / prompt_tokens.max(1) as f64
     );
+}
+
+/// A connection of the bench's own to a run's database, to read its counts.
+async fn connect(db: &std::path::Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db);
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("db")
 }

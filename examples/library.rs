@@ -43,11 +43,13 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::open_existing(&db).await?;
     let filters = tenets::filters::PairFilters::default();
     for row in export::rows(&store, Kind::Dpo, &filters).await?.rows {
-        println!("\nPROMPT:   {}", row["prompt"][0]["content"]);
-        println!("REJECTED: {}", row["rejected"][0]["content"]);
+        let Some(row) = row.dpo() else { continue };
+        println!("\nPROMPT:   {}", row.prompt[0].content);
+        println!("REJECTED: {}", row.rejected[0].content);
         println!(
             "CHOSEN:   {}  (principles {})",
-            row["chosen"][0]["content"], row["principles"]
+            row.chosen[0].content,
+            row.provenance.principles.join(", ")
         );
     }
     store.close().await;

@@ -268,15 +268,9 @@ fn model_checks(checks: &mut Vec<Check>, model: &Path) {
 }
 
 async fn sqlite_version() -> Result<String, String> {
-    let pool = sqlx::SqlitePool::connect("sqlite::memory:")
+    crate::store::sqlite_version()
         .await
-        .map_err(|e| e.to_string())?;
-    let version: String = sqlx::query_scalar("SELECT sqlite_version()")
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| e.to_string())?;
-    pool.close().await;
-    Ok(version)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -8,20 +8,24 @@
 //! training (not `label`, which TRL reserves for KTO's desirability). A prompt's `sampled` answers (RL-CAI) are ranked by their pairwise labels
 //! ([`crate::label::rank`]) and give the best against the worst (`chosen_sample`,
 //! `rejected_sample`, `sample_scores`), or every pair by its label. Every row carries its
-//! provenance (run, model and constitution hashes, principles, sampling settings). Parquet is written through polars from the same rows, so the
-//! two formats cannot disagree. Files are written to a temporary name and renamed into place:
-//! an interrupted export leaves nothing half-written.
+//! provenance (run, model and constitution hashes, principles, sampling settings).
+//!
+//! Rows are typed ([`DpoRow`], [`SftRow`]): `tenets train --db` turns them into its examples
+//! directly, JSONL is their serde form, and Parquet is written through polars from the same
+//! rows under a schema declared beside each type, so the formats cannot disagree and a column
+//! that is null in every row still has its type. Files are written to a temporary name and
+//! renamed into place: an interrupted export leaves nothing half-written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
-use sqlx::Row;
+use serde::Serialize;
 
 use crate::chat::Message;
+use crate::dataset::Example;
 use crate::filters::{Dropped, PairFilters, SampledPairs};
 use crate::label::rank;
-use crate::store::{Store, StoreError, SAMPLED_PREFIX};
+use crate::store::{RunSettings, Store, StoreError, SAMPLED_PREFIX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -95,8 +99,116 @@ pub enum ExportError {
 /// Export rows and what the filters left out.
 #[derive(Debug, Clone, Default)]
 pub struct ExportRows {
-    pub rows: Vec<Value>,
+    pub rows: Vec<ExportRow>,
     pub dropped: BTreeMap<Dropped, usize>,
+}
+
+/// Where a row came from: its prompt, the run that answered it and what that run was told.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Provenance {
+    pub prompt_id: String,
+    /// The prompt's kind ("benign", "harmful" …), when its file gave one.
+    pub kind: Option<String>,
+    /// The run that answered it (flattened: its fields are columns of the row).
+    #[serde(flatten)]
+    pub run: RunSettings,
+    /// The principle each critique round applied, in order.
+    pub principles: Vec<String>,
+}
+
+/// A preference pair in TRL's conversational format, with its label and provenance. Every
+/// strategy's columns are present in every row (Parquet wants one schema); each fills its own.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DpoRow {
+    /// The conversation up to the answer (system and user messages).
+    pub prompt: Vec<Message>,
+    pub chosen: Vec<Message>,
+    pub rejected: Vec<Message>,
+    pub chosen_finish: String,
+    pub rejected_finish: String,
+    /// `revision` or `sampled`.
+    pub strategy: String,
+    /// p(chosen ≻ rejected) from the latest judge; none before labeling. Not `label`: TRL's own
+    /// `label` column is KTO's boolean desirability, and a row with one beside
+    /// prompt/chosen/rejected breaks `apply_chat_template` and KTO's unpairing.
+    pub p_chosen: Option<f64>,
+    /// 2·p_chosen − 1, for cDPO-style weighting.
+    pub weight: Option<f64>,
+    pub judge_id: Option<String>,
+    /// `revision` pairs: whether the judge preferred the revision.
+    pub chosen_is_revision: Option<bool>,
+    /// `sampled` pairs: the samples chosen and rejected, and every sample's ranking score.
+    pub chosen_sample: Option<i64>,
+    pub rejected_sample: Option<i64>,
+    pub sample_scores: Option<Vec<f64>>,
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+/// A supervised conversation ending in the final revision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SftRow {
+    pub messages: Vec<Message>,
+    /// Why the revision ended (`stop`, `length`, `context`).
+    pub finish: String,
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+/// One exported row: its serde form is the JSONL line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+// An export holds rows of one kind in a Vec: a box per row would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum ExportRow {
+    Dpo(DpoRow),
+    Sft(SftRow),
+}
+
+impl ExportRow {
+    pub fn provenance(&self) -> &Provenance {
+        match self {
+            ExportRow::Dpo(row) => &row.provenance,
+            ExportRow::Sft(row) => &row.provenance,
+        }
+    }
+
+    /// The preference pair, if this is one.
+    pub fn dpo(&self) -> Option<&DpoRow> {
+        match self {
+            ExportRow::Dpo(row) => Some(row),
+            ExportRow::Sft(_) => None,
+        }
+    }
+
+    /// The row as a training example (`origin` names it in messages): the trainer reads the
+    /// same typed rows `tenets export` writes, with no JSON in between.
+    pub fn to_example(&self, origin: String) -> Example {
+        match self {
+            ExportRow::Dpo(row) => Example {
+                origin,
+                prompt: row.prompt.clone(),
+                chosen: row.chosen.clone(),
+                rejected: Some(row.rejected.clone()),
+                label: row.p_chosen.unwrap_or(1.0),
+            },
+            ExportRow::Sft(row) => {
+                let (answer, prompt) = row
+                    .messages
+                    .split_last()
+                    .map_or((Vec::new(), Vec::new()), |(last, before)| {
+                        (vec![last.clone()], before.to_vec())
+                    });
+                Example {
+                    origin,
+                    prompt,
+                    chosen: answer,
+                    rejected: None,
+                    label: 1.0,
+                }
+            }
+        }
+    }
 }
 
 /// One stored candidate pair, as read for export.
@@ -115,7 +227,7 @@ struct Candidate {
     judge_id: Option<String>,
     /// The latest judge labeled the pair but answered none of its questions.
     unanswered: bool,
-    provenance: Value,
+    provenance: Provenance,
 }
 
 /// One answer of a pair.
@@ -154,9 +266,10 @@ pub async fn rows(
             let revision_wins = c.p_first.is_none_or(|p| p >= 0.5);
             let row = match kind {
                 Kind::Dpo => dpo_row(c, revision_wins, filters, |row| {
-                    row["chosen_is_revision"] = json!(revision_wins);
-                }),
-                Kind::Sft => sft_row(c, filters),
+                    row.chosen_is_revision = Some(revision_wins);
+                })
+                .map(ExportRow::Dpo),
+                Kind::Sft => sft_row(c, filters).map(ExportRow::Sft),
             };
             push(&mut out, row);
             continue;
@@ -170,15 +283,19 @@ pub async fn rows(
             continue;
         }
         for row in sampled_rows(&candidates, members, filters) {
-            push(&mut out, row);
+            push(&mut out, row.map(ExportRow::Dpo));
         }
     }
     if let Some(ratio) = filters.helpful_ratio {
-        let kinds: Vec<Option<&str>> = out.rows.iter().map(|r| r["kind"].as_str()).collect();
+        let kinds: Vec<Option<&str>> = out
+            .rows
+            .iter()
+            .map(|r| r.provenance().kind.as_deref())
+            .collect();
         let keys: Vec<&str> = out
             .rows
             .iter()
-            .map(|r| r["prompt_id"].as_str().unwrap_or(""))
+            .map(|r| r.provenance().prompt_id.as_str())
             .collect();
         let keep = crate::filters::balance(&kinds, &keys, ratio);
         let dropped = keep.iter().filter(|k| !**k).count();
@@ -192,21 +309,21 @@ pub async fn rows(
 }
 
 /// Counts a drop, or keeps a row.
-fn push(out: &mut ExportRows, row: Result<Value, Dropped>) {
+fn push(out: &mut ExportRows, row: Result<ExportRow, Dropped>) {
     match row {
         Ok(value) => out.rows.push(value),
         Err(reason) => *out.dropped.entry(reason).or_default() += 1,
     }
 }
 
-/// A DPO row of `c`, oriented by `first_wins`, through the filters; `extra` adds the
+/// A DPO row of `c`, oriented by `first_wins`, through the filters; `extra` fills the
 /// strategy's own fields.
 fn dpo_row(
     c: &Candidate,
     first_wins: bool,
     filters: &PairFilters,
-    extra: impl FnOnce(&mut Value),
-) -> Result<Value, Dropped> {
+    extra: impl FnOnce(&mut DpoRow),
+) -> Result<DpoRow, Dropped> {
     let (chosen, rejected) = if first_wins {
         (&c.first, &c.second)
     } else {
@@ -223,43 +340,41 @@ fn dpo_row(
     ) {
         return Err(reason);
     }
-    let mut row = json!({
-        "prompt": c.messages,
-        "chosen": [Message::assistant(chosen.text.clone())],
-        "rejected": [Message::assistant(rejected.text.clone())],
-        "chosen_finish": chosen.finish,
-        "rejected_finish": rejected.finish,
-        "strategy": strategy_name(&c.strategy),
-        // Not `label`: TRL's own `label` column is KTO's boolean desirability, and a row with
-        // one beside prompt/chosen/rejected breaks `apply_chat_template` and KTO's unpairing.
-        "p_chosen": p_chosen,
-        "weight": p_chosen.map(|p| 2.0 * p - 1.0),
-        "judge_id": c.judge_id,
-        // Every row has every column (Parquet wants one schema); each strategy fills its own.
-        "chosen_is_revision": null,
-        "chosen_sample": null,
-        "rejected_sample": null,
-        "sample_scores": null,
-    });
+    let mut row = DpoRow {
+        prompt: c.messages.clone(),
+        chosen: vec![Message::assistant(chosen.text.clone())],
+        rejected: vec![Message::assistant(rejected.text.clone())],
+        chosen_finish: chosen.finish.clone(),
+        rejected_finish: rejected.finish.clone(),
+        strategy: strategy_name(&c.strategy).to_string(),
+        p_chosen,
+        weight: p_chosen.map(|p| 2.0 * p - 1.0),
+        judge_id: c.judge_id.clone(),
+        chosen_is_revision: None,
+        chosen_sample: None,
+        rejected_sample: None,
+        sample_scores: None,
+        provenance: c.provenance.clone(),
+    };
     extra(&mut row);
-    Ok(with_provenance(row, c))
+    Ok(row)
 }
 
 /// An SFT row: the conversation ending in the revision (its truncation and refusal matter).
-fn sft_row(c: &Candidate, filters: &PairFilters) -> Result<Value, Dropped> {
+fn sft_row(c: &Candidate, filters: &PairFilters) -> Result<SftRow, Dropped> {
     let benign = c.kind.as_deref() == Some("benign");
     if let Some(reason) =
         filters.check([&c.first.finish, "stop"], [&c.first.text, ""], None, benign)
     {
         return Err(reason);
     }
-    let mut conversation = c.messages.clone();
-    conversation.push(Message::assistant(c.first.text.clone()));
-    let row = json!({
-        "messages": conversation,
-        "finish": c.first.finish,
-    });
-    Ok(with_provenance(row, c))
+    let mut messages = c.messages.clone();
+    messages.push(Message::assistant(c.first.text.clone()));
+    Ok(SftRow {
+        messages,
+        finish: c.first.finish.clone(),
+        provenance: c.provenance.clone(),
+    })
 }
 
 /// The rows of one prompt's sampled pairs (`members`, indices into `all`): ranked by their
@@ -268,7 +383,7 @@ fn sampled_rows(
     all: &[Candidate],
     members: &[usize],
     filters: &PairFilters,
-) -> Vec<Result<Value, Dropped>> {
+) -> Vec<Result<DpoRow, Dropped>> {
     let pairs: Vec<&Candidate> = members.iter().map(|&k| &all[k]).collect();
     if pairs.iter().any(|c| c.unanswered) {
         return pairs.iter().map(|_| Err(Dropped::NoAnswer)).collect();
@@ -289,11 +404,10 @@ fn sampled_rows(
     let Some(ranking) = judged.and_then(|j| rank::rank(samples, &j)) else {
         return pairs.iter().map(|_| Err(Dropped::Unranked)).collect();
     };
-    let scores = json!(ranking.scores);
-    let sampled_extra = |row: &mut Value, chosen: i64, rejected: i64| {
-        row["chosen_sample"] = json!(chosen);
-        row["rejected_sample"] = json!(rejected);
-        row["sample_scores"] = scores.clone();
+    let sampled_extra = |row: &mut DpoRow, chosen: i64, rejected: i64| {
+        row.chosen_sample = Some(chosen);
+        row.rejected_sample = Some(rejected);
+        row.sample_scores = Some(ranking.scores.clone());
     };
     pairs
         .iter()
@@ -333,82 +447,40 @@ fn strategy_name(strategy: &str) -> &str {
     }
 }
 
-fn with_provenance(mut row: Value, c: &Candidate) -> Value {
-    if let (Some(obj), Value::Object(extra)) = (row.as_object_mut(), c.provenance.clone()) {
-        obj.extend(extra);
-    }
-    row
-}
-
 /// Every candidate pair in the store with its answers, latest label and provenance, in a
 /// stable order (run, then prompt file order).
 async fn candidates(store: &Store) -> Result<Vec<Candidate>, ExportError> {
-    let sql = "SELECT p.id, p.messages, p.kind, r.id, r.model_sha256, r.chat_template_sha256, \
-               r.constitution_name, r.constitution_sha256, r.template_sha256, r.rounds, \
-               r.temperature, r.top_p, r.max_tokens, r.seed, \
-               c.output, c.finish, a.output, a.finish, \
-               (SELECT json_group_array(principle_id) FROM \
-                  (SELECT principle_id FROM steps s WHERE s.run_id = pr.run_id \
-                   AND s.prompt_id = pr.prompt_id AND s.stage = 'critique' ORDER BY s.round)), \
-               (SELECT l.p_chosen FROM labels l JOIN judges j ON j.id = l.judge_id \
-                  WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1), \
-               (SELECT l.judge_id FROM labels l JOIN judges j ON j.id = l.judge_id \
-                  WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1), \
-               pr.strategy, c.round, a.round, r.samples \
-               FROM pairs pr \
-               JOIN prompts p ON p.id = pr.prompt_id \
-               JOIN runs r ON r.id = pr.run_id \
-               JOIN steps c ON c.id = pr.chosen_step \
-               JOIN steps a ON a.id = pr.rejected_step \
-               ORDER BY r.created_at, p.source, p.line, pr.strategy";
-    let db_rows = sqlx::query(sql)
-        .fetch_all(store.pool())
-        .await
-        .map_err(store.err())?;
-    db_rows
+    store
+        .candidate_pairs()
+        .await?
         .into_iter()
         .map(|row| {
-            let messages: Vec<Message> = serde_json::from_str(row.get::<&str, _>(1))
+            let messages: Vec<Message> = serde_json::from_str(&row.messages_json)
                 .map_err(|e| ExportError::Corrupt(format!("prompt messages: {e}")))?;
-            let principles: Value = serde_json::from_str(row.get::<&str, _>(18))
+            let principles: Vec<String> = serde_json::from_str(&row.principles_json)
                 .map_err(|e| ExportError::Corrupt(format!("principles: {e}")))?;
-            let provenance = json!({
-                "prompt_id": row.get::<String, _>(0),
-                "kind": row.get::<Option<String>, _>(2),
-                "run_id": row.get::<String, _>(3),
-                "model_sha256": row.get::<String, _>(4),
-                "chat_template_sha256": row.get::<String, _>(5),
-                "constitution": row.get::<String, _>(6),
-                "constitution_sha256": row.get::<String, _>(7),
-                "template_sha256": row.get::<String, _>(8),
-                "rounds": row.get::<i64, _>(9),
-                "samples": row.get::<i64, _>(24),
-                "temperature": row.get::<f64, _>(10),
-                "top_p": row.get::<f64, _>(11),
-                "max_tokens": row.get::<i64, _>(12),
-                "seed": row.get::<i64, _>(13),
-                "principles": principles,
-            });
+            let provenance = Provenance {
+                prompt_id: row.prompt_id.clone(),
+                kind: row.kind.clone(),
+                run: row.run.clone(),
+                principles,
+            };
+            let answer = |(text, finish, round): (String, String, i64)| Answer {
+                text,
+                finish,
+                round,
+            };
             Ok(Candidate {
-                prompt_id: row.get(0),
+                unanswered: row.judge_id.is_some() && row.p_first.is_none(),
+                prompt_id: row.prompt_id,
                 messages,
-                kind: row.get(2),
-                run_id: row.get(3),
-                strategy: row.get(21),
-                first: Answer {
-                    text: row.get(14),
-                    finish: row.get(15),
-                    round: row.get(22),
-                },
-                second: Answer {
-                    text: row.get(16),
-                    finish: row.get(17),
-                    round: row.get(23),
-                },
-                p_first: row.get(19),
-                judge_id: row.get(20),
-                unanswered: row.get::<Option<String>, _>(20).is_some()
-                    && row.get::<Option<f64>, _>(19).is_none(),
+                kind: row.kind,
+                run_id: row.run.run_id,
+                strategy: row.strategy,
+                first: answer(row.first),
+                second: answer(row.second),
+                p_first: row.p_first,
+                judge_id: row.judge_id,
                 provenance,
             })
         })
@@ -424,16 +496,15 @@ pub async fn export(
     out: &Path,
 ) -> Result<ExportRows, ExportError> {
     let exported = rows(store, kind, filters).await?;
-    let rows = &exported.rows;
     let mut jsonl = Vec::new();
-    for row in rows {
+    for row in &exported.rows {
         serde_json::to_writer(&mut jsonl, row).map_err(|e| ExportError::Corrupt(e.to_string()))?;
         jsonl.push(b'\n');
     }
     let bytes = match format {
         Format::Jsonl => jsonl,
         Format::Parquet => {
-            to_parquet(&jsonl, rows.len()).map_err(|message| ExportError::Write {
+            to_parquet(&jsonl, parquet_schema(kind)).map_err(|message| ExportError::Write {
                 path: out.to_path_buf(),
                 message,
             })?
@@ -443,29 +514,68 @@ pub async fn export(
     Ok(exported)
 }
 
-fn to_parquet(jsonl: &[u8], n_rows: usize) -> Result<Vec<u8>, String> {
+/// The Parquet columns of a kind's rows, in their fields' order: [`DpoRow`] or [`SftRow`],
+/// then [`Provenance`] (a unit test holds each list to its type's serde form).
+pub fn parquet_schema(kind: Kind) -> polars::prelude::Schema {
+    use polars::prelude::{DataType as T, Field};
+    let messages = T::List(Box::new(T::Struct(vec![
+        Field::new("role".into(), T::String),
+        Field::new("content".into(), T::String),
+    ])));
+    let mut columns: Vec<(&str, T)> = match kind {
+        Kind::Dpo => vec![
+            ("prompt", messages.clone()),
+            ("chosen", messages.clone()),
+            ("rejected", messages),
+            ("chosen_finish", T::String),
+            ("rejected_finish", T::String),
+            ("strategy", T::String),
+            ("p_chosen", T::Float64),
+            ("weight", T::Float64),
+            ("judge_id", T::String),
+            ("chosen_is_revision", T::Boolean),
+            ("chosen_sample", T::Int64),
+            ("rejected_sample", T::Int64),
+            ("sample_scores", T::List(Box::new(T::Float64))),
+        ],
+        Kind::Sft => vec![("messages", messages), ("finish", T::String)],
+    };
+    columns.extend([
+        ("prompt_id", T::String),
+        ("kind", T::String),
+        ("run_id", T::String),
+        ("model_sha256", T::String),
+        ("chat_template_sha256", T::String),
+        ("constitution", T::String),
+        ("constitution_sha256", T::String),
+        ("template_sha256", T::String),
+        ("rounds", T::Int64),
+        ("samples", T::Int64),
+        ("temperature", T::Float64),
+        ("top_p", T::Float64),
+        ("max_tokens", T::Int64),
+        ("seed", T::Int64),
+        ("principles", T::List(Box::new(T::String))),
+    ]);
+    columns
+        .into_iter()
+        .map(|(name, dtype)| Field::new(name.into(), dtype))
+        .collect()
+}
+
+/// The rows (JSON lines) as a Parquet file under `schema`: no inference, so the file's types
+/// are the rows' types even where a column is null throughout or there are no rows at all.
+fn to_parquet(jsonl: &[u8], schema: polars::prelude::Schema) -> Result<Vec<u8>, String> {
     use polars::prelude::*;
-    let mut df = if n_rows == 0 {
-        DataFrame::empty()
+    let mut df = if jsonl.is_empty() {
+        DataFrame::empty_with_schema(&schema)
     } else {
         JsonReader::new(std::io::Cursor::new(jsonl))
             .with_json_format(JsonFormat::JsonLines)
-            .infer_schema_len(None)
+            .with_schema(Arc::new(schema))
             .finish()
             .map_err(|e| e.to_string())?
     };
-    // A column that is null in every row (say, `kind`) has no type; Parquet wants one.
-    let null_columns: Vec<PlSmallStr> = df
-        .get_columns()
-        .iter()
-        .filter(|c| c.dtype() == &DataType::Null)
-        .map(|c| c.name().clone())
-        .collect();
-    for name in null_columns {
-        let len = df.height();
-        let typed = Series::full_null(name.clone(), len, &DataType::String);
-        df.with_column(typed).map_err(|e| e.to_string())?;
-    }
     let mut out = Vec::new();
     ParquetWriter::new(&mut out)
         .finish(&mut df)
@@ -505,19 +615,41 @@ mod tests {
                 p_first: Some(p),
                 judge_id: Some("j".into()),
                 unanswered: false,
-                provenance: json!({}),
+                provenance: provenance(),
             })
             .collect()
     }
 
+    fn provenance() -> Provenance {
+        Provenance {
+            prompt_id: "p".into(),
+            kind: Some("harmful".into()),
+            run: RunSettings {
+                run_id: "r".into(),
+                model_sha256: "m".into(),
+                chat_template_sha256: "c".into(),
+                constitution: "demo".into(),
+                constitution_sha256: "k".into(),
+                template_sha256: "t".into(),
+                rounds: 1,
+                samples: 3,
+                temperature: 0.7,
+                top_p: 0.95,
+                max_tokens: 64,
+                seed: 1,
+            },
+            principles: vec!["honesty".into()],
+        }
+    }
+
     /// How many of `out` were dropped for `reason`.
-    fn dropped(out: &[Result<Value, Dropped>], reason: Dropped) -> usize {
+    fn dropped(out: &[Result<DpoRow, Dropped>], reason: Dropped) -> usize {
         out.iter()
             .filter(|r| r.as_ref().err() == Some(&reason))
             .count()
     }
 
-    fn rows(candidates: &[Candidate], mode: SampledPairs) -> Vec<Result<Value, Dropped>> {
+    fn rows(candidates: &[Candidate], mode: SampledPairs) -> Vec<Result<DpoRow, Dropped>> {
         let filters = PairFilters {
             sampled_pairs: mode,
             ..PairFilters::default()
@@ -529,16 +661,13 @@ mod tests {
     fn best_against_worst_is_kept_with_its_direct_label() {
         // Scores: 0 → 0.85, 1 → 0.5, 2 → 0.15: best 0, worst 2, judged 0 ≻ 2 at 0.8.
         let out = rows(&three(0.9, 0.8, 0.9), SampledPairs::BestWorst);
-        let kept: Vec<&Value> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let kept: Vec<&DpoRow> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
         assert_eq!(kept.len(), 1);
         assert_eq!(
-            (
-                kept[0]["chosen_sample"].as_i64(),
-                kept[0]["rejected_sample"].as_i64()
-            ),
+            (kept[0].chosen_sample, kept[0].rejected_sample),
             (Some(0), Some(2))
         );
-        assert!((kept[0]["p_chosen"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+        assert!((kept[0].p_chosen.unwrap() - 0.8).abs() < 1e-12);
         assert_eq!(dropped(&out, Dropped::NotBestWorst), 2);
     }
 
@@ -556,12 +685,7 @@ mod tests {
         let kept: Vec<(i64, i64)> = out
             .iter()
             .filter_map(|r| r.as_ref().ok())
-            .map(|r| {
-                (
-                    r["chosen_sample"].as_i64().unwrap(),
-                    r["rejected_sample"].as_i64().unwrap(),
-                )
-            })
+            .map(|r| (r.chosen_sample.unwrap(), r.rejected_sample.unwrap()))
             .collect();
         assert_eq!(kept, vec![(0, 1), (2, 0), (2, 1)]);
         let mut partial = three(0.9, 0.45, 0.2);
@@ -576,5 +700,58 @@ mod tests {
         silent[1].unanswered = true;
         let out = rows(&silent, SampledPairs::BestWorst);
         assert_eq!(dropped(&out, Dropped::NoAnswer), 3);
+    }
+
+    /// The Parquet schema of each kind names its row type's serde fields, in order.
+    #[test]
+    fn parquet_schemas_are_their_row_types() {
+        let c = &three(0.9, 0.8, 0.9)[0];
+        let dpo = ExportRow::Dpo(
+            dpo_row(c, true, &PairFilters::default(), |row| {
+                row.chosen_sample = Some(0);
+            })
+            .unwrap(),
+        );
+        let sft = ExportRow::Sft(sft_row(c, &PairFilters::default()).unwrap());
+        for (kind, row) in [(Kind::Dpo, dpo), (Kind::Sft, sft)] {
+            let value = serde_json::to_value(&row).unwrap();
+            let mut keys: Vec<&str> = value
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut columns: Vec<String> = parquet_schema(kind)
+                .iter_names()
+                .map(|n| n.to_string())
+                .collect();
+            keys.sort_unstable();
+            columns.sort_unstable();
+            assert_eq!(keys, columns, "{kind:?}");
+            // And the rows read back under it.
+            let mut jsonl = serde_json::to_vec(&row).unwrap();
+            jsonl.push(b'\n');
+            assert!(to_parquet(&jsonl, parquet_schema(kind)).is_ok(), "{kind:?}");
+        }
+        assert!(to_parquet(&[], parquet_schema(Kind::Dpo)).is_ok());
+    }
+
+    #[test]
+    fn rows_become_the_trainers_examples() {
+        let c = &three(0.9, 0.8, 0.9)[0];
+        let dpo = ExportRow::Dpo(dpo_row(c, false, &PairFilters::default(), |_| {}).unwrap());
+        let example = dpo.to_example("db pair 1".into());
+        assert_eq!(example.prompt, c.messages);
+        assert_eq!(example.chosen[0].content, c.second.text);
+        assert_eq!(example.rejected.unwrap()[0].content, c.first.text);
+        assert!((example.label - 0.1).abs() < 1e-12);
+        let sft = ExportRow::Sft(sft_row(c, &PairFilters::default()).unwrap());
+        let example = sft.to_example("db pair 1".into());
+        assert_eq!(example.prompt, c.messages);
+        assert_eq!(
+            example.chosen,
+            vec![Message::assistant(c.first.text.clone())]
+        );
+        assert_eq!(example.rejected, None);
     }
 }

@@ -9,8 +9,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sqlx::Row;
-
 use crate::eval::intervals::Rate;
 use crate::eval::results::{self, BreakdownRow, EvalResults, WinRate};
 use crate::plot::{self, RateBar};
@@ -62,17 +60,8 @@ pub async fn gather(dbs: &[PathBuf]) -> Result<ReportData, ReportError> {
         let stats = stats::collect(&store).await?;
         let mut label_values = Vec::new();
         for judge in &stats.judges {
-            let rows = sqlx::query(
-                "SELECT p_chosen FROM labels WHERE judge_id = ? AND p_chosen IS NOT NULL",
-            )
-            .bind(&judge.judge_id)
-            .fetch_all(store.pool())
-            .await
-            .map_err(store.err())?;
-            label_values.push((
-                judge.judge_id.clone(),
-                rows.iter().map(|r| r.get::<f64, _>(0)).collect(),
-            ));
+            let values = store.label_values(&judge.judge_id).await?;
+            label_values.push((judge.judge_id.clone(), values));
         }
         let mut curves = Vec::new();
         for training in &stats.trainings {

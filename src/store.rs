@@ -16,9 +16,12 @@ use crate::hash;
 use crate::prompt::PromptItem;
 
 mod eval;
+pub mod export;
 pub mod merge;
+pub mod stats;
 mod train;
 pub use eval::{EvalRecord, EvalSide, VerdictRecord};
+pub use export::{CandidateRow, RunSettings};
 pub use train::{FinalScores, TrainRunRecord, TrainStepRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -334,6 +337,16 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// The SQLite library's version (what `tenets doctor` reports).
+pub async fn sqlite_version() -> Result<String, sqlx::Error> {
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    let version = sqlx::query_scalar("SELECT sqlite_version()")
+        .fetch_one(&pool)
+        .await;
+    pool.close().await;
+    version
+}
+
 impl Store {
     /// Opens (creating if needed) a database and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
@@ -389,7 +402,7 @@ impl Store {
     }
 
     /// Wraps a sqlx error with this database's path.
-    pub fn err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    fn err(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         |source| StoreError::Sqlx {
             path: self.path.clone(),
             source,
@@ -400,7 +413,8 @@ impl Store {
         &self.path
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    /// The connection: the store's alone (every statement lives in `store/`).
+    fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 

@@ -2,13 +2,16 @@
 //!
 //! [`batch::run`] owns the model on an OS thread of its own ([`on_own_thread`]: llama.cpp
 //! contexts are not `Send`, and its OpenMP workers must not outlive a run) and drives
-//! [`Session`]s — conversations that ask for one turn at a time — with continuous batching. The
-//! engine knows tokens, KV cache and sampling; what a turn means (answer, critique, revision)
-//! belongs to the pipeline.
+//! [`Session`]s — conversations that ask for one turn at a time ([`session`]) — with continuous
+//! batching; [`remote`] drives the same sessions on an OpenAI-compatible server, and [`start`]
+//! starts either for a stage. The engine knows tokens, KV cache and sampling; what a turn means
+//! (answer, critique, revision, a judge's letter) belongs to the pipeline.
 
 pub mod batch;
 pub mod logprobs;
 pub mod remote;
+pub mod session;
+pub mod start;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -20,7 +23,11 @@ use llama_cpp_2::token::LlamaToken;
 
 use crate::chat::{ChatTemplate, Segment, CHATML};
 
-pub use batch::{Finish, Probe, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
+pub use session::{
+    Counters, Finish, Next, Probe, Sampling, Session, StopSignal, TurnFailure, TurnOutput,
+    TurnRequest,
+};
+pub use start::{connect_remote, start_local, start_remote, EngineTask};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -21,8 +21,10 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::batch::{Counters, Finish, Next, Probe, Sampling, Session, StopSignal, TurnFailure};
-use super::batch::{TurnOutput, TurnRequest};
+use super::session::{
+    Counters, Finish, Next, Probe, Sampling, Session, StopSignal, TurnFailure, TurnOutput,
+    TurnRequest,
+};
 use super::{EngineError, ServedModel};
 use crate::hash;
 

@@ -10,8 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::Row;
-
 use super::intervals::{bootstrap_mean, Mean, Rate};
 use super::Refusal;
 use crate::store::{EvalSide, Store, StoreError};
@@ -112,36 +110,21 @@ struct VerdictRow {
 
 /// Every evaluation in a database, oldest first: (id, name).
 pub async fn list(store: &Store) -> Result<Vec<(String, String)>, StoreError> {
-    let rows = sqlx::query("SELECT id, name FROM evals ORDER BY created_at, id")
-        .fetch_all(store.pool())
-        .await
-        .map_err(store.err())?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    store.evals().await
 }
 
 /// The figures of one evaluation.
 pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreError> {
-    let head = sqlx::query(
-        "SELECT name, created_at, constitution_name, adapter_path, judge_model_path, \
-         (SELECT COUNT(*) FROM eval_prompts WHERE eval_id = e.id) FROM evals e WHERE id = ?",
-    )
-    .bind(eval_id)
-    .fetch_optional(store.pool())
-    .await
-    .map_err(store.err())?
-    .ok_or_else(|| StoreError::Other {
-        path: store.path().to_path_buf(),
-        message: format!("no evaluation {eval_id}"),
-    })?;
+    let head = store.eval_head(eval_id).await?;
     let verdicts = verdict_rows(store, eval_id).await?;
-    let comparisons = comparison_rows(store, eval_id).await?;
-    let judgments = judgment_rows(store, eval_id).await?;
+    let comparisons = store.eval_comparisons(eval_id).await?;
+    let judgments = store.eval_judgments(eval_id).await?;
 
     let side =
         |s: EvalSide| -> Vec<&VerdictRow> { verdicts.iter().filter(|v| v.side == s).collect() };
     let base = side_rates(&side(EvalSide::Base));
     let adapter_rows = side(EvalSide::Adapter);
-    let adapter_path: Option<String> = head.get(3);
+    let adapter_path = head.adapter_path.clone();
     let adapter_rates = adapter_path.as_ref().map(|_| side_rates(&adapter_rows));
     let judged: Vec<(Refusal, Refusal)> = verdicts
         .iter()
@@ -151,7 +134,11 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
         .iter()
         .filter(|(pattern, judge)| (*pattern == Refusal::Refuse) == (*judge == Refusal::Refuse))
         .count();
-    let unanswered = unanswered(store, eval_id).await?;
+    let (unanswered_judgments, unanswered_prompts) = store.eval_unanswered(eval_id).await?;
+    let unanswered = Unanswered {
+        judgments: unanswered_judgments,
+        prompts: unanswered_prompts,
+    };
 
     let kinds: HashMap<&str, Option<&str>> = verdicts
         .iter()
@@ -208,12 +195,12 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
 
     Ok(EvalResults {
         eval_id: eval_id.to_string(),
-        name: head.get(0),
-        created_at: head.get(1),
-        constitution: head.get(2),
+        name: head.name,
+        created_at: head.created_at,
+        constitution: head.constitution,
         adapter: adapter_path,
-        judge_model: head.get(4),
-        prompts: head.get::<i64, _>(5) as usize,
+        judge_model: head.judge_model_path,
+        prompts: head.prompts,
         base,
         adapter_rates,
         judge_agreement: Rate::new(agree, judged.len()),
@@ -333,87 +320,30 @@ fn win_rate(
 }
 
 async fn verdict_rows(store: &Store, eval_id: &str) -> Result<Vec<VerdictRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT v.side, v.prompt_id, p.kind, p.topic, p.style, v.pattern, v.judge, s.finish \
-         FROM eval_verdicts v JOIN prompts p ON p.id = v.prompt_id \
-         JOIN steps s ON s.id = v.step_id WHERE v.eval_id = ? ORDER BY v.prompt_id, v.side",
-    )
-    .bind(eval_id)
-    .fetch_all(store.pool())
-    .await
-    .map_err(store.err())?;
     let bad = |what: &str| StoreError::Other {
         path: store.path().to_path_buf(),
         message: format!("evaluation {eval_id}: unreadable {what}"),
     };
-    rows.into_iter()
+    store
+        .eval_verdicts(eval_id)
+        .await?
+        .into_iter()
         .map(|r| {
             Ok(VerdictRow {
-                side: EvalSide::parse(r.get(0)).ok_or_else(|| bad("side"))?,
-                prompt_id: r.get(1),
-                kind: r.get(2),
-                topic: r.get(3),
-                style: r.get(4),
-                pattern: Refusal::parse(r.get(5)).ok_or_else(|| bad("pattern verdict"))?,
-                judge: match r.get::<Option<&str>, _>(6) {
+                side: EvalSide::parse(&r.side).ok_or_else(|| bad("side"))?,
+                prompt_id: r.prompt_id,
+                kind: r.kind,
+                topic: r.topic,
+                style: r.style,
+                pattern: Refusal::parse(&r.pattern).ok_or_else(|| bad("pattern verdict"))?,
+                judge: match r.judge.as_deref() {
                     Some(j) => Some(Refusal::parse(j).ok_or_else(|| bad("judge verdict"))?),
                     None => None,
                 },
-                truncated: r.get::<&str, _>(7) != "stop",
+                truncated: r.finish != "stop",
             })
         })
         .collect()
-}
-
-async fn comparison_rows(
-    store: &Store,
-    eval_id: &str,
-) -> Result<Vec<(String, f64, i64, i64)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT prompt_id, p_adapter, judgments, order_disagreements FROM eval_comparisons \
-         WHERE eval_id = ? AND p_adapter IS NOT NULL ORDER BY prompt_id",
-    )
-    .bind(eval_id)
-    .fetch_all(store.pool())
-    .await
-    .map_err(store.err())?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect())
-}
-
-async fn judgment_rows(
-    store: &Store,
-    eval_id: &str,
-) -> Result<Vec<(String, String, bool, f64)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT prompt_id, question_id, swapped, p_adapter FROM eval_judgments \
-         WHERE eval_id = ? AND p_adapter IS NOT NULL ORDER BY prompt_id, question_id, swapped",
-    )
-    .bind(eval_id)
-    .fetch_all(store.pool())
-    .await
-    .map_err(store.err())?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) == 1, r.get(3)))
-        .collect())
-}
-
-async fn unanswered(store: &Store, eval_id: &str) -> Result<Unanswered, StoreError> {
-    let row = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM eval_judgments WHERE eval_id = ?1 AND no_answer IS NOT NULL), \
-         (SELECT COUNT(*) FROM eval_comparisons WHERE eval_id = ?1 AND p_adapter IS NULL)",
-    )
-    .bind(eval_id)
-    .fetch_one(store.pool())
-    .await
-    .map_err(store.err())?;
-    Ok(Unanswered {
-        judgments: row.get::<i64, _>(0) as usize,
-        prompts: row.get::<i64, _>(1) as usize,
-    })
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::writer::Writer;
 use crate::chat::Message;
 use crate::constitution::Constitution;
-use crate::engine::batch::{self, Next};
+use crate::engine::session::{self, Next};
 use crate::engine::{Session, TurnFailure, TurnOutput, TurnRequest};
 use crate::hash;
 use crate::prompt::PromptItem;
@@ -34,12 +35,6 @@ pub enum Write {
     },
 }
 
-/// A write and the channel that says "durable; go on (true) or stop (false)".
-pub struct WriteRequest {
-    pub write: Write,
-    pub ack: oneshot::Sender<bool>,
-}
-
 /// What every chain of a run shares.
 pub struct RunContext {
     pub run_id: String,
@@ -50,7 +45,7 @@ pub struct RunContext {
     pub samples: usize,
     pub max_tokens: usize,
     pub seed: u64,
-    pub writer: mpsc::Sender<WriteRequest>,
+    pub writer: Writer<Write>,
 }
 
 impl RunContext {
@@ -153,10 +148,7 @@ impl Chain {
     }
 
     fn send(&self, write: Write) -> oneshot::Receiver<bool> {
-        let (ack, rx) = oneshot::channel();
-        // If the writer is gone the receiver reports closed, which ends this session.
-        let _ = self.run.writer.blocking_send(WriteRequest { write, ack });
-        rx
+        self.run.writer.send(write)
     }
 
     /// Records a failure; the writer answers `false`, which ends the chain.
@@ -236,7 +228,7 @@ impl Session for Chain {
             seed,
         }) = self.current.take()
         else {
-            return batch::resolved(false);
+            return session::resolved(false);
         };
         let output = match outcome {
             Ok(output) => output,

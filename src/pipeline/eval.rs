@@ -15,14 +15,13 @@ use std::time::Instant;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
-use super::label::{write_loop, LabelContext, LabelRequest, PairSession};
-use super::{
-    check_prompt_sets, generate_sets, progress_bar, start_engine, GenerateOptions, GenerateSummary,
-    PipelineError,
-};
+use super::label::{JudgmentWriter, LabelContext, LabelWrite, PairSession};
+use super::writer::{self, Commit, Writer};
+use super::{check_prompt_sets, generate_sets, progress_bar};
+use super::{GenerateOptions, GenerateSummary, PipelineError};
 use crate::chat::Message;
 use crate::constitution::Constitution;
-use crate::engine::batch::{self, Counters, Next, Sampling};
+use crate::engine::session::{self, Counters, Next, Sampling};
 use crate::engine::Probe;
 use crate::engine::{self, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
 use crate::eval::results::{self, EvalResults};
@@ -162,8 +161,6 @@ pub struct EvalSummary {
 /// Runs (or resumes) an evaluation.
 pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary, PipelineError> {
     options.check()?;
-    let started = Instant::now();
-    // Everything the user gave is read and checked before any model loads.
     let constitution_path =
         super::resolve_bundled(&options.constitution, crate::bundled::CONSTITUTIONS)?;
     let constitution = Constitution::load(&constitution_path)?;
@@ -171,6 +168,26 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
         return Err(PipelineError::Setting(format!(
             "{}: `comparisons` is empty: there is nothing to compare the adapter with the base by",
             constitution_path.display()
+        )));
+    }
+    eval_under(options, &constitution, stop).await
+}
+
+/// [`eval`] under a constitution already loaded (`options.constitution` is not read again, as
+/// in `tenets loop`, which loads it once for all its rounds).
+pub async fn eval_under(
+    options: &EvalOptions,
+    constitution: &Constitution,
+    stop: StopSignal,
+) -> Result<EvalSummary, PipelineError> {
+    options.check()?;
+    let started = Instant::now();
+    // Everything the user gave is read and checked before any model loads.
+    if options.lora.is_some() && constitution.comparisons.is_empty() {
+        return Err(PipelineError::Setting(format!(
+            "constitution `{}`: `comparisons` is empty: there is nothing to compare the adapter \
+             with the base by",
+            constitution.name
         )));
     }
     let model = options.engine.model.model_path()?;
@@ -218,6 +235,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     };
     summary.base = generate_sets(
         &options.generate_options(&model, None),
+        constitution,
         sets.clone(),
         stop.clone(),
     )
@@ -228,6 +246,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     if let Some(lora) = &options.lora {
         let adapter = generate_sets(
             &options.generate_options(&model, Some(lora)),
+            constitution,
             sets,
             stop.clone(),
         )
@@ -267,7 +286,7 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     let config = options.engine.config(&judge_model);
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.engine.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let (((pair_letters, verdict_letters), chat_hash), engine_task) = start_engine(
+    let (((pair_letters, verdict_letters), chat_hash), engine_task) = engine::start_local(
         config,
         Sampling::GREEDY,
         jobs_rx,
@@ -330,8 +349,8 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     let (mut stored, compared) = store
         .judgment_progress(JudgmentTable::Comparisons, &eval_id)
         .await?;
-    let (verdict_tx, verdict_rx) = mpsc::channel::<VerdictRequest>(options.engine.parallel * 2);
-    let (pair_tx, pair_rx) = mpsc::channel::<LabelRequest>(options.engine.parallel * 2);
+    let (verdict_tx, verdict_inbox) = writer::channel::<VerdictWrite>(options.engine.parallel * 2);
+    let (pair_tx, pair_inbox) = writer::channel::<LabelWrite>(options.engine.parallel * 2);
     let verdict_context = Arc::new(VerdictContext {
         eval_id: eval_id.clone(),
         frame: verdict_frame,
@@ -411,19 +430,21 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     drop((verdict_context, pair_context));
 
     let progress = progress_bar(options.run.quiet, remaining, "judgments");
-    let verdict_writer = tokio::spawn(write_verdicts(
-        store.clone(),
-        verdict_rx,
+    let verdict_writer = writer::spawn(
+        verdict_inbox,
+        VerdictWriter {
+            store: store.clone(),
+            progress: progress.clone(),
+            written: 0,
+            failures: 0,
+        },
         stop.clone(),
-        progress.clone(),
-    ));
-    let pair_writer = tokio::spawn(write_loop(
-        store.clone(),
-        pair_rx,
+    );
+    let pair_writer = writer::spawn(
+        pair_inbox,
+        JudgmentWriter::new(store.clone(), progress.clone(), JudgmentTable::Comparisons),
         stop.clone(),
-        progress.clone(),
-        JudgmentTable::Comparisons,
-    ));
+    );
     for session in sessions {
         if stop.draining() || jobs_tx.send(session).await.is_err() {
             break;
@@ -433,18 +454,18 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     let engine_result = engine_task
         .await
         .map_err(|e| PipelineError::Internal(e.to_string()))?;
-    let (verdicts, verdict_failures) = verdict_writer
+    let verdicts = verdict_writer
         .await
         .map_err(|e| PipelineError::Internal(e.to_string()))??;
-    let (judgments, comparisons, pair_failures) = pair_writer
+    let pairs = pair_writer
         .await
         .map_err(|e| PipelineError::Internal(e.to_string()))??;
     engine_result?;
     progress.finish_and_clear();
-    summary.verdicts_written = verdicts;
-    summary.judgments_written = judgments;
-    summary.comparisons_written = comparisons;
-    summary.failures = verdict_failures + pair_failures;
+    summary.verdicts_written = verdicts.written;
+    summary.judgments_written = pairs.judgments;
+    summary.comparisons_written = pairs.labels;
+    summary.failures = verdicts.failures + pairs.failures;
     let interrupted = stop.draining();
     if !interrupted {
         summary.results = Some(results::load(&store, &eval_id).await?);
@@ -469,14 +490,11 @@ struct VerdictContext {
     frame: VerdictFrame,
     /// "A", "B", "C" and their token forms: the only answers the judge is read for.
     letters: Arc<Probe>,
-    writer: mpsc::Sender<VerdictRequest>,
+    writer: Writer<VerdictWrite>,
 }
 
-/// A verdict to make durable (or a failure to report), and the "go on" channel.
-struct VerdictRequest {
-    verdict: Result<VerdictRecord, (String, String)>,
-    ack: oneshot::Sender<bool>,
-}
+/// A verdict to make durable, or a failure to report: (prompt id, reason).
+type VerdictWrite = Result<VerdictRecord, (String, String)>;
 
 /// One answer's refusal verdict: one probe turn per rotation of the options, back to back on
 /// one slot (the request and reply, ahead of the options, stay in its KV cache).
@@ -494,13 +512,8 @@ struct VerdictSession {
 }
 
 impl VerdictSession {
-    fn send(&self, verdict: Result<VerdictRecord, (String, String)>) -> oneshot::Receiver<bool> {
-        let (ack, rx) = oneshot::channel();
-        let _ = self
-            .context
-            .writer
-            .blocking_send(VerdictRequest { verdict, ack });
-        rx
+    fn send(&self, verdict: VerdictWrite) -> oneshot::Receiver<bool> {
+        self.context.writer.send(verdict)
     }
 
     fn fail(&self, reason: String) -> oneshot::Receiver<bool> {
@@ -534,7 +547,7 @@ impl Session for VerdictSession {
 
     fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
         if self.asked.take().is_none() {
-            return batch::resolved(false);
+            return session::resolved(false);
         }
         let output = match outcome {
             Ok(output) => output,
@@ -542,7 +555,7 @@ impl Session for VerdictSession {
         };
         self.masses.push(output.probe_mass);
         if self.masses.len() < ROTATIONS {
-            return batch::resolved(true);
+            return session::resolved(true);
         }
         let judged = JudgeVerdict::from_rotations(&self.masses);
         let [p_comply, p_refuse, p_partial] = judged.probabilities;
@@ -561,34 +574,30 @@ impl Session for VerdictSession {
     }
 }
 
-/// Commits each verdict, then acknowledges it.
-async fn write_verdicts(
+/// Commits each verdict (a verdict that could not be made is counted and ends its session).
+struct VerdictWriter {
     store: Store,
-    mut rx: mpsc::Receiver<VerdictRequest>,
-    stop: StopSignal,
     progress: indicatif::ProgressBar,
-) -> Result<(usize, usize), PipelineError> {
-    let (mut written, mut failures) = (0, 0);
-    while let Some(VerdictRequest { verdict, ack }) = rx.recv().await {
-        match verdict {
+    written: usize,
+    failures: usize,
+}
+
+impl Commit<VerdictWrite> for VerdictWriter {
+    async fn commit(&mut self, write: VerdictWrite) -> Result<bool, crate::store::StoreError> {
+        match write {
             Ok(v) => {
-                if let Err(e) = store.commit_verdict(&v).await {
-                    stop.abort();
-                    let _ = ack.send(false);
-                    return Err(e.into());
-                }
-                written += 1;
-                progress.inc(ROTATIONS as u64);
-                let _ = ack.send(!stop.draining());
+                self.store.commit_verdict(&v).await?;
+                self.written += 1;
+                self.progress.inc(ROTATIONS as u64);
+                Ok(true)
             }
             Err((prompt, reason)) => {
                 tracing::warn!(prompt = %prompt, "no verdict: {reason}");
-                failures += 1;
-                let _ = ack.send(false);
+                self.failures += 1;
+                Ok(false)
             }
         }
     }
-    Ok((written, failures))
 }
 
 /// The figures as a terminal table.

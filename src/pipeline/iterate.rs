@@ -15,8 +15,10 @@ use std::time::Instant;
 use super::eval::{self, EvalOptions};
 use super::label::{self, LabelOptions};
 use super::train::{self, TrainData, TrainOptions};
-use super::{generate, GenerateOptions, PipelineError};
+use super::{check_prompt_sets, generate_sets, resolve_bundled, GenerateOptions, PipelineError};
+use crate::constitution::Constitution;
 use crate::engine::StopSignal;
+use crate::prompt;
 use crate::settings::{BackendKind, BackendSettings, EngineSettings, ModelSettings, RunSettings};
 
 /// Everything `tenets loop` needs: its command line. Stage settings not named here keep their
@@ -163,6 +165,14 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
     // The base model is trained and evaluated here, whatever serves generate and label.
     let model = options.engine.model.model_path()?;
     options.backend.resolve()?;
+    // The constitution and the prompts are read once, before anything runs, for every round.
+    let constitution_path = resolve_bundled(&options.constitution, crate::bundled::CONSTITUTIONS)?;
+    let constitution = Constitution::load(&constitution_path)?;
+    let prompt_set = prompt::load(&resolve_bundled(
+        &options.prompts,
+        crate::bundled::PROMPT_SETS,
+    )?)?;
+    check_prompt_sets(std::slice::from_ref(&prompt_set), false)?;
     std::fs::create_dir_all(&options.dir).map_err(|e| {
         PipelineError::Setting(format!("cannot create {}: {e}", options.dir.display()))
     })?;
@@ -179,7 +189,7 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         let started = Instant::now();
         let previous_adapter = (round > 1).then(|| options.adapter(round - 1));
         tracing::info!(round, "loop: generate");
-        let mut g = GenerateOptions::new(&model, &options.constitution, &options.prompts, &db);
+        let mut g = GenerateOptions::new(&model, &constitution_path, &options.prompts, &db);
         g.engine = options.engine.clone();
         g.backend = options.backend.clone();
         if options.backend.backend != BackendKind::Llama {
@@ -191,7 +201,8 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         g.seed = options.seed + round as u64 - 1;
         g.run.quiet = options.run.quiet;
         g.lora = previous_adapter.clone();
-        let generated = generate(&g, stop.clone()).await?;
+        let generated =
+            generate_sets(&g, &constitution, vec![prompt_set.clone()], stop.clone()).await?;
         if generated.interrupted {
             summary.interrupted = true;
             return Ok(summary);
@@ -201,11 +212,11 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         let mut l = LabelOptions::new(&db);
         l.engine = g.engine.clone();
         l.backend = g.backend.clone();
-        l.constitution = Some(g.constitution_path()?);
+        l.constitution = Some(constitution_path.clone());
         l.questions = options.questions;
         l.seed = options.seed;
         l.run.quiet = options.run.quiet;
-        let labeled = label::label(&l, stop.clone()).await?;
+        let labeled = label::label_under(&l, Some(&constitution), stop.clone()).await?;
         if labeled.interrupted {
             summary.interrupted = true;
             return Ok(summary);
@@ -238,7 +249,7 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         tracing::info!(round, "loop: eval");
         let mut e = EvalOptions::new(
             &model,
-            &options.constitution,
+            &constitution_path,
             options.eval_prompts.clone(),
             &db,
         );
@@ -250,7 +261,7 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         e.max_tokens = options.eval_max_tokens;
         e.seed = options.seed;
         e.run.quiet = options.run.quiet;
-        let evaluated = eval::eval(&e, stop.clone()).await?;
+        let evaluated = eval::eval_under(&e, &constitution, stop.clone()).await?;
         let Some(results) = evaluated.results else {
             summary.interrupted = true;
             return Ok(summary);

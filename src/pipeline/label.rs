@@ -16,11 +16,11 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::PipelineError;
-use super::{connect_remote, join_stages, progress_bar, start_engine, start_remote};
+use super::writer::{self, Commit, Writer};
+use super::{join_stages, progress_bar, PipelineError};
 use crate::chat::Message;
 use crate::constitution::{Comparison, Constitution};
-use crate::engine::batch::{self, Counters, Next, Sampling};
+use crate::engine::session::{self, Counters, Next, Sampling};
 use crate::engine::{self, Backend, Probe, ServedModel, Session, StopSignal};
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
 use crate::label::frame::JudgeFrame;
@@ -43,7 +43,8 @@ pub struct LabelOptions {
     pub engine: EngineSettings,
     #[command(flatten)]
     pub backend: BackendSettings,
-    /// Constitution whose comparison questions are asked [default: the latest run's]
+    /// Constitution whose comparison questions are asked, or a bundled one by name
+    /// [default: the latest run's]
     #[arg(long)]
     pub constitution: Option<PathBuf>,
     /// Directory with a judge.jinja frame [default: the bundled prompts/judge.jinja]
@@ -163,7 +164,7 @@ pub(super) struct LabelContext {
     /// "A" and "B", with their token forms when the judge is local.
     pub answers: Arc<Probe>,
     pub cot: Option<CotSettings>,
-    pub writer: mpsc::Sender<LabelRequest>,
+    pub writer: Writer<LabelWrite>,
 }
 
 /// What a pair session asks the store writer to do.
@@ -172,12 +173,6 @@ pub(super) enum LabelWrite {
     Judgment(JudgmentRecord, Option<LabelRecord>),
     /// Report a pair that cannot be judged: (pair id, reason).
     Failure(String, String),
-}
-
-/// A write and the channel that says "durable; go on (true) or stop (false)".
-pub(super) struct LabelRequest {
-    pub write: LabelWrite,
-    pub ack: oneshot::Sender<bool>,
 }
 
 /// One pair's questions, asked one turn at a time.
@@ -259,13 +254,7 @@ impl PairSession {
     }
 
     fn write(&self, write: LabelWrite) -> oneshot::Receiver<bool> {
-        let (ack, rx) = oneshot::channel();
-        // If the writer is gone the receiver reports closed, which ends this session.
-        let _ = self
-            .context
-            .writer
-            .blocking_send(LabelRequest { write, ack });
-        rx
+        self.context.writer.send(write)
     }
 
     fn fail(&mut self, reason: String) -> oneshot::Receiver<bool> {
@@ -320,7 +309,7 @@ impl Session for PairSession {
     fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
         let Some(mut asked) = self.current.take() else {
             // No turn was in flight: nothing to record, end the session.
-            return batch::resolved(false);
+            return session::resolved(false);
         };
         let output = match outcome {
             Ok(output) => output,
@@ -330,7 +319,7 @@ impl Session for PairSession {
             // The reasoning is in; its answer is the next turn (nothing to store yet).
             asked.reasoning = Some(output.text.trim().to_string());
             self.reasoned = Some(asked);
-            return batch::resolved(true);
+            return session::resolved(true);
         }
         let clamp = self.context.cot.map(|c| c.clamp);
         let verdict = Verdict::read(&output.probe_mass, asked.swapped, clamp);
@@ -366,9 +355,20 @@ impl Session for PairSession {
     }
 }
 
-/// Runs (or resumes) labeling of every pair in the database.
+/// Runs (or resumes) labeling of every pair in the database, under `--constitution` or else
+/// the one stored with the latest generate run.
 pub async fn label(
     options: &LabelOptions,
+    stop: StopSignal,
+) -> Result<LabelSummary, PipelineError> {
+    label_under(options, None, stop).await
+}
+
+/// [`label`] under `constitution` when given (already loaded: `--constitution` is not read
+/// again, as in `tenets loop`, which loads it once for all its rounds).
+pub async fn label_under(
+    options: &LabelOptions,
+    constitution: Option<&Constitution>,
     stop: StopSignal,
 ) -> Result<LabelSummary, PipelineError> {
     let started = Instant::now();
@@ -384,14 +384,18 @@ pub async fn label(
     let cot = options.cot();
     let store = Store::open_existing(&options.db).await?;
     let latest = store.latest_run().await?;
-    let constitution = match (&options.constitution, &latest) {
-        (Some(path), _) => Constitution::load(path)?,
-        (None, Some((_, json))) => serde_json::from_str(json).map_err(|e| {
+    let constitution = match (constitution, &options.constitution, &latest) {
+        (Some(given), _, _) => given.clone(),
+        (None, Some(path), _) => Constitution::load(&super::resolve_bundled(
+            path,
+            crate::bundled::CONSTITUTIONS,
+        )?)?,
+        (None, None, Some((_, json))) => serde_json::from_str(json).map_err(|e| {
             PipelineError::Setting(format!(
                 "the constitution stored with the latest run cannot be read ({e}); pass --constitution"
             ))
         })?,
-        (None, None) => {
+        (None, None, None) => {
             return Err(PipelineError::Setting(format!(
                 "{} holds no generate run: nothing to label",
                 options.db.display()
@@ -432,7 +436,7 @@ pub async fn label(
             engine::check_model_file(&model)?;
             let model_sha256 = store.model_sha256(&model).await?;
             let config = options.engine.config(&model);
-            let ((answers, chat_hash), engine_task) = start_engine(
+            let ((answers, chat_hash), engine_task) = engine::start_local(
                 config,
                 Sampling::GREEDY,
                 jobs_rx,
@@ -469,8 +473,8 @@ pub async fn label(
             }
             let mut remote = remote.clone();
             remote.concurrency = options.engine.parallel;
-            let engine = connect_remote(remote).await?;
-            let (served, engine_task) = start_remote(
+            let engine = engine::connect_remote(remote).await?;
+            let (served, engine_task) = engine::start_remote(
                 engine,
                 Sampling::GREEDY,
                 jobs_rx,
@@ -501,7 +505,7 @@ pub async fn label(
         .await?;
     tracing::info!(judge = %judge_id, pairs = pairs.len(), "label");
 
-    let (writer_tx, writer_rx) = mpsc::channel::<LabelRequest>(options.engine.parallel * 2);
+    let (writer_tx, inbox) = writer::channel::<LabelWrite>(options.engine.parallel * 2);
     let context = Arc::new(LabelContext {
         judge_id: judge_id.clone(),
         frame,
@@ -535,32 +539,35 @@ pub async fn label(
     drop(context);
 
     let progress = progress_bar(options.run.quiet, remaining, "judgments");
-    let writer = tokio::spawn(write_loop(
-        store.clone(),
-        writer_rx,
+    let writer = writer::spawn(
+        inbox,
+        JudgmentWriter::new(store.clone(), progress.clone(), JudgmentTable::Labels),
         stop.clone(),
-        progress.clone(),
-        JudgmentTable::Labels,
-    ));
+    );
     for session in sessions {
         if stop.draining() || jobs_tx.send(Box::new(session)).await.is_err() {
             break;
         }
     }
     drop(jobs_tx);
-    let (judgments, labels, failures) = join_stages(engine_task, writer).await?;
+    let JudgmentWriter {
+        judgments,
+        labels,
+        failures,
+        ..
+    } = join_stages(engine_task, writer).await?;
     progress.finish_and_clear();
 
     summary.judgments_written = judgments;
     summary.labels_written = labels;
     summary.failures = failures;
-    let figures = judge_figures(&store, &judge_id).await?;
-    summary.mean_p_chosen = figures.0;
-    summary.order_disagreement = figures.1;
-    summary.mean_p_a = figures.2;
-    summary.mean_answer_mass = figures.3;
-    summary.unanswered_judgments = figures.4;
-    summary.pairs_without_answer = figures.5;
+    let figures = store.judge_figures(&judge_id).await?;
+    summary.mean_p_chosen = figures.mean_p_chosen;
+    summary.order_disagreement = figures.order_disagreement;
+    summary.mean_p_a = figures.mean_p_a;
+    summary.mean_answer_mass = figures.mean_answer_mass;
+    summary.unanswered_judgments = figures.unanswered_judgments;
+    summary.pairs_without_answer = figures.pairs_without_answer;
     summary.prefilled_tokens = counters.prefilled.load(Ordering::Relaxed);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.interrupted = stop.draining();
@@ -568,75 +575,56 @@ pub async fn label(
     Ok(summary)
 }
 
-/// (mean p_chosen over labels, order disagreement rate, mean P(A), mean answer mass,
-/// judgments without an answer, labels without a value). Means are over answered judgments;
-/// the answer mass is over all of them (a judgment without one has mass 0, which is the point).
-async fn judge_figures(
-    store: &Store,
-    judge_id: &str,
-) -> Result<(f64, f64, f64, f64, usize, usize), PipelineError> {
-    use sqlx::Row;
-    let row = sqlx::query(
-        "SELECT (SELECT COALESCE(AVG(p_chosen), 0.0) FROM labels WHERE judge_id = ?1), \
-         (SELECT COALESCE(CAST(SUM(order_disagreements) AS REAL) / NULLIF(SUM(judgments) / 2, 0), 0.0) \
-            FROM labels WHERE judge_id = ?1), \
-         (SELECT COALESCE(AVG(p_a), 0.0) FROM judgments WHERE judge_id = ?1), \
-         (SELECT COALESCE(AVG(mass_a + mass_b), 0.0) FROM judgments WHERE judge_id = ?1), \
-         (SELECT COUNT(*) FROM judgments WHERE judge_id = ?1 AND no_answer IS NOT NULL), \
-         (SELECT COUNT(*) FROM labels WHERE judge_id = ?1 AND p_chosen IS NULL)",
-    )
-    .bind(judge_id)
-    .fetch_one(store.pool())
-    .await
-    .map_err(store.err())?;
-    Ok((
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get::<i64, _>(4) as usize,
-        row.get::<i64, _>(5) as usize,
-    ))
-}
-
-/// Commits each judgment (and label), then acknowledges it; counts (judgments, labels,
-/// failures).
-pub(super) async fn write_loop(
+/// Commits judgments (with the pair's label on its last) and reports pairs that cannot be
+/// judged; counts each. Eval's comparisons use it too, into their own table.
+pub(super) struct JudgmentWriter {
     store: Store,
-    mut rx: mpsc::Receiver<LabelRequest>,
-    stop: StopSignal,
     progress: indicatif::ProgressBar,
     table: JudgmentTable,
-) -> Result<(usize, usize, usize), PipelineError> {
-    let (mut judgments, mut labels, mut failures) = (0, 0, 0);
-    while let Some(LabelRequest { write, ack }) = rx.recv().await {
+    pub judgments: usize,
+    pub labels: usize,
+    pub failures: usize,
+}
+
+impl JudgmentWriter {
+    pub fn new(store: Store, progress: indicatif::ProgressBar, table: JudgmentTable) -> Self {
+        JudgmentWriter {
+            store,
+            progress,
+            table,
+            judgments: 0,
+            labels: 0,
+            failures: 0,
+        }
+    }
+}
+
+impl Commit<LabelWrite> for JudgmentWriter {
+    async fn commit(&mut self, write: LabelWrite) -> Result<bool, crate::store::StoreError> {
         match write {
             LabelWrite::Failure(pair, reason) => {
                 tracing::warn!(pair = %pair, "cannot judge: {reason}");
-                progress.println(format!(
+                self.progress.println(format!(
                     "{} {}… cannot be judged: {reason}",
-                    if table == JudgmentTable::Labels {
+                    if self.table == JudgmentTable::Labels {
                         "pair"
                     } else {
                         "prompt"
                     },
                     pair.get(..12).unwrap_or(&pair)
                 ));
-                failures += 1;
-                let _ = ack.send(false);
+                self.failures += 1;
+                Ok(false)
             }
             LabelWrite::Judgment(j, label) => {
-                if let Err(e) = store.commit_judgment(table, &j, label.as_ref()).await {
-                    stop.abort();
-                    let _ = ack.send(false);
-                    return Err(e.into());
-                }
-                judgments += 1;
-                labels += usize::from(label.is_some());
-                progress.inc(1);
-                let _ = ack.send(!stop.draining());
+                self.store
+                    .commit_judgment(self.table, &j, label.as_ref())
+                    .await?;
+                self.judgments += 1;
+                self.labels += usize::from(label.is_some());
+                self.progress.inc(1);
+                Ok(true)
             }
         }
     }
-    Ok((judgments, labels, failures))
 }

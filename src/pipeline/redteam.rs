@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{join_stages, progress_bar, start_engine, PipelineError};
+use super::{join_stages, progress_bar, PipelineError};
 use crate::chat::Message;
 use crate::constitution::Constitution;
-use crate::engine::batch::{self, Counters, Finish, Next, Sampling};
+use crate::engine::session::{self, Counters, Finish, Next, Sampling};
 use crate::engine::{self, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
 use crate::hash;
 use crate::redteam::{self, GeneratedPrompt, Rejected, Request};
@@ -105,7 +105,7 @@ impl Session for Ask {
                 .blocking_send((request, output.text, truncated));
         }
         // One turn per request: the session ends here.
-        batch::resolved(false)
+        session::resolved(false)
     }
 }
 
@@ -179,16 +179,15 @@ pub async fn redteam(
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.engine.parallel * 2);
     let counters = Arc::new(Counters::default());
-    let (_, engine_task) =
-        start_engine(
-            config,
-            sampling,
-            jobs_rx,
-            stop.clone(),
-            counters,
-            |_| Ok(()),
-        )
-        .await?;
+    let (_, engine_task) = engine::start_local(
+        config,
+        sampling,
+        jobs_rx,
+        stop.clone(),
+        counters,
+        |_| Ok(()),
+    )
+    .await?;
 
     let (results_tx, mut results_rx) =
         mpsc::channel::<(Request, String, bool)>(options.engine.parallel * 2);

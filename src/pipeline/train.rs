@@ -474,14 +474,12 @@ async fn load_examples(options: &TrainOptions) -> Result<Vec<Example>, PipelineE
             for (reason, count) in &rows.dropped {
                 tracing::info!(?reason, count, "pairs left out by the export filters");
             }
-            let mut examples = Vec::with_capacity(rows.rows.len());
-            for (i, row) in rows.rows.iter().enumerate() {
-                let origin = format!("{} pair {}", db.display(), i + 1);
-                examples.push(
-                    dataset::parse_row(row, origin.clone())
-                        .map_err(|m| PipelineError::Train(format!("{origin}: {m}")))?,
-                );
-            }
+            let examples: Vec<Example> = rows
+                .rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| row.to_example(format!("{} pair {}", db.display(), i + 1)))
+                .collect();
             if examples.is_empty() {
                 return Err(setting(format!(
                     "{} has no {} rows to train on (run `tenets generate`, and `tenets label` for \

@@ -179,3 +179,143 @@ impl Store {
         Ok(())
     }
 }
+
+/// An evaluation's header, as its results show it.
+#[derive(Debug, Clone)]
+pub struct EvalHead {
+    pub name: String,
+    pub created_at: String,
+    pub constitution: String,
+    pub adapter_path: Option<String>,
+    pub judge_model_path: String,
+    pub prompts: usize,
+}
+
+/// One stored refusal verdict with its prompt's tags and its answer's finish.
+#[derive(Debug, Clone)]
+pub struct VerdictRow {
+    pub side: String,
+    pub prompt_id: String,
+    pub kind: Option<String>,
+    pub topic: Option<String>,
+    pub style: Option<String>,
+    pub pattern: String,
+    /// NULL: the judge model gave no verdict.
+    pub judge: Option<String>,
+    pub finish: String,
+}
+
+/// A prompt's comparison: (prompt id, p_adapter, judgments, order disagreements).
+pub type ComparisonRow = (String, f64, i64, i64);
+
+/// A comparison judgment that answered: (prompt, question, swapped, p_adapter).
+pub type ComparisonJudgment = (String, String, bool, f64);
+
+impl Store {
+    /// Every evaluation in the database, oldest first: (id, name).
+    pub async fn evals(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT id, name FROM evals ORDER BY created_at, id")
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err())?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The header of evaluation `eval_id` (an error naming it when there is none).
+    pub async fn eval_head(&self, eval_id: &str) -> Result<EvalHead, StoreError> {
+        let r = sqlx::query(
+            "SELECT name, created_at, constitution_name, adapter_path, judge_model_path, \
+             (SELECT COUNT(*) FROM eval_prompts WHERE eval_id = e.id) FROM evals e WHERE id = ?",
+        )
+        .bind(eval_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(self.err())?
+        .ok_or_else(|| StoreError::Other {
+            path: self.path().to_path_buf(),
+            message: format!("no evaluation {eval_id}"),
+        })?;
+        Ok(EvalHead {
+            name: r.get(0),
+            created_at: r.get(1),
+            constitution: r.get(2),
+            adapter_path: r.get(3),
+            judge_model_path: r.get(4),
+            prompts: r.get::<i64, _>(5) as usize,
+        })
+    }
+
+    /// The evaluation's refusal verdicts, by prompt and side.
+    pub async fn eval_verdicts(&self, eval_id: &str) -> Result<Vec<VerdictRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT v.side, v.prompt_id, p.kind, p.topic, p.style, v.pattern, v.judge, s.finish \
+             FROM eval_verdicts v JOIN prompts p ON p.id = v.prompt_id \
+             JOIN steps s ON s.id = v.step_id WHERE v.eval_id = ? ORDER BY v.prompt_id, v.side",
+        )
+        .bind(eval_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err())?;
+        Ok(rows
+            .iter()
+            .map(|r| VerdictRow {
+                side: r.get(0),
+                prompt_id: r.get(1),
+                kind: r.get(2),
+                topic: r.get(3),
+                style: r.get(4),
+                pattern: r.get(5),
+                judge: r.get(6),
+                finish: r.get(7),
+            })
+            .collect())
+    }
+
+    /// The evaluation's prompt comparisons that have a value (some judgment answered).
+    pub async fn eval_comparisons(&self, eval_id: &str) -> Result<Vec<ComparisonRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT prompt_id, p_adapter, judgments, order_disagreements FROM eval_comparisons \
+             WHERE eval_id = ? AND p_adapter IS NOT NULL ORDER BY prompt_id",
+        )
+        .bind(eval_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err())?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// The evaluation's comparison judgments that answered.
+    pub async fn eval_judgments(
+        &self,
+        eval_id: &str,
+    ) -> Result<Vec<ComparisonJudgment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT prompt_id, question_id, swapped, p_adapter FROM eval_judgments \
+             WHERE eval_id = ? AND p_adapter IS NOT NULL ORDER BY prompt_id, question_id, swapped",
+        )
+        .bind(eval_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err())?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) == 1, r.get(3)))
+            .collect())
+    }
+
+    /// (comparison judgments without an answer, prompts none of whose judgments answered).
+    pub async fn eval_unanswered(&self, eval_id: &str) -> Result<(usize, usize), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM eval_judgments WHERE eval_id = ?1 AND no_answer IS NOT NULL), \
+             (SELECT COUNT(*) FROM eval_comparisons WHERE eval_id = ?1 AND p_adapter IS NULL)",
+        )
+        .bind(eval_id)
+        .fetch_one(self.pool())
+        .await
+        .map_err(self.err())?;
+        Ok((row.get::<i64, _>(0) as usize, row.get::<i64, _>(1) as usize))
+    }
+}

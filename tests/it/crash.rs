@@ -68,11 +68,12 @@ async fn wait_for_steps(child: &mut Child, db: &Path, n: i64) -> i64 {
 
 async fn assert_complete_once(db: &Path, prompts: i64) {
     let store = Store::open_existing(db).await.unwrap();
+    let conn = common::connect(db).await;
     let count = |sql: &'static str| {
-        let store = store.clone();
+        let conn = conn.clone();
         async move {
             sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(store.pool())
+                .fetch_one(&conn)
                 .await
                 .unwrap()
         }

@@ -41,11 +41,12 @@ async fn generate_resume_and_export() {
     assert!(!summary.interrupted);
 
     let store = Store::open_existing(&db).await.unwrap();
+    let conn = common::connect(&db).await;
     let dropped = sqlx::query(
         "SELECT d.line, d.reason, p.line FROM dropped_prompts d \
          JOIN prompts p ON p.id = d.matched_prompt_id ORDER BY d.line",
     )
-    .fetch_all(store.pool())
+    .fetch_all(&conn)
     .await
     .unwrap();
     let dropped: Vec<(i64, String, i64)> = dropped
@@ -67,7 +68,7 @@ async fn generate_resume_and_export() {
     // Every prompt: one answer, two critiques, two revisions, one pair.
     let rows =
         sqlx::query("SELECT prompt_id, stage, COUNT(*) FROM steps GROUP BY prompt_id, stage")
-            .fetch_all(store.pool())
+            .fetch_all(&conn)
             .await
             .unwrap();
     let mut per_prompt: HashMap<String, HashMap<String, i64>> = HashMap::new();
@@ -84,7 +85,7 @@ async fn generate_resume_and_export() {
         assert_eq!(stages["revision"], 2);
     }
     let pairs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pairs")
-        .fetch_one(store.pool())
+        .fetch_one(&conn)
         .await
         .unwrap();
     assert_eq!(pairs, 8);
@@ -92,7 +93,7 @@ async fn generate_resume_and_export() {
     let unnamed: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM steps WHERE (stage = 'answer') != (principle_id IS NULL)",
     )
-    .fetch_one(store.pool())
+    .fetch_one(&conn)
     .await
     .unwrap();
     assert_eq!(unnamed, 0);
@@ -101,7 +102,7 @@ async fn generate_resume_and_export() {
     let (prompt_tokens, prefill_tokens): (i64, i64) = sqlx::query_as(
         "SELECT SUM(prompt_tokens), SUM(prefill_tokens) FROM steps WHERE stage != 'answer'",
     )
-    .fetch_one(store.pool())
+    .fetch_one(&conn)
     .await
     .unwrap();
     assert!(
@@ -111,7 +112,7 @@ async fn generate_resume_and_export() {
 
     // User text that looks like a template is stored byte for byte.
     let stored: Vec<String> = sqlx::query_scalar("SELECT messages FROM prompts")
-        .fetch_all(store.pool())
+        .fetch_all(&conn)
         .await
         .unwrap();
     assert!(stored.iter().any(|m| {
@@ -147,7 +148,7 @@ async fn generate_resume_and_export() {
         "SELECT COUNT(*) FROM pairs pr JOIN steps c ON c.id = pr.chosen_step \
          JOIN steps a ON a.id = pr.rejected_step WHERE c.finish != 'stop' OR a.finish != 'stop'",
     )
-    .fetch_one(store.pool())
+    .fetch_one(&conn)
     .await
     .unwrap();
     assert_eq!(
@@ -249,16 +250,16 @@ async fn a_prompt_too_long_for_the_context_fails_alone() {
         .await
         .unwrap();
     assert_eq!(summary.failures, 1);
-    let store = Store::open_existing(&db).await.unwrap();
+    let conn = common::connect(&db).await;
     let reasons: Vec<(String, String)> = sqlx::query_as("SELECT stage, reason FROM failures")
-        .fetch_all(store.pool())
+        .fetch_all(&conn)
         .await
         .unwrap();
     assert_eq!(reasons.len(), 1);
     assert_eq!(reasons[0].0, "answer");
     assert!(reasons[0].1.contains("context"), "{}", reasons[0].1);
     let pairs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pairs")
-        .fetch_one(store.pool())
+        .fetch_one(&conn)
         .await
         .unwrap();
     assert_eq!(pairs, 3);
@@ -266,26 +267,26 @@ async fn a_prompt_too_long_for_the_context_fails_alone() {
 
 /// A session of one probe turn: the probabilities of answers "A" and "B" after its conversation.
 struct ProbeSession {
-    request: Option<tenets::engine::batch::TurnRequest>,
-    results: std::sync::mpsc::Sender<(usize, tenets::engine::batch::TurnOutput)>,
+    request: Option<tenets::engine::session::TurnRequest>,
+    results: std::sync::mpsc::Sender<(usize, tenets::engine::session::TurnOutput)>,
     index: usize,
 }
 
-impl tenets::engine::batch::Session for ProbeSession {
-    fn next_turn(&mut self) -> tenets::engine::batch::Next {
+impl tenets::engine::session::Session for ProbeSession {
+    fn next_turn(&mut self) -> tenets::engine::session::Next {
         match self.request.take() {
-            Some(request) => tenets::engine::batch::Next::Turn(request),
-            None => tenets::engine::batch::Next::Done,
+            Some(request) => tenets::engine::session::Next::Turn(request),
+            None => tenets::engine::session::Next::Done,
         }
     }
     fn finish_turn(
         &mut self,
-        outcome: Result<tenets::engine::batch::TurnOutput, tenets::engine::batch::TurnFailure>,
+        outcome: Result<tenets::engine::session::TurnOutput, tenets::engine::session::TurnFailure>,
     ) -> tokio::sync::oneshot::Receiver<bool> {
         self.results
             .send((self.index, outcome.expect("probe turn")))
             .unwrap();
-        tenets::engine::batch::resolved(true)
+        tenets::engine::session::resolved(true)
     }
 }
 
@@ -295,7 +296,7 @@ impl tenets::engine::batch::Session for ProbeSession {
 #[test]
 fn a_copied_shared_prefix_gives_the_same_probabilities() {
     use tenets::chat::Message;
-    use tenets::engine::{self, batch};
+    use tenets::engine::{self, batch, session};
 
     let system = "You are a careful assistant. Every question about the natural world has two \
                   options: reply (A) for yes or (B) for no, with the letter only.";
@@ -314,7 +315,7 @@ fn a_copied_shared_prefix_gives_the_same_probabilities() {
             let model = engine::load_model(&config).unwrap();
             let chat = engine::chat_template(&model).unwrap();
             let mut ctx = batch::new_context(&model, &config).unwrap();
-            let probe = std::sync::Arc::new(batch::Probe {
+            let probe = std::sync::Arc::new(session::Probe {
                 answers: vec!["A".into(), "B".into()],
                 tokens: tenets::label::AnswerTokens::of(&model).sets(),
             });
@@ -322,7 +323,7 @@ fn a_copied_shared_prefix_gives_the_same_probabilities() {
             let (results_tx, results) = std::sync::mpsc::channel();
             for (index, question) in questions.iter().enumerate() {
                 let session = ProbeSession {
-                    request: Some(batch::TurnRequest {
+                    request: Some(session::TurnRequest {
                         messages: vec![Message::new("system", system), Message::user(*question)],
                         reply_prefix: tenets::label::ANSWER_PREFIX.into(),
                         max_tokens: 1,
@@ -333,17 +334,17 @@ fn a_copied_shared_prefix_gives_the_same_probabilities() {
                     index,
                 };
                 jobs_tx
-                    .try_send(Box::new(session) as Box<dyn batch::Session>)
+                    .try_send(Box::new(session) as Box<dyn session::Session>)
                     .unwrap();
             }
             drop(jobs_tx);
-            let counters = batch::Counters::default();
+            let counters = session::Counters::default();
             batch::run(
                 &model,
                 &chat,
                 &mut ctx,
                 &config,
-                &batch::Sampling::GREEDY,
+                &session::Sampling::GREEDY,
                 jobs,
                 &StopSignal::default(),
                 &counters,

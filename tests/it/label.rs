@@ -76,10 +76,11 @@ async fn labels_are_both_orders_durable_and_resume() {
     assert_eq!(first.failures, 0);
 
     let store = Store::open_existing(&db).await.unwrap();
+    let conn = common::connect(&db).await;
     let rows = sqlx::query(
         "SELECT pair_id, question_id, swapped, mass_a, mass_b, p_a, p_chosen FROM judgments",
     )
-    .fetch_all(store.pool())
+    .fetch_all(&conn)
     .await
     .unwrap();
     let mut by_pair: HashMap<String, Vec<(String, bool, Option<f64>)>> = HashMap::new();
@@ -102,7 +103,7 @@ async fn labels_are_both_orders_durable_and_resume() {
     assert_eq!(by_pair.len(), 6);
     let labels =
         sqlx::query("SELECT pair_id, p_chosen, judgments, order_disagreements FROM labels")
-            .fetch_all(store.pool())
+            .fetch_all(&conn)
             .await
             .unwrap();
     for l in &labels {
@@ -135,14 +136,14 @@ async fn labels_are_both_orders_durable_and_resume() {
     let before: f64 = labels[0].get(1);
     sqlx::query("DELETE FROM labels WHERE pair_id = ?")
         .bind(&pair)
-        .execute(store.pool())
+        .execute(&conn)
         .await
         .unwrap();
     sqlx::query(
         "DELETE FROM judgments WHERE id = (SELECT id FROM judgments WHERE pair_id = ? LIMIT 1)",
     )
     .bind(&pair)
-    .execute(store.pool())
+    .execute(&conn)
     .await
     .unwrap();
     store.close().await;
@@ -151,21 +152,22 @@ async fn labels_are_both_orders_durable_and_resume() {
         .unwrap();
     assert_eq!((resumed.judgments_written, resumed.labels_written), (1, 1));
     let store = Store::open_existing(&db).await.unwrap();
+    let conn = common::connect(&db).await;
     let after: f64 = sqlx::query_scalar("SELECT p_chosen FROM labels WHERE pair_id = ?")
         .bind(&pair)
-        .fetch_one(store.pool())
+        .fetch_one(&conn)
         .await
         .unwrap();
     let parts: Vec<f64> = sqlx::query_scalar("SELECT p_chosen FROM judgments WHERE pair_id = ?")
         .bind(&pair)
-        .fetch_all(store.pool())
+        .fetch_all(&conn)
         .await
         .unwrap();
     assert_eq!(parts.len(), 4);
     assert!((after - parts.iter().sum::<f64>() / 4.0).abs() < 1e-9);
     assert!((after - before).abs() < 0.05, "{before} vs {after}");
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM judgments")
-        .fetch_one(store.pool())
+        .fetch_one(&conn)
         .await
         .unwrap();
     assert_eq!(count, 24);
@@ -299,10 +301,8 @@ async fn label_survives_kill_9() {
         let db = db.clone();
         async move {
             let store = Store::open_existing(&db).await.unwrap();
-            let n: i64 = sqlx::query_scalar(sql)
-                .fetch_one(store.pool())
-                .await
-                .unwrap_or(0);
+            let conn = common::connect(&db).await;
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&conn).await.unwrap_or(0);
             store.close().await;
             n
         }
@@ -356,9 +356,10 @@ async fn chain_of_thought_judgments_keep_their_reasoning_and_are_clamped() {
     let summary = label(&options, StopSignal::default()).await.unwrap();
     assert_eq!((summary.judgments_written, summary.labels_written), (6, 3));
     let store = Store::open_existing(&db).await.unwrap();
+    let conn = common::connect(&db).await;
     let rows =
         sqlx::query("SELECT reasoning, mass_a, mass_b, p_a, p_chosen, swapped FROM judgments")
-            .fetch_all(store.pool())
+            .fetch_all(&conn)
             .await
             .unwrap();
     for r in &rows {
@@ -378,7 +379,7 @@ async fn chain_of_thought_judgments_keep_their_reasoning_and_are_clamped() {
         assert!((pc - want).abs() < 1e-9);
     }
     let cot: i64 = sqlx::query_scalar("SELECT cot_tokens FROM judges")
-        .fetch_one(store.pool())
+        .fetch_one(&conn)
         .await
         .unwrap();
     assert_eq!(cot, 16);
@@ -410,10 +411,11 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
     assert_eq!((again.steps_written, again.already_complete), (0, 3));
 
     let store = Store::open_existing(&db).await.unwrap();
+    let conn = common::connect(&db).await;
     let answers = sqlx::query(
         "SELECT prompt_id, round, seed, output FROM steps WHERE stage = 'answer' ORDER BY prompt_id, round",
     )
-    .fetch_all(store.pool())
+    .fetch_all(&conn)
     .await
     .unwrap();
     assert_eq!(answers.len(), 9);
@@ -433,7 +435,7 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
     }
     let strategies: Vec<String> =
         sqlx::query_scalar("SELECT strategy FROM pairs ORDER BY prompt_id, strategy")
-            .fetch_all(store.pool())
+            .fetch_all(&conn)
             .await
             .unwrap();
     assert_eq!(strategies.len(), 9);
@@ -458,12 +460,13 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
 
     // Rank from the stored labels here and compare with what export chose.
     let store = Store::open_existing(&db).await.unwrap();
+    let conn = common::connect(&db).await;
     let labels = sqlx::query(
         "SELECT pr.prompt_id, c.round, a.round, l.p_chosen FROM labels l \
          JOIN pairs pr ON pr.id = l.pair_id \
          JOIN steps c ON c.id = pr.chosen_step JOIN steps a ON a.id = pr.rejected_step",
     )
-    .fetch_all(store.pool())
+    .fetch_all(&conn)
     .await
     .unwrap();
     let mut scores: HashMap<String, [f64; 3]> = HashMap::new();
@@ -495,19 +498,17 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
         Some(&6)
     );
     for row in &best_worst.rows {
-        let prompt = row["prompt_id"].as_str().unwrap().to_string();
+        let row = row.dpo().expect("a DPO row");
+        let prompt = row.provenance.prompt_id.clone();
         let s = scores[&prompt];
-        let (best, worst) = (
-            row["chosen_sample"].as_i64().unwrap(),
-            row["rejected_sample"].as_i64().unwrap(),
-        );
+        let (best, worst) = (row.chosen_sample.unwrap(), row.rejected_sample.unwrap());
         let top = s.iter().cloned().fold(f64::MIN, f64::max);
         let bottom = s.iter().cloned().fold(f64::MAX, f64::min);
-        assert!((s[best as usize] - top).abs() < 1e-9, "{s:?} {row}");
-        assert!((s[worst as usize] - bottom).abs() < 1e-9, "{s:?} {row}");
-        assert_eq!(row["strategy"], "sampled");
-        assert_eq!(row["samples"], 3);
-        let scored: Vec<f64> = serde_json::from_value(row["sample_scores"].clone()).unwrap();
+        assert!((s[best as usize] - top).abs() < 1e-9, "{s:?} {row:?}");
+        assert!((s[worst as usize] - bottom).abs() < 1e-9, "{s:?} {row:?}");
+        assert_eq!(row.strategy, "sampled");
+        assert_eq!(row.provenance.run.samples, 3);
+        let scored = row.sample_scores.as_ref().unwrap();
         for (a, b) in scored.iter().zip(s.iter()) {
             assert!((a - b).abs() < 1e-9);
         }
@@ -515,7 +516,7 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
         let key = (prompt, best.min(worst), best.max(worst));
         let p = direct[&key];
         let want = if best < worst { p } else { 1.0 - p };
-        assert!((row["p_chosen"].as_f64().unwrap() - want).abs() < 1e-9);
+        assert!((row.p_chosen.unwrap() - want).abs() < 1e-9);
         assert!(want >= 0.5);
     }
     // Every pair, each oriented by its own label.
@@ -528,7 +529,7 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
     assert!(rows
         .rows
         .iter()
-        .all(|r| r["p_chosen"].as_f64().unwrap() >= 0.5));
+        .all(|r| r.dpo().and_then(|r| r.p_chosen).unwrap() >= 0.5));
     // Parquet takes the same rows (sampled columns and all).
     let parquet = dir.path().join("sampled.parquet");
     let written = export::export(&store, Kind::Dpo, Format::Parquet, &all, &parquet)

@@ -139,6 +139,19 @@ fn read(db: &Path, sql: &str) -> Result<Vec<Vec<String>>, sqlx::Error> {
     })
 }
 
+/// A connection of the test's own to a database (the store keeps its connection to itself):
+/// for assertions, and for tests that simulate a crash by removing rows.
+pub async fn connect(db: &Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", db.display()))
+}
+
 /// Runs statements on a database (tests that simulate a crash by removing rows).
 pub fn execute(db: &Path, sql: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
