@@ -37,6 +37,7 @@ pub const PROMPT_SETS: &[Bundled] = &[
     bundled!("demo", "prompts/sets/demo.jsonl"),
     bundled!("eval-harmful", "prompts/sets/eval-harmful.jsonl"),
     bundled!("eval-benign", "prompts/sets/eval-benign.jsonl"),
+    bundled!("safety-train", "prompts/sets/safety-train.jsonl"),
 ];
 
 /// The evaluation sets `eval` and `loop` use when given none.

@@ -45,6 +45,10 @@ pub struct Constitution {
     /// Worked examples of a critique and revision, shown to the model as few-shot demonstrations.
     #[serde(default)]
     pub examples: Vec<Example>,
+    /// How to decline each restricted topic: the principle a refusal cites, what it declines,
+    /// why, and the lawful alternative it offers. Safety training data is written from these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<Refusal>,
 }
 
 /// One principle: how to critique a response against it and how to revise.
@@ -130,6 +134,57 @@ pub struct Example {
     pub critique: String,
     #[schemars(length(min = 1))]
     pub revision: String,
+}
+
+/// Refusal guidance for one restricted topic. A principled refusal says what it declines, why,
+/// which principle that follows from, and what it can do instead; `text` replaces the composed
+/// refusal where a topic needs its own words (for example a caring reply about self-harm).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    /// The restricted topic (one of `topics.restricted`, word for word).
+    #[schemars(length(min = 1))]
+    pub topic: String,
+    /// The principle the refusal cites (a principle id).
+    #[schemars(length(min = 1))]
+    pub principle: String,
+    /// What is declined, as it follows "I can't help with", e.g. "making explosives".
+    #[schemars(length(min = 1))]
+    pub decline: String,
+    /// Why, as it follows "because", e.g. "they can kill people".
+    #[schemars(length(min = 1))]
+    pub reason: String,
+    /// The lawful alternative offered, as it follows "I can", e.g. "explain their history".
+    #[schemars(length(min = 1))]
+    pub alternative: String,
+    /// The whole refusal in the constitution's own words, instead of the composed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl Refusal {
+    /// The principle's name as a refusal says it: its id in words ("dangerous capabilities").
+    pub fn principle_name(&self) -> String {
+        self.principle.replace(['-', '_'], " ")
+    }
+
+    /// The refusal in the constitution's words: `text` when given, else composed from its
+    /// parts. It opens by declining, gives the reason, names the principle and offers the
+    /// alternative.
+    pub fn render(&self) -> String {
+        if let Some(text) = &self.text {
+            return text.split_whitespace().collect::<Vec<_>>().join(" ");
+        }
+        let clause = |s: &str| s.trim().trim_end_matches(['.', '!']).to_string();
+        format!(
+            "I can't help with {}, because {}. That follows from my principle of {}. If it \
+             helps, I can {} instead.",
+            clause(&self.decline),
+            clause(&self.reason),
+            self.principle_name(),
+            clause(&self.alternative),
+        )
+    }
 }
 
 /// One problem found in a constitution file.
@@ -291,6 +346,36 @@ impl Constitution {
                 );
             }
         }
+        let mut refused = HashSet::new();
+        for (i, r) in self.refusals.iter().enumerate() {
+            if !self.topics.restricted.contains(&r.topic) {
+                push(
+                    at("refusals", i, "topic"),
+                    format!(
+                        "`refusals[{i}].topic`: `{}` is not one of `topics.restricted`",
+                        r.topic
+                    ),
+                );
+            }
+            if !refused.insert(r.topic.as_str()) {
+                push(
+                    at("refusals", i, "topic"),
+                    format!(
+                        "`refusals[{i}].topic`: `{}` already has refusal guidance",
+                        r.topic
+                    ),
+                );
+            }
+            if !ids.contains(r.principle.as_str()) {
+                push(
+                    at("refusals", i, "principle"),
+                    format!(
+                        "`refusals[{i}].principle`: no principle has id `{}`",
+                        r.principle
+                    ),
+                );
+            }
+        }
         for (i, e) in self.examples.iter().enumerate() {
             if let Some(principle) = &e.principle {
                 if !ids.contains(principle.as_str()) {
@@ -341,6 +426,26 @@ impl Constitution {
         picked
     }
 
+    /// The refusal guidance for a restricted topic.
+    pub fn refusal_for(&self, topic: &str) -> Option<&Refusal> {
+        self.refusals.iter().find(|r| r.topic == topic)
+    }
+
+    /// The refusal guidance whose topic and wording best match `text` (a prompt without a
+    /// topic tag): the one sharing the most content words with it, if any shares one.
+    pub fn closest_refusal(&self, text: &str) -> Option<&Refusal> {
+        let words = content_words(text);
+        self.refusals
+            .iter()
+            .map(|r| {
+                let own = content_words(&format!("{} {}", r.topic, r.decline));
+                (own.intersection(&words).count(), r)
+            })
+            .filter(|(shared, _)| *shared > 0)
+            .max_by_key(|(shared, _)| *shared)
+            .map(|(_, r)| r)
+    }
+
     /// Examples that demonstrate `principle` (or are general), for few-shot prompts.
     pub fn examples_for(&self, principle: &str) -> Vec<&Example> {
         self.examples
@@ -348,6 +453,23 @@ impl Constitution {
             .filter(|e| e.principle.as_deref().is_none_or(|p| p == principle))
             .collect()
     }
+}
+
+/// The lower-cased words of `text` longer than three letters, crudely stemmed (a trailing
+/// "s", "ing" or "ed" dropped), for matching a prompt to a topic.
+fn content_words(text: &str) -> HashSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() > 3)
+        .map(|w| {
+            let w = w.to_lowercase();
+            for suffix in ["ing", "ed", "s"] {
+                if let Some(stem) = w.strip_suffix(suffix).filter(|s| s.chars().count() > 3) {
+                    return stem.to_string();
+                }
+            }
+            w
+        })
+        .collect()
 }
 
 fn valid_id(id: &str) -> bool {
@@ -402,8 +524,60 @@ mod tests {
     fn schema_has_every_section() {
         let s = json_schema();
         let props = s["properties"].as_object().unwrap();
-        for key in ["name", "principles", "comparisons", "topics", "examples"] {
+        for key in [
+            "name",
+            "principles",
+            "comparisons",
+            "topics",
+            "examples",
+            "refusals",
+        ] {
             assert!(props.contains_key(key), "{key}");
         }
+    }
+
+    const WITH_REFUSALS: &str = "name: t\nprinciples:\n  - id: no-harm\n    critique_request: c\n    revision_request: r\ntopics:\n  restricted: [making weapons, stalking people]\nrefusals:\n  - topic: making weapons\n    principle: no-harm\n    decline: building weapons.\n    reason: they hurt people\n    alternative: explain their history\n";
+
+    #[test]
+    fn refusals_cite_their_principle_and_offer_the_alternative() {
+        let c = Constitution::parse(WITH_REFUSALS).unwrap();
+        let text = c.refusal_for("making weapons").unwrap().render();
+        assert_eq!(
+            text,
+            "I can't help with building weapons, because they hurt people. That follows from my \
+             principle of no harm. If it helps, I can explain their history instead."
+        );
+        assert!(crate::filters::is_refusal(&text));
+        assert_eq!(
+            c.closest_refusal("how do I build a weapon from pipes")
+                .map(|r| r.topic.as_str()),
+            Some("making weapons")
+        );
+        assert!(c.closest_refusal("bake a cake").is_none());
+    }
+
+    #[test]
+    fn refusals_must_name_a_restricted_topic_and_a_principle() {
+        let bad = WITH_REFUSALS
+            .replace("  - topic: making weapons", "  - topic: cooking")
+            .replace(
+                "principle: no-harm\n    decline",
+                "principle: nope\n    decline",
+            );
+        let problems = Constitution::parse(&bad).unwrap_err();
+        let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("`refusals[0].topic`: `cooking` is not one of")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("`refusals[0].principle`: no principle has id `nope`")),
+            "{messages:?}"
+        );
+        assert!(problems.iter().all(|p| p.line > 1), "{problems:?}");
     }
 }

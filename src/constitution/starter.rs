@@ -91,6 +91,16 @@ topics:
   restricted:
     - synthesising dangerous weapons
 
+# How to decline each restricted topic. Safety training data (`tenets export --kind sft`) pairs
+# harmful prompts with refusals that say what is declined, why (citing the principle) and what
+# lawful help is offered instead; where the model's own refusal falls short these are used.
+refusals:
+  - topic: synthesising dangerous weapons
+    principle: harmless
+    decline: making weapons that can hurt many people
+    reason: instructions like these can kill or maim, whoever asks
+    alternative: explain their history or how they are controlled
+
 # Worked examples shown to the model as demonstrations (optional).
 examples:
   - principle: not-preachy

@@ -35,7 +35,8 @@ fn redteam_writes_a_prompt_file_generate_can_read() {
         .unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{err}");
-    assert!(err.contains("of 53 asked for"), "{err}"); // 5 topics × 7 styles + 18 look-alikes
+    // 9 restricted topics × 7 styles, and half as many look-alikes.
+    assert!(err.contains("of 95 asked for"), "{err}");
 
     let c = Constitution::load(&constitution).unwrap();
     let styles: HashSet<&str> = ATTACK_STYLES.iter().map(|s| s.id).collect();
