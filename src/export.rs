@@ -16,14 +16,15 @@
 //! that is null in every row still has its type. Files are written to a temporary name and
 //! renamed into place: an interrupted export leaves nothing half-written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::chat::Message;
+use crate::constitution::{Constitution, Refusal};
 use crate::dataset::Example;
-use crate::filters::{Dropped, PairFilters, SampledPairs};
+use crate::filters::{is_refusal, Dropped, PairFilters, SafetyPairs, SampledPairs};
 use crate::label::rank;
 use crate::store::{RunSettings, Store, StoreError, SAMPLED_PREFIX};
 
@@ -31,7 +32,8 @@ use crate::store::{RunSettings, Store, StoreError, SAMPLED_PREFIX};
 pub enum Kind {
     /// Preference pairs (prompt, chosen, rejected).
     Dpo,
-    /// Supervised conversations ending in the final revision.
+    /// Supervised conversations: harmful prompts end in a principled refusal, others in the
+    /// final revision (or the first answer where the revision is dropped).
     Sft,
 }
 
@@ -126,7 +128,7 @@ pub struct DpoRow {
     pub rejected: Vec<Message>,
     pub chosen_finish: String,
     pub rejected_finish: String,
-    /// `revision` or `sampled`.
+    /// `revision`, `sampled`, or `safety` (the constitution's safety pairs, hard labels).
     pub strategy: String,
     /// p(chosen ≻ rejected) from the latest judge; none before labeling. Not `label`: TRL's own
     /// `label` column is KTO's boolean desirability, and a row with one beside
@@ -145,14 +147,30 @@ pub struct DpoRow {
     pub provenance: Provenance,
 }
 
-/// A supervised conversation ending in the final revision.
+/// A supervised conversation: the prompt and the answer to learn.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SftRow {
     pub messages: Vec<Message>,
-    /// Why the revision ended (`stop`, `length`, `context`).
+    /// Why the answer ended (`stop`, `length`, `context`).
     pub finish: String,
+    /// Where the answer's text came from.
+    pub source: SftSource,
     #[serde(flatten)]
     pub provenance: Provenance,
+}
+
+/// Where an SFT answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SftSource {
+    /// The model's final revision (for a harmful prompt: a refusal that names its principle).
+    Revision,
+    /// The model's first answer, where its revision was dropped (it refused a benign prompt,
+    /// or was cut off) and the answer was not.
+    Answer,
+    /// The constitution's refusal for the prompt's topic, where the model's revision of a
+    /// harmful prompt did not refuse or did not name the principle it follows.
+    Constitution,
 }
 
 /// One exported row: its serde form is the JSONL line.
@@ -227,7 +245,20 @@ struct Candidate {
     judge_id: Option<String>,
     /// The latest judge labeled the pair but answered none of its questions.
     unanswered: bool,
+    /// The constitution's refusal guidance that fits the prompt (its topic tag, else the
+    /// closest by wording): for a harmful prompt the refusal to give, for a benign look-alike
+    /// the needless refusal to avoid. None when the constitution has no refusal guidance.
+    refusal: Option<Refusal>,
+    /// The latest refusal another run (an adapter's, say) gave this prompt: for a benign
+    /// prompt, the needless refusal a model really gave, rejected in its safety pair.
+    refused_elsewhere: Option<String>,
     provenance: Provenance,
+}
+
+impl Candidate {
+    fn harmful(&self) -> bool {
+        self.kind.as_deref() == Some("harmful")
+    }
 }
 
 /// One answer of a pair.
@@ -271,7 +302,14 @@ pub async fn rows(
                 .map(ExportRow::Dpo),
                 Kind::Sft => sft_row(c, filters).map(ExportRow::Sft),
             };
-            push(&mut out, row);
+            if kind == Kind::Sft || filters.safety_pairs != Some(SafetyPairs::Only) {
+                push(&mut out, row);
+            }
+            if kind == Kind::Dpo && filters.safety_pairs.is_some() {
+                if let Some(pair) = safety_pair(c, filters) {
+                    push(&mut out, pair.map(ExportRow::Dpo));
+                }
+            }
             continue;
         }
         // Sampled pairs make DPO rows only (SFT rows are final revisions).
@@ -279,7 +317,8 @@ pub async fn rows(
         let Some(members) = groups.get(&key) else {
             continue;
         };
-        if kind == Kind::Sft || members.first() != Some(&k) {
+        let only_safety = filters.safety_pairs == Some(SafetyPairs::Only);
+        if kind == Kind::Sft || only_safety || members.first() != Some(&k) {
             continue;
         }
         for row in sampled_rows(&candidates, members, filters) {
@@ -360,21 +399,98 @@ fn dpo_row(
     Ok(row)
 }
 
-/// An SFT row: the conversation ending in the revision (its truncation and refusal matter).
+/// An SFT row. A harmful prompt with refusal guidance ends in a principled refusal: the model's
+/// revision when it refuses and names the principle it follows, else the constitution's
+/// refusal. Any other prompt ends in its final revision, or in its first answer where the
+/// filters drop the revision (it refuses a benign prompt, or was cut off) but not the answer.
 fn sft_row(c: &Candidate, filters: &PairFilters) -> Result<SftRow, Dropped> {
-    let benign = c.kind.as_deref() == Some("benign");
-    if let Some(reason) =
-        filters.check([&c.first.finish, "stop"], [&c.first.text, ""], None, benign)
-    {
-        return Err(reason);
+    let row = |answer: &Answer, source| {
+        let mut messages = c.messages.clone();
+        messages.push(Message::assistant(answer.text.clone()));
+        SftRow {
+            messages,
+            finish: answer.finish.clone(),
+            source,
+            provenance: c.provenance.clone(),
+        }
+    };
+    if let Some(guidance) = c.refusal.as_ref().filter(|_| c.harmful()) {
+        if c.first.finish == "stop" && cites(&c.first.text, guidance) {
+            return Ok(row(&c.first, SftSource::Revision));
+        }
+        let refusal = Answer {
+            text: guidance.render(),
+            finish: "stop".into(),
+            round: c.first.round,
+        };
+        return Ok(row(&refusal, SftSource::Constitution));
     }
-    let mut messages = c.messages.clone();
-    messages.push(Message::assistant(c.first.text.clone()));
-    Ok(SftRow {
-        messages,
-        finish: c.first.finish.clone(),
+    let benign = c.kind.as_deref() == Some("benign");
+    let check = |a: &Answer| filters.check([&a.finish, "stop"], [&a.text, ""], None, benign);
+    match check(&c.first) {
+        None => Ok(row(&c.first, SftSource::Revision)),
+        Some(_) if check(&c.second).is_none() => Ok(row(&c.second, SftSource::Answer)),
+        Some(reason) => Err(reason),
+    }
+}
+
+/// The safety pair of a prompt tagged harmful or benign, under the constitution's refusal
+/// guidance, with a hard label: a harmful prompt's principled refusal (as in its SFT row) over
+/// the model's compliance (its first answer, else its revision, whichever does not refuse); a
+/// benign prompt's helpful answer (as in its SFT row) over a needless refusal: one another run
+/// really gave it (on-policy: what a trained adapter over-refuses), else the constitution's
+/// refusal its wording invites.
+fn safety_pair(c: &Candidate, filters: &PairFilters) -> Option<Result<DpoRow, Dropped>> {
+    let refusal = c.refusal.as_ref()?;
+    let (chosen, rejected) = match c.kind.as_deref() {
+        Some("harmful") => {
+            let complied = [&c.second, &c.first]
+                .into_iter()
+                .find(|a| !is_refusal(&a.text))?;
+            (sft_row(c, filters).ok()?, complied.clone())
+        }
+        Some("benign") => {
+            let needless = Answer {
+                text: c
+                    .refused_elsewhere
+                    .clone()
+                    .unwrap_or_else(|| refusal.render()),
+                finish: "stop".into(),
+                round: c.first.round,
+            };
+            match sft_row(c, filters) {
+                Ok(helpful) => (helpful, needless),
+                Err(reason) => return Some(Err(reason)),
+            }
+        }
+        _ => return None,
+    };
+    let text = chosen.messages.last().map(|m| m.content.clone())?;
+    Some(Ok(DpoRow {
+        prompt: c.messages.clone(),
+        chosen: vec![Message::assistant(text)],
+        rejected: vec![Message::assistant(rejected.text)],
+        chosen_finish: chosen.finish,
+        rejected_finish: rejected.finish,
+        strategy: "safety".into(),
+        p_chosen: Some(1.0),
+        weight: Some(1.0),
+        judge_id: None,
+        chosen_is_revision: None,
+        chosen_sample: None,
+        rejected_sample: None,
+        sample_scores: None,
         provenance: c.provenance.clone(),
-    })
+    }))
+}
+
+/// Whether `answer` is a principled refusal under `guidance`: it opens by refusing and names
+/// the principle it follows (by id or in words).
+pub fn cites(answer: &str, guidance: &Refusal) -> bool {
+    let text = answer.to_lowercase();
+    is_refusal(answer)
+        && (text.contains(&guidance.principle.to_lowercase())
+            || text.contains(&guidance.principle_name().to_lowercase()))
 }
 
 /// The rows of one prompt's sampled pairs (`members`, indices into `all`): ranked by their
@@ -450,11 +566,24 @@ fn strategy_name(strategy: &str) -> &str {
 /// Every candidate pair in the store with its answers, latest label and provenance, in a
 /// stable order (run, then prompt file order).
 async fn candidates(store: &Store) -> Result<Vec<Candidate>, ExportError> {
+    let mut constitutions: HashMap<String, Constitution> = HashMap::new();
+    let mut refusals: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (prompt, run, text) in store.answers().await? {
+        if is_refusal(&text) {
+            refusals.entry(prompt).or_default().push((run, text));
+        }
+    }
     store
         .candidate_pairs()
         .await?
         .into_iter()
         .map(|row| {
+            if !constitutions.contains_key(&row.run.run_id) {
+                let c: Constitution = serde_json::from_str(&row.constitution_json)
+                    .map_err(|e| ExportError::Corrupt(format!("run constitution: {e}")))?;
+                constitutions.insert(row.run.run_id.clone(), c);
+            }
+            let constitution = &constitutions[&row.run.run_id];
             let messages: Vec<Message> = serde_json::from_str(&row.messages_json)
                 .map_err(|e| ExportError::Corrupt(format!("prompt messages: {e}")))?;
             let principles: Vec<String> = serde_json::from_str(&row.principles_json)
@@ -470,7 +599,21 @@ async fn candidates(store: &Store) -> Result<Vec<Candidate>, ExportError> {
                 finish,
                 round,
             };
+            let asked = messages.iter().rev().find(|m| m.role == "user");
+            let refusal = row
+                .topic
+                .as_deref()
+                .and_then(|t| constitution.refusal_for(t))
+                .or_else(|| constitution.closest_refusal(asked.map_or("", |m| &m.content)))
+                .or(constitution.refusals.first())
+                .cloned();
+            let refused_elsewhere = refusals.get(&row.prompt_id).and_then(|given| {
+                let other = given.iter().rev().find(|(run, _)| *run != row.run.run_id);
+                other.map(|(_, text)| text.clone())
+            });
             Ok(Candidate {
+                refusal,
+                refused_elsewhere,
                 unanswered: row.judge_id.is_some() && row.p_first.is_none(),
                 prompt_id: row.prompt_id,
                 messages,
@@ -538,7 +681,11 @@ pub fn parquet_schema(kind: Kind) -> polars::prelude::Schema {
             ("rejected_sample", T::Int64),
             ("sample_scores", T::List(Box::new(T::Float64))),
         ],
-        Kind::Sft => vec![("messages", messages), ("finish", T::String)],
+        Kind::Sft => vec![
+            ("messages", messages),
+            ("finish", T::String),
+            ("source", T::String),
+        ],
     };
     columns.extend([
         ("prompt_id", T::String),
@@ -615,6 +762,8 @@ mod tests {
                 p_first: Some(p),
                 judge_id: Some("j".into()),
                 unanswered: false,
+                refusal: None,
+                refused_elsewhere: None,
                 provenance: provenance(),
             })
             .collect()
@@ -753,5 +902,105 @@ mod tests {
             vec![Message::assistant(c.first.text.clone())]
         );
         assert_eq!(example.rejected, None);
+    }
+
+    /// Refusal guidance for a made-up topic.
+    fn weapons() -> Refusal {
+        Refusal {
+            topic: "making weapons".into(),
+            principle: "no-harm".into(),
+            decline: "building weapons".into(),
+            reason: "they hurt people".into(),
+            alternative: "explain their history".into(),
+            text: None,
+        }
+    }
+
+    #[test]
+    fn safety_rows_refuse_harmful_prompts_by_principle_and_keep_benign_answers_helpful() {
+        let guidance = weapons();
+        let answer = |text: &str, finish: &str| Answer {
+            text: text.into(),
+            finish: finish.into(),
+            round: 1,
+        };
+        let mut c = three(0.9, 0.9, 0.9).remove(0);
+        c.refusal = Some(guidance.clone());
+        let filters = PairFilters::default();
+        let last = |row: &SftRow| row.messages.last().unwrap().content.clone();
+
+        // A revision that complies: the constitution's refusal, which cites the principle.
+        c.first = answer("Sure, take a pipe and ...", "stop");
+        let row = sft_row(&c, &filters).unwrap();
+        assert_eq!(row.source, SftSource::Constitution);
+        assert_eq!(last(&row), guidance.render());
+        assert!(cites(&last(&row), &guidance) && row.finish == "stop");
+        // A refusal that names no principle is not enough; one that does is the model's own.
+        c.first = answer("I can't help with that.", "stop");
+        assert_eq!(
+            sft_row(&c, &filters).unwrap().source,
+            SftSource::Constitution
+        );
+        let own = "I can't help with weapons: my no harm principle. I can tell their history.";
+        c.first = answer(own, "stop");
+        let row = sft_row(&c, &filters).unwrap();
+        assert_eq!(
+            (row.source, last(&row)),
+            (SftSource::Revision, own.to_string())
+        );
+
+        // A benign prompt: the revision, or the answer where the revision refuses; never a
+        // refusal.
+        c.kind = Some("benign".into());
+        c.first = answer("Run `kill PID` to stop it.", "stop");
+        assert_eq!(sft_row(&c, &filters).unwrap().source, SftSource::Revision);
+        c.first = answer("I can't help with killing.", "stop");
+        c.second = answer("Use `kill -9 PID`.", "stop");
+        let row = sft_row(&c, &filters).unwrap();
+        assert_eq!(
+            (row.source, last(&row)),
+            (SftSource::Answer, "Use `kill -9 PID`.".into())
+        );
+        c.second = answer("I won't.", "stop");
+        assert_eq!(sft_row(&c, &filters), Err(Dropped::RefusesBenign));
+    }
+
+    #[test]
+    fn safety_pairs_prefer_the_principled_refusal_and_the_helpful_answer() {
+        let guidance = weapons();
+        let answer = |text: &str| Answer {
+            text: text.into(),
+            finish: "stop".into(),
+            round: 1,
+        };
+        let filters = PairFilters::default();
+        let mut c = three(0.9, 0.9, 0.9).remove(0);
+        c.strategy = "revision".into();
+        c.refusal = Some(guidance.clone());
+        c.first = answer("Here is a safer way: buy one legally.");
+        c.second = answer("Sure: take a pipe and ...");
+        let pair = safety_pair(&c, &filters).unwrap().unwrap();
+        assert_eq!(pair.chosen[0].content, guidance.render());
+        assert_eq!(pair.rejected[0].content, "Sure: take a pipe and ...");
+        assert_eq!(
+            (pair.strategy.as_str(), pair.p_chosen),
+            ("safety", Some(1.0))
+        );
+        // Nothing complied: nothing to reject.
+        c.first = answer("I can't help with that.");
+        c.second = answer("I won't.");
+        assert!(safety_pair(&c, &filters).is_none());
+
+        c.kind = Some("benign".into());
+        c.first = answer("Run `kill PID`.");
+        let pair = safety_pair(&c, &filters).unwrap().unwrap();
+        assert_eq!(pair.chosen[0].content, "Run `kill PID`.");
+        assert_eq!(pair.rejected[0].content, guidance.render());
+        // A refusal a model really gave the prompt is the one to reject.
+        c.refused_elsewhere = Some("I can't help with killing.".into());
+        let pair = safety_pair(&c, &filters).unwrap().unwrap();
+        assert_eq!(pair.rejected[0].content, "I can't help with killing.");
+        c.kind = None;
+        assert!(safety_pair(&c, &filters).is_none());
     }
 }

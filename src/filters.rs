@@ -195,6 +195,20 @@ pub struct PairFilters {
     /// their labels: the best against the worst, or every pair, by its label.
     #[arg(long, value_enum, default_value_t = SampledPairs::BestWorst)]
     pub sampled_pairs: SampledPairs,
+    /// Add the constitution's safety pairs (DPO; prompts tagged harmful or benign, hard
+    /// labels): a harmful prompt's principled refusal over the model's compliance, and a benign
+    /// prompt's helpful answer over a needless refusal. `--safety-pairs only` exports nothing else.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "add", value_name = "only")]
+    pub safety_pairs: Option<SafetyPairs>,
+}
+
+/// Whether a DPO export holds the constitution's safety pairs beside its other pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SafetyPairs {
+    /// Beside the revision and sampled pairs.
+    Add,
+    /// Instead of them.
+    Only,
 }
 
 /// Which pairs of a prompt's ranked samples `tenets export` keeps.
@@ -215,6 +229,7 @@ impl Default for PairFilters {
             min_margin: None,
             helpful_ratio: None,
             sampled_pairs: SampledPairs::BestWorst,
+            safety_pairs: None,
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct EvalOptions {
     /// Stop before anything runs if any prompt line is bad.
     #[arg(long)]
     pub strict: bool,
+    /// Training prompt files (repeat the flag), or bundled sets by name: an evaluation prompt
+    /// with the same content hash as one of them stops the run before anything is answered.
+    #[arg(long, value_name = "PROMPTS")]
+    pub trained_on: Vec<PathBuf>,
     #[command(flatten)]
     pub run: RunSettings,
 }
@@ -127,7 +131,7 @@ impl EvalOptions {
     }
 
     /// The prompt files: those given, or the bundled evaluation sets.
-    fn prompt_files(&self) -> Result<Vec<PathBuf>, PipelineError> {
+    pub(crate) fn prompt_files(&self) -> Result<Vec<PathBuf>, PipelineError> {
         if self.prompts.is_empty() {
             return crate::bundled::eval_sets().map_err(|e| {
                 PipelineError::Setting(format!("cannot unpack the bundled evaluation sets: {e}"))
@@ -156,6 +160,49 @@ pub struct EvalSummary {
     pub seconds: f64,
     pub interrupted: bool,
     pub results: Option<EvalResults>,
+}
+
+/// A held-out set must be held out: no evaluation prompt may have the content hash (the same
+/// messages) of a training prompt. The error names the first overlaps by file and line.
+pub(crate) fn check_held_out(
+    held_out: &[prompt::PromptSet],
+    training: &[prompt::PromptSet],
+) -> Result<(), PipelineError> {
+    let trained: std::collections::HashMap<&str, (&Path, usize)> = training
+        .iter()
+        .flat_map(|set| {
+            set.items
+                .iter()
+                .map(|i| (i.id.as_str(), (set.path.as_path(), i.line)))
+        })
+        .collect();
+    let overlaps: Vec<String> = held_out
+        .iter()
+        .flat_map(|set| set.items.iter().map(move |i| (set, i)))
+        .filter_map(|(set, item)| {
+            let (path, line) = trained.get(item.id.as_str())?;
+            Some(format!(
+                "{}:{}: also in the training prompts at {}:{line}",
+                set.path.display(),
+                item.line,
+                path.display()
+            ))
+        })
+        .collect();
+    if overlaps.is_empty() {
+        return Ok(());
+    }
+    Err(PipelineError::Setting(format!(
+        "{} evaluation prompt(s) were trained on, so they measure nothing held out:\n  {}{}",
+        overlaps.len(),
+        overlaps
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  "),
+        if overlaps.len() > 5 { "\n  …" } else { "" }
+    )))
 }
 
 /// Runs (or resumes) an evaluation.
@@ -201,6 +248,14 @@ pub async fn eval_under(
         sets.push(prompt::load(path)?);
     }
     check_prompt_sets(&sets, options.strict)?;
+    let mut trained = Vec::new();
+    for path in &options.trained_on {
+        trained.push(prompt::load(&super::resolve_bundled(
+            path,
+            crate::bundled::PROMPT_SETS,
+        )?)?);
+    }
+    check_held_out(&sets, &trained)?;
     let mut items: Vec<PromptItem> = Vec::new();
     for item in sets.iter().flat_map(|s| s.items.iter()) {
         if !items.iter().any(|i| i.id == item.id) {

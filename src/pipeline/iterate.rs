@@ -173,6 +173,17 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         crate::bundled::PROMPT_SETS,
     )?)?;
     check_prompt_sets(std::slice::from_ref(&prompt_set), false)?;
+    let eval_options = EvalOptions::new(
+        &model,
+        &constitution_path,
+        options.eval_prompts.clone(),
+        &options.db(),
+    );
+    let mut eval_sets = Vec::new();
+    for path in eval_options.prompt_files()? {
+        eval_sets.push(prompt::load(&path)?);
+    }
+    eval::check_held_out(&eval_sets, std::slice::from_ref(&prompt_set))?;
     std::fs::create_dir_all(&options.dir).map_err(|e| {
         PipelineError::Setting(format!("cannot create {}: {e}", options.dir.display()))
     })?;
@@ -261,6 +272,7 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         e.max_tokens = options.eval_max_tokens;
         e.seed = options.seed;
         e.run.quiet = options.run.quiet;
+        e.trained_on = vec![options.prompts.clone()];
         let evaluated = eval::eval_under(&e, &constitution, stop.clone()).await?;
         let Some(results) = evaluated.results else {
             summary.interrupted = true;

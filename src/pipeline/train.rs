@@ -110,6 +110,11 @@ pub struct TrainOptions {
     /// Continue this run from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start from this adapter (GGUF; e.g. an SFT run's) instead of a fresh one: its rank,
+    /// alpha and targets replace --rank, --alpha and --targets, and preference losses measure
+    /// against it (the reference model is the base with this adapter), as DPO after SFT does.
+    #[arg(long, value_name = "ADAPTER")]
+    pub init_adapter: Option<PathBuf>,
     /// With --db: which of its pairs to train on (the filters of `tenets export`).
     #[command(flatten)]
     pub filters: PairFilters,
@@ -264,6 +269,12 @@ pub async fn train(
     // The native model and threads before any database is touched: a model the forward cannot
     // run leaves nothing behind.
     let model = Model::open(&model_path)?;
+    let init = match &options.init_adapter {
+        Some(path) => Some(adapter_gguf::read(&model, path).map_err(|e| {
+            PipelineError::Setting(format!("--init-adapter {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
     let threads = options.model.threads();
     let compute = Compute::new(threads, options.kernel.kernel()).map_err(|e| {
         PipelineError::Train(format!("cannot start {threads} compute threads: {e}"))
@@ -271,6 +282,16 @@ pub async fn train(
     let state = options.state_path();
     let store = Store::open(&state).await?;
     let model_sha256 = store.model_sha256(&model_path).await?;
+    // The adapter a run starts from is part of its reference model: cached reference log-probs
+    // are keyed by both hashes, so they are never mixed with the bare base's.
+    let init_sha256 = match &options.init_adapter {
+        Some(path) => Some(store.model_sha256(path).await?),
+        None => None,
+    };
+    let reference_key = match &init_sha256 {
+        Some(sha) => format!("{model_sha256}+lora:{sha}"),
+        None => model_sha256.clone(),
+    };
 
     let per_step = options.batch * options.grad_accum;
     let total_steps = options.steps.unwrap_or_else(|| {
@@ -316,6 +337,7 @@ pub async fn train(
         "max_grad_norm": options.max_grad_norm,
         "weight_decay": options.weight_decay,
         "seed": options.seed,
+        "init_adapter": init_sha256,
     });
     let data_sha256 = hash::of_json(
         &items
@@ -376,7 +398,8 @@ pub async fn train(
         compute,
         hyper,
         run_id,
-        model_sha256,
+        reference_key,
+        init,
         checkpoint,
         total_steps,
         stop,
@@ -646,7 +669,11 @@ struct Job {
     compute: Compute,
     hyper: Hyper,
     run_id: String,
-    model_sha256: String,
+    /// The reference model's key in the log-prob cache: the base's hash, with the initial
+    /// adapter's when there is one.
+    reference_key: String,
+    /// The adapter the run starts from (and measures against), if any.
+    init: Option<Adapters>,
     checkpoint: Option<(u64, Vec<u8>)>,
     total_steps: u64,
     stop: StopSignal,
@@ -663,7 +690,10 @@ impl Job {
             Loss::Sft => 0,
         };
         let reference_seconds = started.elapsed().as_secs_f64();
-        let adapters = Adapters::new(&self.model, &o.target_list(), o.rank, o.alpha, o.seed);
+        let adapters = match &self.init {
+            Some(init) => init.clone(),
+            None => Adapters::new(&self.model, &o.target_list(), o.rank, o.alpha, o.seed),
+        };
         let mut trainer = Trainer::new(adapters);
         let resumed_from = match &self.checkpoint {
             Some((step, state)) => {
@@ -862,7 +892,7 @@ impl Job {
     fn references(&self, items: &mut [Item]) -> Result<usize, PipelineError> {
         let cached = self
             .handle
-            .block_on(self.store.reference_logps(&self.model_sha256))?;
+            .block_on(self.store.reference_logps(&self.reference_key))?;
         let mut missing = Vec::new();
         for (i, item) in items.iter_mut().enumerate() {
             let (kc, kr) = reference_keys(item);
@@ -879,10 +909,15 @@ impl Job {
             missing.len() as u64,
             "reference pairs",
         );
-        bar.set_message("base model log-probs, computed once");
+        bar.set_message(if self.init.is_some() {
+            "reference (initial adapter) log-probs, computed once"
+        } else {
+            "base model log-probs, computed once"
+        });
         for chunk in missing.chunks(8) {
             let batch: Vec<&Item> = chunk.iter().map(|&i| &items[i]).collect();
-            let logps = trainer::reference_logps(&self.model, &self.compute, &batch)?;
+            let logps =
+                trainer::reference_logps(&self.model, &self.compute, self.init.as_ref(), &batch)?;
             let mut rows = Vec::new();
             for (&i, (c, r)) in chunk.iter().zip(logps) {
                 let item = &mut items[i];
@@ -893,7 +928,7 @@ impl Job {
                 bar.inc(1);
             }
             self.handle
-                .block_on(self.store.put_reference_logps(&self.model_sha256, &rows))?;
+                .block_on(self.store.put_reference_logps(&self.reference_key, &rows))?;
             if self.stop.draining() {
                 bar.abandon();
                 return Err(PipelineError::Train(

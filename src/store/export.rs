@@ -32,7 +32,11 @@ pub struct CandidateRow {
     /// The prompt's messages, as stored (JSON).
     pub messages_json: String,
     pub kind: Option<String>,
+    /// The prompt's topic, when its file gave one.
+    pub topic: Option<String>,
     pub run: RunSettings,
+    /// The run's constitution as it stored it (JSON): its refusal guidance makes safety rows.
+    pub constitution_json: String,
     pub strategy: String,
     /// The pair's first step (the revision; for sampled pairs the lower sample) and second:
     /// (output, finish, round).
@@ -59,7 +63,7 @@ impl Store {
                       WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1), \
                    (SELECT l.judge_id FROM labels l JOIN judges j ON j.id = l.judge_id \
                       WHERE l.pair_id = pr.id ORDER BY j.created_at DESC, j.id LIMIT 1), \
-                   pr.strategy, c.round, a.round, r.samples \
+                   pr.strategy, c.round, a.round, r.samples, p.topic, r.constitution_json \
                    FROM pairs pr \
                    JOIN prompts p ON p.id = pr.prompt_id \
                    JOIN runs r ON r.id = pr.run_id \
@@ -96,7 +100,25 @@ impl Store {
                 p_first: r.get(19),
                 judge_id: r.get(20),
                 strategy: r.get(21),
+                topic: r.get(25),
+                constitution_json: r.get(26),
             })
+            .collect())
+    }
+
+    /// Every first answer in the store — (prompt, run, text) — oldest run first: what other
+    /// runs (an adapter's, say) answered the same prompts.
+    pub async fn answers(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.prompt_id, s.run_id, s.output FROM steps s JOIN runs r ON r.id = s.run_id \
+             WHERE s.stage = 'answer' ORDER BY r.created_at, r.id, s.prompt_id, s.round",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err())?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect())
     }
 }

@@ -109,10 +109,12 @@ impl Item {
 /// past a few hundred rows `dx = dy·W` outgrows the L2 cache.
 pub const FORWARD_ROWS: usize = 256;
 
-/// The base model's answer log-probs for each item: what [`Item::reference`] holds.
+/// The reference model's answer log-probs for each item (the base, with `adapters` when DPO
+/// starts from an earlier adapter): what [`Item::reference`] holds.
 pub fn reference_logps(
     model: &Model,
     compute: &Compute,
+    adapters: Option<&Adapters>,
     items: &[&Item],
 ) -> Result<Vec<(f64, f64)>, ModelError> {
     let mut out = Vec::with_capacity(items.len());
@@ -122,7 +124,7 @@ pub fn reference_logps(
             compute,
             &packed.tokens,
             &packed.layout,
-            None,
+            adapters,
             &packed.predictions,
         )?;
         out.extend(packed.sums(&logps));

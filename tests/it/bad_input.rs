@@ -623,6 +623,24 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             ],
             &["truncated.gguf"],
         ),
+        case(
+            "eval on prompts it was trained on",
+            &[
+                &"eval",
+                &"--constitution",
+                &constitution,
+                &"--prompts",
+                &p("good.jsonl"),
+                &"--trained-on",
+                &p("good.jsonl"),
+                &"--db",
+                &p("e.db"),
+            ],
+            &[
+                "1 evaluation prompt(s) were trained on",
+                "good.jsonl:1: also in the training prompts at",
+            ],
+        ),
     ];
     // A full disk: a 1 MiB tmpfs, where this machine lets a test mount one.
     let small = tempfile::tempdir().unwrap();

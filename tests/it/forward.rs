@@ -687,7 +687,7 @@ fn dpo_steps_learn_a_preference() {
         label: 1.0,
         reference: None,
     };
-    item.reference = Some(trainer::reference_logps(&model, &compute, &[&item]).unwrap()[0]);
+    item.reference = Some(trainer::reference_logps(&model, &compute, None, &[&item]).unwrap()[0]);
     let hyper = Hyper {
         loss: Loss::Preference(Objective::Dpo),
         beta: 0.5,

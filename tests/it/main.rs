@@ -23,6 +23,7 @@ mod llama_ops;
 mod prompt_files;
 mod redteam;
 mod remote;
+mod safer;
 mod scale;
 mod score;
 mod train;
