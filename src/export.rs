@@ -276,7 +276,8 @@ pub async fn rows(
     kind: Kind,
     filters: &PairFilters,
 ) -> Result<ExportRows, ExportError> {
-    let candidates = candidates(store).await?;
+    let safety_pairs = kind == Kind::Dpo && filters.safety_pairs.is_some();
+    let candidates = candidates(store, safety_pairs).await?;
     let mut out = ExportRows::default();
     // A prompt's sampled pairs are ranked together, at the place of the first of them.
     let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
@@ -565,10 +566,17 @@ fn strategy_name(strategy: &str) -> &str {
 
 /// Every candidate pair in the store with its answers, latest label and provenance, in a
 /// stable order (run, then prompt file order).
-async fn candidates(store: &Store) -> Result<Vec<Candidate>, ExportError> {
+/// `other_answers`: also read every run's first answers, for the refusals other runs gave
+/// (only safety pairs use them, and a big database holds many).
+async fn candidates(store: &Store, other_answers: bool) -> Result<Vec<Candidate>, ExportError> {
     let mut constitutions: HashMap<String, Constitution> = HashMap::new();
     let mut refusals: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    for (prompt, run, text) in store.answers().await? {
+    let answers = if other_answers {
+        store.answers().await?
+    } else {
+        Vec::new()
+    };
+    for (prompt, run, text) in answers {
         if is_refusal(&text) {
             refusals.entry(prompt).or_default().push((run, text));
         }
