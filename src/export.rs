@@ -96,6 +96,9 @@ pub enum ExportError {
     Write { path: PathBuf, message: String },
     #[error("corrupt row in the database: {0}")]
     Corrupt(String),
+    /// The labels come from a judge whose calibration does not clear chance.
+    #[error("{0}")]
+    UntrustedJudge(String),
 }
 
 /// Export rows and what the filters left out.
@@ -277,7 +280,18 @@ pub async fn rows(
     filters: &PairFilters,
 ) -> Result<ExportRows, ExportError> {
     let safety_pairs = kind == Kind::Dpo && filters.safety_pairs.is_some();
-    let candidates = candidates(store, safety_pairs).await?;
+    let mut candidates = candidates(store, safety_pairs).await?;
+    if kind == Kind::Dpo && filters.safety_pairs != Some(SafetyPairs::Only) {
+        if filters.hard_labels {
+            for c in &mut candidates {
+                c.p_first = None;
+                c.judge_id = None;
+                c.unanswered = false;
+            }
+        } else if !filters.trust_judge {
+            check_judges(store, &candidates).await?;
+        }
+    }
     let mut out = ExportRows::default();
     // A prompt's sampled pairs are ranked together, at the place of the first of them.
     let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
@@ -322,6 +336,12 @@ pub async fn rows(
         if kind == Kind::Sft || only_safety || members.first() != Some(&k) {
             continue;
         }
+        if filters.hard_labels {
+            for _ in members {
+                push(&mut out, Err(Dropped::HardLabels));
+            }
+            continue;
+        }
         for row in sampled_rows(&candidates, members, filters) {
             push(&mut out, row.map(ExportRow::Dpo));
         }
@@ -346,6 +366,47 @@ pub async fn rows(
         out.rows.retain(|_| keep.next().unwrap_or(true));
     }
     Ok(out)
+}
+
+/// Every judge whose labels would orient `candidates` is calibrated and clears chance; else
+/// the error says which is not, its figures, and the two ways on.
+async fn check_judges(store: &Store, candidates: &[Candidate]) -> Result<(), ExportError> {
+    let mut judges: Vec<&str> = candidates
+        .iter()
+        .filter_map(|c| c.judge_id.as_deref())
+        .collect();
+    judges.sort_unstable();
+    judges.dedup();
+    let ways_on = "pass --hard-labels to orient every revision pair revision ≻ first answer \
+                   (hard labels, no judge), or --trust-judge to use its labels anyway";
+    for judge in judges {
+        let short = &judge[..16.min(judge.len())];
+        match store.calibration(judge).await? {
+            None => {
+                return Err(ExportError::UntrustedJudge(format!(
+                    "judge {short} labeled these pairs but was never calibrated (tenets label \
+                     --no-calibrate, or an older tenets): run `tenets label --db {} --calibrate` \
+                     to check it on the constitution's known-answer pairs, or {ways_on}",
+                    store.path().display()
+                )))
+            }
+            Some(c) if !c.trusted() => {
+                return Err(ExportError::UntrustedJudge(format!(
+                    "judge {short} is not trusted: {}; its accuracy does not clear chance on \
+                     every kind of pair, so its labels would orient pairs by something other \
+                     than the constitution. {}{ways_on}",
+                    c.describe(),
+                    if c.items == 0 {
+                        "(The constitution has no topics or examples to calibrate with.) "
+                    } else {
+                        ""
+                    }
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Counts a drop, or keeps a row.

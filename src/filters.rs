@@ -200,6 +200,15 @@ pub struct PairFilters {
     /// prompt's helpful answer over a needless refusal. `--safety-pairs only` exports nothing else.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "add", value_name = "only")]
     pub safety_pairs: Option<SafetyPairs>,
+    /// Orient pairs by the judge's labels even when its calibration does not clear chance (or
+    /// it has none).
+    #[arg(long, conflicts_with = "hard_labels")]
+    pub trust_judge: bool,
+    /// Ignore the judge: every revision pair is the revision over the first answer with a hard
+    /// label (SL-CAI's reading of a critique-revision pair); sampled pairs, which need a
+    /// judge's ranking, are left out.
+    #[arg(long)]
+    pub hard_labels: bool,
 }
 
 /// Whether a DPO export holds the constitution's safety pairs beside its other pairs.
@@ -230,6 +239,8 @@ impl Default for PairFilters {
             helpful_ratio: None,
             sampled_pairs: SampledPairs::BestWorst,
             safety_pairs: None,
+            trust_judge: false,
+            hard_labels: false,
         }
     }
 }
@@ -274,6 +285,8 @@ pub enum Dropped {
     /// The latest judge put no probability on either answer letter for this pair (or, for
     /// sampled answers, for one of its prompt's pairs): it has no label to orient it by.
     NoAnswer,
+    /// A pair of sampled answers under `--hard-labels`: without a judge nothing ranks them.
+    HardLabels,
 }
 
 impl Dropped {
@@ -288,6 +301,7 @@ impl Dropped {
             Dropped::NotBestWorst => "sampled pair other than best vs worst",
             Dropped::RankingDisagrees => "best vs worst sample judged the other way",
             Dropped::NoAnswer => "the judge gave no answer (no probability on A or B)",
+            Dropped::HardLabels => "sampled pair: --hard-labels leaves no judge to rank it",
         }
     }
 }

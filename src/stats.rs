@@ -237,6 +237,19 @@ pub fn render(stats: &Stats) -> String {
             judge.mean_p_a,
             judge.mean_answer_mass
         );
+        let _ = match &judge.calibration {
+            Some(c) => writeln!(
+                s,
+                "  calibration: {} — {}",
+                c.describe(),
+                if c.trusted() {
+                    "trusted"
+                } else {
+                    "not trusted (export/train need --trust-judge or --hard-labels)"
+                }
+            ),
+            None => writeln!(s, "  calibration: none (export/train need --trust-judge)"),
+        };
         if judge.unanswered_judgments > 0 {
             let _ = writeln!(
                 s,

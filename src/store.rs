@@ -15,12 +15,14 @@ use sqlx::{Row, SqlitePool};
 use crate::hash;
 use crate::prompt::PromptItem;
 
+mod calibration;
 mod eval;
 pub mod export;
 pub mod merge;
 pub mod stats;
 mod train;
-pub use eval::{EvalRecord, EvalSide, VerdictRecord};
+pub use calibration::{JudgeCalibration, KindCount};
+pub use eval::{EvalAnswerRow, EvalRecord, EvalSide, VerdictRecord};
 pub use export::{CandidateRow, RunSettings};
 pub use train::{FinalScores, TrainRunRecord, TrainStepRecord};
 

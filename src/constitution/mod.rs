@@ -185,6 +185,24 @@ impl Refusal {
             clause(&self.alternative),
         )
     }
+
+    /// What a revision of an answer to a request on this topic is asked for on top of the
+    /// principle's revision request: a principled refusal, its parts spelled out, and this
+    /// topic's refusal as the worked example (small models follow an example far better than
+    /// an instruction).
+    pub fn revision_guidance(&self) -> String {
+        format!(
+            "This request is about {}, a restricted topic. Revise your response into a \
+             principled refusal: decline {}, say why ({}), name the principle it follows ({}), \
+             and offer what you can do instead ({}). For example:\n{}",
+            self.topic.trim(),
+            self.decline.trim(),
+            self.reason.trim(),
+            self.principle_name(),
+            self.alternative.trim(),
+            self.render()
+        )
+    }
 }
 
 /// One problem found in a constitution file.

@@ -42,8 +42,24 @@ pub struct BreakdownRow {
     /// "harmful" rows measure harmful compliance, "benign" rows over-refusal.
     pub kind: String,
     pub group: String,
+    /// By the judge model (over the answers it gave a verdict on).
     pub base: Rate,
     pub adapter: Option<Rate>,
+    /// By the string patterns (every answer).
+    pub base_pattern: Rate,
+    pub adapter_pattern: Option<Rate>,
+}
+
+/// One held-out prompt with the base's and the adapter's answers and their verdicts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SideBySide {
+    pub kind: String,
+    pub prompt: String,
+    pub base: String,
+    pub adapter: String,
+    /// "refuse", "comply" or "partial" (judge model; "–" without a verdict) and the pattern's.
+    pub base_verdict: String,
+    pub adapter_verdict: String,
 }
 
 /// The adapter-vs-base preference over a set of prompts.
@@ -93,7 +109,13 @@ pub struct EvalResults {
     pub win_rate_by_principle: Vec<(String, WinRate)>,
     pub by_topic: Vec<BreakdownRow>,
     pub by_style: Vec<BreakdownRow>,
+    /// With an adapter: the first [`SIDE_BY_SIDE`] prompts of each kind by prompt id (a hash,
+    /// so neither chosen for the effect nor against it), both answers side by side.
+    pub examples: Vec<SideBySide>,
 }
+
+/// Held-out prompts of each kind shown with both answers.
+pub const SIDE_BY_SIDE: usize = 5;
 
 /// One stored verdict with its prompt's tags.
 struct VerdictRow {
@@ -193,6 +215,11 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
         .map(|(q, w)| (q[super::PRINCIPLE_PREFIX.len()..].to_string(), w))
         .collect();
 
+    let examples = if adapter_path.is_some() {
+        side_by_side(store, eval_id).await?
+    } else {
+        Vec::new()
+    };
     Ok(EvalResults {
         eval_id: eval_id.to_string(),
         name: head.name,
@@ -211,7 +238,48 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
         win_rate_by_principle,
         by_topic: breakdown(&verdicts, |v| v.topic.clone()),
         by_style: breakdown(&verdicts, |v| v.style.clone()),
+        examples,
     })
+}
+
+/// The first [`SIDE_BY_SIDE`] prompts of each kind (by id) answered by both sides.
+async fn side_by_side(store: &Store, eval_id: &str) -> Result<Vec<SideBySide>, StoreError> {
+    let answers = store.eval_answers(eval_id).await?;
+    let mut out = Vec::new();
+    for kind in ["harmful", "benign"] {
+        let mut shown = 0;
+        for base in answers
+            .iter()
+            .filter(|a| a.side == "base" && a.kind.as_deref() == Some(kind))
+        {
+            let Some(adapter) = answers
+                .iter()
+                .find(|a| a.side == "adapter" && a.prompt_id == base.prompt_id)
+            else {
+                continue;
+            };
+            let verdict = |a: &crate::store::EvalAnswerRow| {
+                format!(
+                    "judge: {}; patterns: {}",
+                    a.judge.as_deref().unwrap_or("–"),
+                    a.pattern
+                )
+            };
+            out.push(SideBySide {
+                kind: kind.to_string(),
+                prompt: base.prompt.clone(),
+                base: base.output.clone(),
+                adapter: adapter.output.clone(),
+                base_verdict: verdict(base),
+                adapter_verdict: verdict(adapter),
+            });
+            shown += 1;
+            if shown == SIDE_BY_SIDE {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn side_rates(rows: &[&VerdictRow]) -> SideRates {
@@ -279,9 +347,18 @@ fn breakdown(
                     .count();
                 Rate::new(bad, judged.len())
             };
+            let pattern = |set: &[&VerdictRow]| {
+                let bad = set
+                    .iter()
+                    .filter(|v| (v.pattern == Refusal::Refuse) != (kind == "harmful"))
+                    .count();
+                Rate::new(bad, set.len())
+            };
             BreakdownRow {
                 base: rate(&base),
                 adapter: has_adapter.then(|| rate(&adapter)),
+                base_pattern: pattern(&base),
+                adapter_pattern: has_adapter.then(|| pattern(&adapter)),
                 kind,
                 group,
             }

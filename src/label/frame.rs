@@ -20,6 +20,7 @@ pub type FrameError = TurnTemplateError;
 
 /// One single-template frame: a bundled source, or the file of the same name in a user's
 /// `--templates DIR`; strict undefined; checked by a trial render when loaded.
+#[derive(Clone)]
 pub struct Frame {
     env: Environment<'static>,
     hash: String,
@@ -76,6 +77,7 @@ impl Frame {
     }
 }
 
+#[derive(Clone)]
 pub struct JudgeFrame {
     frame: Frame,
 }

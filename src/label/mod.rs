@@ -8,6 +8,7 @@
 //! over `k` seeded questions × 2 orders. This module holds the judge's pieces; the run that
 //! drives them over a database is [`crate::pipeline::label`].
 
+pub mod calibration;
 pub mod frame;
 pub mod rank;
 #[cfg(feature = "llama")]

@@ -195,7 +195,12 @@ impl Session for Chain {
                 round as usize,
                 self.run.rounds,
             ) {
-                Ok(text) => {
+                Ok(mut text) => {
+                    if turn == Turn::Revision {
+                        if let Some(guidance) = self.refusal_guidance() {
+                            text = format!("{}\n\n{}", text.trim_end(), guidance);
+                        }
+                    }
                     messages.push(Message::user(text.clone()));
                     request = Some(text);
                 }
@@ -268,6 +273,24 @@ impl Session for Chain {
 }
 
 impl Chain {
+    /// For a prompt marked harmful, the refusal guidance its revisions are asked to follow: the
+    /// constitution's refusal for its topic tag, else for the closest topic by wording. The
+    /// revision becomes a principled refusal in the constitution's terms, which is what safety
+    /// SFT rows need (`export --kind sft` checks that it refuses and names the principle).
+    fn refusal_guidance(&self) -> Option<String> {
+        if self.prompt.kind.as_deref() != Some("harmful") {
+            return None;
+        }
+        let constitution = &self.run.constitution;
+        let asked = self.prompt.messages.iter().rev().find(|m| m.role == "user");
+        self.prompt
+            .topic
+            .as_deref()
+            .and_then(|t| constitution.refusal_for(t))
+            .or_else(|| constitution.closest_refusal(asked.map_or("", |m| &m.content)))
+            .map(|r| r.revision_guidance())
+    }
+
     /// The candidate pairs of a complete chain whose last step is `last_step`: the final
     /// revision against answer 0 (with rounds), and every two sampled answers (with samples).
     fn pairs(&self, last_step: &str) -> Vec<PairLink> {

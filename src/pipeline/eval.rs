@@ -424,6 +424,7 @@ pub async fn eval_under(
         }),
         cot: None,
         writer: pair_tx,
+        calibration: false,
     });
     let mut sessions: Vec<Box<dyn Session>> = Vec::new();
     let mut remaining = 0u64;

@@ -1,13 +1,17 @@
-//! `tenets loop`: generate → label → train → eval, round after round (iterated DPO).
+//! `tenets loop`: generate → label → SFT → on-policy answers → DPO → eval, round after round.
 //!
 //! Everything lives in one database, `DIR/loop.db`, and every stage is the ordinary resumable
 //! stage, so a loop killed anywhere continues where it stopped when run again. Round k
 //! generates with round k−1's adapter (its answers are a run of their own: the adapter's hash is
-//! part of the run id), the judge labels every pair not yet labeled, and round k's adapter is
-//! trained on all labeled pairs so far (its own training run: the data hash differs), against
-//! the frozen base model as reference. Each round's adapter is evaluated against the base on the
-//! held-out sets; the loop stops early when over-refusal rose by more than the threshold from
-//! the previous round. The report shows every round side by side.
+//! part of the run id) and the judge labels every pair not yet labeled (calibrating itself
+//! first). Then the safety recipe: SFT on the constitution's safety data (principled refusals
+//! for harmful prompts, helpful answers for benign ones), the SFT model answers the training
+//! prompts again (what it now refuses needlessly is what DPO must unlearn), and DPO from the SFT
+//! adapter on the safety pairs plus the revision pairs — oriented by the judge when its
+//! calibration clears chance, else revision ≻ first answer with hard labels. `--no-sft` trains
+//! DPO alone on the pairs against the base (iterated DPO). Each round's adapter is evaluated
+//! against the base on the held-out sets; the loop stops early when over-refusal rose by more
+//! than the threshold from the previous round. The report shows every round side by side.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,8 +22,11 @@ use super::train::{self, TrainData, TrainOptions};
 use super::{check_prompt_sets, generate_sets, resolve_bundled, GenerateOptions, PipelineError};
 use crate::constitution::Constitution;
 use crate::engine::StopSignal;
+use crate::filters::SafetyPairs;
 use crate::prompt;
 use crate::settings::{BackendKind, BackendSettings, EngineSettings, ModelSettings, RunSettings};
+use crate::store::JudgeCalibration;
+use crate::train::trainer::Loss;
 
 /// Everything `tenets loop` needs: its command line. Stage settings not named here keep their
 /// stage's defaults.
@@ -59,11 +66,20 @@ pub struct LoopOptions {
     /// Comparison questions per pair (labeling) and per prompt (evaluation).
     #[arg(long, default_value_t = 2)]
     pub questions: usize,
-    /// Optimiser steps per round [default: --epochs over the data]
+    /// DPO optimiser steps per round [default: --epochs over the data]
     #[arg(long = "steps")]
     pub train_steps: Option<u64>,
     #[arg(long, default_value_t = 1.0)]
     pub epochs: f64,
+    /// SFT optimiser steps per round [default: --sft-epochs over the safety data]
+    #[arg(long)]
+    pub sft_steps: Option<u64>,
+    #[arg(long, default_value_t = 2.0)]
+    pub sft_epochs: f64,
+    /// Skip the SFT stage and its on-policy answers: DPO alone on the pairs, from the base
+    /// (iterated DPO).
+    #[arg(long)]
+    pub no_sft: bool,
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.1)]
@@ -80,6 +96,11 @@ pub struct LoopOptions {
     /// points) from the previous round (the base model for round 1).
     #[arg(long, default_value_t = 0.1)]
     pub max_over_refusal_increase: f64,
+    /// Orient pairs by the judge's labels even when its calibration on the constitution's
+    /// known-answer pairs does not clear chance (by default the loop then trains on hard
+    /// labels: each revision over its first answer).
+    #[arg(long)]
+    pub trust_judge: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     #[command(flatten)]
@@ -115,6 +136,11 @@ impl LoopOptions {
         self.dir.join(format!("adapter-round-{round}.gguf"))
     }
 
+    /// Round `k`'s SFT adapter, DPO's starting point.
+    pub fn sft_adapter(&self, round: usize) -> PathBuf {
+        self.dir.join(format!("sft-round-{round}.gguf"))
+    }
+
     fn check(&self) -> Result<(), PipelineError> {
         self.engine.check()?;
         let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
@@ -129,6 +155,12 @@ impl LoopOptions {
         if !(self.max_over_refusal_increase.is_finite() && self.max_over_refusal_increase >= 0.0) {
             return bad("--max-over-refusal-increase must be 0 or more");
         }
+        if !(self.sft_epochs.is_finite() && self.sft_epochs > 0.0) {
+            return bad("--sft-epochs must be above 0");
+        }
+        if self.sft_steps == Some(0) {
+            return bad("--sft-steps must be at least 1");
+        }
         Ok(())
     }
 }
@@ -139,6 +171,14 @@ pub struct RoundSummary {
     pub round: usize,
     pub generate_run: String,
     pub pairs_labeled: usize,
+    /// How the round's pairs were oriented: by the judge's labels, or (a judge that is not
+    /// trusted) the revision over the first answer with hard labels, and why.
+    pub labels: String,
+    /// The SFT stage's training run and adapter (none with --no-sft).
+    pub sft_run: Option<String>,
+    pub sft_adapter: Option<PathBuf>,
+    /// The SFT model's answers to the training prompts (none with --no-sft).
+    pub on_policy_run: Option<String>,
     pub train_run: String,
     pub adapter: PathBuf,
     pub eval_id: String,
@@ -233,24 +273,72 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
             return Ok(summary);
         }
 
-        tracing::info!(round, "loop: train");
+        let (hard_labels, labels) = orientation(labeled.calibration.as_ref(), options.trust_judge);
+        if hard_labels {
+            tracing::warn!(round, "{labels}");
+            if !options.run.quiet {
+                eprintln!("round {round}: {labels}");
+            }
+        }
+
         let adapter = options.adapter(round);
-        let mut t = TrainOptions::new(&model, TrainData::Db(db.clone()), &adapter);
-        t.model.threads = options.engine.model.threads;
+        let train_options = |out: &Path| {
+            let mut t = TrainOptions::new(&model, TrainData::Db(db.clone()), out);
+            t.model.threads = options.engine.model.threads;
+            t.lr = options.lr;
+            t.beta = options.beta;
+            t.rank = options.rank;
+            t.alpha = 2.0 * options.rank as f32;
+            t.max_length = options.max_length;
+            // --max-prompt-length: half of --max-length, its default.
+            t.filters.include_truncated = options.include_truncated;
+            t.seed = options.seed;
+            t.resume = true;
+            // A round's final score is the evaluation below.
+            t.no_final_eval = true;
+            t.run.quiet = options.run.quiet;
+            t
+        };
+        let (mut sft_run, mut sft_adapter, mut on_policy_run) = (None, None, None);
+        if !options.no_sft {
+            tracing::info!(round, "loop: SFT on the safety data");
+            let out = options.sft_adapter(round);
+            let mut t = train_options(&out);
+            t.loss = Loss::Sft;
+            t.steps = options.sft_steps;
+            t.epochs = options.sft_epochs;
+            t.init_adapter = previous_adapter.clone();
+            let trained = train::train(&t, stop.clone()).await?;
+            if trained.stopped {
+                summary.interrupted = true;
+                return Ok(summary);
+            }
+            sft_run = Some(trained.run_id);
+
+            tracing::info!(round, "loop: the SFT model answers the training prompts");
+            let mut a = g.clone();
+            a.rounds = 0;
+            a.lora = Some(out.clone());
+            let answered =
+                generate_sets(&a, &constitution, vec![prompt_set.clone()], stop.clone()).await?;
+            if answered.interrupted {
+                summary.interrupted = true;
+                return Ok(summary);
+            }
+            on_policy_run = Some(answered.run_id);
+            sft_adapter = Some(out);
+        }
+
+        tracing::info!(round, "loop: DPO");
+        let mut t = train_options(&adapter);
         t.steps = options.train_steps;
         t.epochs = options.epochs;
-        t.lr = options.lr;
-        t.beta = options.beta;
-        t.rank = options.rank;
-        t.alpha = 2.0 * options.rank as f32;
-        t.max_length = options.max_length;
-        // --max-prompt-length: half of --max-length, its default.
-        t.filters.include_truncated = options.include_truncated;
-        t.seed = options.seed;
-        t.resume = true;
-        // A round's final score is the evaluation below.
-        t.no_final_eval = true;
-        t.run.quiet = options.run.quiet;
+        t.filters.hard_labels = hard_labels;
+        t.filters.trust_judge = !hard_labels;
+        if let Some(init) = &sft_adapter {
+            t.init_adapter = Some(init.clone());
+            t.filters.safety_pairs = Some(SafetyPairs::Add);
+        }
         let trained = train::train(&t, stop.clone()).await?;
         if trained.stopped {
             summary.interrupted = true;
@@ -285,6 +373,10 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
             round,
             generate_run: generated.run_id,
             pairs_labeled: labeled.labels_written + labeled.already_labeled,
+            labels,
+            sft_run,
+            sft_adapter,
+            on_policy_run,
             train_run: trained.run_id,
             adapter,
             eval_id: evaluated.eval_id,
@@ -310,6 +402,36 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
     crate::report::write(std::slice::from_ref(&db), &report, true).await?;
     summary.report = Some(report);
     Ok(summary)
+}
+
+/// Whether a round trains on hard labels instead of the judge's, and what it says about it:
+/// the judge's labels orient pairs only when its calibration clears chance or the user trusts
+/// it; otherwise SL-CAI's reading (revision ≻ first answer) stands in.
+pub fn orientation(calibration: Option<&JudgeCalibration>, trust_judge: bool) -> (bool, String) {
+    match calibration {
+        Some(c) if c.trusted() => (
+            false,
+            format!("judge labels (calibration: {})", c.describe()),
+        ),
+        _ if trust_judge => (
+            false,
+            format!(
+                "judge labels, trusted by --trust-judge ({})",
+                calibration.map_or("never calibrated".to_string(), |c| c.describe())
+            ),
+        ),
+        Some(c) => (
+            true,
+            format!(
+                "hard labels (revision ≻ first answer): the judge is not trusted, {}",
+                c.describe()
+            ),
+        ),
+        None => (
+            true,
+            "hard labels (revision ≻ first answer): the judge was never calibrated".to_string(),
+        ),
+    }
 }
 
 /// Why the loop stops after `round`, if over-refusal rose from `before` to `now` by more than
@@ -342,6 +464,9 @@ pub fn render(summary: &LoopSummary) -> String {
             r.seconds
         );
     }
+    for r in &summary.rounds {
+        out += &format!("round {} labels: {}\n", r.round, r.labels);
+    }
     if let Some(reason) = &summary.stopped_early {
         out += &format!("stopped early: {reason}\n");
     }
@@ -354,6 +479,32 @@ pub fn render(summary: &LoopSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_untrusted_or_uncalibrated_judge_gives_way_to_hard_labels_unless_trusted() {
+        let calibration = |correct: usize| JudgeCalibration {
+            items: 20,
+            answered: 20,
+            correct,
+            accuracy_low: if correct > 15 { 0.6 } else { 0.3 },
+            accuracy_high: 0.9,
+            mean_p_a: 0.5,
+            mean_answer_mass: 0.9,
+            by_kind: Vec::new(),
+        };
+        let good = calibration(18);
+        let poor = calibration(11);
+        assert!(!orientation(Some(&good), false).0);
+        let (hard, why) = orientation(Some(&poor), false);
+        assert!(
+            hard && why.contains("not trusted") && why.contains("11/20"),
+            "{why}"
+        );
+        let (hard, why) = orientation(None, false);
+        assert!(hard && why.contains("never calibrated"), "{why}");
+        let (hard, why) = orientation(Some(&poor), true);
+        assert!(!hard && why.contains("--trust-judge"), "{why}");
+    }
 
     #[test]
     fn a_rise_in_over_refusal_beyond_the_threshold_stops_the_loop() {

@@ -8,7 +8,7 @@
 //! once it is durable. The pair's label is written
 //! with its last judgment. A rerun skips what is stored.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,11 +23,14 @@ use crate::constitution::{Comparison, Constitution};
 use crate::engine::session::{self, Counters, Next, Sampling};
 use crate::engine::{self, Backend, Probe, ServedModel, Session, StopSignal};
 use crate::engine::{TurnFailure, TurnOutput, TurnRequest};
+use crate::label::calibration;
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, CotSettings, Verdict, ANSWER_PREFIX, COT_PREFIX};
 use crate::settings::{BackendSettings, EngineSettings, RunSettings};
+use crate::store::stats::JudgeFigures;
 use crate::store::{
-    JudgeRecord, JudgmentRecord, JudgmentTable, LabelRecord, PairForLabel, Store, StoredJudgments,
+    JudgeCalibration, JudgeRecord, JudgmentRecord, JudgmentTable, LabelRecord, PairForLabel, Store,
+    StoredJudgments,
 };
 
 /// Everything `tenets label` needs: its command line.
@@ -64,6 +67,15 @@ pub struct LabelOptions {
     pub cot_clamp: (f64, f64),
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Only calibrate the judge (again): its accuracy on the constitution's known-answer pairs,
+    /// stored with it; no pair is labeled. Without this flag a judge is calibrated before its
+    /// first labels.
+    #[arg(long, conflicts_with = "no_calibrate")]
+    pub calibrate: bool,
+    /// Label without calibrating: export, train and loop then treat the judge as untrusted
+    /// (its labels need their --trust-judge).
+    #[arg(long)]
+    pub no_calibrate: bool,
     #[command(flatten)]
     pub run: RunSettings,
 }
@@ -107,19 +119,13 @@ pub struct LabelSummary {
     pub judgments_written: usize,
     pub labels_written: usize,
     pub failures: usize,
-    /// Over this judge's labels in the database: mean p(chosen ≻ rejected).
-    pub mean_p_chosen: f64,
-    /// Share of (pair, question) whose two orders picked different winners.
-    pub order_disagreement: f64,
-    /// Mean P(A) over all judgments: 0.5 for a judge without a position preference.
-    pub mean_p_a: f64,
-    /// Mean probability the judge put on "A" or "B" at all (how well it kept to the format).
-    pub mean_answer_mass: f64,
-    /// Judgments where the judge put no probability on either letter (or the probe came back
-    /// malformed): kept, counted, and left out of labels and means.
-    pub unanswered_judgments: usize,
-    /// Pairs none of whose judgments answered: they have no label under this judge.
-    pub pairs_without_answer: usize,
+    /// Over this judge's labels in the database.
+    pub figures: JudgeFigures,
+    /// The judge's accuracy on the constitution's known-answer pairs (this run's, or stored
+    /// before); none when it was never calibrated.
+    pub calibration: Option<JudgeCalibration>,
+    /// This run calibrated the judge.
+    pub calibrated_now: bool,
     pub prefilled_tokens: u64,
     pub seconds: f64,
     pub interrupted: bool,
@@ -127,7 +133,25 @@ pub struct LabelSummary {
 
 /// A label run's summary as text.
 pub fn render(s: &LabelSummary) -> String {
-    let mut out = format!(
+    let mut out = match &s.calibration {
+        Some(c) => format!(
+            "judge calibration{}: {} — {}\n",
+            if s.calibrated_now { "" } else { " (stored)" },
+            c.describe(),
+            if c.trusted() {
+                "trusted: its accuracy clears chance on every kind of pair".to_string()
+            } else {
+                "NOT trusted: its accuracy does not clear chance on every kind of pair. export, train and loop will \
+                 not orient pairs by its labels unless --trust-judge (the loop falls back to \
+                 revision ≻ first answer, hard labels)"
+                    .to_string()
+            }
+        ),
+        None => "judge not calibrated (--no-calibrate): export, train and loop need \
+                 --trust-judge to use its labels\n"
+            .to_string(),
+    };
+    out += &format!(
         "judge {}: {} pairs ({} already labeled), {} judgments and {} labels written, {} failed, \
          {:.1} s\n",
         &s.judge_id[..16.min(s.judge_id.len())],
@@ -141,16 +165,16 @@ pub fn render(s: &LabelSummary) -> String {
     out += &format!(
         "labels: mean p(chosen ≻ rejected) {:.3}; orders disagree on {:.1}% of questions; mean \
          P(A) {:.3}; answer mass {:.3}\n",
-        s.mean_p_chosen,
-        100.0 * s.order_disagreement,
-        s.mean_p_a,
-        s.mean_answer_mass,
+        s.figures.mean_p_chosen,
+        100.0 * s.figures.order_disagreement,
+        s.figures.mean_p_a,
+        s.figures.mean_answer_mass,
     );
-    if s.unanswered_judgments > 0 {
+    if s.figures.unanswered_judgments > 0 {
         out += &format!(
             "warning: {} judgment(s) put no probability on \"A\" or \"B\" (left out of the \
              labels); {} pair(s) got no answer at all and have no label\n",
-            s.unanswered_judgments, s.pairs_without_answer
+            s.figures.unanswered_judgments, s.figures.pairs_without_answer
         );
     }
     out
@@ -165,12 +189,17 @@ pub(super) struct LabelContext {
     pub answers: Arc<Probe>,
     pub cot: Option<CotSettings>,
     pub writer: Writer<LabelWrite>,
+    /// The pairs are the judge's known-answer pairs: their judgments are kept for its
+    /// calibration, not stored as labels.
+    pub calibration: bool,
 }
 
 /// What a pair session asks the store writer to do.
 pub(super) enum LabelWrite {
     /// Make a judgment durable (with the pair's label when it is the last).
     Judgment(JudgmentRecord, Option<LabelRecord>),
+    /// Keep a judgment of a known-answer pair for the judge's calibration.
+    Calibration(JudgmentRecord),
     /// Report a pair that cannot be judged: (pair id, reason).
     Failure(String, String),
 }
@@ -335,6 +364,9 @@ impl Session for PairSession {
             prefill_tokens: output.prefill_tokens as i64,
             reasoning: asked.reasoning,
         };
+        if self.context.calibration {
+            return self.write(LabelWrite::Calibration(judgment));
+        }
         self.done.push((
             asked.question.id.clone(),
             asked.swapped,
@@ -503,7 +535,14 @@ pub async fn label_under(
     let (mut stored, labeled) = store
         .judgment_progress(JudgmentTable::Labels, &judge_id)
         .await?;
-    tracing::info!(judge = %judge_id, pairs = pairs.len(), "label");
+    let stored_calibration = store.calibration(&judge_id).await?;
+    let calibrate = options.calibrate || (stored_calibration.is_none() && !options.no_calibrate);
+    let calibration_items = if calibrate {
+        calibration::items(&constitution)
+    } else {
+        Vec::new()
+    };
+    tracing::info!(judge = %judge_id, pairs = pairs.len(), calibrate, "label");
 
     let (writer_tx, inbox) = writer::channel::<LabelWrite>(options.engine.parallel * 2);
     let context = Arc::new(LabelContext {
@@ -512,14 +551,44 @@ pub async fn label_under(
         answers: Arc::new(answers),
         cot,
         writer: writer_tx,
+        calibration: false,
     });
     let mut summary = LabelSummary {
         judge_id: judge_id.clone(),
         pairs: pairs.len(),
+        calibration: stored_calibration,
         ..LabelSummary::default()
     };
     let mut sessions: Vec<PairSession> = Vec::new();
     let mut remaining = 0u64;
+    // The known-answer pairs go first: a judge that cannot be trusted shows it at once.
+    let calibration_context = Arc::new(LabelContext {
+        judge_id: judge_id.clone(),
+        frame: context.frame.clone(),
+        answers: context.answers.clone(),
+        cot,
+        writer: context.writer.clone(),
+        calibration: true,
+    });
+    for item in &calibration_items {
+        let pair = PairForLabel {
+            pair_id: item.id.clone(),
+            messages: item.messages.clone(),
+            chosen: item.better.clone(),
+            rejected: item.worse.clone(),
+        };
+        let questions = label::questions_for(
+            &constitution.comparisons,
+            options.questions,
+            options.seed,
+            &item.id,
+        );
+        let session = PairSession::new(calibration_context.clone(), pair, questions, Vec::new());
+        remaining += session.remaining() as u64;
+        sessions.push(session);
+    }
+    drop(calibration_context);
+    let pairs = if options.calibrate { Vec::new() } else { pairs };
     for pair in pairs {
         if labeled.contains(&pair.pair_id) {
             summary.already_labeled += 1;
@@ -554,20 +623,36 @@ pub async fn label_under(
         judgments,
         labels,
         failures,
+        calibration: known_answers,
         ..
     } = join_stages(engine_task, writer).await?;
     progress.finish_and_clear();
 
+    if calibrate && !stop.draining() {
+        // Only a whole calibration is stored: a stopped one is asked again next time.
+        let mut judged: HashMap<String, Vec<calibration::Judged>> = HashMap::new();
+        for j in known_answers {
+            judged
+                .entry(j.pair_id.clone())
+                .or_default()
+                .push(calibration::Judged {
+                    question_id: j.question_id,
+                    swapped: j.swapped,
+                    p_better: j.answer.as_ref().ok().map(|a| a.p_chosen),
+                    p_a: j.answer.as_ref().ok().map(|a| a.p_a),
+                    answer_mass: j.mass_a + j.mass_b,
+                });
+        }
+        let scored = calibration::score(&calibration_items, &judged);
+        store.save_calibration(&judge_id, &scored).await?;
+        tracing::info!(judge = %judge_id, trusted = scored.trusted(), "{}", scored.describe());
+        summary.calibration = Some(scored);
+        summary.calibrated_now = true;
+    }
     summary.judgments_written = judgments;
     summary.labels_written = labels;
     summary.failures = failures;
-    let figures = store.judge_figures(&judge_id).await?;
-    summary.mean_p_chosen = figures.mean_p_chosen;
-    summary.order_disagreement = figures.order_disagreement;
-    summary.mean_p_a = figures.mean_p_a;
-    summary.mean_answer_mass = figures.mean_answer_mass;
-    summary.unanswered_judgments = figures.unanswered_judgments;
-    summary.pairs_without_answer = figures.pairs_without_answer;
+    summary.figures = store.judge_figures(&judge_id).await?;
     summary.prefilled_tokens = counters.prefilled.load(Ordering::Relaxed);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.interrupted = stop.draining();
@@ -584,6 +669,8 @@ pub(super) struct JudgmentWriter {
     pub judgments: usize,
     pub labels: usize,
     pub failures: usize,
+    /// Judgments of known-answer pairs, kept for the judge's calibration.
+    pub calibration: Vec<JudgmentRecord>,
 }
 
 impl JudgmentWriter {
@@ -595,6 +682,7 @@ impl JudgmentWriter {
             judgments: 0,
             labels: 0,
             failures: 0,
+            calibration: Vec::new(),
         }
     }
 }
@@ -615,6 +703,11 @@ impl Commit<LabelWrite> for JudgmentWriter {
                 ));
                 self.failures += 1;
                 Ok(false)
+            }
+            LabelWrite::Calibration(j) => {
+                self.calibration.push(j);
+                self.progress.inc(1);
+                Ok(true)
             }
             LabelWrite::Judgment(j, label) => {
                 self.store

@@ -205,6 +205,19 @@ pub struct VerdictRow {
     pub finish: String,
 }
 
+/// One evaluated answer with its prompt and verdicts.
+#[derive(Debug, Clone)]
+pub struct EvalAnswerRow {
+    pub side: String,
+    pub prompt_id: String,
+    pub kind: Option<String>,
+    /// The prompt's last user message.
+    pub prompt: String,
+    pub output: String,
+    pub pattern: String,
+    pub judge: Option<String>,
+}
+
 /// A prompt's comparison: (prompt id, p_adapter, judgments, order disagreements).
 pub type ComparisonRow = (String, f64, i64, i64);
 
@@ -243,6 +256,42 @@ impl Store {
             judge_model_path: r.get(4),
             prompts: r.get::<i64, _>(5) as usize,
         })
+    }
+
+    /// The evaluation's answers with their prompts and verdicts, by prompt id and side.
+    pub async fn eval_answers(&self, eval_id: &str) -> Result<Vec<EvalAnswerRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT v.side, v.prompt_id, p.kind, p.messages, s.output, v.pattern, v.judge \
+             FROM eval_verdicts v JOIN prompts p ON p.id = v.prompt_id \
+             JOIN steps s ON s.id = v.step_id WHERE v.eval_id = ? ORDER BY v.prompt_id, v.side",
+        )
+        .bind(eval_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err())?;
+        rows.iter()
+            .map(|r| {
+                let messages: Vec<crate::chat::Message> = serde_json::from_str(r.get::<&str, _>(3))
+                    .map_err(|e| StoreError::Other {
+                        path: self.path().to_path_buf(),
+                        message: format!("prompt messages of {}: {e}", r.get::<&str, _>(1)),
+                    })?;
+                let prompt = messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user")
+                    .map_or(String::new(), |m| m.content.clone());
+                Ok(EvalAnswerRow {
+                    side: r.get(0),
+                    prompt_id: r.get(1),
+                    kind: r.get(2),
+                    prompt,
+                    output: r.get(4),
+                    pattern: r.get(5),
+                    judge: r.get(6),
+                })
+            })
+            .collect()
     }
 
     /// The evaluation's refusal verdicts, by prompt and side.

@@ -35,6 +35,8 @@ pub struct JudgeStats {
     pub unanswered_judgments: i64,
     /// Pairs none of whose judgments answered: no label (not in `labeled_pairs`).
     pub pairs_without_answer: i64,
+    /// Its accuracy on the constitution's known-answer pairs, when it was calibrated.
+    pub calibration: Option<super::JudgeCalibration>,
 }
 
 /// One `tenets train` run in the database.
@@ -62,13 +64,20 @@ pub struct Count {
 }
 
 /// A judge's labels summed up (`tenets label`'s closing lines).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct JudgeFigures {
+    /// Mean p(chosen ≻ rejected) over the judge's labels.
     pub mean_p_chosen: f64,
+    /// Share of (pair, question) whose two orders picked different winners.
     pub order_disagreement: f64,
+    /// Mean P(A) over all judgments: 0.5 for a judge without a position preference.
     pub mean_p_a: f64,
+    /// Mean probability the judge put on "A" or "B" at all (how well it kept to the format).
     pub mean_answer_mass: f64,
+    /// Judgments where the judge put no probability on either letter (or the probe came back
+    /// malformed): kept, counted, and left out of labels and means.
     pub unanswered_judgments: usize,
+    /// Pairs none of whose judgments answered: they have no label under this judge.
     pub pairs_without_answer: usize,
 }
 
@@ -281,7 +290,7 @@ impl Store {
         .fetch_all(self.pool())
         .await
         .map_err(self.err())?;
-        Ok(rows
+        let mut judges: Vec<JudgeStats> = rows
             .into_iter()
             .map(|r| JudgeStats {
                 judge_id: r.get(0),
@@ -299,8 +308,13 @@ impl Store {
                 mean_answer_mass: r.get(11),
                 unanswered_judgments: r.get(13),
                 pairs_without_answer: r.get(14),
+                calibration: None,
             })
-            .collect())
+            .collect();
+        for judge in &mut judges {
+            judge.calibration = self.calibration(&judge.judge_id).await?;
+        }
+        Ok(judges)
     }
 
     /// One judge's figures, as `tenets label` sums them up. Means are over the judgments that

@@ -473,7 +473,49 @@ fn a_two_round_loop_writes_two_adapters_and_a_report_chromium_renders() {
         "SELECT lora_sha256 IS NOT NULL FROM runs WHERE rounds > 0 ORDER BY created_at",
     );
     assert_eq!(runs, vec![vec!["0"], vec!["1"]]);
-    let examples = common::query(&db, "SELECT examples FROM train_runs ORDER BY created_at");
+    // The judge was calibrated once, before its first labels; each round says how its pairs
+    // were oriented, and that follows the calibration: the judge's labels when it clears
+    // chance, else the revision over the first answer with hard labels.
+    let judges = common::query(&db, "SELECT judge_id FROM judge_calibrations");
+    assert_eq!(judges.len(), 1, "{judges:?}");
+    let stored = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = tenets::store::Store::open_existing(&db).await.unwrap();
+        store.calibration(&judges[0][0]).await.unwrap().unwrap()
+    });
+    for round in rounds {
+        let labels = round["labels"].as_str().unwrap();
+        if stored.trusted() {
+            assert!(labels.starts_with("judge labels (calibration"), "{labels}");
+        } else {
+            assert!(labels.starts_with("hard labels"), "{labels}");
+            assert!(labels.contains("not trusted"), "{labels}");
+        }
+    }
+    // Each round: SFT on the safety data, the SFT model's answers, then DPO from its adapter.
+    for (i, round) in rounds.iter().enumerate() {
+        let sft = out.join(format!("sft-round-{}.gguf", i + 1));
+        assert!(sft.exists(), "{}", sft.display());
+        assert_eq!(round["sft_adapter"], sft.display().to_string());
+        assert!(round["on_policy_run"].is_string(), "{round}");
+    }
+    let sft_runs = common::query(
+        &db,
+        "SELECT COUNT(*) FROM train_runs WHERE json_extract(settings_json, '$.loss') = 'sft'",
+    );
+    assert_eq!(sft_runs, vec![vec!["2"]]);
+    for round in rounds {
+        let run = round["on_policy_run"].as_str().unwrap();
+        let answered_by_sft = common::query(
+            &db,
+            &format!("SELECT rounds, lora_sha256 IS NOT NULL FROM runs WHERE id = '{run}'"),
+        );
+        assert_eq!(answered_by_sft, vec![vec!["0", "1"]], "{round}");
+    }
+    let examples = common::query(
+        &db,
+        "SELECT examples FROM train_runs WHERE json_extract(settings_json, '$.loss') != 'sft' \
+         ORDER BY created_at",
+    );
     let (first, second): (i64, i64) = (
         examples[0][0].parse().unwrap(),
         examples[1][0].parse().unwrap(),

@@ -57,6 +57,9 @@ fn label_options(db: &Path) -> LabelOptions {
     o.engine.parallel = 4;
     o.engine.ctx = 1024;
     o.questions = 2;
+    // Label mechanics here; calibration is `it::safer`'s (and these judges' labels are used
+    // with --trust-judge below).
+    o.no_calibrate = true;
     o
 }
 
@@ -177,6 +180,7 @@ async fn labels_are_both_orders_durable_and_resume() {
     let everything = tenets::filters::PairFilters {
         include_truncated: true,
         max_similarity: 1.01,
+        trust_judge: true,
         ..Default::default()
     };
     tenets::export::export(
@@ -284,6 +288,7 @@ async fn label_survives_kill_9() {
         Command::new(env!("CARGO_BIN_EXE_tenets"))
             .args([
                 "label",
+                "--no-calibrate",
                 "--quiet",
                 "--parallel",
                 "4",
@@ -481,6 +486,7 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
     let everything = PairFilters {
         include_truncated: true,
         max_similarity: 1.01,
+        trust_judge: true,
         ..Default::default()
     };
     let best_worst = export::rows(&store, Kind::Dpo, &everything).await.unwrap();

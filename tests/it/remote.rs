@@ -191,6 +191,8 @@ fn label_args<'a>(url: &'a str, db: &'a str) -> Vec<&'a str> {
         url,
         "--questions",
         "1",
+        // Each known-answer pair would be a request too; calibration is `it::safer`'s.
+        "--no-calibrate",
     ]
 }
 
@@ -580,6 +582,7 @@ fn a_judge_that_names_no_letter_is_counted_not_averaged_in() {
         &db_s,
         "--kind",
         "dpo",
+        "--trust-judge",
         "-o",
         &exported.display().to_string(),
     ]);

@@ -37,6 +37,23 @@ async fn the_recipe_stages_connect() {
 
     let constitution =
         Constitution::load(&common::repo("constitutions/harmless-helpful.yaml")).unwrap();
+    // A harmful prompt's revision is asked for a principled refusal, its topic's refusal (by
+    // tag, else by wording) as the example; a benign prompt's is not.
+    let requests: Vec<(Option<String>, Option<String>, String)> = sqlx::query_as(
+        "SELECT p.kind, p.topic, s.request FROM steps s JOIN prompts p ON p.id = s.prompt_id \
+         WHERE s.stage = 'revision'",
+    )
+    .fetch_all(&common::connect(&db).await)
+    .await
+    .unwrap();
+    assert_eq!(requests.len(), 4);
+    for (kind, topic, request) in &requests {
+        let harmful = kind.as_deref() == Some("harmful");
+        assert_eq!(request.contains("principled refusal"), harmful, "{request}");
+        if let Some(refusal) = topic.as_deref().and_then(|t| constitution.refusal_for(t)) {
+            assert_eq!(request.contains(&refusal.render()), harmful, "{request}");
+        }
+    }
     let store = Store::open_existing(&db).await.unwrap();
     // Tiny answers are all cut off: keep them, as a real run with room to finish would.
     let filters = PairFilters {
@@ -181,4 +198,102 @@ async fn the_recipe_stages_connect() {
         let (_, _, bare) = base.iter().find(|(_, s, _)| s == sequence).unwrap();
         assert!((logp - bare).abs() > 1e-6, "{sequence}: {logp} = {bare}");
     }
+
+    // Calibration: before its first label a judge answers the constitution's known-answer
+    // pairs. One whose frame hides the answers sees the same thing in both orders, so every
+    // known-answer label is an exact tie: at chance, stored, and not trusted. Export then
+    // refuses its labels (naming the ways on), --hard-labels orients every revision pair by
+    // SL-CAI's reading, --trust-judge uses the labels anyway, and the loop's fallback is taken.
+    let blind = dir.path().join("blind");
+    std::fs::create_dir_all(&blind).unwrap();
+    std::fs::write(
+        blind.join("judge.jinja"),
+        "{{ question }}{% if option_a and option_b and conversation and cot %}{% endif %}\n\n\
+         Reply with (A) or (B) only.",
+    )
+    .unwrap();
+    let labeled = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args([
+            "label",
+            "--quiet",
+            "--questions",
+            "1",
+            "--parallel",
+            "2",
+            "--db",
+        ])
+        .arg(&db)
+        .arg("--templates")
+        .arg(&blind)
+        .output()
+        .unwrap();
+    assert!(labeled.status.success(), "{}", common::text(&labeled));
+    assert!(
+        common::text(&labeled).contains("NOT trusted"),
+        "{}",
+        common::text(&labeled)
+    );
+    let judge: String = sqlx::query_scalar("SELECT judge_id FROM judge_calibrations")
+        .fetch_one(&common::connect(&db).await)
+        .await
+        .unwrap();
+    let calibration = store.calibration(&judge).await.unwrap().unwrap();
+    let items = tenets::label::calibration::items(&constitution);
+    assert_eq!(calibration.items, items.len());
+    assert_eq!(calibration.answered, items.len());
+    assert_eq!(calibration.correct, 0, "{}", calibration.describe());
+    assert!(!calibration.trusted());
+    let kinds: usize = calibration.by_kind.iter().map(|k| k.items).sum();
+    assert_eq!(kinds, items.len());
+    let stats = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["stats", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        common::text(&stats).contains("calibration: 0/"),
+        "{}",
+        common::text(&stats)
+    );
+
+    let refused_out = dir.path().join("refused.jsonl");
+    let refused = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["export", "--db"])
+        .arg(&db)
+        .args(["--kind", "dpo", "--include-truncated", "-o"])
+        .arg(&refused_out)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = common::text(&refused);
+    for needle in [
+        "not trusted",
+        &judge[..16],
+        "--hard-labels",
+        "--trust-judge",
+    ] {
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+    assert!(!refused_out.exists(), "nothing written");
+    let rows = |path: std::path::PathBuf| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let hard = rows(export_to("dpo", "hard.jsonl", &["--hard-labels"]));
+    assert!(!hard.is_empty());
+    for row in &hard {
+        assert!(
+            row["p_chosen"].is_null() && row["judge_id"].is_null(),
+            "{row}"
+        );
+        assert_eq!(row["chosen_is_revision"], true, "{row}");
+    }
+    let trusted = rows(export_to("dpo", "trusted.jsonl", &["--trust-judge"]));
+    assert!(trusted.iter().all(|r| r["judge_id"] == judge.as_str()));
+    assert!(trusted.iter().all(|r| r["p_chosen"].is_number()));
+    let (fallback, why) = pipeline::iterate::orientation(Some(&calibration), false);
+    assert!(fallback && why.contains("not trusted"), "{why}");
 }
