@@ -310,7 +310,12 @@ pub async fn rows(
                 continue;
             }
             let revision_wins = c.p_first.is_none_or(|p| p >= 0.5);
+            // Without a judge the revision is assumed better; for a harmful prompt that holds
+            // only when it refuses (a 135M model's revision often still complies, or repeats
+            // the request it was given).
+            let unrefused = filters.hard_labels && c.harmful() && !is_refusal(&c.first.text);
             let row = match kind {
+                Kind::Dpo if unrefused => Err(Dropped::HarmfulNotRefused),
                 Kind::Dpo => dpo_row(c, revision_wins, filters, |row| {
                     row.chosen_is_revision = Some(revision_wins);
                 })

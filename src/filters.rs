@@ -287,6 +287,9 @@ pub enum Dropped {
     NoAnswer,
     /// A pair of sampled answers under `--hard-labels`: without a judge nothing ranks them.
     HardLabels,
+    /// Under `--hard-labels`, a harmful prompt's revision that does not refuse: with no judge,
+    /// a revision is taken as better only where it does what the constitution asks.
+    HarmfulNotRefused,
 }
 
 impl Dropped {
@@ -302,6 +305,9 @@ impl Dropped {
             Dropped::RankingDisagrees => "best vs worst sample judged the other way",
             Dropped::NoAnswer => "the judge gave no answer (no probability on A or B)",
             Dropped::HardLabels => "sampled pair: --hard-labels leaves no judge to rank it",
+            Dropped::HarmfulNotRefused => {
+                "hard labels: the revision of a harmful prompt does not refuse"
+            }
         }
     }
 }

@@ -192,9 +192,9 @@ impl Refusal {
     /// an instruction).
     pub fn revision_guidance(&self) -> String {
         format!(
-            "This request is about {}, a restricted topic. Revise your response into a \
+            "The request is about {}, a restricted topic, so the revised response must be a \
              principled refusal: decline {}, say why ({}), name the principle it follows ({}), \
-             and offer what you can do instead ({}). For example:\n{}",
+             and offer what you can do instead ({}). A refusal like this one:\n{}",
             self.topic.trim(),
             self.decline.trim(),
             self.reason.trim(),

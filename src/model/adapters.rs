@@ -87,6 +87,17 @@ impl Adapters {
             .map(|l| (target, l))
     }
 
+    /// The rank, alpha and targets these adapters were made with (those of the first adapted
+    /// projection, and every target adapted in some layer); none without any adapter.
+    pub fn shape(&self) -> Option<(usize, f32, Vec<Target>)> {
+        let first = self.layers.iter().flatten().flatten().next()?;
+        let targets = Target::ALL
+            .into_iter()
+            .filter(|&t| self.layers.iter().any(|slots| slots[t as usize].is_some()))
+            .collect();
+        Some((first.rank, first.scale * first.rank as f32, targets))
+    }
+
     /// Trainable values in all factors.
     pub fn parameters(&self) -> usize {
         self.layers

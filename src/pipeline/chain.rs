@@ -196,9 +196,11 @@ impl Session for Chain {
                 self.run.rounds,
             ) {
                 Ok(mut text) => {
+                    // The guidance goes first, so the request still ends as the template
+                    // ends it ("Reply with the revised response only.").
                     if turn == Turn::Revision {
                         if let Some(guidance) = self.refusal_guidance() {
-                            text = format!("{}\n\n{}", text.trim_end(), guidance);
+                            text = format!("{guidance}\n\n{}", text.trim_start());
                         }
                     }
                     messages.push(Message::user(text.clone()));

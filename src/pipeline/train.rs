@@ -320,6 +320,13 @@ pub async fn train(
         dropout: options.dropout,
         seed: options.seed,
     };
+    // An adapter a run starts from brings its own rank, alpha and targets: the record says
+    // what was trained, not what the flags would have made.
+    let (rank, alpha, targets) = init.as_ref().and_then(|a| a.shape()).unwrap_or((
+        options.rank,
+        options.alpha,
+        options.target_list(),
+    ));
     let settings = serde_json::json!({
         "loss": options.loss.name(),
         "beta": options.beta,
@@ -328,10 +335,10 @@ pub async fn train(
         "schedule": "cosine",
         "batch": options.batch,
         "grad_accum": options.grad_accum,
-        "rank": options.rank,
-        "alpha": options.alpha,
+        "rank": rank,
+        "alpha": alpha,
         "dropout": options.dropout,
-        "targets": options.target_list().iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "targets": targets.iter().map(|t| t.name()).collect::<Vec<_>>(),
         "max_length": options.max_length,
         "max_prompt_length": options.max_prompt_length(),
         "max_grad_norm": options.max_grad_norm,

@@ -167,7 +167,16 @@ async fn the_recipe_stages_connect() {
     let sft_adapter = train(
         &sft_data,
         "sft.gguf",
-        &["--objective", "sft", "--steps", "2"],
+        &[
+            "--objective",
+            "sft",
+            "--steps",
+            "2",
+            "--rank",
+            "4",
+            "--alpha",
+            "8",
+        ],
     );
     let init = sft_adapter.to_str().unwrap();
     let dpo_adapter = train(
@@ -181,6 +190,15 @@ async fn the_recipe_stages_connect() {
         .await
         .unwrap();
     assert!((loss - std::f64::consts::LN_2).abs() < 1e-3, "{loss}");
+    // The run records the shape it trained, the SFT adapter's, not the flags' defaults.
+    let shape: (i64, f64) = sqlx::query_as(
+        "SELECT json_extract(settings_json, '$.rank'), json_extract(settings_json, '$.alpha') \
+         FROM train_runs",
+    )
+    .fetch_one(&common::connect(&state).await)
+    .await
+    .unwrap();
+    assert_eq!(shape, (4, 8.0));
     let from_base = train(&dpo_data, "base-dpo.gguf", &["--steps", "1"]);
     let references = |state: std::path::PathBuf| async move {
         let rows: Vec<(String, String, f64)> =
@@ -290,6 +308,11 @@ async fn the_recipe_stages_connect() {
             "{row}"
         );
         assert_eq!(row["chosen_is_revision"], true, "{row}");
+        // Without a judge a harmful prompt's revision counts as better only if it refuses.
+        if row["kind"] == "harmful" {
+            let chosen = row["chosen"][0]["content"].as_str().unwrap();
+            assert!(tenets::filters::is_refusal(chosen), "{chosen}");
+        }
     }
     let trusted = rows(export_to("dpo", "trusted.jsonl", &["--trust-judge"]));
     assert!(trusted.iter().all(|r| r["judge_id"] == judge.as_str()));
