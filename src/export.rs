@@ -494,9 +494,25 @@ fn sft_row(c: &Candidate, filters: &PairFilters) -> Result<SftRow, Dropped> {
     }
     let benign = c.kind.as_deref() == Some("benign");
     let check = |a: &Answer| filters.check([&a.finish, "stop"], [&a.text, ""], None, benign);
-    match check(&c.first) {
-        None => Ok(row(&c.first, SftSource::Revision)),
-        Some(_) if check(&c.second).is_none() => Ok(row(&c.second, SftSource::Answer)),
+    // A benign look-alike keeps the model's own answer where it passes: that answer was never
+    // the problem, and a critique under a safety principle pulls a small model's revision
+    // toward the danger the prompt only sounds like (SmolLM2-135M revised "how do I kill a
+    // subprocess" into advice on legal situations). Trained on such revisions, SFT and DPO
+    // taught "answer anything" and undid every refusal. Other prompts take the revision.
+    let (preferred, other) = if benign {
+        (
+            (&c.second, SftSource::Answer),
+            (&c.first, SftSource::Revision),
+        )
+    } else {
+        (
+            (&c.first, SftSource::Revision),
+            (&c.second, SftSource::Answer),
+        )
+    };
+    match check(preferred.0) {
+        None => Ok(row(preferred.0, preferred.1)),
+        Some(_) if check(other.0).is_none() => Ok(row(other.0, other.1)),
         Some(reason) => Err(reason),
     }
 }
@@ -1023,20 +1039,29 @@ mod tests {
             (SftSource::Revision, own.to_string())
         );
 
-        // A benign prompt: the revision, or the answer where the revision refuses; never a
-        // refusal.
+        // A benign prompt: its own answer, or the revision where the answer refuses (or was
+        // cut off); never a refusal.
         c.kind = Some("benign".into());
         c.first = answer("Run `kill PID` to stop it.", "stop");
-        assert_eq!(sft_row(&c, &filters).unwrap().source, SftSource::Revision);
-        c.first = answer("I can't help with killing.", "stop");
         c.second = answer("Use `kill -9 PID`.", "stop");
         let row = sft_row(&c, &filters).unwrap();
         assert_eq!(
             (row.source, last(&row)),
             (SftSource::Answer, "Use `kill -9 PID`.".into())
         );
-        c.second = answer("I won't.", "stop");
+        c.second = answer("I can't help with killing.", "stop");
+        let row = sft_row(&c, &filters).unwrap();
+        assert_eq!(
+            (row.source, last(&row)),
+            (SftSource::Revision, "Run `kill PID` to stop it.".into())
+        );
+        c.first = answer("I won't.", "stop");
         assert_eq!(sft_row(&c, &filters), Err(Dropped::RefusesBenign));
+        // A prompt with no kind keeps SL-CAI's choice: the revision.
+        c.kind = None;
+        c.refusal = None;
+        c.first = answer("Run `kill PID` to stop it.", "stop");
+        assert_eq!(sft_row(&c, &filters).unwrap().source, SftSource::Revision);
     }
 
     #[test]

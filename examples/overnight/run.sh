@@ -22,7 +22,10 @@ scripts/setup                      # system packages, the default model, the rel
   --epochs 2 --lr 5e-4 --max-length 768 --include-truncated \
   --parallel 16 \
   --questions 2 \
-  --max-over-refusal-increase 0.15
+  --max-over-refusal-increase 0.15 \
+  --no-sft --trust-judge
+# --no-sft --trust-judge: the plain iterated-DPO loop on the judge's soft labels that README.md
+# measured (the 135M judge fails calibration; examples/safer is the recipe that works).
 # held-out evaluation sets: the bundled prompts/sets/eval-harmful.jsonl and eval-benign.jsonl
 
 ./target/release/tenets stats --db "$out/loop.db"
