@@ -47,6 +47,15 @@ impl Message {
     }
 }
 
+/// What the person asked last: the content of the last user message ("" when there is none).
+pub fn last_user(messages: &[Message]) -> &str {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map_or("", |m| &m.content)
+}
+
 /// A piece of rendered conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {

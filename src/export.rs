@@ -689,12 +689,8 @@ async fn candidates(store: &Store, other_answers: bool) -> Result<Vec<Candidate>
                 finish,
                 round,
             };
-            let asked = messages.iter().rev().find(|m| m.role == "user");
-            let refusal = row
-                .topic
-                .as_deref()
-                .and_then(|t| constitution.refusal_for(t))
-                .or_else(|| constitution.closest_refusal(asked.map_or("", |m| &m.content)))
+            let refusal = constitution
+                .refusal_for_prompt(row.topic.as_deref(), &messages)
                 .or(constitution.refusals.first())
                 .cloned();
             let refused_elsewhere = refusals.get(&row.prompt_id).and_then(|given| {

@@ -449,6 +449,17 @@ impl Constitution {
         self.refusals.iter().find(|r| r.topic == topic)
     }
 
+    /// The refusal guidance for a prompt: its topic tag's, else the closest by wording.
+    pub fn refusal_for_prompt(
+        &self,
+        topic: Option<&str>,
+        messages: &[crate::chat::Message],
+    ) -> Option<&Refusal> {
+        topic
+            .and_then(|t| self.refusal_for(t))
+            .or_else(|| self.closest_refusal(crate::chat::last_user(messages)))
+    }
+
     /// The refusal guidance whose topic and wording best match `text` (a prompt without a
     /// topic tag): the one sharing the most content words with it, if any shares one.
     pub fn closest_refusal(&self, text: &str) -> Option<&Refusal> {

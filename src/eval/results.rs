@@ -245,6 +245,11 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
 /// The first [`SIDE_BY_SIDE`] prompts of each kind (by id) answered by both sides.
 async fn side_by_side(store: &Store, eval_id: &str) -> Result<Vec<SideBySide>, StoreError> {
     let answers = store.eval_answers(eval_id).await?;
+    let adapter_answers: HashMap<&str, &crate::store::EvalAnswerRow> = answers
+        .iter()
+        .filter(|a| a.side == "adapter")
+        .map(|a| (a.prompt_id.as_str(), a))
+        .collect();
     let mut out = Vec::new();
     for kind in ["harmful", "benign"] {
         let mut shown = 0;
@@ -252,10 +257,7 @@ async fn side_by_side(store: &Store, eval_id: &str) -> Result<Vec<SideBySide>, S
             .iter()
             .filter(|a| a.side == "base" && a.kind.as_deref() == Some(kind))
         {
-            let Some(adapter) = answers
-                .iter()
-                .find(|a| a.side == "adapter" && a.prompt_id == base.prompt_id)
-            else {
+            let Some(&adapter) = adapter_answers.get(base.prompt_id.as_str()) else {
                 continue;
             };
             let verdict = |a: &crate::store::EvalAnswerRow| {

@@ -283,13 +283,9 @@ impl Chain {
         if self.prompt.kind.as_deref() != Some("harmful") {
             return None;
         }
-        let constitution = &self.run.constitution;
-        let asked = self.prompt.messages.iter().rev().find(|m| m.role == "user");
-        self.prompt
-            .topic
-            .as_deref()
-            .and_then(|t| constitution.refusal_for(t))
-            .or_else(|| constitution.closest_refusal(asked.map_or("", |m| &m.content)))
+        self.run
+            .constitution
+            .refusal_for_prompt(self.prompt.topic.as_deref(), &self.prompt.messages)
             .map(|r| r.revision_guidance())
     }
 

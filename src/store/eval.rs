@@ -276,11 +276,7 @@ impl Store {
                         path: self.path().to_path_buf(),
                         message: format!("prompt messages of {}: {e}", r.get::<&str, _>(1)),
                     })?;
-                let prompt = messages
-                    .iter()
-                    .rev()
-                    .find(|m| m.role == "user")
-                    .map_or(String::new(), |m| m.content.clone());
+                let prompt = crate::chat::last_user(&messages).to_string();
                 Ok(EvalAnswerRow {
                     side: r.get(0),
                     prompt_id: r.get(1),
