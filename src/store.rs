@@ -22,7 +22,10 @@ pub mod merge;
 pub mod stats;
 mod train;
 pub use calibration::{JudgeCalibration, KindCount};
-pub use eval::{EvalAnswerRow, EvalRecord, EvalSide, VerdictRecord};
+pub use eval::{
+    EvalAnswerRow, EvalHead, EvalRecord, EvalSide, KnownVerdictRecord, KnownVerdictRow,
+    VerdictRecord,
+};
 pub use export::{CandidateRow, RunSettings};
 pub use train::{FinalScores, TrainRunRecord, TrainStepRecord};
 

@@ -15,7 +15,11 @@
 #    benign ones.
 # 5. Base vs adapter on the held-out sets (104 harmful, 109 benign look-alikes, disjoint in
 #    wording from training): harmful compliance and over-refusal by the pattern judge and the
-#    judge model, with 95% intervals, into OUT/report.html.
+#    judge model (read first on the constitution's known answers: a judge that cannot tell a
+#    refusal from an answer is reported as such), with 95% intervals, into OUT/report.html.
+#
+# Measured (docs/safety.md): about 41 min to the adapter on 2 cores, then 46 min of evaluation;
+# harmful compliance 98% -> 55%, over-refusal 0% -> 2.8%, by the pattern judge.
 #
 # Every stage is durable and resumable: rerun the same command after a crash or Ctrl-C.
 # PROMPTS and EVAL_PROMPTS (files) replace the bundled sets, for a quick smoke run.

@@ -10,6 +10,7 @@
 //! intervals, the adapter-vs-base win rate with a bootstrap interval, and breakdowns by topic,
 //! attack style and comparison question. The run that drives it is [`crate::pipeline::eval`].
 
+pub mod calibration;
 pub mod intervals;
 pub mod results;
 

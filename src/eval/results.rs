@@ -10,9 +10,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::calibration::VerdictCalibration;
 use super::intervals::{bootstrap_mean, Mean, Rate};
 use super::Refusal;
-use crate::store::{EvalSide, Store, StoreError};
+use crate::store::{EvalHead, EvalSide, Store, StoreError};
 
 /// Bootstrap draws for win-rate intervals.
 const RESAMPLES: usize = 2000;
@@ -92,6 +93,9 @@ pub struct EvalResults {
     pub constitution: String,
     pub adapter: Option<String>,
     pub judge_model: String,
+    /// How the judge model read the constitution's known answers; `None` for an evaluation
+    /// made before calibration existed. Its rates are evidence only when it is trusted.
+    pub judge_calibration: Option<VerdictCalibration>,
     pub prompts: usize,
     pub base: SideRates,
     pub adapter_rates: Option<SideRates>,
@@ -220,6 +224,7 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
     } else {
         Vec::new()
     };
+    let judge_calibration = calibration(store, &head).await?;
     Ok(EvalResults {
         eval_id: eval_id.to_string(),
         name: head.name,
@@ -227,6 +232,7 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
         constitution: head.constitution,
         adapter: adapter_path,
         judge_model: head.judge_model_path,
+        judge_calibration,
         prompts: head.prompts,
         base,
         adapter_rates,
@@ -240,6 +246,35 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
         by_style: breakdown(&verdicts, |v| v.style.clone()),
         examples,
     })
+}
+
+/// The judge's calibration on the evaluation constitution's known answers (a judge kept for
+/// several constitutions has answered others too).
+async fn calibration(
+    store: &Store,
+    head: &EvalHead,
+) -> Result<Option<VerdictCalibration>, StoreError> {
+    let constitution: crate::constitution::Constitution =
+        match serde_json::from_str(&head.constitution_json) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                "the evaluation's stored constitution does not read ({e}): no calibration shown"
+            );
+                return Ok(None);
+            }
+        };
+    let known: std::collections::HashSet<String> = super::calibration::known_answers(&constitution)
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    let rows: Vec<_> = store
+        .eval_calibration(&head.judge_key)
+        .await?
+        .into_iter()
+        .filter(|row| known.contains(&row.0))
+        .collect();
+    Ok(VerdictCalibration::score(&rows))
 }
 
 /// The first [`SIDE_BY_SIDE`] prompts of each kind (by id) answered by both sides.

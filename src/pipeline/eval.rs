@@ -5,8 +5,10 @@
 //! Three phases, each resumable: the answers are two answer-only generate runs (rounds = 0;
 //! the adapter's run carries the adapter's hash, so it is its own run), then one judge engine
 //! serves two kinds of sessions together — a one-probe [`VerdictSession`] per answer and a
-//! label [`PairSession`] per prompt — and their results are committed one by one. The figures
-//! are computed from what is stored ([`crate::eval::results`]).
+//! label [`PairSession`] per prompt — and their results are committed one by one. The judge's
+//! verdicts start with the constitution's known answers ([`crate::eval::calibration`]), so the
+//! figures say whether its rates can show anything. The figures are computed from what is
+//! stored ([`crate::eval::results`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::constitution::Constitution;
 use crate::engine::session::{self, Counters, Next, Sampling};
 use crate::engine::Probe;
 use crate::engine::{self, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
+use crate::eval::calibration::known_answers;
 use crate::eval::results::{self, EvalResults};
 use crate::eval::{
     pattern_verdict, principle_comparison, JudgeVerdict, Refusal, VerdictFrame, PRINCIPLE_PREFIX,
@@ -33,7 +36,9 @@ use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, ANSWER_PREFIX};
 use crate::prompt::{self, PromptItem};
 use crate::settings::{EngineSettings, ModelSettings, RunSettings};
-use crate::store::{EvalRecord, EvalSide, JudgmentTable, PairForLabel, Store, VerdictRecord};
+use crate::store::{
+    EvalRecord, EvalSide, JudgmentTable, KnownVerdictRecord, PairForLabel, Store, VerdictRecord,
+};
 
 /// Everything `tenets eval` needs: its command line.
 #[derive(clap::Args, Debug, Clone)]
@@ -154,6 +159,8 @@ pub struct EvalSummary {
     /// Prompts without an answer on one side (failed generation): not judged.
     pub unanswered: usize,
     pub verdicts_written: usize,
+    /// The judge model's verdicts on the calibration's known answers.
+    pub calibration_written: usize,
     pub judgments_written: usize,
     pub comparisons_written: usize,
     pub failures: usize,
@@ -392,6 +399,7 @@ pub async fn eval_under(
         }),
     };
     let eval_id = store.upsert_eval(&record, &prompt_ids).await?;
+    let judge_key = record.judge_key();
     summary.eval_id = eval_id.clone();
     tracing::info!(eval = %eval_id, prompts = items.len(), "eval");
 
@@ -408,6 +416,7 @@ pub async fn eval_under(
     let (pair_tx, pair_inbox) = writer::channel::<LabelWrite>(options.engine.parallel * 2);
     let verdict_context = Arc::new(VerdictContext {
         eval_id: eval_id.clone(),
+        judge_key: judge_key.clone(),
         frame: verdict_frame,
         letters: Arc::new(Probe {
             answers: Refusal::LETTERS.iter().map(|c| c.to_string()).collect(),
@@ -428,6 +437,26 @@ pub async fn eval_under(
     });
     let mut sessions: Vec<Box<dyn Session>> = Vec::new();
     let mut remaining = 0u64;
+    // The judge's calibration first: the known answers, in the frame the answers get (once
+    // per judge: a later evaluation by the same judge reuses it).
+    let calibrated = store.eval_calibration_done(&judge_key).await?;
+    for known in known_answers(constitution) {
+        if !calibrated.contains(&known.id) {
+            remaining += ROTATIONS as u64;
+            sessions.push(Box::new(VerdictSession {
+                context: verdict_context.clone(),
+                target: VerdictTarget::Known {
+                    item_id: known.id,
+                    kind: known.kind,
+                    expected: known.expected,
+                },
+                request: known.request,
+                reply: known.answer,
+                masses: Vec::new(),
+                asked: None,
+            }));
+        }
+    }
     for item in &items {
         let base = base_answers.get(&item.id);
         let adapter = adapter_answers.as_ref().map(|a| a.get(&item.id));
@@ -444,9 +473,11 @@ pub async fn eval_under(
                 remaining += ROTATIONS as u64;
                 sessions.push(Box::new(VerdictSession {
                     context: verdict_context.clone(),
-                    side,
-                    prompt_id: item.id.clone(),
-                    step_id: step_id.clone(),
+                    target: VerdictTarget::Answer {
+                        side,
+                        prompt_id: item.id.clone(),
+                        step_id: step_id.clone(),
+                    },
                     request: item.text().to_string(),
                     reply: output.clone(),
                     masses: Vec::new(),
@@ -492,6 +523,7 @@ pub async fn eval_under(
             store: store.clone(),
             progress: progress.clone(),
             written: 0,
+            known: 0,
             failures: 0,
         },
         stop.clone(),
@@ -519,6 +551,7 @@ pub async fn eval_under(
     engine_result?;
     progress.finish_and_clear();
     summary.verdicts_written = verdicts.written;
+    summary.calibration_written = verdicts.known;
     summary.judgments_written = pairs.judgments;
     summary.comparisons_written = pairs.labels;
     summary.failures = verdicts.failures + pairs.failures;
@@ -543,22 +576,53 @@ fn finish(
 /// What every verdict session shares.
 struct VerdictContext {
     eval_id: String,
+    /// What the judge's calibration verdicts are kept under.
+    judge_key: String,
     frame: VerdictFrame,
     /// "A", "B", "C" and their token forms: the only answers the judge is read for.
     letters: Arc<Probe>,
     writer: Writer<VerdictWrite>,
 }
 
-/// A verdict to make durable, or a failure to report: (prompt id, reason).
-type VerdictWrite = Result<VerdictRecord, (String, String)>;
+/// What a verdict session reads: an answer under evaluation, or a known answer of the judge's
+/// calibration.
+enum VerdictTarget {
+    Answer {
+        side: EvalSide,
+        prompt_id: String,
+        step_id: String,
+    },
+    Known {
+        item_id: String,
+        kind: &'static str,
+        expected: Refusal,
+    },
+}
+
+impl VerdictTarget {
+    /// The prompt or calibration item, for messages.
+    fn id(&self) -> &str {
+        match self {
+            VerdictTarget::Answer { prompt_id, .. } => prompt_id,
+            VerdictTarget::Known { item_id, .. } => item_id,
+        }
+    }
+}
+
+/// A verdict made durable in its table.
+enum Verdict {
+    Answer(VerdictRecord),
+    Known(KnownVerdictRecord),
+}
+
+/// A verdict to make durable, or a failure to report: (prompt or item id, reason).
+type VerdictWrite = Result<Verdict, (String, String)>;
 
 /// One answer's refusal verdict: one probe turn per rotation of the options, back to back on
 /// one slot (the request and reply, ahead of the options, stay in its KV cache).
 struct VerdictSession {
     context: Arc<VerdictContext>,
-    side: EvalSide,
-    prompt_id: String,
-    step_id: String,
+    target: VerdictTarget,
     request: String,
     reply: String,
     /// The (A), (B), (C) masses of each rotation asked so far.
@@ -573,7 +637,7 @@ impl VerdictSession {
     }
 
     fn fail(&self, reason: String) -> oneshot::Receiver<bool> {
-        self.send(Err((self.prompt_id.clone(), reason)))
+        self.send(Err((self.target.id().to_string(), reason)))
     }
 }
 
@@ -615,17 +679,41 @@ impl Session for VerdictSession {
         }
         let judged = JudgeVerdict::from_rotations(&self.masses);
         let [p_comply, p_refuse, p_partial] = judged.probabilities;
-        self.send(Ok(VerdictRecord {
-            eval_id: self.context.eval_id.clone(),
-            side: self.side,
-            prompt_id: self.prompt_id.clone(),
-            step_id: self.step_id.clone(),
-            pattern: pattern_verdict(&self.reply).as_str().to_string(),
-            judge: judged.verdict.map(|r| r.as_str()).map_err(|n| n.as_str()),
-            p_comply,
-            p_refuse,
-            p_partial,
-            answer_mass: judged.answer_mass,
+        let eval_id = self.context.eval_id.clone();
+        let judge = judged.verdict.map(|r| r.as_str()).map_err(|n| n.as_str());
+        let answer_mass = judged.answer_mass;
+        self.send(Ok(match &self.target {
+            VerdictTarget::Answer {
+                side,
+                prompt_id,
+                step_id,
+            } => Verdict::Answer(VerdictRecord {
+                eval_id,
+                side: *side,
+                prompt_id: prompt_id.clone(),
+                step_id: step_id.clone(),
+                pattern: pattern_verdict(&self.reply).as_str().to_string(),
+                judge,
+                p_comply,
+                p_refuse,
+                p_partial,
+                answer_mass,
+            }),
+            VerdictTarget::Known {
+                item_id,
+                kind,
+                expected,
+            } => Verdict::Known(KnownVerdictRecord {
+                judge_key: self.context.judge_key.clone(),
+                item_id: item_id.clone(),
+                kind: kind.to_string(),
+                expected: expected.as_str().to_string(),
+                judge,
+                p_comply,
+                p_refuse,
+                p_partial,
+                answer_mass,
+            }),
         }))
     }
 }
@@ -634,7 +722,10 @@ impl Session for VerdictSession {
 struct VerdictWriter {
     store: Store,
     progress: indicatif::ProgressBar,
+    /// Verdicts on answers under evaluation.
     written: usize,
+    /// Verdicts on the calibration's known answers.
+    known: usize,
     failures: usize,
 }
 
@@ -642,8 +733,16 @@ impl Commit<VerdictWrite> for VerdictWriter {
     async fn commit(&mut self, write: VerdictWrite) -> Result<bool, crate::store::StoreError> {
         match write {
             Ok(v) => {
-                self.store.commit_verdict(&v).await?;
-                self.written += 1;
+                match v {
+                    Verdict::Answer(v) => {
+                        self.store.commit_verdict(&v).await?;
+                        self.written += 1;
+                    }
+                    Verdict::Known(v) => {
+                        self.store.commit_known_verdict(&v).await?;
+                        self.known += 1;
+                    }
+                }
                 self.progress.inc(ROTATIONS as u64);
                 Ok(true)
             }
@@ -704,6 +803,19 @@ pub fn render(summary: &EvalSummary) -> String {
         "  judges agree (refused or not)   {}\n",
         r.judge_agreement.display()
     );
+    match &r.judge_calibration {
+        Some(c) if c.trusted() => {
+            out += &format!("  judge model on known answers    {}\n", c.describe())
+        }
+        Some(c) => {
+            out += &format!(
+                "  judge model on known answers    {}\n  the judge model does not tell a refusal \
+                 from an answer: its rates above are not evidence (read the patterns' rates)\n",
+                c.describe()
+            )
+        }
+        None => {}
+    }
     let no_verdict = r.base.no_verdict + a.map_or(0, |a| a.no_verdict);
     if no_verdict > 0 {
         out += &format!(

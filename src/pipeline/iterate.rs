@@ -185,6 +185,9 @@ pub struct RoundSummary {
     pub harmful_compliance: f64,
     pub over_refusal: f64,
     pub base_over_refusal: f64,
+    /// Which judge the three rates above are by: the judge model when it passed its
+    /// calibration on the constitution's known answers, else the string patterns.
+    pub measured_by: String,
     pub win_rate: Option<f64>,
     pub seconds: f64,
 }
@@ -367,8 +370,27 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
             return Ok(summary);
         };
         let rates = results.adapter_rates.as_ref().unwrap_or(&results.base);
-        let over_refusal = rates.over_refusal.rate;
-        let base_over_refusal = results.base.over_refusal.rate;
+        // The judge model's rates steer the loop only when it can tell a refusal from an
+        // answer; a judge that fails its calibration would stop (or not stop) it on noise.
+        let judge_sees = results
+            .judge_calibration
+            .as_ref()
+            .is_some_and(|c| c.trusted());
+        let (harmful_compliance, over_refusal, base_over_refusal, measured_by) = if judge_sees {
+            (
+                rates.harmful_compliance.rate,
+                rates.over_refusal.rate,
+                results.base.over_refusal.rate,
+                "judge model",
+            )
+        } else {
+            (
+                rates.harmful_compliance_pattern.rate,
+                rates.over_refusal_pattern.rate,
+                results.base.over_refusal_pattern.rate,
+                "patterns (the judge model failed its calibration)",
+            )
+        };
         summary.rounds.push(RoundSummary {
             round,
             generate_run: generated.run_id,
@@ -380,9 +402,10 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
             train_run: trained.run_id,
             adapter,
             eval_id: evaluated.eval_id,
-            harmful_compliance: rates.harmful_compliance.rate,
+            harmful_compliance,
             over_refusal,
             base_over_refusal,
+            measured_by: measured_by.to_string(),
             win_rate: results.win_rate.as_ref().map(|w| w.preference.mean),
             seconds: started.elapsed().as_secs_f64(),
         });
@@ -466,6 +489,7 @@ pub fn render(summary: &LoopSummary) -> String {
     }
     for r in &summary.rounds {
         out += &format!("round {} labels: {}\n", r.round, r.labels);
+        out += &format!("round {} rates by: {}\n", r.round, r.measured_by);
     }
     if let Some(reason) = &summary.stopped_early {
         out += &format!("stopped early: {reason}\n");

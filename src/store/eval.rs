@@ -70,6 +70,20 @@ impl EvalRecord {
             &self.prompts_sha256,
         ])
     }
+
+    /// What the judge's calibration is kept under: the judge model, its chat template and the
+    /// verdict frame (the only things its verdict on a known answer depends on).
+    pub fn judge_key(&self) -> String {
+        judge_key(
+            &self.judge_model_sha256,
+            &self.chat_template_sha256,
+            &self.verdict_frame_sha256,
+        )
+    }
+}
+
+fn judge_key(model: &str, chat_template: &str, verdict_frame: &str) -> String {
+    crate::hash::of_parts(&["verdict judge", model, chat_template, verdict_frame])
 }
 
 /// One answer's refusal verdict, by both judges.
@@ -180,6 +194,27 @@ impl Store {
     }
 }
 
+/// The judge model's verdict on one known-answer calibration item.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KnownVerdictRecord {
+    /// [`EvalRecord::judge_key`].
+    pub judge_key: String,
+    pub item_id: String,
+    /// What the item tests ("refuse restricted", "help allowed").
+    pub kind: String,
+    /// The verdict the answer deserves: "comply" or "refuse".
+    pub expected: String,
+    /// As in [`VerdictRecord`].
+    pub judge: Result<&'static str, &'static str>,
+    pub p_comply: f64,
+    pub p_refuse: f64,
+    pub p_partial: f64,
+    pub answer_mass: f64,
+}
+
+/// A stored calibration verdict: (item id, expected, the judge's verdict or NULL, p_refuse).
+pub type KnownVerdictRow = (String, String, Option<String>, f64);
+
 /// An evaluation's header, as its results show it.
 #[derive(Debug, Clone)]
 pub struct EvalHead {
@@ -189,6 +224,10 @@ pub struct EvalHead {
     pub adapter_path: Option<String>,
     pub judge_model_path: String,
     pub prompts: usize,
+    /// [`EvalRecord::judge_key`].
+    pub judge_key: String,
+    /// The constitution as the evaluation used it (JSON).
+    pub constitution_json: String,
 }
 
 /// One stored refusal verdict with its prompt's tags and its answer's finish.
@@ -238,7 +277,9 @@ impl Store {
     pub async fn eval_head(&self, eval_id: &str) -> Result<EvalHead, StoreError> {
         let r = sqlx::query(
             "SELECT name, created_at, constitution_name, adapter_path, judge_model_path, \
-             (SELECT COUNT(*) FROM eval_prompts WHERE eval_id = e.id) FROM evals e WHERE id = ?",
+             (SELECT COUNT(*) FROM eval_prompts WHERE eval_id = e.id), judge_model_sha256, \
+             chat_template_sha256, verdict_frame_sha256, constitution_json FROM evals e \
+             WHERE id = ?",
         )
         .bind(eval_id)
         .fetch_optional(self.pool())
@@ -255,6 +296,8 @@ impl Store {
             adapter_path: r.get(3),
             judge_model_path: r.get(4),
             prompts: r.get::<i64, _>(5) as usize,
+            judge_key: judge_key(r.get(6), r.get(7), r.get(8)),
+            constitution_json: r.get(9),
         })
     }
 
@@ -362,5 +405,61 @@ impl Store {
         .await
         .map_err(self.err())?;
         Ok((row.get::<i64, _>(0) as usize, row.get::<i64, _>(1) as usize))
+    }
+}
+
+impl Store {
+    /// The calibration items the judge `judge_key` has a verdict on.
+    pub async fn eval_calibration_done(
+        &self,
+        judge_key: &str,
+    ) -> Result<HashSet<String>, StoreError> {
+        let rows = sqlx::query("SELECT item_id FROM eval_verdict_calibration WHERE judge_key = ?")
+            .bind(judge_key)
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.err())?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn commit_known_verdict(&self, v: &KnownVerdictRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO eval_verdict_calibration (judge_key, item_id, kind, expected, \
+             judge, no_verdict, p_comply, p_refuse, p_partial, answer_mass) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&v.judge_key)
+        .bind(&v.item_id)
+        .bind(&v.kind)
+        .bind(&v.expected)
+        .bind(v.judge.ok())
+        .bind(v.judge.err())
+        .bind(v.p_comply)
+        .bind(v.p_refuse)
+        .bind(v.p_partial)
+        .bind(v.answer_mass)
+        .execute(self.pool())
+        .await
+        .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The judge `judge_key`'s verdicts on known answers (of any constitution), by item.
+    pub async fn eval_calibration(
+        &self,
+        judge_key: &str,
+    ) -> Result<Vec<KnownVerdictRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT item_id, expected, judge, p_refuse FROM eval_verdict_calibration \
+             WHERE judge_key = ? ORDER BY item_id",
+        )
+        .bind(judge_key)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.err())?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
     }
 }

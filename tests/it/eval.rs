@@ -169,6 +169,32 @@ fn eval_rates_are_the_stored_verdicts_and_a_rerun_resumes() {
         let mass: f64 = v[4].parse().unwrap();
         assert!(mass > 0.1, "the judge barely answered with a letter: {v:?}");
     }
+    // The judge model first read the constitution's known answers (half principled or needless
+    // refusals, half answers) in the same frame; the results say how it did.
+    let known = first["calibration_written"].as_u64().unwrap();
+    assert!(known >= 40 && known.is_multiple_of(2), "{first}");
+    let stored_known = common::query(
+        &db,
+        "SELECT SUM(expected = 'refuse'), SUM(expected = 'comply'), COUNT(DISTINCT kind), \
+         SUM(judge = 'refuse' AND expected = 'refuse') + SUM(judge != 'refuse' AND expected = 'comply') \
+         FROM eval_verdict_calibration",
+    );
+    assert_eq!(stored_known[0][0], stored_known[0][1], "{stored_known:?}");
+    assert_eq!(stored_known[0][2], "2");
+    let calibration = &first["results"]["judge_calibration"];
+    assert_eq!(
+        calibration["accuracy"]["total"].as_u64(),
+        Some(known),
+        "{calibration}"
+    );
+    assert_eq!(
+        calibration["accuracy"]["count"]
+            .as_u64()
+            .unwrap()
+            .to_string(),
+        stored_known[0][3],
+        "{calibration}"
+    );
     // The adapter's answers are a run of their own, answer-only, with the adapter's hash.
     let runs = common::query(
         &db,
@@ -295,6 +321,10 @@ fn eval_rates_are_the_stored_verdicts_and_a_rerun_resumes() {
         "eval third run",
     );
     assert_eq!(third["verdicts_written"], 0);
+    assert_eq!(
+        third["calibration_written"], 0,
+        "the calibration is kept, not asked again"
+    );
     assert_eq!(third["comparisons_written"], 0);
     assert_eq!(
         common::query(&db, "PRAGMA integrity_check"),
@@ -526,6 +556,23 @@ fn a_two_round_loop_writes_two_adapters_and_a_report_chromium_renders() {
     );
     let evals = common::query(&db, "SELECT name FROM evals ORDER BY created_at");
     assert_eq!(evals, vec![vec!["round 1"], vec!["round 2"]]);
+    // The judge model read the known answers once: round 2's evaluation, by the same judge,
+    // reused them.
+    let known = common::query(
+        &db,
+        "SELECT COUNT(DISTINCT judge_key), COUNT(*) = COUNT(DISTINCT item_id) \
+         FROM eval_verdict_calibration",
+    );
+    assert_eq!(known, vec![vec!["1", "1"]]);
+    // The 135M judge fails it, so the loop's rates (and its early stop) go by the patterns.
+    for round in rounds {
+        assert!(
+            round["measured_by"]
+                .as_str()
+                .is_some_and(|m| m == "judge model" || m.starts_with("patterns")),
+            "{round}"
+        );
+    }
 
     let report = out.join("report.html");
     let html = std::fs::read_to_string(&report).unwrap();
