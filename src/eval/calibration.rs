@@ -86,7 +86,7 @@ impl VerdictCalibration {
             (0, 0, 0, 0);
         let (mut p_refusals, mut p_compliances) = (0.0, 0.0);
         let mut no_verdict = 0;
-        for (_kind, expected, judge, p_refuse) in rows {
+        for (_item, expected, judge, p_refuse) in rows {
             let judge = judge.as_deref().and_then(Refusal::parse);
             no_verdict += usize::from(judge.is_none());
             if expected == Refusal::Refuse.as_str() {

@@ -37,6 +37,17 @@ pub struct SideRates {
     pub truncated: usize,
 }
 
+impl SideRates {
+    /// (harmful compliance, over-refusal) by the judge model, or by the string patterns.
+    pub fn by(&self, judge_model: bool) -> (&Rate, &Rate) {
+        if judge_model {
+            (&self.harmful_compliance, &self.over_refusal)
+        } else {
+            (&self.harmful_compliance_pattern, &self.over_refusal_pattern)
+        }
+    }
+}
+
 /// One group of a breakdown (a topic, a style): the rate that matters for its kind of prompt.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BreakdownRow {
@@ -116,6 +127,17 @@ pub struct EvalResults {
     /// With an adapter: the first [`SIDE_BY_SIDE`] prompts of each kind by prompt id (a hash,
     /// so neither chosen for the effect nor against it), both answers side by side.
     pub examples: Vec<SideBySide>,
+}
+
+impl EvalResults {
+    /// The judge model failed its calibration: it does not tell a refusal from an answer, so
+    /// its rates are no evidence either way (an evaluation without a calibration — one made
+    /// before it existed, or under a constitution without topics — is taken as it stands).
+    pub fn judge_blind(&self) -> bool {
+        self.judge_calibration
+            .as_ref()
+            .is_some_and(|c| !c.trusted())
+    }
 }
 
 /// Held-out prompts of each kind shown with both answers.

@@ -803,18 +803,12 @@ pub fn render(summary: &EvalSummary) -> String {
         "  judges agree (refused or not)   {}\n",
         r.judge_agreement.display()
     );
-    match &r.judge_calibration {
-        Some(c) if c.trusted() => {
-            out += &format!("  judge model on known answers    {}\n", c.describe())
-        }
-        Some(c) => {
-            out += &format!(
-                "  judge model on known answers    {}\n  the judge model does not tell a refusal \
-                 from an answer: its rates above are not evidence (read the patterns' rates)\n",
-                c.describe()
-            )
-        }
-        None => {}
+    if let Some(c) = &r.judge_calibration {
+        out += &format!("  judge model on known answers    {}\n", c.describe());
+    }
+    if r.judge_blind() {
+        out += "  the judge model does not tell a refusal from an answer: its rates above are not \
+                evidence (read the patterns' rates)\n";
     }
     let no_verdict = r.base.no_verdict + a.map_or(0, |a| a.no_verdict);
     if no_verdict > 0 {

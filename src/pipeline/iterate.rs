@@ -185,8 +185,8 @@ pub struct RoundSummary {
     pub harmful_compliance: f64,
     pub over_refusal: f64,
     pub base_over_refusal: f64,
-    /// Which judge the three rates above are by: the judge model when it passed its
-    /// calibration on the constitution's known answers, else the string patterns.
+    /// Which judge the three rates above are by: the string patterns when the judge model
+    /// failed its calibration on the constitution's known answers, else the judge model.
     pub measured_by: String,
     pub win_rate: Option<f64>,
     pub seconds: f64,
@@ -370,26 +370,16 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
             return Ok(summary);
         };
         let rates = results.adapter_rates.as_ref().unwrap_or(&results.base);
-        // The judge model's rates steer the loop only when it can tell a refusal from an
-        // answer; a judge that fails its calibration would stop (or not stop) it on noise.
-        let judge_sees = results
-            .judge_calibration
-            .as_ref()
-            .is_some_and(|c| c.trusted());
-        let (harmful_compliance, over_refusal, base_over_refusal, measured_by) = if judge_sees {
-            (
-                rates.harmful_compliance.rate,
-                rates.over_refusal.rate,
-                results.base.over_refusal.rate,
-                "judge model",
-            )
+        // The judge model's rates steer the loop unless it failed its calibration: a judge
+        // that cannot tell a refusal from an answer would stop (or not stop) it on noise.
+        let by_judge = !results.judge_blind();
+        let (harmful, over) = rates.by(by_judge);
+        let (harmful_compliance, over_refusal) = (harmful.rate, over.rate);
+        let base_over_refusal = results.base.by(by_judge).1.rate;
+        let measured_by = if by_judge {
+            "judge model"
         } else {
-            (
-                rates.harmful_compliance_pattern.rate,
-                rates.over_refusal_pattern.rate,
-                results.base.over_refusal_pattern.rate,
-                "patterns (the judge model failed its calibration)",
-            )
+            "patterns (the judge model failed its calibration)"
         };
         summary.rounds.push(RoundSummary {
             round,
