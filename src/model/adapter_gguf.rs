@@ -58,10 +58,7 @@ pub fn write(model: &Model, adapters: &Adapters, path: &Path) -> Result<(), Adap
             "every adapter in one file must share rank and alpha".into(),
         ));
     }
-    let arch = match model.config().architecture {
-        super::Architecture::Llama => "llama",
-        super::Architecture::Gemma3 => "gemma3",
-    };
+    let arch = model.config().architecture.name();
     let mut w = GgufWriter::new();
     w.metadata("general.architecture", Value::String(arch.into()))?;
     w.metadata("general.type", Value::String("adapter".into()))?;

@@ -8,10 +8,51 @@ use crate::gguf::{Gguf, Value};
 /// Architectures the native forward implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// Llama and its close relatives (SmolLM2): RMSNorm, RoPE, GQA, SwiGLU.
+    /// Llama and its close relatives (SmolLM2, Llama 3.x, Mistral-style files): RMSNorm, RoPE
+    /// on adjacent pairs (the converter permutes q/k rows for it), GQA, SwiGLU; optional q/k/v
+    /// biases and Llama 3's RoPE frequency factors.
     Llama,
+    /// Qwen2 / Qwen2.5: Llama's block with q/k/v biases and NeoX RoPE (halves).
+    Qwen2,
+    /// Qwen3: Llama's block with a per-head RMSNorm on queries and keys before NeoX RoPE.
+    Qwen3,
+    /// Gemma 2: scaled embeddings, post-norms, GeGLU, every other layer sliding, and
+    /// softcapped attention scores and logits.
+    Gemma2,
     /// Gemma 3: scaled embeddings, q/k norms, post-norms, GeGLU, sliding-window layers.
     Gemma3,
+}
+
+impl Architecture {
+    /// The name GGUF's `general.architecture` gives it (and llama.cpp's adapters carry).
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma2 => "gemma2",
+            Architecture::Gemma3 => "gemma3",
+        }
+    }
+
+    /// Queries and keys go through a per-head RMSNorm before RoPE.
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Architecture::Qwen3 | Architecture::Gemma3)
+    }
+
+    /// Each block's attention and feed-forward outputs are normed before the residual add.
+    pub fn has_post_norms(self) -> bool {
+        self.is_gemma()
+    }
+
+    /// q/k/v biases are applied where the file has them (Qwen2 always does).
+    pub fn takes_qkv_biases(self) -> bool {
+        !self.is_gemma()
+    }
+
+    fn is_gemma(self) -> bool {
+        matches!(self, Architecture::Gemma2 | Architecture::Gemma3)
+    }
 }
 
 /// How RoPE pairs up the dimensions of a head.
@@ -65,6 +106,8 @@ pub struct Config {
     pub embedding_scale: f32,
     /// Logits become `c · tanh(logits / c)` when set.
     pub final_softcap: Option<f32>,
+    /// Scaled attention scores become `c · tanh(score / c)` when set (Gemma 2).
+    pub attention_softcap: Option<f32>,
     pub activation: Activation,
 }
 
@@ -75,12 +118,16 @@ impl Config {
             .ok_or_else(|| ModelError::missing_key(gguf, "general.architecture"))?;
         let architecture = match arch_name {
             "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            "gemma2" => Architecture::Gemma2,
             "gemma3" => Architecture::Gemma3,
             other => {
                 return Err(ModelError::Unsupported {
                     path: gguf.path().to_path_buf(),
                     what: format!(
-                        "architecture `{other}` (the native engine runs llama and gemma3)"
+                        "architecture `{other}` (the native engine runs llama, qwen2, qwen3, \
+                         gemma2 and gemma3)"
                     ),
                 })
             }
@@ -177,10 +224,37 @@ impl Config {
             attention_scale: 1.0 / (head_dim as f32).sqrt(),
             embedding_scale: 1.0,
             final_softcap: None,
+            attention_softcap: None,
             activation: Activation::Silu,
         };
         let config = match architecture {
             Architecture::Llama => llama,
+            // llama.cpp's NeoX RoPE over the whole head (it asserts rot = head size).
+            Architecture::Qwen2 | Architecture::Qwen3 => Config {
+                rope_layout: RopeLayout::Halves,
+                ..llama
+            },
+            Architecture::Gemma2 => Config {
+                // As llama.cpp loads Gemma 2: every other layer slides (4096 unless the file
+                // says), its RoPE as the global layers' unless the file gives one, both caps
+                // at their published values unless the file gives them.
+                norm_eps: opt_float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+                rope_layout: RopeLayout::Halves,
+                rope_base_local: opt_float("rope.freq_base_swa").unwrap_or(rope_base),
+                sliding_window: Some(opt_int("attention.sliding_window").unwrap_or(4096)),
+                sliding_pattern: 2,
+                // Gemma 2 27B scales by embedding/heads; the others by the head size.
+                attention_scale: if layers == 46 {
+                    1.0 / ((embedding / heads) as f32).sqrt()
+                } else {
+                    1.0 / (head_dim as f32).sqrt()
+                },
+                embedding_scale: (embedding as f32).sqrt(),
+                final_softcap: Some(opt_float("final_logit_softcapping").unwrap_or(30.0)),
+                attention_softcap: Some(opt_float("attn_logit_softcapping").unwrap_or(50.0)),
+                activation: Activation::GeluTanh,
+                ..llama
+            },
             Architecture::Gemma3 => {
                 let window = opt_int("attention.sliding_window").filter(|&w| w > 0);
                 let pattern = match gguf.get(&key("attention.sliding_window_pattern")) {
@@ -230,33 +304,42 @@ impl Config {
         Ok(config)
     }
 
-    /// Every tensor name the forward reads, `output.weight` included (it may be absent: the
-    /// embedding is then tied to the head).
+    /// Every tensor name the forward reads, the optional ones included: `output.weight` (when
+    /// absent, the embedding is tied to the head), q/k/v biases, Llama 3's RoPE factors.
     pub fn tensor_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = ["token_embd.weight", "output_norm.weight", "output.weight"]
-            .map(String::from)
-            .to_vec();
+        let mut names: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
+        // llama.cpp's Gemma 2 always ties its head to the embedding (and refuses a file with a
+        // head of its own).
+        if self.architecture != Architecture::Gemma2 {
+            names.push("output.weight".into());
+        }
         let mut per_layer = vec![
-            "attn_norm",
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_norm",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
+            "attn_norm.weight",
+            "attn_q.weight",
+            "attn_k.weight",
+            "attn_v.weight",
+            "attn_output.weight",
+            "ffn_norm.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_down.weight",
         ];
-        if self.architecture == Architecture::Gemma3 {
-            per_layer.extend([
-                "attn_q_norm",
-                "attn_k_norm",
-                "post_attention_norm",
-                "post_ffw_norm",
-            ]);
+        let a = self.architecture;
+        if a.has_qk_norm() {
+            per_layer.extend(["attn_q_norm.weight", "attn_k_norm.weight"]);
+        }
+        if a.has_post_norms() {
+            per_layer.extend(["post_attention_norm.weight", "post_ffw_norm.weight"]);
+        }
+        if a.takes_qkv_biases() {
+            per_layer.extend(["attn_q.bias", "attn_k.bias", "attn_v.bias"]);
+        }
+        if a == Architecture::Llama {
+            // Llama 3's frequency factors (one tensor for every layer).
+            names.push(ROPE_FREQS.to_string());
         }
         for l in 0..self.layers {
-            names.extend(per_layer.iter().map(|n| format!("blk.{l}.{n}.weight")));
+            names.extend(per_layer.iter().map(|n| format!("blk.{l}.{n}")));
         }
         names
     }
@@ -311,6 +394,17 @@ const KNOWN_KEYS: &[&str] = &[
     "rope.scaling.finetuned",
 ];
 
+/// Llama 3's RoPE frequency factors: position angles of pair `i` are divided by entry `i`.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// Keys the forward reads only for Gemma 2.
+const GEMMA2_KEYS: &[&str] = &[
+    "attention.sliding_window",
+    "rope.freq_base_swa",
+    "final_logit_softcapping",
+    "attn_logit_softcapping",
+];
+
 /// Keys the forward reads only for Gemma 3.
 const GEMMA3_KEYS: &[&str] = &[
     "attention.sliding_window",
@@ -353,9 +447,12 @@ fn check_metadata(gguf: &Gguf, arch: &str, config: &Config) -> Result<(), ModelE
         let Some(name) = key.strip_prefix(&prefix) else {
             continue;
         };
-        if KNOWN_KEYS.contains(&name)
-            || (config.architecture == Architecture::Gemma3 && GEMMA3_KEYS.contains(&name))
-        {
+        let own = match config.architecture {
+            Architecture::Gemma2 => GEMMA2_KEYS,
+            Architecture::Gemma3 => GEMMA3_KEYS,
+            _ => &[],
+        };
+        if KNOWN_KEYS.contains(&name) || own.contains(&name) {
             continue;
         }
         let neutral = NEUTRAL_KEYS
@@ -392,7 +489,7 @@ fn check_tensors(gguf: &Gguf, config: &Config) -> Result<(), ModelError> {
     } else if name.starts_with("rope_factors") {
         " (LongRoPE scaling factors)"
     } else if name.ends_with(".bias") {
-        " (a bias)"
+        " (a bias the native forward does not apply)"
     } else if name.contains("attn_qkv") {
         " (fused query/key/value projections)"
     } else {
@@ -410,7 +507,8 @@ fn check_tensors(gguf: &Gguf, config: &Config) -> Result<(), ModelError> {
 
 /// What the native forward runs, for messages about what it does not.
 fn implemented() -> &'static str {
-    "llama without RoPE scaling other than linear, and gemma3"
+    "llama (linear RoPE scaling, Llama 3 frequency factors, q/k/v biases), qwen2, qwen3, \
+     gemma2 and gemma3"
 }
 
 /// A metadata value for a message: short values whole, arrays by length.

@@ -1,7 +1,8 @@
 //! The native transformer forward over a GGUF file's weights as they are stored — still
 //! quantized, memory-mapped, decoded a panel at a time by the kernels in
-//! [`crate::quant::matmul`]. Llama (SmolLM2) and Gemma 3, with f32 activations; it computes
-//! what llama.cpp computes for the same file, and is the base the LoRA trainer builds on.
+//! [`crate::quant::matmul`]. Llama (SmolLM2, Llama 3), Qwen2, Qwen3 and Gemma 3, with f32
+//! activations; it computes what llama.cpp computes for the same file, and is the base the LoRA
+//! trainer builds on.
 
 pub mod adapter_gguf;
 pub mod adapters;
@@ -76,6 +77,10 @@ struct Layer {
     k: Weight,
     v: Weight,
     o: Weight,
+    /// Added after the projection (and after its adapter's update); never trained.
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     post_attn_norm: Option<Vec<f32>>,
@@ -117,6 +122,8 @@ pub struct Model {
     embed: Weight,
     output: Weight,
     output_norm: Vec<f32>,
+    /// Llama 3's RoPE frequency factors (`rope_dims / 2`), shared by every layer.
+    rope_factors: Option<Vec<f32>>,
     layers: Vec<Layer>,
 }
 
@@ -139,32 +146,40 @@ impl Model {
             None => embed.clone(),
         };
         let output_norm = vector(&gguf, "output_norm.weight", e)?;
-        let gemma = c.architecture == Architecture::Gemma3;
+        let arch = c.architecture;
+        let optional = |name: &str, len: usize| match gguf.tensor(name) {
+            Some(_) => vector(&gguf, name, len).map(Some),
+            None => Ok(None),
+        };
+        let rope_factors = optional(config::ROPE_FREQS, c.rope_dims / 2)?;
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let name = |n: &str| format!("blk.{l}.{n}.weight");
-            let required_for_gemma =
-                |n: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
-                    if gemma {
-                        vector(&gguf, &name(n), len).map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                };
+            let required_if = |wanted: bool, n: &str, len: usize| match wanted {
+                true => vector(&gguf, &name(n), len).map(Some),
+                false => Ok(None),
+            };
+            let bias = |n: &str, len: usize| match arch.takes_qkv_biases() {
+                true => optional(&format!("blk.{l}.{n}.bias"), len),
+                false => Ok(None),
+            };
             layers.push(Layer {
                 attn_norm: vector(&gguf, &name("attn_norm"), e)?,
                 q: weight(&gguf, &name("attn_q"), qd, e)?,
                 k: weight(&gguf, &name("attn_k"), kvd, e)?,
                 v: weight(&gguf, &name("attn_v"), kvd, e)?,
                 o: weight(&gguf, &name("attn_output"), e, qd)?,
-                q_norm: required_for_gemma("attn_q_norm", c.head_dim)?,
-                k_norm: required_for_gemma("attn_k_norm", c.head_dim)?,
-                post_attn_norm: required_for_gemma("post_attention_norm", e)?,
+                q_bias: bias("attn_q", qd)?,
+                k_bias: bias("attn_k", kvd)?,
+                v_bias: bias("attn_v", kvd)?,
+                q_norm: required_if(arch.has_qk_norm(), "attn_q_norm", c.head_dim)?,
+                k_norm: required_if(arch.has_qk_norm(), "attn_k_norm", c.head_dim)?,
+                post_attn_norm: required_if(arch.has_post_norms(), "post_attention_norm", e)?,
                 ffn_norm: vector(&gguf, &name("ffn_norm"), e)?,
                 gate: weight(&gguf, &name("ffn_gate"), c.feed_forward, e)?,
                 up: weight(&gguf, &name("ffn_up"), c.feed_forward, e)?,
                 down: weight(&gguf, &name("ffn_down"), e, c.feed_forward)?,
-                post_ffn_norm: required_for_gemma("post_ffw_norm", e)?,
+                post_ffn_norm: required_if(arch.has_post_norms(), "post_ffw_norm", e)?,
             });
         }
         Ok(Model {
@@ -173,6 +188,7 @@ impl Model {
             embed,
             output,
             output_norm,
+            rope_factors,
             layers,
         })
     }
@@ -266,7 +282,15 @@ impl Model {
             ops::rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut h);
             let mut q = self.projection(compute, &h, &layer.q, lora(Target::Q), &mut z)?;
             let mut k = self.projection(compute, &h, &layer.k, lora(Target::K), &mut z)?;
-            let v = self.projection(compute, &h, &layer.v, lora(Target::V), &mut z)?;
+            let mut v = self.projection(compute, &h, &layer.v, lora(Target::V), &mut z)?;
+            for (y, bias) in [(&mut q, &layer.q_bias), (&mut k, &layer.k_bias)] {
+                if let Some(b) = bias {
+                    ops::add_row_bias(y, b);
+                }
+            }
+            if let Some(b) = &layer.v_bias {
+                ops::add_row_bias(&mut v, b);
+            }
             let (q_pre, k_pre) = match trace.is_some() && layer.q_norm.is_some() {
                 true => (Some(q.clone()), Some(k.clone())),
                 false => (None, None),
@@ -334,7 +358,8 @@ impl Model {
             let (base, scale) = c.rope_of(l);
             if !tables.iter().any(|(k, _)| *k == (base, scale)) {
                 let rows = positions.iter().copied();
-                let table = RopeTable::at(rows, c.rope_dims, base, scale);
+                let factors = self.rope_factors.as_deref();
+                let table = RopeTable::at(rows, c.rope_dims, base, scale, factors);
                 tables.push(((base, scale), table));
             }
         }
@@ -354,6 +379,7 @@ impl Model {
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
             scale: c.attention_scale,
+            softcap: c.attention_softcap,
             window: c.window_of(layer),
             branch,
         }

@@ -82,22 +82,26 @@ pub struct RopeTable {
 impl RopeTable {
     /// Angles for rows at positions `0..positions`.
     pub fn new(positions: usize, dims: usize, base: f32, scale: f32) -> Self {
-        Self::at(0..positions, dims, base, scale)
+        Self::at(0..positions, dims, base, scale, None)
     }
 
-    /// Angles for rows at the given positions (row `t` at the `t`-th of them).
+    /// Angles for rows at the given positions (row `t` at the `t`-th of them). `factors`
+    /// (Llama 3's `rope_freqs`, one per pair) divide each pair's frequency, as llama.cpp's
+    /// `freq_factors` do: Llama 3.1 slows its low frequencies down for long contexts.
     pub fn at(
         positions: impl ExactSizeIterator<Item = usize>,
         dims: usize,
         base: f32,
         scale: f32,
+        factors: Option<&[f32]>,
     ) -> Self {
         let pairs = dims / 2;
         let mut cos = Vec::with_capacity(positions.len() * pairs);
         let mut sin = Vec::with_capacity(positions.len() * pairs);
+        let factor = |i: usize| factors.map_or(1.0, |f| f64::from(f[i]));
         for p in positions {
             for i in 0..pairs {
-                let freq = f64::from(base).powf(-2.0 * i as f64 / dims as f64);
+                let freq = f64::from(base).powf(-2.0 * i as f64 / dims as f64) / factor(i);
                 let theta = p as f64 * f64::from(scale) * freq;
                 cos.push(theta.cos() as f32);
                 sin.push(theta.sin() as f32);
@@ -346,6 +350,9 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Multiplies `q · k`.
     pub scale: f32,
+    /// Scaled scores become `c · tanh(score / c)` before the softmax (Gemma 2's attention-logit
+    /// softcapping).
+    pub softcap: Option<f32>,
     /// Sliding window: query `t` sees keys `s` with `t − s < window` (in positions).
     pub window: Option<usize>,
     /// A packed pair of continuations (causal over one sequence when `None`).
@@ -382,7 +389,7 @@ impl AttentionShape {
 }
 
 /// The attention weights of queries `q0..q0 + rows` (one head, `queries` holding their rows)
-/// over keys `k0..q0 + rows`: scaled, masked, softmaxed; `rows × width`.
+/// over keys `k0..q0 + rows`: scaled, softcapped, masked, softmaxed; `rows × width`.
 fn block_weights(
     compute: &Compute,
     shape: &AttentionShape,
@@ -400,6 +407,11 @@ fn block_weights(
             let (start, end) = (shape.first_key(t) - k0, t + 1 - k0);
             for s in &mut row[start..end] {
                 *s *= shape.scale;
+            }
+            if let Some(c) = shape.softcap {
+                for s in &mut row[start..end] {
+                    *s = c * (*s / c).tanh();
+                }
             }
             let hidden = shape.hidden(t);
             let (h0, h1) = (hidden.start.max(k0 + start), hidden.end.min(k0 + end));
@@ -510,6 +522,16 @@ pub fn attention_backward(
                         *g = pv * (*g - dot) * shape.scale;
                     }
                 }
+                // Through the softcap c·tanh(z/c): × (1 − tanh²(z/c)), z the scaled score
+                // (recomputed: one more product, only for softcapped models).
+                if let Some(c) = shape.softcap {
+                    let mut z = vec![0.0; rows * width];
+                    compute.matmul_t(&qh[q0 * d..q1 * d], &keys, &mut z)?;
+                    for (g, z) in dp.iter_mut().zip(&z) {
+                        let t = (z * shape.scale / c).tanh();
+                        *g *= 1.0 - t * t;
+                    }
+                }
                 let ds = dp;
                 let mut dqb = vec![0.0; rows * d];
                 compute.matmul_dx(&ds, &keys, &mut dqb)?;
@@ -535,6 +557,14 @@ pub fn attention_backward(
 /// `x += y`, element-wise (residual connections, gradient accumulation).
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// `y[t] += bias` for every row `t` (a projection's bias). Its backward is the identity on
+/// `dy`: the bias is frozen, and nothing before it sees it.
+pub fn add_row_bias(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        add_assign(row, bias);
+    }
 }
 
 /// Writes a contiguous head back into its columns: `out[t][h·d .. (h+1)·d] = x[t]`.
@@ -670,10 +700,13 @@ mod tests {
     fn attention_backward_matches_finite_differences() {
         let compute = Compute::new(2, crate::quant::matmul::Kernel::detect()).unwrap();
         // Small shapes, and one long enough for several query blocks behind a sliding window.
-        for (tokens, heads, kv_heads, head_dim, window) in [
-            (6, 4, 2, 3, None),
-            (6, 4, 2, 3, Some(3)),
-            (70, 2, 1, 2, Some(5)),
+        // Gemma 2's softcap, low enough that tanh bends the scores.
+        for (tokens, heads, kv_heads, head_dim, window, softcap) in [
+            (6, 4, 2, 3, None, None),
+            (6, 4, 2, 3, Some(3), None),
+            (6, 4, 2, 3, Some(3), Some(0.5)),
+            (70, 2, 1, 2, Some(5), Some(1.0)),
+            (70, 2, 1, 2, Some(5), None),
         ] {
             let shape = AttentionShape {
                 tokens,
@@ -681,6 +714,7 @@ mod tests {
                 kv_heads,
                 head_dim,
                 scale: 0.7,
+                softcap,
                 window,
                 branch: None,
             };
@@ -715,6 +749,7 @@ mod tests {
             kv_heads: 1,
             head_dim: 1,
             scale: 1.0,
+            softcap: None,
             window: None,
             branch: None,
         };
@@ -741,6 +776,7 @@ mod tests {
             kv_heads: 1,
             head_dim: 1,
             scale: 1.0,
+            softcap: None,
             window: None,
             branch: Some(Branch {
                 shared: 2,

@@ -229,6 +229,29 @@ pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
 /// Random but well-formed blocks for `n` weights (finite scales of a realistic size), for tests and
 /// benchmarks of the kernels.
 pub fn random_blocks(kind: QuantType, n: usize, seed: u64) -> Vec<u8> {
+    random_blocks_with(kind, n, seed, 0.05, 1.0)
+}
+
+/// Random blocks for `n` weights of a synthetic model: the block scales are chosen so that the
+/// decoded weights spread about as far as `spread` whatever the kind (a Q6_K block multiplies its
+/// scale by an 8-bit sub-scale and a 6-bit quant, a Q8_0 block by one 8-bit quant), so that a
+/// model written in a mix of kinds keeps its activations in a realistic range.
+pub fn random_weights(kind: QuantType, n: usize, seed: u64, spread: f32) -> Vec<u8> {
+    // The typical size of what multiplies each kind's f16 scale.
+    let multiplier = match kind {
+        QuantType::F32 | QuantType::F16 | QuantType::BF16 => 1.0,
+        QuantType::Q4_0 | QuantType::Q4_1 => 8.0,
+        QuantType::Q5_0 | QuantType::Q5_1 => 16.0,
+        QuantType::Q8_0 => 64.0,
+        QuantType::Q4K => 32.0 * 8.0,
+        QuantType::Q5K => 32.0 * 16.0,
+        QuantType::Q6K => 64.0 * 16.0,
+    };
+    random_blocks_with(kind, n, seed, spread / multiplier, spread)
+}
+
+/// [`random_blocks`] with each f16 scale in ±[scale/2, scale) and plain floats in ±`float`.
+fn random_blocks_with(kind: QuantType, n: usize, seed: u64, scale: f32, float: f32) -> Vec<u8> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut bytes = vec![0u8; kind.row_bytes(n)];
@@ -243,14 +266,14 @@ pub fn random_blocks(kind: QuantType, n: usize, seed: u64) -> Vec<u8> {
     let fields: &[usize] = match kind {
         QuantType::F32 => {
             for v in bytes.chunks_exact_mut(4) {
-                v.copy_from_slice(&rng.gen_range(-1.0f32..1.0).to_le_bytes());
+                v.copy_from_slice(&rng.gen_range(-float..float).to_le_bytes());
             }
             &[]
         }
         QuantType::F16 => &[0],
         QuantType::BF16 => {
             for v in bytes.chunks_exact_mut(2) {
-                let x = rng.gen_range(-1.0f32..1.0).to_bits();
+                let x = rng.gen_range(-float..float).to_bits();
                 v.copy_from_slice(&((x >> 16) as u16).to_le_bytes());
             }
             &[]
@@ -261,7 +284,7 @@ pub fn random_blocks(kind: QuantType, n: usize, seed: u64) -> Vec<u8> {
     };
     for block in bytes.chunks_exact_mut(kind.block_bytes()) {
         for &at in fields {
-            block[at..at + 2].copy_from_slice(&half(&mut rng, 0.05));
+            block[at..at + 2].copy_from_slice(&half(&mut rng, scale));
         }
     }
     bytes

@@ -191,9 +191,14 @@ fn tiny_model(dst: &Path, arch: &str) {
     common::tiny_model(dst, arch, None);
 }
 
-/// Both small random models, written into `dir`.
+/// The synthetic models' architectures (`llama3`: a llama file with Llama 3's RoPE factors).
+const ARCHITECTURES: [&str; 6] = ["llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3"];
+
+/// A small random model of each architecture the forward runs, written into `dir`: Llama,
+/// Llama 3 (RoPE frequency factors), Qwen2 (q/k/v biases), Qwen3 (q/k norms), Gemma 2
+/// (softcaps, alternating windows) and Gemma 3.
 fn tiny_models(dir: &Path) -> Vec<(&'static str, std::path::PathBuf)> {
-    ["llama", "gemma3"]
+    ARCHITECTURES
         .into_iter()
         .map(|arch| {
             let path = dir.join(format!("{arch}.gguf"));
@@ -203,17 +208,22 @@ fn tiny_models(dir: &Path) -> Vec<(&'static str, std::path::PathBuf)> {
         .collect()
 }
 
-/// Sliding windows shorter than the text, grouped-query attention and head sizes that differ
-/// from embedding/heads, on small random models: native, f64 reference and llama.cpp agree.
+/// Sliding windows shorter than the text, grouped-query attention, head sizes that differ from
+/// embedding/heads, Llama 3's RoPE factors, Qwen2's biases and Qwen3's q/k norms, on small
+/// random models over 200 tokens: native, f64 reference and llama.cpp agree (f32 weights:
+/// within 1e-4 of llama.cpp; for Gemma, whose GELU llama.cpp computes through f16, the
+/// reference computed that way is).
 #[test]
 fn small_random_models_agree_with_llama_cpp() {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
+    let mut by_arch = Vec::new();
     for (arch, path) in tiny_models(dir.path()) {
         let llama = engine::load_model(&EngineConfig::new(&path)).unwrap();
         let all = score::tokenize(&llama, &ScoreInput::Text(text("sourdough"))).unwrap();
-        let tokens = &all[..48];
+        assert!(all.len() > 200, "{} tokens", all.len());
+        let tokens = &all[..201];
         let ours = Model::open(&path).unwrap().score(&compute, tokens).unwrap();
         let exact = reference::logprobs(&path, tokens);
         let theirs = llama_scores(&path, tokens);
@@ -230,7 +240,84 @@ fn small_random_models_agree_with_llama_cpp() {
             100.0 * d.top1
         );
         assert!(to_exact < 1e-4, "{arch}: {to_exact}");
-        assert!(d.mean < 1e-3 && d.max < 1e-2, "{arch}: far from llama.cpp");
+        if arch.starts_with("gemma") {
+            // llama.cpp's CPU GELU goes through an f16 table: Gemma's log-probs there sit about
+            // 1e-3 from the exact model. The reference with that table comes ten times closer
+            // on average; what remains are activations whose f16 rounding a 1e-6 difference
+            // upstream flips (a discontinuity no other arithmetic reproduces bit for bit), so
+            // a max of 1e-4 cannot hold against llama.cpp's CPU backend for Gemma.
+            let as_llama_cpp = reference::logprobs_with(&path, tokens, reference::Gelu::F16Table);
+            let gaps: Vec<f64> = theirs
+                .iter()
+                .zip(&as_llama_cpp)
+                .map(|(s, e)| (s.logprob - e).abs())
+                .collect();
+            let rounded = gaps.iter().copied().fold(0.0, f64::max);
+            let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+            println!("random {arch}: llama.cpp vs the reference with its f16 GELU: mean {mean:.1e} max |Δ| {rounded:.1e}");
+            assert!(
+                mean <= 1e-4 && 5.0 * mean <= d.mean,
+                "{arch}: mean {mean} (max {rounded}) beside llama.cpp's GELU, {} without",
+                d.mean
+            );
+            assert!(d.mean < 1e-3 && d.max < 1e-2, "{arch}: far from llama.cpp");
+        } else {
+            assert!(d.max <= 1e-4, "{arch}: {} from llama.cpp", d.max);
+        }
+        by_arch.push((arch, ours));
+    }
+    // The Llama 3 file is the Llama file plus its frequency factors: they must matter.
+    let scores = |name: &str| &by_arch.iter().find(|(a, _)| *a == name).unwrap().1;
+    let moved = distance(scores("llama"), scores("llama3")).mean;
+    assert!(moved > 1e-2, "RoPE factors moved log-probs by only {moved}");
+}
+
+/// The same architectures at sizes the K-quants take, in a Q4_K_M-like mix that also holds
+/// Q5_K, Q8_0, F16 and BF16 layers: on the dequantized copy the native forward is llama.cpp's
+/// f32 run (within 1e-4, Gemma 3 aside as above), and on the quantized file itself it sits no
+/// farther from llama.cpp than llama.cpp's own f32 run does (what remains is llama.cpp's
+/// rounding of activations to 8 or 16 bits).
+#[test]
+fn quantized_random_models_match_llama_cpp() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
+    for arch in ARCHITECTURES {
+        let path = dir.path().join(format!("{arch}-q.gguf"));
+        common::tiny_quantized_model(&path, arch);
+        let f32_path = dir.path().join(format!("{arch}-f32.gguf"));
+        dequantized_copy(&path, &f32_path);
+        let llama = engine::load_model(&EngineConfig::new(&path)).unwrap();
+        let all = score::tokenize(&llama, &ScoreInput::Text(text("sourdough"))).unwrap();
+        let tokens = &all[..201];
+        let ours = Model::open(&path).unwrap().score(&compute, tokens).unwrap();
+        let exact = distance(&ours, &llama_scores(&f32_path, tokens));
+        let quantized = distance(&ours, &llama_scores(&path, tokens));
+        let own = distance(
+            &llama_scores(&f32_path, tokens),
+            &llama_scores(&path, tokens),
+        );
+        println!(
+            "quantized {arch}: vs llama.cpp on f32 weights max |Δ| {:.1e}; on the quantized file \
+             mean {:.2e} (llama.cpp f32 vs quantized {:.2e}), top-1 {:.1}% ({:.1}%)",
+            exact.max,
+            quantized.mean,
+            own.mean,
+            100.0 * quantized.top1,
+            100.0 * own.top1
+        );
+        if arch.starts_with("gemma") {
+            assert!(
+                exact.mean < 1e-3 && exact.max < 1e-2,
+                "{arch}: far from llama.cpp"
+            );
+        } else {
+            assert!(exact.max <= 1e-4, "{arch}: {} from llama.cpp", exact.max);
+        }
+        assert!(
+            quantized.mean <= 1.1 * own.mean + 2e-3 && quantized.top1 >= own.top1 - 0.01,
+            "{arch}: farther from quantized llama.cpp than its own f32 run"
+        );
     }
 }
 
@@ -321,9 +408,10 @@ fn broken_models_are_named_errors() {
     assert!(model.score(&compute, &[vocab]).is_err());
 }
 
-/// What the forward does not compute, it refuses by name: a Llama 3 file's RoPE frequency
-/// factors, biases, scales and caps of relatives that share an architecture name, a sliding
-/// window on a llama. Keys at the value the forward computes anyway load.
+/// What the forward does not compute, it refuses by name: LongRoPE factors, biases it does not
+/// apply, scales and caps of relatives that share an architecture name, a sliding window on a
+/// llama. Keys at the value the forward computes anyway load, and so do the features it does
+/// compute (Llama 3's frequency factors, q/k/v biases).
 #[test]
 fn model_features_the_forward_does_not_implement_are_refused_by_name() {
     use tenets::gguf::Value;
@@ -337,12 +425,16 @@ fn model_features_the_forward_does_not_implement_are_refused_by_name() {
     };
     let refused: Vec<(Option<String>, &str)> = vec![
         (
-            message(&[], &[("rope_freqs.weight", 16)]),
-            "tensor `rope_freqs.weight` (Llama 3 RoPE scaling's frequency factors)",
+            message(&[], &[("rope_factors_long.weight", 16)]),
+            "tensor `rope_factors_long.weight` (LongRoPE scaling factors)",
         ),
         (
-            message(&[], &[("blk.0.attn_q.bias", 128)]),
-            "tensor `blk.0.attn_q.bias` (a bias)",
+            message(&[], &[("blk.0.attn_output.bias", 64)]),
+            "tensor `blk.0.attn_output.bias` (a bias the native forward does not apply)",
+        ),
+        (
+            message(&[], &[("blk.0.attn_q.bias", 7)]),
+            "tensor `blk.0.attn_q.bias` has shape [7], expected [128]",
         ),
         (
             message(&[("llama.attn_logit_softcapping", Value::F32(50.0))], &[]),
@@ -383,7 +475,7 @@ fn model_features_the_forward_does_not_implement_are_refused_by_name() {
                 ("llama.attention.causal", Value::Bool(true)),
                 ("llama.vocab_size", Value::U32(49152)),
             ],
-            &[],
+            &[("rope_freqs.weight", 16), ("blk.0.attn_q.bias", 128)],
         ),
         None
     );

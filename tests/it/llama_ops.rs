@@ -331,6 +331,7 @@ fn each_llama_cpp_op_is_reproduced_from_its_own_inputs() {
             kv_heads,
             head_dim: hd,
             scale: c.attention_scale,
+            softcap: c.attention_softcap,
             window: c.window_of(layer),
             branch: None,
         };

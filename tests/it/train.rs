@@ -393,6 +393,84 @@ fn adapter_effect(adapter: &Path) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
     (b, logps(None), logps(Some(&adapters)))
 }
 
+/// `tenets train` runs every architecture the native forward implements: two DPO steps on a
+/// small random Llama 3, Qwen2, Qwen3 and Gemma 2 model each write an adapter that moves the
+/// log-probs, and `tenets score` applies it alike through llama.cpp and the native forward.
+#[test]
+fn two_steps_on_each_architecture_write_an_adapter_llama_cpp_applies() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture_head(dir.path(), 2);
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog near the river bank, then naps.",
+    )
+    .unwrap();
+    for arch in ["llama3", "qwen2", "qwen3", "gemma2"] {
+        let model = dir.path().join(format!("{arch}.gguf"));
+        common::tiny_model(&model, arch, None);
+        let out = dir.path().join(format!("{arch}-lora.gguf"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenets"));
+        cmd.arg("train").arg("--model").arg(&model);
+        cmd.arg("--data").arg(&data).arg("--out").arg(&out);
+        cmd.args(["--quiet", "--json", "--max-length", "96", "--batch", "2"]);
+        cmd.args(["--steps", "2", "--no-final-eval"]);
+        assert_eq!(summary(&run(cmd))["steps_done"].as_u64(), Some(2), "{arch}");
+        let score = |engine: &str, lora: bool| -> Vec<f64> {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenets"));
+            cmd.arg("score")
+                .arg("--model")
+                .arg(&model)
+                .arg("--text-file")
+                .arg(&text);
+            cmd.args(["--engine", engine, "--json", "--quiet"]);
+            if lora {
+                cmd.arg("--lora").arg(&out);
+            }
+            let output = run(cmd);
+            assert!(
+                output.status.success(),
+                "{arch} score: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let v: Value = serde_json::from_slice(&output.stdout).unwrap();
+            v["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|t| t["logprob"].as_f64())
+                .collect()
+        };
+        let (native, llama, base) = (
+            score("native", true),
+            score("llama", true),
+            score("llama", false),
+        );
+        let gap = native
+            .iter()
+            .zip(&llama)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        let moved = base
+            .iter()
+            .zip(&llama)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        println!(
+            "{arch}: trained adapter, native vs llama.cpp max |Δ| {gap:.1e}; moved {moved:.1e}"
+        );
+        assert_eq!(native.len(), llama.len());
+        // Gemma: llama.cpp's f16 GELU table (see forward::small_random_models_agree_with_llama_cpp).
+        let tolerance = if arch == "gemma2" { 1e-2 } else { 1e-4 };
+        assert!(
+            gap <= tolerance,
+            "{arch}: native and llama.cpp differ by {gap}"
+        );
+        assert!(moved > 1e-4, "{arch}: the adapter moved nothing");
+    }
+}
+
 /// The one step of a one-step run learns: the schedule never gives a step a learning rate of
 /// 0 (it used to reach its floor at the last step, so `--steps 1` wrote B = 0).
 #[test]
@@ -658,6 +736,78 @@ fn bad_training_input_is_named_and_writes_nothing() {
         &[],
     ));
     assert!(String::from_utf8_lossy(&output.stderr).contains("the folder does not exist"));
+}
+
+/// PEFT keys are the module names transformers builds for each architecture's class
+/// (`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `Gemma3ForCausalLM` all keep
+/// `model.layers.N.self_attn.{q,k,v,o}_proj` and `mlp.{gate,up,down}_proj`), every key once,
+/// each factor in the shape of `nn.Linear(in, out)`'s LoRA (`lora_A` [r, in], `lora_B`
+/// [out, r]); and only Llama's q/k rows are put back in HF's order (its converter permutes
+/// them; the NeoX families' converters do not).
+#[test]
+fn peft_keys_are_each_architectures_modules_in_their_shapes() {
+    use tenets::model::{Adapters, Model, Target};
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2", "qwen3", "gemma3"] {
+        let path = dir.path().join(format!("{arch}.gguf"));
+        common::tiny_model(&path, arch, None);
+        let model = Model::open(&path).unwrap();
+        let c = model.config().clone();
+        let mut adapters = Adapters::new(&model, &Target::ALL, 4, 8.0, 1);
+        for (i, lora) in adapters.layers.iter_mut().flatten().flatten().enumerate() {
+            lora.b
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v = (i * 1000 + j) as f32);
+        }
+        let out = dir.path().join(format!("{arch}-peft"));
+        tenets::train::peft::write(&model, &adapters, 0.0, &out).unwrap();
+        let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (e, q, kv, ff) = (
+            c.embedding,
+            c.heads * c.head_dim,
+            c.kv_heads * c.head_dim,
+            c.feed_forward,
+        );
+        let modules = [
+            ("self_attn.q_proj", e, q),
+            ("self_attn.k_proj", e, kv),
+            ("self_attn.v_proj", e, kv),
+            ("self_attn.o_proj", q, e),
+            ("mlp.gate_proj", e, ff),
+            ("mlp.up_proj", e, ff),
+            ("mlp.down_proj", ff, e),
+        ];
+        let mut expected = Vec::new();
+        for l in 0..c.layers {
+            for (module, input, output) in modules {
+                let key =
+                    |f: &str| format!("base_model.model.model.layers.{l}.{module}.{f}.weight");
+                expected.push((key("lora_A"), vec![4, input]));
+                expected.push((key("lora_B"), vec![output, 4]));
+            }
+        }
+        let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+        names.sort();
+        let mut want: Vec<String> = expected.iter().map(|(k, _)| k.clone()).collect();
+        want.sort();
+        assert_eq!(names, want, "{arch}");
+        for (key, shape) in &expected {
+            assert_eq!(st.tensor(key).unwrap().shape(), &shape[..], "{arch} {key}");
+        }
+        // Layer 0's q: lora_B rows as trained (0, 1, 2, … row-major), or un-permuted.
+        let b = st
+            .tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")
+            .unwrap();
+        let first: Vec<f32> = b
+            .data()
+            .chunks_exact(4)
+            .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+            .collect();
+        let as_trained = first.iter().enumerate().all(|(j, &v)| v == j as f32);
+        assert_eq!(as_trained, arch != "llama", "{arch}: q rows");
+    }
 }
 
 /// PEFT adapters name the base to load them on where the GGUF names the repository it was

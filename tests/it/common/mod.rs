@@ -168,9 +168,27 @@ pub fn execute(db: &Path, sql: &str) {
 
 /// A small random model of `arch` in f32 with the default model's tokenizer (so llama.cpp loads
 /// it): 6 layers, so a Gemma 3 model has five sliding-window layers (window 8) and one global.
+/// Each family's quirks are in the tensors its converter writes: `qwen2` has q/k/v biases,
+/// `qwen3` per-head q/k norms, `gemma2` post-norms and low softcaps (4 on attention scores, 6
+/// on logits, so that both bend), and `llama3` is a `llama` file with Llama 3.1's RoPE frequency
+/// factors (`rope_freqs.weight`, from its formula with the original context shrunk to 32 so
+/// that the factors bend frequencies a 48-token text turns through).
 /// `embedding_rows` gives it fewer embedding rows than its tokenizer has tokens (a file
 /// llama.cpp refuses to run, whose tokenizer the native engine still uses).
 pub fn tiny_model(dst: &Path, arch: &str, embedding_rows: Option<u64>) {
+    synthetic_model(dst, arch, embedding_rows, false);
+}
+
+/// [`tiny_model`] at sizes the K-quants take (embedding 256, heads of 64, feed-forward 512)
+/// in a quantization mix like the converters' Q4_K_M: the tied embedding and every other layer's
+/// `attn_v`/`ffn_down` in Q6_K, the other projections in Q4_K — except that layers 1 to 4 use
+/// Q5_K, Q8_0, F16 and BF16 instead, so one file holds every kind a real one may; norms,
+/// biases and RoPE factors in F32.
+pub fn tiny_quantized_model(dst: &Path, arch: &str) {
+    synthetic_model(dst, arch, None, true);
+}
+
+fn synthetic_model(dst: &Path, arch: &str, embedding_rows: Option<u64>, quantized: bool) {
     use rand::{Rng, SeedableRng};
     use tenets::gguf::writer::GgufWriter;
     use tenets::gguf::{Gguf, Value};
@@ -184,8 +202,24 @@ pub fn tiny_model(dst: &Path, arch: &str, embedding_rows: Option<u64>) {
             w.metadata(key, value.clone()).unwrap();
         }
     }
-    let gemma = arch == "gemma3";
-    let (embd, layers, heads, kv_heads, head_dim, ff) = (64u64, 6u64, 4u64, 2u64, 32u64, 96u64);
+    let (arch, llama3) = match arch {
+        "llama3" => ("llama", true),
+        other => (other, false),
+    };
+    let gemma = arch.starts_with("gemma");
+    // Heads of 32 beside an embedding of 64, except in Qwen2, whose loader wants
+    // heads × head size = embedding (its output projection is square).
+    let head_dim = match (quantized, arch) {
+        (true, _) => 64u64,
+        (false, "qwen2") => 16,
+        (false, _) => 32,
+    };
+    let (embd, ff) = if quantized {
+        (256, 512)
+    } else {
+        (64u64, 96u64)
+    };
+    let (layers, heads, kv_heads) = (6u64, 4u64, 2u64);
     let mut meta = |k: &str, v: Value| w.metadata(&format!("{arch}.{k}"), v).unwrap();
     meta("context_length", Value::U32(512));
     meta("embedding_length", Value::U32(embd as u32));
@@ -201,9 +235,15 @@ pub fn tiny_model(dst: &Path, arch: &str, embedding_rows: Option<u64>) {
     if gemma {
         meta("attention.sliding_window", Value::U32(8));
     }
+    if arch == "gemma2" {
+        // Caps low enough to bend this model's scores and logits.
+        meta("attn_logit_softcapping", Value::F32(4.0));
+        meta("final_logit_softcapping", Value::F32(6.0));
+    }
     w.metadata("general.architecture", Value::String(arch.into()))
         .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    // A vector (norm weights, biases) in F32, `around ± spread`.
     let mut add = |w: &mut GgufWriter, name: &str, dims: &[u64], around: f32, spread: f32| {
         let n: u64 = dims.iter().product();
         let bytes = (0..n)
@@ -211,28 +251,105 @@ pub fn tiny_model(dst: &Path, arch: &str, embedding_rows: Option<u64>) {
             .collect();
         w.tensor(name, dims, QuantType::F32, bytes).unwrap();
     };
+    // A matrix: F32 like a vector, or random blocks of `kind` whose weights spread as far.
+    let mut seed = 100;
+    let mut matrix =
+        |w: &mut GgufWriter, name: &str, dims: &[u64], spread: f32, kind: QuantType| {
+            let n: u64 = dims.iter().product();
+            if kind == QuantType::F32 {
+                add(w, name, dims, 0.0, spread);
+            } else {
+                seed += 1;
+                let bytes = tenets::quant::random_weights(kind, n as usize, seed, spread);
+                w.tensor(name, dims, kind, bytes).unwrap();
+            }
+        };
     let (q, kv) = (heads * head_dim, kv_heads * head_dim);
-    add(&mut w, "token_embd.weight", &[embd, vocab], 0.0, 0.5);
+    let (rest, more_bits) = match quantized {
+        true => (QuantType::Q4K, QuantType::Q6K),
+        false => (QuantType::F32, QuantType::F32),
+    };
+    // Weights of a realistic size for the fan-in: the quantized model's inputs are 4× wider
+    // (hotter weights make every token's distribution so peaked that llama.cpp's own rounding
+    // of activations moves log-probs by nats).
+    let fan: f32 = if quantized { 0.25 } else { 1.0 };
+    matrix(
+        &mut w,
+        "token_embd.weight",
+        &[embd, vocab],
+        0.5 * fan.sqrt(),
+        more_bits,
+    );
+    for l in 0..layers {
+        let kind = match (quantized, l) {
+            (true, 1) => QuantType::Q5K,
+            (true, 2) => QuantType::Q8_0,
+            (true, 3) => QuantType::F16,
+            (true, 4) => QuantType::BF16,
+            _ => rest,
+        };
+        let bits = if l % 2 == 0 { more_bits } else { kind };
+        let n = |t: &str| format!("blk.{l}.{t}.weight");
+        matrix(&mut w, &n("attn_q"), &[embd, q], 0.3 * fan, kind);
+        matrix(&mut w, &n("attn_k"), &[embd, kv], 0.3 * fan, kind);
+        matrix(&mut w, &n("attn_v"), &[embd, kv], 0.3 * fan, bits);
+        matrix(&mut w, &n("attn_output"), &[q, embd], 0.2 * fan, kind);
+        matrix(&mut w, &n("ffn_gate"), &[embd, ff], 0.3 * fan, kind);
+        matrix(&mut w, &n("ffn_up"), &[embd, ff], 0.3 * fan, kind);
+        matrix(&mut w, &n("ffn_down"), &[ff, embd], 0.2 * fan, bits);
+    }
     add(&mut w, "output_norm.weight", &[embd], 1.0, 0.2);
     for l in 0..layers {
         let n = |t: &str| format!("blk.{l}.{t}.weight");
         add(&mut w, &n("attn_norm"), &[embd], 1.0, 0.2);
-        add(&mut w, &n("attn_q"), &[embd, q], 0.0, 0.3);
-        add(&mut w, &n("attn_k"), &[embd, kv], 0.0, 0.3);
-        add(&mut w, &n("attn_v"), &[embd, kv], 0.0, 0.3);
-        add(&mut w, &n("attn_output"), &[q, embd], 0.0, 0.2);
         add(&mut w, &n("ffn_norm"), &[embd], 1.0, 0.2);
-        add(&mut w, &n("ffn_gate"), &[embd, ff], 0.0, 0.3);
-        add(&mut w, &n("ffn_up"), &[embd, ff], 0.0, 0.3);
-        add(&mut w, &n("ffn_down"), &[ff, embd], 0.0, 0.2);
-        if gemma {
+        if arch == "gemma3" || arch == "qwen3" {
             add(&mut w, &n("attn_q_norm"), &[head_dim], 1.0, 0.2);
             add(&mut w, &n("attn_k_norm"), &[head_dim], 1.0, 0.2);
+        }
+        if gemma {
             add(&mut w, &n("post_attention_norm"), &[embd], 1.0, 0.2);
             add(&mut w, &n("post_ffw_norm"), &[embd], 1.0, 0.2);
         }
+        if arch == "qwen2" {
+            let b = |t: &str| format!("blk.{l}.{t}.bias");
+            add(&mut w, &b("attn_q"), &[q], 0.0, 0.5);
+            add(&mut w, &b("attn_k"), &[kv], 0.0, 0.5);
+            add(&mut w, &b("attn_v"), &[kv], 0.0, 0.5);
+        }
+    }
+    if llama3 {
+        let bytes = llama3_rope_factors(head_dim as usize, 1e4, 32.0)
+            .into_iter()
+            .flat_map(f32::to_le_bytes)
+            .collect();
+        w.tensor("rope_freqs.weight", &[head_dim / 2], QuantType::F32, bytes)
+            .unwrap();
     }
     w.write(dst).unwrap();
+}
+
+/// Llama 3.1's RoPE frequency factors (factor 8, low/high frequency factors 1 and 4) for a
+/// head of `dims` at `base`, as its converter computes them from `original_context`: high
+/// frequencies kept, low ones slowed eightfold, a smooth ramp between.
+pub fn llama3_rope_factors(dims: usize, base: f64, original_context: f64) -> Vec<f32> {
+    let (factor, low, high) = (8.0, 1.0, 4.0);
+    let (low_wavelen, high_wavelen) = (original_context / low, original_context / high);
+    (0..dims / 2)
+        .map(|i| {
+            let freq = base.powf(-2.0 * i as f64 / dims as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (original_context / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
 }
 
 /// A copy of `src` with metadata entries added (or replaced) and extra f32 tensors.

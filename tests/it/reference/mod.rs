@@ -8,7 +8,13 @@ use tenets::gguf::{Gguf, Value};
 use tenets::quant::dequantize_row;
 
 struct Spec {
+    /// Gemma 2 or 3: scaled embeddings, post-norms, GeGLU, sliding layers.
     gemma: bool,
+    gemma2: bool,
+    /// RoPE on halves (llama.cpp's NeoX: Gemma, Qwen) rather than adjacent pairs (Llama).
+    neox: bool,
+    /// A per-head RMSNorm on q and k before RoPE (Gemma 3, Qwen3).
+    qk_norm: bool,
     embd: usize,
     layers: usize,
     heads: usize,
@@ -31,7 +37,10 @@ fn spec(g: &Gguf) -> Spec {
     let embd = meta(g, &k("embedding_length")) as usize;
     let heads = meta(g, &k("attention.head_count")) as usize;
     Spec {
-        gemma: arch == "gemma3",
+        gemma: arch.starts_with("gemma"),
+        gemma2: arch == "gemma2",
+        neox: matches!(arch.as_str(), "gemma2" | "gemma3" | "qwen2" | "qwen3"),
+        qk_norm: matches!(arch.as_str(), "gemma3" | "qwen3"),
         embd,
         layers: meta(g, &k("block_count")) as usize,
         heads,
@@ -99,12 +108,14 @@ fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
     x.iter().zip(w).map(|(v, w)| v * inv * w).collect()
 }
 
-/// RoPE on one head at position `p`: Llama files pair (2i, 2i+1), Gemma pairs (i, i + d/2).
-fn rope(head: &mut [f64], p: usize, base: f64, gemma: bool) {
+/// RoPE on one head at position `p`: Llama files pair (2i, 2i+1), Gemma and Qwen pair
+/// (i, i + d/2). Llama 3's frequency factors divide pair `i`'s frequency.
+fn rope(head: &mut [f64], p: usize, base: f64, neox: bool, factors: Option<&[f64]>) {
     let d = head.len();
     for i in 0..d / 2 {
-        let theta = p as f64 * base.powf(-2.0 * i as f64 / d as f64);
-        let (a, b) = if gemma {
+        let factor = factors.map_or(1.0, |f| f[i]);
+        let theta = p as f64 * base.powf(-2.0 * i as f64 / d as f64) / factor;
+        let (a, b) = if neox {
             (i, i + d / 2)
         } else {
             (2 * i, 2 * i + 1)
@@ -123,8 +134,47 @@ fn silu(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
 
+/// Through f16 and back, as f32.
+fn f16_round(x: f64) -> f64 {
+    use tenets::quant::float::{f16_to_f32, f32_to_f16};
+    f64::from(f16_to_f32(f32_to_f16(x as f32)))
+}
+
+/// llama.cpp's CPU GELU: the input rounded to f16 and the result read from a table of f16s
+/// (`GGML_GELU_FP16`), exact beyond ±10.
+fn gelu_f16_table(x: f64) -> f64 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        // The table holds f32 GELUs rounded to f16; computed in f32 as ggml does, so that a
+        // value on a rounding boundary lands where llama.cpp's does.
+        let x = f16_round(x) as f32;
+        let gelu = 0.5
+            * x
+            * (1.0
+                + ((2.0f32 / std::f32::consts::PI).sqrt() * x * (1.0 + 0.044715 * x * x)).tanh());
+        f16_round(f64::from(gelu))
+    }
+}
+
+/// How the reference computes GELU.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Gelu {
+    /// In f64: the model's arithmetic.
+    Exact,
+    /// As llama.cpp's CPU backend does, through f16: what llama.cpp's Gemma log-probs carry.
+    F16Table,
+}
+
 /// Log-probabilities of `tokens[1..]`, each after the tokens before it.
 pub fn logprobs(path: &std::path::Path, tokens: &[u32]) -> Vec<f64> {
+    logprobs_with(path, tokens, Gelu::Exact)
+}
+
+/// [`logprobs`] with GELU computed as `gelu` says.
+pub fn logprobs_with(path: &std::path::Path, tokens: &[u32], gelu: Gelu) -> Vec<f64> {
     let g = Gguf::open(path).unwrap();
     let s = spec(&g);
     let n = tokens.len() - 1;
@@ -140,37 +190,57 @@ pub fn logprobs(path: &std::path::Path, tokens: &[u32]) -> Vec<f64> {
     for l in 0..s.layers {
         let name = |t: &str| format!("blk.{l}.{t}.weight");
         // Gemma 3: five sliding-window layers (RoPE base 10 000, window from the file), then one
-        // global layer.
-        let sliding = s.gemma && l % 6 != 5;
-        let base = if sliding { 10_000.0 } else { s.rope_base };
+        // global layer. Gemma 2: every other layer slides, at the global base.
+        let sliding = (s.gemma2 && l % 2 == 0) || (s.gemma && !s.gemma2 && l % 6 != 5);
+        let base = if sliding && !s.gemma2 {
+            10_000.0
+        } else {
+            s.rope_base
+        };
         let window = if sliding {
-            meta(&g, "gemma3.attention.sliding_window") as usize
+            let arch = if s.gemma2 { "gemma2" } else { "gemma3" };
+            meta(&g, &format!("{arch}.attention.sliding_window")) as usize
         } else {
             usize::MAX
+        };
+        // Gemma 2 caps every scaled score at c·tanh(score/c).
+        let cap = |score: f64| match s.gemma2 {
+            true => {
+                let c = meta(&g, "gemma2.attn_logit_softcapping");
+                c * (score / c).tanh()
+            }
+            false => score,
         };
         let normed: Vec<Vec<f64>> = x
             .iter()
             .map(|r| rms_norm(r, &vector(&g, &name("attn_norm")), s.eps))
             .collect();
-        let mut q = linear(&g, &name("attn_q"), &normed);
-        let mut k = linear(&g, &name("attn_k"), &normed);
-        let v = linear(&g, &name("attn_v"), &normed);
-        for (p, (qt, kt)) in q.iter_mut().zip(k.iter_mut()).enumerate() {
-            for head in qt.chunks_mut(d) {
-                if s.gemma {
-                    let w = vector(&g, &name("attn_q_norm"));
-                    let normed = rms_norm(head, &w, s.eps);
-                    head.copy_from_slice(&normed);
-                }
-                rope(head, p, base, s.gemma);
+        // Projections, each plus its bias where the file has one (Qwen2).
+        let project = |t: &str| {
+            let mut y = linear(&g, &name(t), &normed);
+            let bias = format!("blk.{l}.{t}.bias");
+            if g.tensor(&bias).is_some() {
+                let b = vector(&g, &bias);
+                y.iter_mut()
+                    .for_each(|r| r.iter_mut().zip(&b).for_each(|(v, b)| *v += b));
             }
-            for head in kt.chunks_mut(d) {
-                if s.gemma {
-                    let w = vector(&g, &name("attn_k_norm"));
-                    let normed = rms_norm(head, &w, s.eps);
-                    head.copy_from_slice(&normed);
+            y
+        };
+        let mut q = project("attn_q");
+        let mut k = project("attn_k");
+        let v = project("attn_v");
+        let factors = g
+            .tensor("rope_freqs.weight")
+            .map(|_| vector(&g, "rope_freqs.weight"));
+        for (p, (qt, kt)) in q.iter_mut().zip(k.iter_mut()).enumerate() {
+            for (rows, norm) in [(qt, "attn_q_norm"), (kt, "attn_k_norm")] {
+                for head in rows.chunks_mut(d) {
+                    if s.qk_norm {
+                        let normed = rms_norm(head, &vector(&g, &name(norm)), s.eps);
+                        head.copy_from_slice(&normed);
+                    }
+                    rope(head, p, base, s.neox, factors.as_deref());
                 }
-                rope(head, p, base, s.gemma);
             }
         }
         let scale = 1.0 / (d as f64).sqrt();
@@ -184,7 +254,7 @@ pub fn logprobs(path: &std::path::Path, tokens: &[u32]) -> Vec<f64> {
                     let seen: Vec<usize> = (0..=t).filter(|&s| t - s < window).collect();
                     let scores: Vec<f64> = seen
                         .iter()
-                        .map(|&s| dot(qh, &k[s][kv * d..(kv + 1) * d]) * scale)
+                        .map(|&s| cap(dot(qh, &k[s][kv * d..(kv + 1) * d]) * scale))
                         .collect();
                     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = scores.iter().map(|v| (v - max).exp()).sum();
@@ -218,7 +288,14 @@ pub fn logprobs(path: &std::path::Path, tokens: &[u32]) -> Vec<f64> {
             .map(|(gt, ut)| {
                 gt.iter()
                     .zip(ut)
-                    .map(|(&a, &b)| if s.gemma { gelu_tanh(a) } else { silu(a) } * b)
+                    .map(|(&a, &b)| {
+                        let act = match (s.gemma, gelu) {
+                            (false, _) => silu(a),
+                            (true, Gelu::Exact) => gelu_tanh(a),
+                            (true, Gelu::F16Table) => gelu_f16_table(a),
+                        };
+                        act * b
+                    })
                     .collect()
             })
             .collect();
@@ -239,6 +316,11 @@ pub fn logprobs(path: &std::path::Path, tokens: &[u32]) -> Vec<f64> {
     } else {
         "token_embd.weight"
     };
+    // Gemma's final softcap, where the file gives one.
+    let arch = g.architecture().unwrap().to_string();
+    let final_cap = g
+        .get(&format!("{arch}.final_logit_softcapping"))
+        .and_then(Value::as_f64);
     let mut max = vec![f64::NEG_INFINITY; n];
     let mut sum = vec![0.0; n];
     let mut target = vec![0.0; n];
@@ -253,7 +335,7 @@ pub fn logprobs(path: &std::path::Path, tokens: &[u32]) -> Vec<f64> {
             .collect();
         for (i, column) in logits.iter().enumerate() {
             for t in 0..n {
-                let v = column[t];
+                let v = final_cap.map_or(column[t], |c| c * (column[t] / c).tanh());
                 if v > max[t] {
                     sum[t] = sum[t] * (max[t] - v).exp() + 1.0;
                     max[t] = v;
