@@ -327,9 +327,11 @@ impl Model {
             lora_back(Target::O, &t.att, &d_o, &mut d_att)?;
             let ops::AttentionGrads { mut dq, mut dk, dv } =
                 self.attend_backward(compute, l, t, &d_att, &layout)?;
-            let table = rope_table(&tables, c.rope_of(l));
-            ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
-            ops::rope_backward(&mut dk, c.kv_heads, c.head_dim, table, c.rope_layout);
+            if c.uses_rope(l) {
+                let table = rope_table(&tables, c.rope_of(l));
+                ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
+                ops::rope_backward(&mut dk, c.kv_heads, c.head_dim, table, c.rope_layout);
+            }
             if let (Some(qn), Some(kn), Some(q_pre), Some(k_pre)) =
                 (&layer.q_norm, &layer.k_norm, &t.q_pre, &t.k_pre)
             {

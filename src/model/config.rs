@@ -12,6 +12,8 @@ pub enum Architecture {
     /// on adjacent pairs (the converter permutes q/k rows for it), GQA, SwiGLU; optional q/k/v
     /// biases and Llama 3's RoPE frequency factors.
     Llama,
+    /// SmolLM3: Llama's block with no RoPE in every fourth layer.
+    SmolLm3,
     /// Qwen2 / Qwen2.5: Llama's block with q/k/v biases and NeoX RoPE (halves).
     Qwen2,
     /// Qwen3: Llama's block with a per-head RMSNorm on queries and keys before NeoX RoPE.
@@ -28,6 +30,7 @@ impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Llama => "llama",
+            Architecture::SmolLm3 => "smollm3",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
             Architecture::Gemma2 => "gemma2",
@@ -108,6 +111,9 @@ pub struct Config {
     pub final_softcap: Option<f32>,
     /// Scaled attention scores become `c · tanh(score / c)` when set (Gemma 2).
     pub attention_softcap: Option<f32>,
+    /// Every `n`-th layer (the last of each group of `n`) applies no RoPE (SmolLM3: 4); 0 = all
+    /// layers rotate.
+    pub no_rope_every: usize,
     pub activation: Activation,
 }
 
@@ -118,6 +124,7 @@ impl Config {
             .ok_or_else(|| ModelError::missing_key(gguf, "general.architecture"))?;
         let architecture = match arch_name {
             "llama" => Architecture::Llama,
+            "smollm3" => Architecture::SmolLm3,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             "gemma2" => Architecture::Gemma2,
@@ -126,8 +133,8 @@ impl Config {
                 return Err(ModelError::Unsupported {
                     path: gguf.path().to_path_buf(),
                     what: format!(
-                        "architecture `{other}` (the native engine runs llama, qwen2, qwen3, \
-                         gemma2 and gemma3)"
+                        "architecture `{other}` (the native engine runs llama, smollm3, qwen2, \
+                         qwen3, gemma2 and gemma3)"
                     ),
                 })
             }
@@ -225,10 +232,16 @@ impl Config {
             embedding_scale: 1.0,
             final_softcap: None,
             attention_softcap: None,
+            no_rope_every: 0,
             activation: Activation::Silu,
         };
         let config = match architecture {
             Architecture::Llama => llama,
+            // llama.cpp's SmolLM3: layers `l` with (l + 1) % 4 = 0 attend without positions.
+            Architecture::SmolLm3 => Config {
+                no_rope_every: 4,
+                ..llama
+            },
             // llama.cpp's NeoX RoPE over the whole head (it asserts rot = head size).
             Architecture::Qwen2 | Architecture::Qwen3 => Config {
                 rope_layout: RopeLayout::Halves,
@@ -358,6 +371,11 @@ impl Config {
         } else {
             (self.rope_base, self.rope_scale)
         }
+    }
+
+    /// Whether `layer` rotates its queries and keys.
+    pub fn uses_rope(&self, layer: usize) -> bool {
+        self.no_rope_every == 0 || !(layer + 1).is_multiple_of(self.no_rope_every)
     }
 
     /// The attention window of `layer`: keys at most this far back (exclusive) are seen.

@@ -1,6 +1,6 @@
 //! The native transformer forward over a GGUF file's weights as they are stored — still
 //! quantized, memory-mapped, decoded a panel at a time by the kernels in
-//! [`crate::quant::matmul`]. Llama (SmolLM2, Llama 3), Qwen2, Qwen3 and Gemma 3, with f32
+//! [`crate::quant::matmul`]. Llama (SmolLM2, Llama 3), SmolLM3, Qwen2, Qwen3, Gemma 2 and 3, with f32
 //! activations; it computes what llama.cpp computes for the same file, and is the base the LoRA
 //! trainer builds on.
 
@@ -299,9 +299,11 @@ impl Model {
                 ops::rms_norm_in_place(&mut q, qn, c.norm_eps);
                 ops::rms_norm_in_place(&mut k, kn, c.norm_eps);
             }
-            let table = rope_table(&tables, c.rope_of(l));
-            ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
-            ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
+            if c.uses_rope(l) {
+                let table = rope_table(&tables, c.rope_of(l));
+                ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
+                ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
+            }
             let att = self.attend(compute, l, &q, &k, &v, layout)?;
             let mut o = self.projection(compute, &att, &layer.o, lora(Target::O), &mut z)?;
             let o_pre = (trace.is_some() && layer.post_attn_norm.is_some()).then(|| o.clone());

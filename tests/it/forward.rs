@@ -192,11 +192,13 @@ fn tiny_model(dst: &Path, arch: &str) {
 }
 
 /// The synthetic models' architectures (`llama3`: a llama file with Llama 3's RoPE factors).
-const ARCHITECTURES: [&str; 6] = ["llama", "llama3", "qwen2", "qwen3", "gemma2", "gemma3"];
+const ARCHITECTURES: [&str; 7] = [
+    "llama", "llama3", "smollm3", "qwen2", "qwen3", "gemma2", "gemma3",
+];
 
 /// A small random model of each architecture the forward runs, written into `dir`: Llama,
-/// Llama 3 (RoPE frequency factors), Qwen2 (q/k/v biases), Qwen3 (q/k norms), Gemma 2
-/// (softcaps, alternating windows) and Gemma 3.
+/// Llama 3 (RoPE frequency factors), SmolLM3 (no RoPE in every fourth layer), Qwen2 (q/k/v
+/// biases), Qwen3 (q/k norms), Gemma 2 (softcaps, alternating windows) and Gemma 3.
 fn tiny_models(dir: &Path) -> Vec<(&'static str, std::path::PathBuf)> {
     ARCHITECTURES
         .into_iter()

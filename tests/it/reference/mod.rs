@@ -15,6 +15,8 @@ struct Spec {
     neox: bool,
     /// A per-head RMSNorm on q and k before RoPE (Gemma 3, Qwen3).
     qk_norm: bool,
+    /// SmolLM3: every fourth layer attends without RoPE.
+    no_rope_every_fourth: bool,
     embd: usize,
     layers: usize,
     heads: usize,
@@ -41,6 +43,7 @@ fn spec(g: &Gguf) -> Spec {
         gemma2: arch == "gemma2",
         neox: matches!(arch.as_str(), "gemma2" | "gemma3" | "qwen2" | "qwen3"),
         qk_norm: matches!(arch.as_str(), "gemma3" | "qwen3"),
+        no_rope_every_fourth: arch == "smollm3",
         embd,
         layers: meta(g, &k("block_count")) as usize,
         heads,
@@ -239,7 +242,9 @@ pub fn logprobs_with(path: &std::path::Path, tokens: &[u32], gelu: Gelu) -> Vec<
                         let normed = rms_norm(head, &vector(&g, &name(norm)), s.eps);
                         head.copy_from_slice(&normed);
                     }
-                    rope(head, p, base, s.neox, factors.as_deref());
+                    if !(s.no_rope_every_fourth && (l + 1) % 4 == 0) {
+                        rope(head, p, base, s.neox, factors.as_deref());
+                    }
                 }
             }
         }
