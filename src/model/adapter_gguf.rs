@@ -2,12 +2,14 @@
 //! `llama_adapter_lora_init`): `general.type = adapter`, `adapter.type = lora`,
 //! `adapter.lora.alpha`, the base model's `general.architecture`, and for each adapted weight
 //! `blk.N.<tensor>.weight.lora_a` (ggml shape `[in, rank]`) and `.lora_b` (`[rank, out]`) in f32.
-//! llama.cpp scales the update by `alpha / rank`, as tenets does.
+//! llama.cpp scales the update by `alpha / rank`, as tenets does. A weight the file fuses
+//! (Phi-3's `attn_qkv`, `ffn_up`) carries one LoRA made of its parts' adapters
+//! ([`super::fused`]), as llama.cpp finds only the fused tensor in the base.
 
 use std::path::{Path, PathBuf};
 
 use super::lora::Lora;
-use super::{Adapters, Model, Target};
+use super::{fused, Adapters, Model, Target};
 use crate::gguf::writer::{GgufWriter, WriteError};
 use crate::gguf::{Gguf, GgufError, Value};
 use crate::quant::{dequantize_row, QuantType};
@@ -50,13 +52,13 @@ pub fn write(model: &Model, adapters: &Adapters, path: &Path) -> Result<(), Adap
     let first = all
         .first()
         .ok_or_else(|| invalid("no adapter to write".into()))?;
+    // One `adapter.lora.alpha` for the file; llama.cpp divides it by each tensor's own rank.
+    let alpha_of = |l: &Lora| l.scale * l.rank as f32;
     if all
         .iter()
-        .any(|l| l.rank != first.rank || l.scale != first.scale)
+        .any(|l| (alpha_of(l) - alpha_of(first)).abs() > 1e-6 * alpha_of(first).abs())
     {
-        return Err(invalid(
-            "every adapter in one file must share rank and alpha".into(),
-        ));
+        return Err(invalid("every adapter in one file must share alpha".into()));
     }
     let arch = model.config().architecture.name();
     let mut w = GgufWriter::new();
@@ -68,24 +70,32 @@ pub fn write(model: &Model, adapters: &Adapters, path: &Path) -> Result<(), Adap
         Value::F32(first.scale * first.rank as f32),
     )?;
     w.metadata("general.name", Value::String("tenets LoRA adapter".into()))?;
+    let fused_weights = model.fused_weights();
+    let mut put = |name: &str, lora: &Lora| -> Result<(), AdapterError> {
+        let (input, rank, output) = (lora.input as u64, lora.rank as u64, lora.output as u64);
+        let a = f32_bytes(&lora.a);
+        w.tensor(&format!("{name}.lora_a"), &[input, rank], QuantType::F32, a)?;
+        let b = f32_bytes(&lora.b);
+        w.tensor(
+            &format!("{name}.lora_b"),
+            &[rank, output],
+            QuantType::F32,
+            b,
+        )?;
+        Ok(())
+    };
     for (l, slots) in adapters.layers.iter().enumerate() {
+        for f in &fused_weights {
+            if let Some(lora) = f.lora(model, l, slots) {
+                put(&format!("blk.{l}.{}.weight", f.tensor), &lora)?;
+            }
+        }
         for target in Target::ALL {
+            if fused_weights.iter().any(|f| f.holds(target)) {
+                continue;
+            }
             if let Some(lora) = &slots[target as usize] {
-                let name = tensor_name(l, target);
-                let (input, rank, output) =
-                    (lora.input as u64, lora.rank as u64, lora.output as u64);
-                w.tensor(
-                    &format!("{name}.lora_a"),
-                    &[input, rank],
-                    QuantType::F32,
-                    f32_bytes(&lora.a),
-                )?;
-                w.tensor(
-                    &format!("{name}.lora_b"),
-                    &[rank, output],
-                    QuantType::F32,
-                    f32_bytes(&lora.b),
-                )?;
+                put(&tensor_name(l, target), lora)?;
             }
         }
     }
@@ -126,34 +136,58 @@ pub fn read(model: &Model, path: &Path) -> Result<Adapters, AdapterError> {
             .collect(),
         dropout: None,
     };
+    // The LoRA on `name` (a weight of `output` rows of `input`), where the file has one.
+    let lora_on = |name: &str, input: usize, output: usize| -> Result<Option<Lora>, AdapterError> {
+        if g.tensor(&format!("{name}.lora_a")).is_none() {
+            return Ok(None);
+        }
+        let (a_dims, a) = read(&format!("{name}.lora_a"))?;
+        let (b_dims, b) = read(&format!("{name}.lora_b"))?;
+        let rank = a_dims.get(1).copied().unwrap_or(0) as usize;
+        if a_dims != [input as u64, rank as u64]
+            || b_dims != [rank as u64, output as u64]
+            || rank == 0
+        {
+            return Err(invalid(format!(
+                "`{name}`: lora_a {a_dims:?} and lora_b {b_dims:?} do not fit a {output}×{input} weight"
+            )));
+        }
+        Ok(Some(Lora {
+            rank,
+            input,
+            output,
+            scale: alpha / rank as f32,
+            a,
+            b,
+        }))
+    };
+    let fused_weights = model.fused_weights();
     let mut found = 0;
     for (l, slots) in adapters.layers.iter_mut().enumerate() {
+        for f in &fused_weights {
+            let shapes: Vec<(usize, usize)> = f
+                .parts
+                .iter()
+                .map(|&t| model.projection_shape(l, t))
+                .collect();
+            let rows: Vec<usize> = shapes.iter().map(|s| s.1).collect();
+            let name = format!("blk.{l}.{}.weight", f.tensor);
+            if let Some(lora) = lora_on(&name, shapes[0].0, rows.iter().sum())? {
+                for (&t, part) in f.parts.iter().zip(fused::split(&lora, &rows)) {
+                    slots[t as usize] = Some(part);
+                }
+                found += 1;
+            }
+        }
         for target in Target::ALL {
-            let name = tensor_name(l, target);
-            if g.tensor(&format!("{name}.lora_a")).is_none() {
+            if fused_weights.iter().any(|f| f.holds(target)) {
                 continue;
             }
-            let (a_dims, a) = read(&format!("{name}.lora_a"))?;
-            let (b_dims, b) = read(&format!("{name}.lora_b"))?;
             let (input, output) = model.projection_shape(l, target);
-            let rank = a_dims.get(1).copied().unwrap_or(0) as usize;
-            if a_dims != [input as u64, rank as u64]
-                || b_dims != [rank as u64, output as u64]
-                || rank == 0
-            {
-                return Err(invalid(format!(
-                    "`{name}`: lora_a {a_dims:?} and lora_b {b_dims:?} do not fit a {output}×{input} weight"
-                )));
+            if let Some(lora) = lora_on(&tensor_name(l, target), input, output)? {
+                slots[target as usize] = Some(lora);
+                found += 1;
             }
-            slots[target as usize] = Some(Lora {
-                rank,
-                input,
-                output,
-                scale: alpha / rank as f32,
-                a,
-                b,
-            });
-            found += 1;
         }
     }
     if found == 0 {

@@ -18,6 +18,9 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3: Llama's block with a per-head RMSNorm on queries and keys before NeoX RoPE.
     Qwen3,
+    /// Phi-3 / Phi-3.5 / Phi-4-mini: Llama's block with q/k/v fused in `attn_qkv` (or apart),
+    /// gate and up fused in `ffn_up`, NeoX RoPE with LongRoPE's per-pair factors and magnitude.
+    Phi3,
     /// Gemma 2: scaled embeddings, post-norms, GeGLU, every other layer sliding, and
     /// softcapped attention scores and logits.
     Gemma2,
@@ -33,6 +36,7 @@ impl Architecture {
             Architecture::SmolLm3 => "smollm3",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Phi3 => "phi3",
             Architecture::Gemma2 => "gemma2",
             Architecture::Gemma3 => "gemma3",
         }
@@ -114,6 +118,9 @@ pub struct Config {
     /// Every `n`-th layer (the last of each group of `n`) applies no RoPE (SmolLM3: 4); 0 = all
     /// layers rotate.
     pub no_rope_every: usize,
+    /// RoPE's cos and sin are multiplied by this (LongRoPE's `rope.scaling.attn_factor`), so
+    /// every score by its square.
+    pub rope_magnitude: f32,
     pub activation: Activation,
 }
 
@@ -127,6 +134,7 @@ impl Config {
             "smollm3" => Architecture::SmolLm3,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            "phi3" => Architecture::Phi3,
             "gemma2" => Architecture::Gemma2,
             "gemma3" => Architecture::Gemma3,
             other => {
@@ -134,7 +142,7 @@ impl Config {
                     path: gguf.path().to_path_buf(),
                     what: format!(
                         "architecture `{other}` (the native engine runs llama, smollm3, qwen2, \
-                         qwen3, gemma2 and gemma3)"
+                         qwen3, phi3, gemma2 and gemma3)"
                     ),
                 })
             }
@@ -201,6 +209,11 @@ impl Config {
         let rope_scale = match gguf.get(&key("rope.scaling.type")).and_then(Value::as_str) {
             Some("none") => 1.0,
             None | Some("linear") => factor.map_or(1.0, |f| 1.0 / f),
+            // LongRoPE (Phi-3): its per-pair factors are tensors; llama.cpp scales positions by
+            // a factor here as for linear.
+            Some("longrope") if architecture == Architecture::Phi3 => {
+                factor.map_or(1.0, |f| 1.0 / f)
+            }
             Some(other) => {
                 return Err(ModelError::Unsupported {
                     path: gguf.path().to_path_buf(),
@@ -233,6 +246,7 @@ impl Config {
             final_softcap: None,
             attention_softcap: None,
             no_rope_every: 0,
+            rope_magnitude: 1.0,
             activation: Activation::Silu,
         };
         let config = match architecture {
@@ -245,6 +259,13 @@ impl Config {
             // llama.cpp's NeoX RoPE over the whole head (it asserts rot = head size).
             Architecture::Qwen2 | Architecture::Qwen3 => Config {
                 rope_layout: RopeLayout::Halves,
+                ..llama
+            },
+            // llama.cpp's Phi-3: NeoX RoPE, LongRoPE's magnitude where the file gives one (its
+            // sliding window is read and ignored, as llama.cpp ignores it).
+            Architecture::Phi3 => Config {
+                rope_layout: RopeLayout::Halves,
+                rope_magnitude: opt_float("rope.scaling.attn_factor").unwrap_or(1.0),
                 ..llama
             },
             Architecture::Gemma2 => Config {
@@ -338,6 +359,12 @@ impl Config {
             "ffn_down.weight",
         ];
         let a = self.architecture;
+        if a == Architecture::Phi3 {
+            // q/k/v fused (or apart), gate and up always fused in `ffn_up`; LongRoPE's factors.
+            per_layer.retain(|n| *n != "ffn_gate.weight");
+            per_layer.push("attn_qkv.weight");
+            names.extend([ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG].map(String::from));
+        }
         if a.has_qk_norm() {
             per_layer.extend(["attn_q_norm.weight", "attn_k_norm.weight"]);
         }
@@ -415,6 +442,14 @@ const KNOWN_KEYS: &[&str] = &[
 /// Llama 3's RoPE frequency factors: position angles of pair `i` are divided by entry `i`.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
+/// LongRoPE's factors (Phi-3), the same kind as [`ROPE_FREQS`]: llama.cpp reads the short ones
+/// while its context is at most the original context length, the long ones beyond.
+pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+
+/// Keys the forward reads only for Phi-3 (its sliding window is one llama.cpp ignores).
+const PHI3_KEYS: &[&str] = &["rope.scaling.attn_factor", "attention.sliding_window"];
+
 /// Keys the forward reads only for Gemma 2.
 const GEMMA2_KEYS: &[&str] = &[
     "attention.sliding_window",
@@ -468,6 +503,7 @@ fn check_metadata(gguf: &Gguf, arch: &str, config: &Config) -> Result<(), ModelE
         let own = match config.architecture {
             Architecture::Gemma2 => GEMMA2_KEYS,
             Architecture::Gemma3 => GEMMA3_KEYS,
+            Architecture::Phi3 => PHI3_KEYS,
             _ => &[],
         };
         if KNOWN_KEYS.contains(&name) || own.contains(&name) {
@@ -525,8 +561,8 @@ fn check_tensors(gguf: &Gguf, config: &Config) -> Result<(), ModelError> {
 
 /// What the native forward runs, for messages about what it does not.
 fn implemented() -> &'static str {
-    "llama (linear RoPE scaling, Llama 3 frequency factors, q/k/v biases), qwen2, qwen3, \
-     gemma2 and gemma3"
+    "llama (linear RoPE scaling, Llama 3 frequency factors, q/k/v biases), smollm3, qwen2, \
+     qwen3, phi3 (fused projections, LongRoPE at the original context), gemma2 and gemma3"
 }
 
 /// A metadata value for a message: short values whole, arrays by length.

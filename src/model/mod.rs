@@ -8,6 +8,7 @@ pub mod adapter_gguf;
 pub mod adapters;
 pub mod backward;
 pub mod config;
+pub mod fused;
 pub mod lora;
 pub mod ops;
 
@@ -69,6 +70,24 @@ struct Weight {
     tensor: TensorInfo,
     rows: usize,
     cols: usize,
+}
+
+impl Weight {
+    /// Rows `start..start + rows` of this weight, as a weight of its own: a fused projection's
+    /// part (Phi-3's q, k and v in `attn_qkv`, gate and up in `ffn_up`). Rows are stored one
+    /// after another, blocks never straddle two, so the part is a byte range of the tensor.
+    fn rows(&self, start: usize, rows: usize) -> Weight {
+        let row_bytes = self.tensor.kind.row_bytes(self.cols) as u64;
+        let mut tensor = self.tensor.clone();
+        tensor.offset += start as u64 * row_bytes;
+        tensor.size = rows as u64 * row_bytes;
+        tensor.dims = vec![self.cols as u64, rows as u64];
+        Weight {
+            tensor,
+            rows,
+            cols: self.cols,
+        }
+    }
 }
 
 struct Layer {
@@ -151,7 +170,13 @@ impl Model {
             Some(_) => vector(&gguf, name, len).map(Some),
             None => Ok(None),
         };
-        let rope_factors = optional(config::ROPE_FREQS, c.rope_dims / 2)?;
+        // Llama 3's factors, or LongRoPE's short ones: llama.cpp reads those while its context
+        // is at most the original one, as every context tenets trains and scores in is.
+        let factors = match arch {
+            Architecture::Phi3 => config::ROPE_FACTORS_SHORT,
+            _ => config::ROPE_FREQS,
+        };
+        let rope_factors = optional(factors, c.rope_dims / 2)?;
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let name = |n: &str| format!("blk.{l}.{n}.weight");
@@ -163,11 +188,35 @@ impl Model {
                 true => optional(&format!("blk.{l}.{n}.bias"), len),
                 false => Ok(None),
             };
+            // Phi-3 fuses q, k and v (most files) and always gate and up: their parts are row
+            // ranges of the fused weight.
+            let (q, k, v) = match gguf.tensor(&name("attn_qkv")) {
+                Some(_) if arch == Architecture::Phi3 => {
+                    let qkv = weight(&gguf, &name("attn_qkv"), qd + 2 * kvd, e)?;
+                    (qkv.rows(0, qd), qkv.rows(qd, kvd), qkv.rows(qd + kvd, kvd))
+                }
+                _ => (
+                    weight(&gguf, &name("attn_q"), qd, e)?,
+                    weight(&gguf, &name("attn_k"), kvd, e)?,
+                    weight(&gguf, &name("attn_v"), kvd, e)?,
+                ),
+            };
+            let ff = c.feed_forward;
+            let (gate, up) = match arch {
+                Architecture::Phi3 => {
+                    let gate_up = weight(&gguf, &name("ffn_up"), 2 * ff, e)?;
+                    (gate_up.rows(0, ff), gate_up.rows(ff, ff))
+                }
+                _ => (
+                    weight(&gguf, &name("ffn_gate"), ff, e)?,
+                    weight(&gguf, &name("ffn_up"), ff, e)?,
+                ),
+            };
             layers.push(Layer {
                 attn_norm: vector(&gguf, &name("attn_norm"), e)?,
-                q: weight(&gguf, &name("attn_q"), qd, e)?,
-                k: weight(&gguf, &name("attn_k"), kvd, e)?,
-                v: weight(&gguf, &name("attn_v"), kvd, e)?,
+                q,
+                k,
+                v,
                 o: weight(&gguf, &name("attn_output"), e, qd)?,
                 q_bias: bias("attn_q", qd)?,
                 k_bias: bias("attn_k", kvd)?,
@@ -176,9 +225,9 @@ impl Model {
                 k_norm: required_if(arch.has_qk_norm(), "attn_k_norm", c.head_dim)?,
                 post_attn_norm: required_if(arch.has_post_norms(), "post_attention_norm", e)?,
                 ffn_norm: vector(&gguf, &name("ffn_norm"), e)?,
-                gate: weight(&gguf, &name("ffn_gate"), c.feed_forward, e)?,
-                up: weight(&gguf, &name("ffn_up"), c.feed_forward, e)?,
-                down: weight(&gguf, &name("ffn_down"), e, c.feed_forward)?,
+                gate,
+                up,
+                down: weight(&gguf, &name("ffn_down"), e, ff)?,
                 post_ffn_norm: required_if(arch.has_post_norms(), "post_ffw_norm", e)?,
             });
         }
@@ -195,6 +244,20 @@ impl Model {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The weights this file fuses from several projections (Phi-3's), whose adapters
+    /// llama.cpp and PEFT read as one.
+    pub fn fused_weights(&self) -> Vec<fused::FusedWeight> {
+        if self.config.architecture != Architecture::Phi3 {
+            return Vec::new();
+        }
+        let mut fused = Vec::new();
+        if self.gguf.tensor("blk.0.attn_qkv.weight").is_some() {
+            fused.push(fused::QKV);
+        }
+        fused.push(fused::GATE_UP);
+        fused
     }
 
     pub fn path(&self) -> &Path {
@@ -361,7 +424,8 @@ impl Model {
             if !tables.iter().any(|(k, _)| *k == (base, scale)) {
                 let rows = positions.iter().copied();
                 let factors = self.rope_factors.as_deref();
-                let table = RopeTable::at(rows, c.rope_dims, base, scale, factors);
+                let table = RopeTable::at(rows, c.rope_dims, base, scale, factors)
+                    .with_magnitude(c.rope_magnitude);
                 tables.push(((base, scale), table));
             }
         }

@@ -111,6 +111,20 @@ impl RopeTable {
     }
 }
 
+impl RopeTable {
+    /// The same angles with cos and sin multiplied by `m` (LongRoPE's magnitude, llama.cpp's
+    /// `attn_factor`): rotated q and k grow by `m`, each score by `m²`.
+    pub fn with_magnitude(mut self, m: f32) -> Self {
+        if m != 1.0 {
+            self.cos
+                .iter_mut()
+                .chain(&mut self.sin)
+                .for_each(|v| *v *= m);
+        }
+        self
+    }
+}
+
 /// Rotates the first `2 · pairs` dimensions of every head of every token (row `t` is at
 /// position `t`).
 pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, table: &RopeTable, layout: RopeLayout) {

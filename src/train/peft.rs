@@ -13,6 +13,10 @@
 //! `half·d/2 + j` becomes GGUF row `2j + half`). An adapter trained on the GGUF rows has its
 //! `lora_B` rows in that order too; written for HF it is put back (`lora_A` acts on the input side,
 //! which is not permuted). Gemma's files keep HF's order.
+//!
+//! Phi-3's q/k/v and gate/up are one module each in transformers (`qkv_proj`, `gate_up_proj`),
+//! as in its GGUF: their adapters are written fused ([`crate::model::fused`]), with the fused
+//! rank in `rank_pattern`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,8 +73,7 @@ impl HfLayout {
     /// PEFT's `target_modules` for `targets`: module name suffixes for a plain decoder, and for a
     /// multimodal one a regular expression (PEFT matches a string with `re.fullmatch`) that
     /// names only the language model's projections, never the vision tower's.
-    fn target_modules(self, targets: &[Target]) -> serde_json::Value {
-        let names: Vec<&str> = targets.iter().map(|t| projection(*t).1).collect();
+    fn target_modules(self, names: &[&str]) -> serde_json::Value {
         match self {
             HfLayout::CausalLm => serde_json::json!(names),
             HfLayout::Gemma3Multimodal => serde_json::json!(format!(
@@ -163,17 +166,47 @@ pub fn write(
     let c = model.config();
     let layout = HfLayout::of(model);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut targets: Vec<Target> = Vec::new();
-    let mut first: Option<&Lora> = None;
+    // Module names adapted (`q_proj`, or Phi-3's `qkv_proj`), and each one's rank.
+    let mut modules: Vec<(&'static str, usize)> = Vec::new();
+    let mut first: Option<Lora> = None;
+    let mut push = |name: String, module: &'static str, lora: &Lora, b: &[f32]| {
+        first.get_or_insert_with(|| lora.clone());
+        if !modules.iter().any(|(m, _)| *m == module) {
+            modules.push((module, lora.rank));
+        }
+        tensors.push((
+            format!("{name}.lora_A.weight"),
+            vec![lora.rank, lora.input],
+            bytes(&lora.a),
+        ));
+        tensors.push((
+            format!("{name}.lora_B.weight"),
+            vec![lora.output, lora.rank],
+            bytes(b),
+        ));
+    };
+    let fused_weights = model.fused_weights();
     for (l, slots) in adapters.layers.iter().enumerate() {
+        // Phi-3's fused weights: one LoRA per fused module (the NeoX families' rows are never
+        // permuted, so nothing to put back).
+        for f in &fused_weights {
+            if let Some(lora) = f.lora(model, l, slots) {
+                let name = format!(
+                    "base_model.model.{}.{l}.{}.{}",
+                    layout.layers(),
+                    f.hf_block,
+                    f.hf_module
+                );
+                push(name, f.hf_module, &lora, &lora.b);
+            }
+        }
         for target in Target::ALL {
+            if fused_weights.iter().any(|f| f.holds(target)) {
+                continue;
+            }
             let Some(lora) = slots[target as usize].as_ref() else {
                 continue;
             };
-            first.get_or_insert(lora);
-            if !targets.contains(&target) {
-                targets.push(target);
-            }
             let heads = match target {
                 Target::Q => Some(c.heads),
                 Target::K => Some(c.kv_heads),
@@ -185,20 +218,28 @@ pub fn write(
                 }
                 _ => lora.b.clone(),
             };
-            let name = module_name(layout, l, target);
-            tensors.push((
-                format!("{name}.lora_A.weight"),
-                vec![lora.rank, lora.input],
-                bytes(&lora.a),
-            ));
-            tensors.push((
-                format!("{name}.lora_B.weight"),
-                vec![lora.output, lora.rank],
-                bytes(&b),
-            ));
+            push(
+                module_name(layout, l, target),
+                projection(target).1,
+                lora,
+                &b,
+            );
         }
     }
     let first = first.ok_or(PeftError::Empty)?;
+    // `r` is the adapters' own rank; a fused module holds its parts' ranks summed, and says so
+    // in `rank_pattern` (alpha is one for all: the fused B carries each part's scale).
+    let r = modules
+        .iter()
+        .map(|(_, rank)| *rank)
+        .min()
+        .unwrap_or(first.rank);
+    let rank_pattern: serde_json::Map<String, serde_json::Value> = modules
+        .iter()
+        .filter(|(_, rank)| *rank != r)
+        .map(|(m, rank)| (m.to_string(), serde_json::json!(rank)))
+        .collect();
+    let names: Vec<&str> = modules.iter().map(|(m, _)| *m).collect();
     std::fs::create_dir_all(dir).map_err(|e| fail(dir, &e))?;
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
@@ -221,10 +262,10 @@ pub fn write(
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base,
-        "r": first.rank,
+        "r": r,
         "lora_alpha": first.scale * first.rank as f32,
         "lora_dropout": dropout,
-        "target_modules": layout.target_modules(&targets),
+        "target_modules": layout.target_modules(&names),
         "bias": "none",
         "fan_in_fan_out": false,
         "inference_mode": true,
@@ -232,7 +273,7 @@ pub fn write(
         "use_dora": false,
         "init_lora_weights": true,
         "modules_to_save": null,
-        "rank_pattern": {},
+        "rank_pattern": rank_pattern,
         "alpha_pattern": {},
     });
     let readme_path = dir.join("README.md");

@@ -394,7 +394,7 @@ fn adapter_effect(adapter: &Path) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
 }
 
 /// `tenets train` runs every architecture the native forward implements: two DPO steps on a
-/// small random Llama 3, Qwen2, Qwen3 and Gemma 2 model each write an adapter that moves the
+/// small random Llama 3, Qwen2, Qwen3, Phi-3 and Gemma 2 model each write an adapter that moves the
 /// log-probs, and `tenets score` applies it alike through llama.cpp and the native forward.
 #[test]
 fn two_steps_on_each_architecture_write_an_adapter_llama_cpp_applies() {
@@ -407,7 +407,7 @@ fn two_steps_on_each_architecture_write_an_adapter_llama_cpp_applies() {
         "The quick brown fox jumps over the lazy dog near the river bank, then naps.",
     )
     .unwrap();
-    for arch in ["llama3", "qwen2", "qwen3", "gemma2"] {
+    for arch in ["llama3", "qwen2", "qwen3", "phi3", "gemma2"] {
         let model = dir.path().join(format!("{arch}.gguf"));
         common::tiny_model(&model, arch, None);
         let out = dir.path().join(format!("{arch}-lora.gguf"));
@@ -741,7 +741,8 @@ fn bad_training_input_is_named_and_writes_nothing() {
 /// PEFT keys are the module names transformers builds for each architecture's class
 /// (`LlamaForCausalLM`, `SmolLM3ForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`,
 /// `Gemma2ForCausalLM`, `Gemma3ForCausalLM` all keep `model.layers.N.self_attn.{q,k,v,o}_proj`
-/// and `mlp.{gate,up,down}_proj`), every key once, each factor in the shape of
+/// and `mlp.{gate,up,down}_proj`; `Phi3ForCausalLM` has `qkv_proj` and `gate_up_proj`, whose
+/// fused rank `rank_pattern` gives), every key once, each factor in the shape of
 /// `nn.Linear(in, out)`'s LoRA (`lora_A` [r, in], `lora_B` [out, r]); and only the Llama
 /// family's q/k rows are put back in HF's order (its converter permutes them; the NeoX
 /// families' converters do not).
@@ -749,7 +750,9 @@ fn bad_training_input_is_named_and_writes_nothing() {
 fn peft_keys_are_each_architectures_modules_in_their_shapes() {
     use tenets::model::{Adapters, Model, Target};
     let dir = tempfile::tempdir().unwrap();
-    for arch in ["llama", "smollm3", "qwen2", "qwen3", "gemma2", "gemma3"] {
+    for arch in [
+        "llama", "smollm3", "qwen2", "qwen3", "phi3", "gemma2", "gemma3",
+    ] {
         let path = dir.path().join(format!("{arch}.gguf"));
         common::tiny_model(&path, arch, None);
         let model = Model::open(&path).unwrap();
@@ -771,24 +774,45 @@ fn peft_keys_are_each_architectures_modules_in_their_shapes() {
             c.kv_heads * c.head_dim,
             c.feed_forward,
         );
-        let modules = [
-            ("self_attn.q_proj", e, q),
-            ("self_attn.k_proj", e, kv),
-            ("self_attn.v_proj", e, kv),
-            ("self_attn.o_proj", q, e),
-            ("mlp.gate_proj", e, ff),
-            ("mlp.up_proj", e, ff),
-            ("mlp.down_proj", ff, e),
-        ];
+        // (module, input, output, rank): Phi3ForCausalLM fuses q/k/v and gate/up, and the
+        // fused modules hold their parts' ranks summed.
+        let modules: Vec<(&str, usize, usize, usize)> = if arch == "phi3" {
+            vec![
+                ("self_attn.qkv_proj", e, q + 2 * kv, 12),
+                ("self_attn.o_proj", q, e, 4),
+                ("mlp.gate_up_proj", e, 2 * ff, 8),
+                ("mlp.down_proj", ff, e, 4),
+            ]
+        } else {
+            vec![
+                ("self_attn.q_proj", e, q, 4),
+                ("self_attn.k_proj", e, kv, 4),
+                ("self_attn.v_proj", e, kv, 4),
+                ("self_attn.o_proj", q, e, 4),
+                ("mlp.gate_proj", e, ff, 4),
+                ("mlp.up_proj", e, ff, 4),
+                ("mlp.down_proj", ff, e, 4),
+            ]
+        };
         let mut expected = Vec::new();
         for l in 0..c.layers {
-            for (module, input, output) in modules {
+            for &(module, input, output, rank) in &modules {
                 let key =
                     |f: &str| format!("base_model.model.model.layers.{l}.{module}.{f}.weight");
-                expected.push((key("lora_A"), vec![4, input]));
-                expected.push((key("lora_B"), vec![output, 4]));
+                expected.push((key("lora_A"), vec![rank, input]));
+                expected.push((key("lora_B"), vec![output, rank]));
             }
         }
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["r"], 4, "{arch}");
+        let pattern = if arch == "phi3" {
+            serde_json::json!({"qkv_proj": 12, "gate_up_proj": 8})
+        } else {
+            serde_json::json!({})
+        };
+        assert_eq!(config["rank_pattern"], pattern, "{arch}");
         let mut names: Vec<String> = st.names().into_iter().cloned().collect();
         names.sort();
         let mut want: Vec<String> = expected.iter().map(|(k, _)| k.clone()).collect();
@@ -798,6 +822,9 @@ fn peft_keys_are_each_architectures_modules_in_their_shapes() {
             assert_eq!(st.tensor(key).unwrap().shape(), &shape[..], "{arch} {key}");
         }
         // Layer 0's q: lora_B rows as trained (0, 1, 2, … row-major), or un-permuted.
+        if arch == "phi3" {
+            continue;
+        }
         let b = st
             .tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")
             .unwrap();

@@ -169,7 +169,8 @@ pub fn execute(db: &Path, sql: &str) {
 /// A small random model of `arch` in f32 with the default model's tokenizer (so llama.cpp loads
 /// it): 6 layers, so a Gemma 3 model has five sliding-window layers (window 8) and one global.
 /// Each family's quirks are in the tensors its converter writes: `qwen2` has q/k/v biases,
-/// `qwen3` per-head q/k norms, `gemma2` post-norms and low softcaps (4 on attention scores, 6
+/// `qwen3` per-head q/k norms, `phi3` fused `attn_qkv` and gate-up `ffn_up` with LongRoPE
+/// factors and magnitude, `gemma2` post-norms and low softcaps (4 on attention scores, 6
 /// on logits, so that both bend), and `llama3` is a `llama` file with Llama 3.1's RoPE frequency
 /// factors (`rope_freqs.weight`, from its formula with the original context shrunk to 32 so
 /// that the factors bend frequencies a 48-token text turns through).
@@ -211,7 +212,7 @@ fn synthetic_model(dst: &Path, arch: &str, embedding_rows: Option<u64>, quantize
     // heads × head size = embedding (its output projection is square).
     let head_dim = match (quantized, arch) {
         (true, _) => 64u64,
-        (false, "qwen2") => 16,
+        (false, "qwen2" | "phi3") => 16,
         (false, _) => 32,
     };
     let (embd, ff) = if quantized {
@@ -234,6 +235,13 @@ fn synthetic_model(dst: &Path, arch: &str, embedding_rows: Option<u64>, quantize
     meta("rope.dimension_count", Value::U32(head_dim as u32));
     if gemma {
         meta("attention.sliding_window", Value::U32(8));
+    }
+    if arch == "phi3" {
+        // LongRoPE as Phi-3-mini-128k's converter writes it: a magnitude, the original context
+        // (llama.cpp reads the short factors up to it), and a sliding window llama.cpp ignores.
+        meta("rope.scaling.attn_factor", Value::F32(1.19));
+        meta("rope.scaling.original_context_length", Value::U32(512));
+        meta("attention.sliding_window", Value::U32(2047));
     }
     if arch == "gemma2" {
         // Caps low enough to bend this model's scores and logits.
@@ -290,12 +298,18 @@ fn synthetic_model(dst: &Path, arch: &str, embedding_rows: Option<u64>, quantize
         };
         let bits = if l % 2 == 0 { more_bits } else { kind };
         let n = |t: &str| format!("blk.{l}.{t}.weight");
-        matrix(&mut w, &n("attn_q"), &[embd, q], 0.3 * fan, kind);
-        matrix(&mut w, &n("attn_k"), &[embd, kv], 0.3 * fan, kind);
-        matrix(&mut w, &n("attn_v"), &[embd, kv], 0.3 * fan, bits);
+        if arch == "phi3" {
+            // Phi-3's converter keeps q/k/v in one weight and gate/up in another.
+            matrix(&mut w, &n("attn_qkv"), &[embd, q + 2 * kv], 0.3 * fan, kind);
+            matrix(&mut w, &n("ffn_up"), &[embd, 2 * ff], 0.3 * fan, kind);
+        } else {
+            matrix(&mut w, &n("attn_q"), &[embd, q], 0.3 * fan, kind);
+            matrix(&mut w, &n("attn_k"), &[embd, kv], 0.3 * fan, kind);
+            matrix(&mut w, &n("attn_v"), &[embd, kv], 0.3 * fan, bits);
+            matrix(&mut w, &n("ffn_gate"), &[embd, ff], 0.3 * fan, kind);
+            matrix(&mut w, &n("ffn_up"), &[embd, ff], 0.3 * fan, kind);
+        }
         matrix(&mut w, &n("attn_output"), &[q, embd], 0.2 * fan, kind);
-        matrix(&mut w, &n("ffn_gate"), &[embd, ff], 0.3 * fan, kind);
-        matrix(&mut w, &n("ffn_up"), &[embd, ff], 0.3 * fan, kind);
         matrix(&mut w, &n("ffn_down"), &[ff, embd], 0.2 * fan, bits);
     }
     add(&mut w, "output_norm.weight", &[embd], 1.0, 0.2);
@@ -317,6 +331,28 @@ fn synthetic_model(dst: &Path, arch: &str, embedding_rows: Option<u64>, quantize
             add(&mut w, &b("attn_k"), &[kv], 0.0, 0.5);
             add(&mut w, &b("attn_v"), &[kv], 0.0, 0.5);
         }
+    }
+    if arch == "phi3" {
+        // Short factors near 1, long ones far from them: reading the wrong ones shows.
+        let factors = |f: &dyn Fn(u64) -> f32| -> Vec<u8> {
+            (0..head_dim / 2).flat_map(|i| f(i).to_le_bytes()).collect()
+        };
+        let short = factors(&|i| 1.0 + 0.15 * i as f32);
+        let long = factors(&|i| 4.0 + 2.0 * i as f32);
+        w.tensor(
+            "rope_factors_short.weight",
+            &[head_dim / 2],
+            QuantType::F32,
+            short,
+        )
+        .unwrap();
+        w.tensor(
+            "rope_factors_long.weight",
+            &[head_dim / 2],
+            QuantType::F32,
+            long,
+        )
+        .unwrap();
     }
     if llama3 {
         let bytes = llama3_rope_factors(head_dim as usize, 1e4, 32.0)

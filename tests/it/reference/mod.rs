@@ -17,6 +17,8 @@ struct Spec {
     qk_norm: bool,
     /// SmolLM3: every fourth layer attends without RoPE.
     no_rope_every_fourth: bool,
+    /// Phi-3: fused q/k/v and gate/up weights, LongRoPE.
+    phi3: bool,
     embd: usize,
     layers: usize,
     heads: usize,
@@ -41,9 +43,13 @@ fn spec(g: &Gguf) -> Spec {
     Spec {
         gemma: arch.starts_with("gemma"),
         gemma2: arch == "gemma2",
-        neox: matches!(arch.as_str(), "gemma2" | "gemma3" | "qwen2" | "qwen3"),
+        neox: matches!(
+            arch.as_str(),
+            "gemma2" | "gemma3" | "qwen2" | "qwen3" | "phi3"
+        ),
         qk_norm: matches!(arch.as_str(), "gemma3" | "qwen3"),
         no_rope_every_fourth: arch == "smollm3",
+        phi3: arch == "phi3",
         embd,
         layers: meta(g, &k("block_count")) as usize,
         heads,
@@ -111,9 +117,10 @@ fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
     x.iter().zip(w).map(|(v, w)| v * inv * w).collect()
 }
 
-/// RoPE on one head at position `p`: Llama files pair (2i, 2i+1), Gemma and Qwen pair
-/// (i, i + d/2). Llama 3's frequency factors divide pair `i`'s frequency.
-fn rope(head: &mut [f64], p: usize, base: f64, neox: bool, factors: Option<&[f64]>) {
+/// RoPE on one head at position `p`: Llama files pair (2i, 2i+1), Gemma, Qwen and Phi-3 pair
+/// (i, i + d/2). Llama 3's and LongRoPE's factors divide pair `i`'s frequency; LongRoPE's
+/// magnitude `m` multiplies the rotated pair.
+fn rope(head: &mut [f64], p: usize, base: f64, neox: bool, factors: Option<&[f64]>, m: f64) {
     let d = head.len();
     for i in 0..d / 2 {
         let factor = factors.map_or(1.0, |f| f[i]);
@@ -124,8 +131,8 @@ fn rope(head: &mut [f64], p: usize, base: f64, neox: bool, factors: Option<&[f64
             (2 * i, 2 * i + 1)
         };
         let (x0, x1) = (head[a], head[b]);
-        head[a] = x0 * theta.cos() - x1 * theta.sin();
-        head[b] = x0 * theta.sin() + x1 * theta.cos();
+        head[a] = m * (x0 * theta.cos() - x1 * theta.sin());
+        head[b] = m * (x0 * theta.sin() + x1 * theta.cos());
     }
 }
 
@@ -229,12 +236,26 @@ pub fn logprobs_with(path: &std::path::Path, tokens: &[u32], gelu: Gelu) -> Vec<
             }
             y
         };
-        let mut q = project("attn_q");
-        let mut k = project("attn_k");
-        let v = project("attn_v");
-        let factors = g
-            .tensor("rope_freqs.weight")
-            .map(|_| vector(&g, "rope_freqs.weight"));
+        // Phi-3: q, k and v are the rows of one fused weight.
+        let (mut q, mut k, v) = if s.phi3 {
+            let qkv = linear(&g, &name("attn_qkv"), &normed);
+            let (qd, kvd) = (h * d, kvh * d);
+            let part = |from: usize, len: usize| -> Vec<Vec<f64>> {
+                qkv.iter().map(|r| r[from..from + len].to_vec()).collect()
+            };
+            (part(0, qd), part(qd, kvd), part(qd + kvd, kvd))
+        } else {
+            (project("attn_q"), project("attn_k"), project("attn_v"))
+        };
+        // Llama 3's factors, or (Phi-3) LongRoPE's short ones with its magnitude.
+        let factors = ["rope_freqs.weight", "rope_factors_short.weight"]
+            .iter()
+            .find(|t| g.tensor(t).is_some())
+            .map(|t| vector(&g, t));
+        let magnitude = g
+            .get("phi3.rope.scaling.attn_factor")
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0);
         for (p, (qt, kt)) in q.iter_mut().zip(k.iter_mut()).enumerate() {
             for (rows, norm) in [(qt, "attn_q_norm"), (kt, "attn_k_norm")] {
                 for head in rows.chunks_mut(d) {
@@ -243,7 +264,7 @@ pub fn logprobs_with(path: &std::path::Path, tokens: &[u32], gelu: Gelu) -> Vec<
                         head.copy_from_slice(&normed);
                     }
                     if !(s.no_rope_every_fourth && (l + 1) % 4 == 0) {
-                        rope(head, p, base, s.neox, factors.as_deref());
+                        rope(head, p, base, s.neox, factors.as_deref(), magnitude);
                     }
                 }
             }
@@ -285,8 +306,20 @@ pub fn logprobs_with(path: &std::path::Path, tokens: &[u32], gelu: Gelu) -> Vec<
             .iter()
             .map(|r| rms_norm(r, &vector(&g, &name("ffn_norm")), s.eps))
             .collect();
-        let gate = linear(&g, &name("ffn_gate"), &normed);
-        let up = linear(&g, &name("ffn_up"), &normed);
+        // Phi-3: gate and up are the halves of one fused weight, gate first.
+        let (gate, up) = if s.phi3 {
+            let both = linear(&g, &name("ffn_up"), &normed);
+            let half = both[0].len() / 2;
+            let part = |from: usize| -> Vec<Vec<f64>> {
+                both.iter().map(|r| r[from..from + half].to_vec()).collect()
+            };
+            (part(0), part(half))
+        } else {
+            (
+                linear(&g, &name("ffn_gate"), &normed),
+                linear(&g, &name("ffn_up"), &normed),
+            )
+        };
         let act: Vec<Vec<f64>> = gate
             .iter()
             .zip(&up)
