@@ -247,16 +247,28 @@ fn model_checks(checks: &mut Vec<Check>, model: &Path) {
         },
         template,
     );
-    match crate::model::config::Config::from_gguf(&gguf) {
-        Ok(c) => check(
-            checks,
-            "native engine",
-            format!(
-                "reads it: {} layers, {} heads ({} kv), embedding {}, vocabulary {} (score, train)",
-                c.layers, c.heads, c.kv_heads, c.embedding, c.vocab
-            ),
-            true,
-        ),
+    // The whole load (metadata, every tensor's name, shape and type), not only the metadata: a
+    // file that fails here fails `train` and `score --engine native` the same way.
+    drop(gguf);
+    match crate::model::Model::open(model) {
+        Ok(m) => {
+            let c = m.config();
+            check(
+                checks,
+                "native engine",
+                format!(
+                    "runs it ({}): {} layers, {} heads ({} kv), embedding {}, vocabulary {} \
+                     (score, train)",
+                    c.architecture.name(),
+                    c.layers,
+                    c.heads,
+                    c.kv_heads,
+                    c.embedding,
+                    c.vocab
+                ),
+                true,
+            )
+        }
         // Generation does not need the native engine: a warning, not a failure.
         Err(e) => check(
             checks,

@@ -210,6 +210,44 @@ fn doctor_reports_the_build_the_machine_and_the_model() {
     assert!(value("sqlite").starts_with('3'), "{}", value("sqlite"));
     assert!(value("offload").contains("CPU only") || value("offload").contains("possible"));
 
+    // For any GGUF: whether the native engine (and so `train`) runs it, and if not, what it
+    // lacks, by name.
+    let dir = tempfile::tempdir().unwrap();
+    let phi3 = dir.path().join("phi3.gguf");
+    common::tiny_model(&phi3, "phi3", None);
+    let yarn = dir.path().join("yarn.gguf");
+    common::extended_copy(
+        &phi3,
+        &yarn,
+        &[(
+            "phi3.rope.scaling.type",
+            tenets::gguf::Value::String("yarn".into()),
+        )],
+        &[],
+    );
+    let native = |model: &std::path::Path| {
+        let output = tenets()
+            .args(["doctor", "--json", "--model"])
+            .arg(model)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let checks = report["checks"].as_array().unwrap().clone();
+        let line = checks
+            .iter()
+            .find(|c| c["name"] == "native engine")
+            .unwrap();
+        line["value"].as_str().unwrap().to_string()
+    };
+    let runs = native(&phi3);
+    assert!(runs.starts_with("runs it (phi3): 6 layers"), "{runs}");
+    let lacks = native(&yarn);
+    assert!(
+        lacks.contains("cannot train or score this model natively")
+            && lacks.contains("RoPE scaling `yarn`"),
+        "{lacks}"
+    );
+
     // Asking for offload in a CPU build is reported, not fatal; a missing model is fatal.
     let offload = tenets()
         .args(["doctor", "--gpu-layers", "99", "--model"])
