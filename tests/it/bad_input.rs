@@ -107,15 +107,15 @@ impl Corpus {
         counts.extend_from_slice(&1u64.to_le_bytes());
         corpus.write("counts.gguf", &counts);
         std::fs::create_dir(corpus.path("folder.gguf")).unwrap();
-        // Small llama files whose features the native forward does not implement: Llama 3's
-        // RoPE frequency factors, and a tokenizer larger than the embedding table.
+        // Small llama files whose features the native forward does not implement: LongRoPE's
+        // factors on a llama, and a tokenizer larger than the embedding table.
         let tiny = tempfile::tempdir().unwrap();
         common::tiny_model(&tiny.path().join("t.gguf"), "llama", None);
         common::extended_copy(
             &tiny.path().join("t.gguf"),
-            &corpus.path("ropefreqs.gguf"),
+            &corpus.path("longrope.gguf"),
             &[],
-            &[("rope_freqs.weight", 16)],
+            &[("rope_factors_long.weight", 16)],
         );
         common::tiny_model(&corpus.path("smallembd.gguf"), "llama", Some(256));
         // Datasets.
@@ -580,17 +580,17 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             &["--cot-clamp 0.2,1.5"],
         ),
         case(
-            "score a model with Llama 3 RoPE factors natively",
+            "score a model with LongRoPE factors on a llama natively",
             &[
                 &"score",
                 &"--engine",
                 &"native",
                 &"--model",
-                &p("ropefreqs.gguf"),
+                &p("longrope.gguf"),
                 &"--text-file",
                 &p("text.txt"),
             ],
-            &["ropefreqs.gguf", "tensor `rope_freqs.weight`"],
+            &["longrope.gguf", "tensor `rope_factors_long.weight`"],
         ),
         case(
             "score a model whose tokenizer outgrows its embedding table",
