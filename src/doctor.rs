@@ -249,8 +249,7 @@ fn model_checks(checks: &mut Vec<Check>, model: &Path) {
     );
     // The whole load (metadata, every tensor's name, shape and type), not only the metadata: a
     // file that fails here fails `train` and `score --engine native` the same way.
-    drop(gguf);
-    match crate::model::Model::open(model) {
+    match crate::model::Model::load(gguf) {
         Ok(m) => {
             let c = m.config();
             check(

@@ -162,6 +162,41 @@ pub fn read(model: &Model, path: &Path) -> Result<Adapters, AdapterError> {
         }))
     };
     let fused_weights = model.fused_weights();
+    // Every tensor of the file must be a factor this model's adapters read: one on another
+    // weight (the embedding, a fused part written apart) would otherwise be dropped silently.
+    let mut known = std::collections::HashSet::new();
+    for l in 0..model.config().layers {
+        known.extend(
+            fused_weights
+                .iter()
+                .map(|f| format!("blk.{l}.{}.weight", f.tensor)),
+        );
+        known.extend(
+            Target::ALL
+                .into_iter()
+                .filter(|&t| !fused_weights.iter().any(|f| f.holds(t)))
+                .map(|t| tensor_name(l, t)),
+        );
+    }
+    let adapted = |name: &str| {
+        let base = name
+            .strip_suffix(".lora_a")
+            .or(name.strip_suffix(".lora_b"));
+        base.is_some_and(|b| known.contains(b))
+    };
+    if let Some(t) = g.tensors.iter().find(|t| !adapted(&t.name)) {
+        return Err(invalid(format!(
+            "tensor `{}` is not a LoRA factor of a weight this {} model's adapters sit on \
+             (q, k, v, o, gate, up, down of each layer{})",
+            t.name,
+            model.config().architecture.name(),
+            if fused_weights.is_empty() {
+                ""
+            } else {
+                ", as its fused attn_qkv / ffn_up"
+            }
+        )));
+    }
     let mut found = 0;
     for (l, slots) in adapters.layers.iter_mut().enumerate() {
         for f in &fused_weights {

@@ -70,6 +70,8 @@ struct Weight {
     tensor: TensorInfo,
     rows: usize,
     cols: usize,
+    /// Added to every output row (Qwen2's q/k/v biases); frozen, so its backward is nothing.
+    bias: Option<Vec<f32>>,
 }
 
 impl Weight {
@@ -86,6 +88,7 @@ impl Weight {
             tensor,
             rows,
             cols: self.cols,
+            bias: None,
         }
     }
 }
@@ -96,10 +99,6 @@ struct Layer {
     k: Weight,
     v: Weight,
     o: Weight,
-    /// Added after the projection (and after its adapter's update); never trained.
-    q_bias: Option<Vec<f32>>,
-    k_bias: Option<Vec<f32>>,
-    v_bias: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     post_attn_norm: Option<Vec<f32>>,
@@ -184,9 +183,13 @@ impl Model {
                 true => vector(&gguf, &name(n), len).map(Some),
                 false => Ok(None),
             };
-            let bias = |n: &str, len: usize| match arch.takes_qkv_biases() {
-                true => optional(&format!("blk.{l}.{n}.bias"), len),
-                false => Ok(None),
+            // q/k/v with their biases where the architecture applies them and the file has them.
+            let biased = |n: &str, rows: usize| -> Result<Weight, ModelError> {
+                let mut w = weight(&gguf, &name(n), rows, e)?;
+                if arch.takes_qkv_biases() {
+                    w.bias = optional(&format!("blk.{l}.{n}.bias"), rows)?;
+                }
+                Ok(w)
             };
             // Phi-3 fuses q, k and v (most files) and always gate and up: their parts are row
             // ranges of the fused weight.
@@ -196,9 +199,9 @@ impl Model {
                     (qkv.rows(0, qd), qkv.rows(qd, kvd), qkv.rows(qd + kvd, kvd))
                 }
                 _ => (
-                    weight(&gguf, &name("attn_q"), qd, e)?,
-                    weight(&gguf, &name("attn_k"), kvd, e)?,
-                    weight(&gguf, &name("attn_v"), kvd, e)?,
+                    biased("attn_q", qd)?,
+                    biased("attn_k", kvd)?,
+                    biased("attn_v", kvd)?,
                 ),
             };
             let ff = c.feed_forward;
@@ -218,9 +221,6 @@ impl Model {
                 k,
                 v,
                 o: weight(&gguf, &name("attn_output"), e, qd)?,
-                q_bias: bias("attn_q", qd)?,
-                k_bias: bias("attn_k", kvd)?,
-                v_bias: bias("attn_v", kvd)?,
                 q_norm: required_if(arch.has_qk_norm(), "attn_q_norm", c.head_dim)?,
                 k_norm: required_if(arch.has_qk_norm(), "attn_k_norm", c.head_dim)?,
                 post_attn_norm: required_if(arch.has_post_norms(), "post_attention_norm", e)?,
@@ -283,10 +283,13 @@ impl Model {
         )?)
     }
 
-    /// `x · Wᵀ` for `tokens` rows of `x`.
+    /// `x · Wᵀ (+ bias)` for `tokens` rows of `x`.
     fn linear(&self, compute: &Compute, x: &[f32], w: &Weight) -> Result<Vec<f32>, ModelError> {
         let mut y = vec![0.0; x.len() / w.cols * w.rows];
         compute.matmul_t(x, &self.matrix(w)?, &mut y)?;
+        if let Some(b) = &w.bias {
+            ops::add_row_bias(&mut y, b);
+        }
         Ok(y)
     }
 
@@ -345,15 +348,7 @@ impl Model {
             ops::rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut h);
             let mut q = self.projection(compute, &h, &layer.q, lora(Target::Q), &mut z)?;
             let mut k = self.projection(compute, &h, &layer.k, lora(Target::K), &mut z)?;
-            let mut v = self.projection(compute, &h, &layer.v, lora(Target::V), &mut z)?;
-            for (y, bias) in [(&mut q, &layer.q_bias), (&mut k, &layer.k_bias)] {
-                if let Some(b) = bias {
-                    ops::add_row_bias(y, b);
-                }
-            }
-            if let Some(b) = &layer.v_bias {
-                ops::add_row_bias(&mut v, b);
-            }
+            let v = self.projection(compute, &h, &layer.v, lora(Target::V), &mut z)?;
             let (q_pre, k_pre) = match trace.is_some() && layer.q_norm.is_some() {
                 true => (Some(q.clone()), Some(k.clone())),
                 false => (None, None),
@@ -629,6 +624,7 @@ fn weight(gguf: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Weight, M
         tensor: tensor.clone(),
         rows,
         cols,
+        bias: None,
     })
 }
 

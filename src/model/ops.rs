@@ -109,9 +109,7 @@ impl RopeTable {
         }
         RopeTable { pairs, cos, sin }
     }
-}
 
-impl RopeTable {
     /// The same angles with cos and sin multiplied by `m` (LongRoPE's magnitude, llama.cpp's
     /// `attn_factor`): rotated q and k grow by `m`, each score by `m²`.
     pub fn with_magnitude(mut self, m: f32) -> Self {
@@ -574,7 +572,7 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
 }
 
 /// `y[t] += bias` for every row `t` (a projection's bias). Its backward is the identity on
-/// `dy`: the bias is frozen, and nothing before it sees it.
+/// `dy`: the bias is frozen.
 pub fn add_row_bias(y: &mut [f32], bias: &[f32]) {
     for row in y.chunks_exact_mut(bias.len()) {
         add_assign(row, bias);

@@ -745,6 +745,20 @@ fn llama_cpp_loads_our_adapters_and_agrees() {
             adapter_gguf::write(&model, &back, &again).unwrap();
             assert_eq!(adapter_gguf::read(&model, &again).unwrap(), back, "{arch}");
         }
+        // A factor on a weight the adapters do not sit on (here a part of a fused weight, or
+        // the embedding) is named, never dropped.
+        let stray = dir.path().join(format!("{arch}-stray.gguf"));
+        let extra = if model.fused_weights().is_empty() {
+            "token_embd.weight.lora_a"
+        } else {
+            "blk.0.attn_q.weight.lora_a"
+        };
+        common::extended_copy(&lora_path, &stray, &[], &[(extra, 4)]);
+        let err = adapter_gguf::read(&model, &stray).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("tensor `{extra}`")) && err.contains("stray.gguf"),
+            "{arch}: {err}"
+        );
         let ids: Vec<_> = tokens
             .iter()
             .map(|&t| llama_cpp_2::token::LlamaToken(t as i32))
