@@ -26,3 +26,4 @@ pub fn best(runs: usize, mut f: impl FnMut()) -> f64 {
 pub fn peak_rss_mib() -> f64 {
     tenets::pipeline::train::peak_rss_mib().unwrap_or(f64::NAN)
 }
+pub mod synthetic;

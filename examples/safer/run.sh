@@ -22,13 +22,16 @@
 # harmful compliance 98% -> 55%, over-refusal 0% -> 2.8%, by the pattern judge.
 #
 # Every stage is durable and resumable: rerun the same command after a crash or Ctrl-C.
-# PROMPTS and EVAL_PROMPTS (files) replace the bundled sets, for a quick smoke run.
+# PROMPTS and EVAL_PROMPTS (files) replace the bundled sets, for a quick smoke run. JUDGE_MODEL
+# (a GGUF) is step 5's judge model; without it the base model judges itself, and its calibration
+# on the known answers says whether its figures mean anything (at 135M they do not).
 set -euo pipefail
 OUT=${1:?usage: examples/safer/run.sh OUT}
 TENETS=${TENETS:-tenets}
 PROMPTS=${PROMPTS:-safety-train}
 EVAL=()
 for f in ${EVAL_PROMPTS:-}; do EVAL+=(--prompts "$f"); done
+if [ -n "${JUDGE_MODEL:-}" ]; then EVAL+=(--judge-model "$JUDGE_MODEL"); fi
 C=harmless-helpful
 DB=$OUT/safer.db
 mkdir -p "$OUT"

@@ -5,6 +5,7 @@
 
 use super::adapters::{AdapterGrads, Adapters, Target, TARGETS};
 
+use super::profile::Part;
 use super::{ops, rope_table, Layout, Model, ModelError, Segment, Weight};
 use rayon::prelude::*;
 
@@ -222,17 +223,9 @@ impl Model {
         adapters: &Adapters,
         predictions: &[Prediction],
     ) -> Result<(Vec<f64>, Traced), ModelError> {
-        let layout = rows_needed(self, tokens, layout, predictions)?;
-        let n = layout.rows();
         let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
-        let mut trace = Trace::default();
-        let hidden = self.run_packed(
-            compute,
-            &tokens[..n],
-            &layout,
-            Some(adapters),
-            Some(&mut trace),
-        )?;
+        let (hidden, trace, layout) =
+            self.run_traced(compute, tokens, layout, adapters, predictions)?;
         let (logps, head_grads) = self.head(compute, &hidden, predictions, groups)?;
         Ok((
             logps,
@@ -242,6 +235,83 @@ impl Model {
                 head_grads,
             },
         ))
+    }
+
+    /// The forward with its trace, through the last row `reads` read: the final hidden states,
+    /// the trace and the layout cut to those rows.
+    fn run_traced(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        layout: &Layout,
+        adapters: &Adapters,
+        reads: &[Prediction],
+    ) -> Result<(Vec<f32>, Trace, Layout), ModelError> {
+        let layout = rows_needed(self, tokens, layout, reads)?;
+        let n = layout.rows();
+        let mut trace = Trace::default();
+        let hidden = self.run_packed(
+            compute,
+            &tokens[..n],
+            &layout,
+            Some(adapters),
+            Some(&mut trace),
+        )?;
+        Ok((hidden, trace, layout))
+    }
+
+    /// The forward for a head of the caller's own on the final hidden state (a reward model's
+    /// scalar head): the hidden state after the final norm at each of `rows`
+    /// (`rows.len() × embedding`, in that order), and what [`Model::backward_from_hidden`]
+    /// needs. The output head is never run.
+    pub fn forward_hidden_traced(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        layout: &Layout,
+        adapters: &Adapters,
+        rows: &[usize],
+    ) -> Result<(Vec<f32>, Traced), ModelError> {
+        let reads: Vec<Prediction> = rows
+            .iter()
+            .map(|&row| Prediction {
+                row,
+                token: 0,
+                weight: 0.0,
+                group: 0,
+            })
+            .collect();
+        let (hidden, trace, layout) = self.run_traced(compute, tokens, layout, adapters, &reads)?;
+        let e = self.config.embedding;
+        let picked = rows
+            .iter()
+            .flat_map(|&r| hidden[r * e..(r + 1) * e].iter().copied())
+            .collect();
+        let traced = Traced {
+            trace,
+            layout,
+            head_grads: Vec::new(),
+        };
+        Ok((picked, traced))
+    }
+
+    /// The backward of [`Model::forward_hidden_traced`] from `∂loss/∂hidden` at each of its
+    /// `rows` (`rows.len() × embedding`, in the same order): every adapter factor's gradient.
+    pub fn backward_from_hidden(
+        &self,
+        compute: &Compute,
+        mut traced: Traced,
+        adapters: &Adapters,
+        rows: &[usize],
+        d_hidden: &[f32],
+    ) -> Result<AdapterGrads, ModelError> {
+        let e = self.config.embedding;
+        let mut dh = vec![0.0f32; traced.layout.rows() * e];
+        for (&r, d) in rows.iter().zip(d_hidden.chunks_exact(e)) {
+            ops::add_assign(&mut dh[r * e..(r + 1) * e], d);
+        }
+        traced.head_grads = vec![dh];
+        self.backward_traced(compute, traced, adapters, &[1.0])
     }
 
     /// The backward half: the gradient of `Σ_g coefficients[g] · (group g's objective)` with
@@ -326,7 +396,9 @@ impl Model {
             let mut d_att = self.linear_backward(compute, &d_o, &layer.o)?;
             lora_back(Target::O, &t.att, &d_o, &mut d_att)?;
             let ops::AttentionGrads { mut dq, mut dk, dv } =
-                self.attend_backward(compute, l, t, &d_att, &layout)?;
+                self.profile.time(Part::Attention, || {
+                    self.attend_backward(compute, l, t, &d_att, &layout)
+                })?;
             if c.uses_rope(l) {
                 let table = rope_table(&tables, c.rope_of(l));
                 ops::rope_backward(&mut dq, c.heads, c.head_dim, table, c.rope_layout);
@@ -372,6 +444,19 @@ impl Model {
         predictions: &[Prediction],
         groups: usize,
     ) -> Result<(Vec<f64>, Vec<Vec<f32>>), ModelError> {
+        self.profile.time(Part::Head, || {
+            self.head_chunks(compute, hidden, predictions, groups)
+        })
+    }
+
+    /// [`Model::head`]'s work, a chunk of rows at a time.
+    fn head_chunks(
+        &self,
+        compute: &Compute,
+        hidden: &[f32],
+        predictions: &[Prediction],
+        groups: usize,
+    ) -> Result<(Vec<f64>, Vec<Vec<f32>>), ModelError> {
         let c = &self.config;
         let (e, vocab) = (c.embedding, c.vocab);
         let mut rows: Vec<usize> = predictions.iter().map(|p| p.row).collect();
@@ -386,7 +471,7 @@ impl Model {
             for &r in chunk {
                 x.extend_from_slice(&hidden[r * e..(r + 1) * e]);
             }
-            let raw = self.linear(compute, &x, &self.output)?;
+            let raw = self.product(compute, &x, &self.output)?;
             // Each row apart, on the compute threads: its predictions' log-probs, and one
             // gradient row per group with a weighted prediction on it.
             type RowOut = (Vec<(usize, f64)>, Vec<(usize, Vec<f32>)>);
@@ -531,7 +616,9 @@ impl Model {
         w: &Weight,
         dx: &mut [f32],
     ) -> Result<(), ModelError> {
-        compute.matmul_dx_add(dy, &self.matrix(w)?, dx)?;
-        Ok(())
+        self.profile.time(Part::Kernels, || {
+            compute.matmul_dx_add(dy, &self.matrix(w)?, dx)?;
+            Ok(())
+        })
     }
 }

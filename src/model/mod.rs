@@ -11,6 +11,7 @@ pub mod config;
 pub mod fused;
 pub mod lora;
 pub mod ops;
+pub mod profile;
 
 use std::path::{Path, PathBuf};
 
@@ -143,6 +144,8 @@ pub struct Model {
     /// Llama 3's RoPE frequency factors (`rope_dims / 2`), shared by every layer.
     rope_factors: Option<Vec<f32>>,
     layers: Vec<Layer>,
+    /// Where this model's time has gone (see [`Model::time_spent`]).
+    profile: profile::Profile,
 }
 
 /// Tokens whose logits are computed together at the output head: bounds the logits buffer
@@ -239,7 +242,14 @@ impl Model {
             output_norm,
             rope_factors,
             layers,
+            profile: Default::default(),
         })
+    }
+
+    /// The seconds this model has spent in each part of its work since it was loaded: take
+    /// two readings and [`profile::PartSeconds::since`] for a stretch of it.
+    pub fn time_spent(&self) -> profile::PartSeconds {
+        self.profile.seconds()
     }
 
     pub fn config(&self) -> &Config {
@@ -283,8 +293,14 @@ impl Model {
         )?)
     }
 
-    /// `x · Wᵀ (+ bias)` for `tokens` rows of `x`.
+    /// `x · Wᵀ (+ bias)` for `tokens` rows of `x`, through a layer's frozen weight.
     fn linear(&self, compute: &Compute, x: &[f32], w: &Weight) -> Result<Vec<f32>, ModelError> {
+        self.profile
+            .time(profile::Part::Kernels, || self.product(compute, x, w))
+    }
+
+    /// [`Model::linear`] untimed: for the output head, which counts its time as a whole.
+    fn product(&self, compute: &Compute, x: &[f32], w: &Weight) -> Result<Vec<f32>, ModelError> {
         let mut y = vec![0.0; x.len() / w.cols * w.rows];
         compute.matmul_t(x, &self.matrix(w)?, &mut y)?;
         if let Some(b) = &w.bias {
@@ -458,19 +474,21 @@ impl Model {
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (qw, kw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let mut out = Vec::with_capacity(q.len());
-        for (start, seg) in layout.spans() {
-            let end = start + seg.len;
-            let shape = self.attention_shape(layer, seg.len, seg.branch);
-            out.extend(ops::attention(
-                compute,
-                &q[start * qw..end * qw],
-                &k[start * kw..end * kw],
-                &v[start * kw..end * kw],
-                shape,
-            )?);
-        }
-        Ok(out)
+        self.profile.time(profile::Part::Attention, || {
+            let mut out = Vec::with_capacity(q.len());
+            for (start, seg) in layout.spans() {
+                let end = start + seg.len;
+                let shape = self.attention_shape(layer, seg.len, seg.branch);
+                out.extend(ops::attention(
+                    compute,
+                    &q[start * qw..end * qw],
+                    &k[start * kw..end * kw],
+                    &v[start * kw..end * kw],
+                    shape,
+                )?);
+            }
+            Ok(out)
+        })
     }
 
     /// `x · Wᵀ`, plus the adapter's update when there is one (its `z` kept in `z`).
@@ -530,11 +548,13 @@ impl Model {
 
     /// Logits of `rows` hidden states (`rows × vocab`), softcapped where the model says so.
     pub fn logits(&self, compute: &Compute, hidden: &[f32]) -> Result<Vec<f32>, ModelError> {
-        let mut logits = self.linear(compute, hidden, &self.output)?;
-        if let Some(cap) = self.config.final_softcap {
-            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
-        }
-        Ok(logits)
+        self.profile.time(profile::Part::Head, || {
+            let mut logits = self.product(compute, hidden, &self.output)?;
+            if let Some(cap) = self.config.final_softcap {
+                logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            }
+            Ok(logits)
+        })
     }
 
     /// For each position `i ≥ 1`: the log-probability of `tokens[i]` after `tokens[..i]`, and

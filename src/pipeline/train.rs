@@ -223,6 +223,8 @@ pub struct TrainSummary {
     pub steps_run: u64,
     pub tokens_per_second: f64,
     pub seconds_per_example: f64,
+    /// How those steps' seconds split between the parts of the work.
+    pub step_split: StepSplit,
     pub reference_computed: usize,
     /// Time spent computing reference log-probs (once per example and model).
     pub reference_seconds: f64,
@@ -236,6 +238,28 @@ pub struct TrainSummary {
     pub plot: Option<PathBuf>,
     /// The process's peak resident memory (Linux), in MiB.
     pub peak_rss_mib: Option<f64>,
+}
+
+/// Seconds of the steps an invocation ran, by part: products with the frozen quantized weights
+/// (forward and backward), the output head (logits, softmax, its backward), attention, and
+/// everything else (the adapters' own products, norms, RoPE, activations, the optimiser).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StepSplit {
+    pub kernels: f64,
+    pub head: f64,
+    pub attention: f64,
+    pub other: f64,
+}
+
+impl StepSplit {
+    fn of(parts: crate::model::profile::PartSeconds, seconds: f64) -> Self {
+        StepSplit {
+            kernels: parts.kernels,
+            head: parts.head,
+            attention: parts.attention,
+            other: (seconds - parts.total()).max(0.0),
+        }
+    }
 }
 
 /// This process's peak resident set size (`VmHWM`), in MiB, where the system reports it.
@@ -720,6 +744,7 @@ impl Job {
             (0u64, 0usize, 0.0f64, 0usize);
         let mut last = None;
         let mut stopped = false;
+        let mut parts = crate::model::profile::PartSeconds::default();
         while trainer.step < self.total_steps {
             if self.stop.draining() {
                 stopped = true;
@@ -729,6 +754,7 @@ impl Job {
             let indices = trainer::batch_indices(items.len(), per_step, step, o.seed);
             let batch: Vec<&Item> = indices.iter().map(|&i| &items[i]).collect();
             let started = Instant::now();
+            let spent_before = self.model.time_spent();
             let stepped = trainer
                 .gradients(&self.model, &self.compute, &self.hyper, &batch)
                 .and_then(|mut gradients| {
@@ -748,6 +774,7 @@ impl Job {
                 }
             };
             let seconds = started.elapsed().as_secs_f64();
+            let spent = self.model.time_spent().since(spent_before);
             let record = TrainStepRecord {
                 step,
                 loss: metrics.loss,
@@ -772,6 +799,7 @@ impl Job {
             steps_run += 1;
             tokens_run += metrics.tokens;
             seconds_run += seconds;
+            parts = parts.plus(spent);
             examples_run += batch.len();
             bar.set_position(step);
             bar.set_message(format!(
@@ -803,6 +831,7 @@ impl Job {
             steps_run,
             tokens_per_second: tokens_run as f64 / seconds_run.max(1e-9),
             seconds_per_example: seconds_run / examples_run.max(1) as f64,
+            step_split: StepSplit::of(parts, seconds_run),
             reference_computed,
             reference_seconds,
             last: last.or_else(|| {
@@ -1040,6 +1069,16 @@ pub fn render(s: &TrainSummary) -> String {
         out.push_str(&format!(
             "{} step(s) this time: {:.1} tokens/s, {:.2} s per example\n",
             s.steps_run, s.tokens_per_second, s.seconds_per_example
+        ));
+        let t = &s.step_split;
+        let all = (t.kernels + t.head + t.attention + t.other).max(1e-9);
+        out.push_str(&format!(
+            "step time: quantized products {:.0}%, output head {:.0}%, attention {:.0}%, \
+             other {:.0}%\n",
+            100.0 * t.kernels / all,
+            100.0 * t.head / all,
+            100.0 * t.attention / all,
+            100.0 * t.other / all
         ));
     }
     if let Some(l) = &s.last {

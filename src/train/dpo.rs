@@ -48,7 +48,7 @@ impl PairLoss {
 }
 
 /// `log σ(x)` without overflow (and exactly −ln 2 at 0).
-fn log_sigmoid(x: f64) -> f64 {
+pub(crate) fn log_sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
         -(1.0 + (-x).exp()).ln()
     } else {
@@ -56,7 +56,7 @@ fn log_sigmoid(x: f64) -> f64 {
     }
 }
 
-fn sigmoid(x: f64) -> f64 {
+pub(crate) fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 

@@ -15,6 +15,7 @@
 
 use super::dpo::{pair_loss, Objective, PairLogps};
 use super::optim::{clip_global_norm, global_norm, AdamW, Moments, Schedule};
+use super::reward::{bradley_terry, ScalarHead, ScalarHeadGrads};
 use crate::model::backward::Prediction;
 use crate::model::lora::Dropout;
 use crate::model::{AdapterGrads, Adapters, Branch, Layout, Model, ModelError, Segment};
@@ -158,6 +159,9 @@ struct Packed {
     layout: Layout,
     predictions: Vec<Prediction>,
     items: usize,
+    /// Each item's last row of its chosen answer, and of its rejected one (where it is packed):
+    /// where a reward model reads the answer.
+    ends: Vec<(usize, Option<usize>)>,
 }
 
 impl Item {
@@ -185,6 +189,7 @@ impl Packed {
             },
             predictions: Vec::new(),
             items: items.len(),
+            ends: Vec::new(),
         };
         for (i, item) in items.iter().enumerate() {
             packed.push(item, 2 * i, rejected);
@@ -202,11 +207,13 @@ impl Packed {
                 group,
             }));
         self.tokens.extend_from_slice(&item.chosen);
+        let chosen_end = base + item.chosen.len().max(1) - 1;
         let Some(rejected) = item.rejected.as_ref().filter(|_| with_rejected) else {
             self.layout.segments.push(Segment {
                 len: item.chosen.len(),
                 branch: None,
             });
+            self.ends.push((chosen_end, None));
             return;
         };
         // The rejected answer follows the chosen one; its first token is predicted from the
@@ -228,6 +235,12 @@ impl Packed {
                 start: item.chosen.len(),
             }),
         });
+        // An empty rejected answer ends where the prompt does.
+        let rejected_end = match rejected.len() > p {
+            true => self.tokens.len() - 1,
+            false => base + rejected.len().max(1) - 1,
+        };
+        self.ends.push((chosen_end, Some(rejected_end)));
     }
 
     /// Each item's summed log-probs of its chosen and rejected answer, in prediction order.
@@ -242,6 +255,87 @@ impl Packed {
         }
         sums
     }
+}
+
+/// A reward model's step on preference pairs, before any update: the mean Bradley–Terry loss,
+/// how often the chosen answer scored higher, the mean reward margin, and the gradients of
+/// the adapters and of the scalar head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardGradients {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub margin: f64,
+    pub adapters: AdapterGrads,
+    pub head: ScalarHeadGrads,
+}
+
+/// [`RewardGradients`] of `batch` (pairs: every item needs its rejected answer): each answer's
+/// reward is `head` on the final hidden state of its last token, with the pair packed around
+/// its prompt as DPO's are (see [`super::reward`]).
+pub fn reward_gradients(
+    model: &Model,
+    compute: &Compute,
+    adapters: &Adapters,
+    head: &ScalarHead,
+    batch: &[&Item],
+) -> Result<RewardGradients, TrainError> {
+    if let Some(index) = batch.iter().position(|i| i.rejected.is_none()) {
+        return Err(TrainError::NotAPair { index });
+    }
+    let n = batch.len().max(1) as f64;
+    let e = model.config().embedding;
+    let mut out = RewardGradients {
+        loss: 0.0,
+        accuracy: 0.0,
+        margin: 0.0,
+        adapters: AdapterGrads::default(),
+        head: head.zero_grads(),
+    };
+    let mut first = 0;
+    compute.install(|| {
+        for chunk in forward_chunks(batch) {
+            let packed = Packed::of(chunk);
+            let rows: Vec<usize> = packed
+                .ends
+                .iter()
+                .flat_map(|&(c, r)| [c, r.unwrap_or(c)])
+                .collect();
+            let (hidden, traced) = model.forward_hidden_traced(
+                compute,
+                &packed.tokens,
+                &packed.layout,
+                adapters,
+                &rows,
+            )?;
+            let mut d_hidden = vec![0.0f32; hidden.len()];
+            for (i, item) in chunk.iter().enumerate() {
+                let (hc, hr) = (
+                    &hidden[2 * i * e..(2 * i + 1) * e],
+                    &hidden[(2 * i + 1) * e..(2 * i + 2) * e],
+                );
+                let (rc, rr) = (head.forward(hc), head.forward(hr));
+                let bt = bradley_terry(rc, rr, item.label);
+                if !bt.loss.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        index: first + i,
+                        value: bt.loss,
+                    });
+                }
+                out.loss += bt.loss / n;
+                out.accuracy += f64::from(u8::from(rc > rr)) / n;
+                out.margin += (rc - rr) / n;
+                let d = bt.d_chosen / n;
+                let dc = head.backward(hc, d, &mut out.head);
+                let dr = head.backward(hr, -d, &mut out.head);
+                d_hidden[2 * i * e..(2 * i + 1) * e].copy_from_slice(&dc);
+                d_hidden[(2 * i + 1) * e..(2 * i + 2) * e].copy_from_slice(&dr);
+            }
+            out.adapters
+                .add(&model.backward_from_hidden(compute, traced, adapters, &rows, &d_hidden)?);
+            first += chunk.len();
+        }
+        Ok(out)
+    })
 }
 
 /// Metrics of one step (means over its items); the preference ones are absent for SFT.

@@ -536,24 +536,10 @@ fn lora_gradients_match_finite_differences() {
         for layer in [0, 5] {
             for target in Target::ALL {
                 for (factor, index) in [("a", 1), ("a", 17), ("b", 0), ("b", 5)] {
-                    let slot = target as usize;
-                    let nudge = |a: &mut Adapters, delta: f32| {
-                        let lora = a.layers[layer][slot].as_mut().unwrap();
-                        let v = if factor == "a" {
-                            &mut lora.a
-                        } else {
-                            &mut lora.b
-                        };
-                        let at = index % v.len();
-                        v[at] += delta;
-                    };
-                    let (mut up, mut down) = (adapters.clone(), adapters.clone());
-                    nudge(&mut up, h);
-                    nudge(&mut down, -h);
+                    let at = (layer, target, factor, index);
+                    let (up, down) = (nudged(&adapters, at, h), nudged(&adapters, at, -h));
                     let numeric = (loss(&up) - loss(&down)) / (2.0 * f64::from(h));
-                    let g = analytic.layers[layer][slot].as_ref().unwrap();
-                    let v = if factor == "a" { &g.a } else { &g.b };
-                    let a = f64::from(v[index % v.len()]);
+                    let a = gradient_at(&analytic, at);
                     assert!(
                         (a - numeric).abs() <= 2e-3 + 5e-2 * numeric.abs(),
                         "{arch} layer {layer} {target:?}.{factor}[{index}]: analytic {a}, numeric {numeric}"
@@ -563,6 +549,219 @@ fn lora_gradients_match_finite_differences() {
             }
         }
         println!("{arch}: {checked} LoRA gradients match finite differences");
+    }
+}
+
+/// One entry of one adapter factor: layer, target, `"a"` or `"b"`, index (modulo its length).
+type FactorEntry = (usize, tenets::model::Target, &'static str, usize);
+
+/// A copy of `adapters` with the entry `at` moved by `delta` (a finite difference's probe).
+fn nudged(
+    adapters: &tenets::model::Adapters,
+    at: FactorEntry,
+    delta: f32,
+) -> tenets::model::Adapters {
+    let (layer, target, factor, index) = at;
+    let mut out = adapters.clone();
+    let lora = out.layers[layer][target as usize].as_mut().unwrap();
+    let v = if factor == "a" {
+        &mut lora.a
+    } else {
+        &mut lora.b
+    };
+    let i = index % v.len();
+    v[i] += delta;
+    out
+}
+
+/// The analytic gradient at the entry `at`.
+fn gradient_at(grads: &tenets::model::AdapterGrads, at: FactorEntry) -> f64 {
+    let (layer, target, factor, index) = at;
+    let g = grads.layers[layer][target as usize].as_ref().unwrap();
+    let v = if factor == "a" { &g.a } else { &g.b };
+    f64::from(v[index % v.len()])
+}
+
+/// A reward model's gradient: a scalar head on the last token's final hidden state, the
+/// Bradley–Terry loss of a pair's two rewards, back through the body to every adapter factor
+/// (and the head's own weight) — checked against finite differences of the whole chain; and
+/// the trainer's step, which packs each pair around its prompt, several pairs to a forward, and
+/// reads each answer at its last row, checked against each answer's sequence alone.
+#[test]
+fn reward_gradients_match_finite_differences_and_pack() {
+    use rand::{Rng, SeedableRng};
+    use tenets::model::{AdapterGrads, Adapters, Layout, Target};
+    use tenets::train::reward::{bradley_terry, ScalarHead};
+    use tenets::train::trainer::{reward_gradients, Item};
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
+    for (arch, path) in tiny_models(dir.path()) {
+        let model = Model::open(&path).unwrap();
+        let e = model.config().embedding;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        let chosen: Vec<u32> = (0..12).map(|_| rng.gen_range(0..5000)).collect();
+        let rejected: Vec<u32> = (0..9).map(|_| rng.gen_range(0..5000)).collect();
+        let mut adapters = Adapters::new(&model, &Target::ALL, 2, 4.0, 13);
+        for lora in adapters.layers.iter_mut().flatten().flatten() {
+            lora.b
+                .iter_mut()
+                .for_each(|v| *v = rng.gen_range(-0.1..0.1));
+        }
+        let head = ScalarHead {
+            weight: (0..e).map(|_| rng.gen_range(-0.5..0.5)).collect(),
+        };
+        let label = 0.8;
+        let last = |t: &[u32]| vec![t.len() - 1];
+        let hidden = |a: &Adapters, t: &[u32]| {
+            model
+                .forward_hidden_traced(&compute, t, &Layout::single(t.len()), a, &last(t))
+                .unwrap()
+        };
+        let loss = |a: &Adapters, head: &ScalarHead| {
+            let (hc, _) = hidden(a, &chosen);
+            let (hr, _) = hidden(a, &rejected);
+            bradley_terry(head.forward(&hc), head.forward(&hr), label).loss
+        };
+
+        let (hc, traced_c) = hidden(&adapters, &chosen);
+        let (hr, traced_r) = hidden(&adapters, &rejected);
+        let bt = bradley_terry(head.forward(&hc), head.forward(&hr), label);
+        let mut head_grads = head.zero_grads();
+        let dc = head.backward(&hc, bt.d_chosen, &mut head_grads);
+        let dr = head.backward(&hr, -bt.d_chosen, &mut head_grads);
+        let mut analytic = model
+            .backward_from_hidden(&compute, traced_c, &adapters, &last(&chosen), &dc)
+            .unwrap();
+        analytic.add(
+            &model
+                .backward_from_hidden(&compute, traced_r, &adapters, &last(&rejected), &dr)
+                .unwrap(),
+        );
+
+        let h = 2e-2f32;
+        let close = |a: f64, numeric: f64, what: &str| {
+            assert!(
+                (a - numeric).abs() <= 2e-4 + 5e-2 * numeric.abs(),
+                "{arch} {what}: analytic {a}, numeric {numeric}"
+            );
+        };
+        for i in [0, e / 2, e - 1] {
+            let (mut up, mut down) = (head.clone(), head.clone());
+            up.weight[i] += h;
+            down.weight[i] -= h;
+            let numeric = (loss(&adapters, &up) - loss(&adapters, &down)) / (2.0 * f64::from(h));
+            close(f64::from(head_grads.weight[i]), numeric, "head weight");
+        }
+        for layer in [0, 5] {
+            for target in [Target::Q, Target::V, Target::Down] {
+                for (factor, index) in [("a", 3), ("b", 1)] {
+                    let at = (layer, target, factor, index);
+                    let (up, down) = (nudged(&adapters, at, h), nudged(&adapters, at, -h));
+                    let numeric = (loss(&up, &head) - loss(&down, &head)) / (2.0 * f64::from(h));
+                    let what = format!("layer {layer} {target:?}.{factor}[{index}]");
+                    close(gradient_at(&analytic, at), numeric, &what);
+                }
+            }
+        }
+
+        // The step on packed pairs (the trainer's) computes what each answer computes alone.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+        let mut draw = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(0..5000)).collect() };
+        let items: Vec<Item> = [(9, 6, 4, 0.9), (5, 3, 8, 0.3)]
+            .into_iter()
+            .map(|(p, c, r, label)| {
+                let prompt = draw(p);
+                Item {
+                    chosen: [prompt.clone(), draw(c)].concat(),
+                    rejected: Some([prompt, draw(r)].concat()),
+                    prompt_len: p,
+                    label,
+                    reference: None,
+                }
+            })
+            .collect();
+        let mut adapters = Adapters::new(&model, &Target::ALL, 2, 4.0, 7);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(32);
+        for lora in adapters.layers.iter_mut().flatten().flatten() {
+            lora.b
+                .iter_mut()
+                .for_each(|v| *v = rng.gen_range(-0.1..0.1));
+        }
+        let head = ScalarHead {
+            weight: (0..e).map(|_| rng.gen_range(-0.5..0.5)).collect(),
+        };
+        let batch: Vec<&Item> = items.iter().collect();
+        let packed = reward_gradients(&model, &compute, &adapters, &head, &batch).unwrap();
+
+        // Apart: each answer's whole sequence alone, read at its last token.
+        let (mut loss, mut grads, mut head_grads) =
+            (0.0, AdapterGrads::default(), head.zero_grads());
+        for item in &items {
+            let rejected = item.rejected.as_ref().unwrap();
+            let read = |t: &[u32]| {
+                model
+                    .forward_hidden_traced(
+                        &compute,
+                        t,
+                        &Layout::single(t.len()),
+                        &adapters,
+                        &[t.len() - 1],
+                    )
+                    .unwrap()
+            };
+            let ((hc, tc), (hr, tr)) = (read(&item.chosen), read(rejected));
+            let bt = bradley_terry(head.forward(&hc), head.forward(&hr), item.label);
+            loss += bt.loss / 2.0;
+            let d = bt.d_chosen / 2.0;
+            let dc = head.backward(&hc, d, &mut head_grads);
+            let dr = head.backward(&hr, -d, &mut head_grads);
+            grads.add(
+                &model
+                    .backward_from_hidden(&compute, tc, &adapters, &[item.chosen.len() - 1], &dc)
+                    .unwrap(),
+            );
+            grads.add(
+                &model
+                    .backward_from_hidden(&compute, tr, &adapters, &[rejected.len() - 1], &dr)
+                    .unwrap(),
+            );
+        }
+        assert!(
+            (packed.loss - loss).abs() < 1e-5,
+            "{arch}: loss {} vs {loss}",
+            packed.loss
+        );
+        let (mut diff, mut scale) = (0.0f32, 0.0f32);
+        let pairs = packed
+            .head
+            .weight
+            .iter()
+            .zip(&head_grads.weight)
+            .map(|(a, b)| (*a, *b));
+        let adapter_pairs = packed
+            .adapters
+            .layers
+            .iter()
+            .zip(&grads.layers)
+            .flat_map(|(a, b)| {
+                a.iter().zip(b).flat_map(|(a, b)| {
+                    let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+                    a.a.iter()
+                        .chain(&a.b)
+                        .zip(b.a.iter().chain(&b.b))
+                        .map(|(x, y)| (*x, *y))
+                        .collect::<Vec<_>>()
+                })
+            });
+        for (x, y) in pairs.chain(adapter_pairs) {
+            diff = diff.max((x - y).abs());
+            scale = scale.max(y.abs());
+        }
+        assert!(
+            scale > 0.0 && diff <= 1e-3 * scale,
+            "{arch}: gradients differ by {diff} (largest {scale})"
+        );
     }
 }
 
