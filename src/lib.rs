@@ -22,6 +22,7 @@ pub mod eval;
 pub mod export;
 pub mod filters;
 pub mod gguf;
+pub mod guard;
 pub mod hash;
 pub mod home;
 pub mod label;
