@@ -91,17 +91,25 @@ fn main() {
     let default_model = tenets::home::default_model_path();
     assert!(default_model.exists(), "run scripts/fetch-model first");
     let dir = tempfile::tempdir().expect("temp dir");
+    let shapes = [synthetic::QWEN2_5_0_5B, synthetic::QWEN2_5_1_5B];
+    let names: Vec<&str> = models
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    // Every name checked before the first hour of measuring.
+    if let Some(bad) = names
+        .iter()
+        .find(|n| **n != "smollm2" && !shapes.iter().any(|s| s.name == **n))
+    {
+        panic!("BENCH_MODELS: unknown model {bad:?} (smollm2, qwen2.5-0.5b, qwen2.5-1.5b)");
+    }
     println!("train bench: {threads} threads, {steps} steps, 64 pairs");
-    for name in models.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let model = match name {
-            "smollm2" => default_model.clone(),
-            other => {
-                let shape = [synthetic::QWEN2_5_0_5B, synthetic::QWEN2_5_1_5B]
-                    .into_iter()
-                    .find(|s| s.name == other)
-                    .unwrap_or_else(|| {
-                        panic!("BENCH_MODELS: unknown model {other:?} (smollm2, qwen2.5-0.5b, qwen2.5-1.5b)")
-                    });
+    for name in names {
+        let model = match shapes.iter().find(|s| s.name == name) {
+            None => default_model.clone(),
+            Some(&shape) => {
+                let other = shape.name;
                 // Under target/, not a temporary folder: left for a look after the run
                 // (rewritten by each run, so never stale).
                 let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models");

@@ -19,15 +19,21 @@ fn rows_needed(
     layout: &Layout,
     predictions: &[Prediction],
 ) -> Result<Layout, ModelError> {
+    let predicted: Vec<u32> = predictions.iter().map(|p| p.token).collect();
+    model.check_tokens(&predicted)?;
+    let rows: Vec<usize> = predictions.iter().map(|p| p.row).collect();
+    rows_through(tokens, layout, &rows)
+}
+
+/// `layout` cut after the last of `rows` (each checked to lie within `tokens`).
+fn rows_through(tokens: &[u32], layout: &Layout, rows: &[usize]) -> Result<Layout, ModelError> {
     if layout.rows() != tokens.len() {
         return Err(ModelError::Layout {
             rows: layout.rows(),
             tokens: tokens.len(),
         });
     }
-    let predicted: Vec<u32> = predictions.iter().map(|p| p.token).collect();
-    model.check_tokens(&predicted)?;
-    let last = predictions.iter().map(|p| p.row).max().unwrap_or(0);
+    let last = rows.iter().copied().max().unwrap_or(0);
     if last >= tokens.len() {
         return Err(ModelError::Layout {
             rows: last + 1,
@@ -185,7 +191,8 @@ impl Model {
             let layout = rows_needed(self, tokens, layout, predictions)?;
             let n = layout.rows();
             let hidden = self.run_packed(compute, &tokens[..n], &layout, adapters, None)?;
-            Ok(self.head(compute, &hidden, predictions, 0)?.0)
+            let head = || self.head(compute, &hidden, predictions, 0);
+            Ok(self.profile.time(Part::Head, head)?.0)
         })
     }
 
@@ -224,9 +231,11 @@ impl Model {
         predictions: &[Prediction],
     ) -> Result<(Vec<f64>, Traced), ModelError> {
         let groups = predictions.iter().map(|p| p.group + 1).max().unwrap_or(1);
-        let (hidden, trace, layout) =
-            self.run_traced(compute, tokens, layout, adapters, predictions)?;
-        let (logps, head_grads) = self.head(compute, &hidden, predictions, groups)?;
+        let layout = rows_needed(self, tokens, layout, predictions)?;
+        let (hidden, trace) = self.run_traced(compute, tokens, &layout, adapters)?;
+        let (logps, head_grads) = self.profile.time(Part::Head, || {
+            self.head(compute, &hidden, predictions, groups)
+        })?;
         Ok((
             logps,
             Traced {
@@ -237,27 +246,25 @@ impl Model {
         ))
     }
 
-    /// The forward with its trace, through the last row `reads` read: the final hidden states,
-    /// the trace and the layout cut to those rows.
+    /// The forward with its trace over the rows of `layout` (already cut to the rows read):
+    /// the final hidden states and the trace.
     fn run_traced(
         &self,
         compute: &Compute,
         tokens: &[u32],
         layout: &Layout,
         adapters: &Adapters,
-        reads: &[Prediction],
-    ) -> Result<(Vec<f32>, Trace, Layout), ModelError> {
-        let layout = rows_needed(self, tokens, layout, reads)?;
+    ) -> Result<(Vec<f32>, Trace), ModelError> {
         let n = layout.rows();
         let mut trace = Trace::default();
         let hidden = self.run_packed(
             compute,
             &tokens[..n],
-            &layout,
+            layout,
             Some(adapters),
             Some(&mut trace),
         )?;
-        Ok((hidden, trace, layout))
+        Ok((hidden, trace))
     }
 
     /// The forward for a head of the caller's own on the final hidden state (a reward model's
@@ -272,16 +279,8 @@ impl Model {
         adapters: &Adapters,
         rows: &[usize],
     ) -> Result<(Vec<f32>, Traced), ModelError> {
-        let reads: Vec<Prediction> = rows
-            .iter()
-            .map(|&row| Prediction {
-                row,
-                token: 0,
-                weight: 0.0,
-                group: 0,
-            })
-            .collect();
-        let (hidden, trace, layout) = self.run_traced(compute, tokens, layout, adapters, &reads)?;
+        let layout = rows_through(tokens, layout, rows)?;
+        let (hidden, trace) = self.run_traced(compute, tokens, &layout, adapters)?;
         let e = self.config.embedding;
         let picked = rows
             .iter()
@@ -438,19 +437,6 @@ impl Model {
     /// log-probability; with `groups` > 0, also each group's `∂(Σ weight · logp)/∂hidden`
     /// (`rows × embedding`, zero on rows the group does not read).
     fn head(
-        &self,
-        compute: &Compute,
-        hidden: &[f32],
-        predictions: &[Prediction],
-        groups: usize,
-    ) -> Result<(Vec<f64>, Vec<Vec<f32>>), ModelError> {
-        self.profile.time(Part::Head, || {
-            self.head_chunks(compute, hidden, predictions, groups)
-        })
-    }
-
-    /// [`Model::head`]'s work, a chunk of rows at a time.
-    fn head_chunks(
         &self,
         compute: &Compute,
         hidden: &[f32],

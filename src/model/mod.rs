@@ -378,7 +378,9 @@ impl Model {
                 ops::rope(&mut q, c.heads, c.head_dim, table, c.rope_layout);
                 ops::rope(&mut k, c.kv_heads, c.head_dim, table, c.rope_layout);
             }
-            let att = self.attend(compute, l, &q, &k, &v, layout)?;
+            let att = self.profile.time(profile::Part::Attention, || {
+                self.attend(compute, l, &q, &k, &v, layout)
+            })?;
             let mut o = self.projection(compute, &att, &layer.o, lora(Target::O), &mut z)?;
             let o_pre = (trace.is_some() && layer.post_attn_norm.is_some()).then(|| o.clone());
             if let Some(post) = &layer.post_attn_norm {
@@ -474,21 +476,19 @@ impl Model {
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (qw, kw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        self.profile.time(profile::Part::Attention, || {
-            let mut out = Vec::with_capacity(q.len());
-            for (start, seg) in layout.spans() {
-                let end = start + seg.len;
-                let shape = self.attention_shape(layer, seg.len, seg.branch);
-                out.extend(ops::attention(
-                    compute,
-                    &q[start * qw..end * qw],
-                    &k[start * kw..end * kw],
-                    &v[start * kw..end * kw],
-                    shape,
-                )?);
-            }
-            Ok(out)
-        })
+        let mut out = Vec::with_capacity(q.len());
+        for (start, seg) in layout.spans() {
+            let end = start + seg.len;
+            let shape = self.attention_shape(layer, seg.len, seg.branch);
+            out.extend(ops::attention(
+                compute,
+                &q[start * qw..end * qw],
+                &k[start * kw..end * kw],
+                &v[start * kw..end * kw],
+                shape,
+            )?);
+        }
+        Ok(out)
     }
 
     /// `x · Wᵀ`, plus the adapter's update when there is one (its `z` kept in `z`).

@@ -27,7 +27,7 @@ pub struct Profile {
 }
 
 /// Seconds per part, since the model was loaded (see [`Profile::seconds`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PartSeconds {
     pub kernels: f64,
     pub head: f64,

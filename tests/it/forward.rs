@@ -510,11 +510,7 @@ fn lora_gradients_match_finite_differences() {
         assert!(same, "{arch}: a fresh adapter changed a log-prob");
 
         let mut adapters = fresh.clone();
-        for lora in adapters.layers.iter_mut().flatten().flatten() {
-            lora.b
-                .iter_mut()
-                .for_each(|v| *v = rng.gen_range(-0.1..0.1));
-        }
+        randomize_b(&mut adapters, &mut rng, 0.1);
         // With LoRA dropout on: each adapter's mask is the same in the forward and the backward.
         adapters.dropout = Some(tenets::model::lora::Dropout { p: 0.2, seed: 5 });
         let analytic = model
@@ -549,6 +545,16 @@ fn lora_gradients_match_finite_differences() {
             }
         }
         println!("{arch}: {checked} LoRA gradients match finite differences");
+    }
+}
+
+/// Every adapter's B factor drawn from ±`spread` (a fresh adapter's B is 0, which would leave
+/// the A factors without gradient).
+fn randomize_b(adapters: &mut tenets::model::Adapters, rng: &mut impl rand::Rng, spread: f32) {
+    for lora in adapters.layers.iter_mut().flatten().flatten() {
+        lora.b
+            .iter_mut()
+            .for_each(|v| *v = rng.gen_range(-spread..spread));
     }
 }
 
@@ -603,11 +609,7 @@ fn reward_gradients_match_finite_differences_and_pack() {
         let chosen: Vec<u32> = (0..12).map(|_| rng.gen_range(0..5000)).collect();
         let rejected: Vec<u32> = (0..9).map(|_| rng.gen_range(0..5000)).collect();
         let mut adapters = Adapters::new(&model, &Target::ALL, 2, 4.0, 13);
-        for lora in adapters.layers.iter_mut().flatten().flatten() {
-            lora.b
-                .iter_mut()
-                .for_each(|v| *v = rng.gen_range(-0.1..0.1));
-        }
+        randomize_b(&mut adapters, &mut rng, 0.1);
         let head = ScalarHead {
             weight: (0..e).map(|_| rng.gen_range(-0.5..0.5)).collect(),
         };
@@ -681,16 +683,6 @@ fn reward_gradients_match_finite_differences_and_pack() {
                 }
             })
             .collect();
-        let mut adapters = Adapters::new(&model, &Target::ALL, 2, 4.0, 7);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(32);
-        for lora in adapters.layers.iter_mut().flatten().flatten() {
-            lora.b
-                .iter_mut()
-                .for_each(|v| *v = rng.gen_range(-0.1..0.1));
-        }
-        let head = ScalarHead {
-            weight: (0..e).map(|_| rng.gen_range(-0.5..0.5)).collect(),
-        };
         let batch: Vec<&Item> = items.iter().collect();
         let packed = reward_gradients(&model, &compute, &adapters, &head, &batch).unwrap();
 
@@ -783,11 +775,7 @@ fn a_packed_pair_equals_its_two_sequences() {
         let (prompt, chosen, rejected) = (draw(20), draw(10), draw(12));
         let mut adapters = Adapters::new(&model, &Target::ALL, 2, 4.0, 5);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
-        for lora in adapters.layers.iter_mut().flatten().flatten() {
-            lora.b
-                .iter_mut()
-                .for_each(|v| *v = rng.gen_range(-0.1..0.1));
-        }
+        randomize_b(&mut adapters, &mut rng, 0.1);
         let p = prompt.len();
         let (seq_c, seq_r) = (
             [&prompt[..], &chosen].concat(),
@@ -906,7 +894,7 @@ fn a_packed_pair_equals_its_two_sequences() {
 /// the base model's.
 #[test]
 fn llama_cpp_loads_our_adapters_and_agrees() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     use tenets::model::adapter_gguf;
     use tenets::model::{Adapters, Target};
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -916,11 +904,7 @@ fn llama_cpp_loads_our_adapters_and_agrees() {
         let model = Model::open(&path).unwrap();
         let mut adapters = Adapters::new(&model, &Target::ALL, 4, 8.0, 5);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        for lora in adapters.layers.iter_mut().flatten().flatten() {
-            lora.b
-                .iter_mut()
-                .for_each(|v| *v = rng.gen_range(-0.2..0.2));
-        }
+        randomize_b(&mut adapters, &mut rng, 0.2);
         let lora_path = dir.path().join(format!("{arch}-lora.gguf"));
         adapter_gguf::write(&model, &adapters, &lora_path).unwrap();
         let back = adapter_gguf::read(&model, &lora_path).unwrap();
