@@ -146,8 +146,19 @@ pub struct DpoRow {
     pub chosen_sample: Option<i64>,
     pub rejected_sample: Option<i64>,
     pub sample_scores: Option<Vec<f64>>,
+    /// The rewards of the two answers from the reward model that last scored this database
+    /// (`tenets reward score --db`), and its SHA-256; none where it has not scored them.
+    pub reward_chosen: Option<f64>,
+    pub reward_rejected: Option<f64>,
+    pub reward_model: Option<String>,
     #[serde(flatten)]
     pub provenance: Provenance,
+}
+
+/// The key a reward model's score of `answer` to `prompt` is stored under (`reward_scores`):
+/// a hash of both messages, so a pair's answers are found again whichever way it is oriented.
+pub fn answer_key(prompt: &[Message], answer: &[Message]) -> String {
+    crate::hash::of_json(&(prompt, answer))
 }
 
 /// A supervised conversation: the prompt and the answer to learn.
@@ -370,6 +381,20 @@ pub async fn rows(
         let mut keep = keep.into_iter();
         out.rows.retain(|_| keep.next().unwrap_or(true));
     }
+    if kind == Kind::Dpo {
+        if let Some((sha, scores)) = store.latest_reward_scores().await? {
+            for row in out.rows.iter_mut() {
+                if let ExportRow::Dpo(row) = row {
+                    row.reward_chosen = scores.get(&answer_key(&row.prompt, &row.chosen)).copied();
+                    row.reward_rejected =
+                        scores.get(&answer_key(&row.prompt, &row.rejected)).copied();
+                    if row.reward_chosen.is_some() || row.reward_rejected.is_some() {
+                        row.reward_model = Some(sha.clone());
+                    }
+                }
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -460,6 +485,9 @@ fn dpo_row(
         chosen_sample: None,
         rejected_sample: None,
         sample_scores: None,
+        reward_chosen: None,
+        reward_rejected: None,
+        reward_model: None,
         provenance: c.provenance.clone(),
     };
     extra(&mut row);
@@ -563,6 +591,9 @@ fn safety_pair(c: &Candidate, filters: &PairFilters) -> Option<Result<DpoRow, Dr
         chosen_sample: None,
         rejected_sample: None,
         sample_scores: None,
+        reward_chosen: None,
+        reward_rejected: None,
+        reward_model: None,
         provenance: c.provenance.clone(),
     }))
 }
@@ -766,6 +797,9 @@ pub fn parquet_schema(kind: Kind) -> polars::prelude::Schema {
             ("chosen_sample", T::Int64),
             ("rejected_sample", T::Int64),
             ("sample_scores", T::List(Box::new(T::Float64))),
+            ("reward_chosen", T::Float64),
+            ("reward_rejected", T::Float64),
+            ("reward_model", T::String),
         ],
         Kind::Sft => vec![
             ("messages", messages),

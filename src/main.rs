@@ -13,10 +13,12 @@ use tenets::constitution::{self, starter, Constitution};
 use tenets::doctor::DoctorOptions;
 use tenets::engine::StopSignal;
 use tenets::export::{self, ExportOptions};
+use tenets::pipeline::classify::{self, ClassifyOptions};
 use tenets::pipeline::eval::{self as evaluation, EvalOptions};
 use tenets::pipeline::iterate::{self, LoopOptions};
 use tenets::pipeline::label::{self, LabelOptions};
 use tenets::pipeline::redteam::{self, RedteamOptions};
+use tenets::pipeline::reward::{self as rewards, RewardScoreOptions};
 use tenets::pipeline::train::{self as training, TrainOptions};
 use tenets::pipeline::{self, GenerateOptions};
 use tenets::score::{self, ScoreOptions};
@@ -61,6 +63,15 @@ enum Command {
     Redteam(Box<RedteamOptions>),
     /// Train a LoRA adapter on the quantized model: DPO/IPO/hinge on pairs, or SFT (resumable).
     Train(Box<TrainOptions>),
+    /// A reward model from the same preference pairs: train one (LoRA + a scalar head,
+    /// Bradley–Terry), or score answers with it.
+    Reward {
+        #[command(subcommand)]
+        command: RewardCommand,
+    },
+    /// A safety classifier over prompts: the probability each asks for what the constitution
+    /// restricts, its nearest restricted topic and principle; figures on tagged prompts.
+    Classify(Box<ClassifyOptions>),
     /// Measure a model (and an adapter against it) on held-out prompts: harmful compliance,
     /// over-refusal and an AI-judged win rate, all stored (resumable).
     Eval(Box<EvalOptions>),
@@ -110,6 +121,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RewardCommand {
+    /// Train a reward model on pairs: `tenets train --objective reward` (the same flags; OUT
+    /// holds the adapter and the head; a tenth of the prompts is held out by default).
+    Train(Box<TrainOptions>),
+    /// Score every answer of a file or a database with a reward model.
+    Score(Box<RewardScoreOptions>),
+}
+
+/// `tenets train` (and `reward train`): the summary, and 130 after Ctrl-C (which already said
+/// how to continue: --resume).
+async fn train(o: &TrainOptions) -> Result<ExitCode> {
+    let summary = training::train(o, stop_on_ctrl_c()).await?;
+    print_summary(o.run.json, &summary, training::render, false)?;
+    Ok(if summary.stopped {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Our log on stderr: warnings by default, more with `-v`; `RUST_LOG` overrides. llama.cpp's
@@ -209,15 +241,24 @@ async fn run(command: Command) -> Result<ExitCode> {
             print_summary(o.run.json, &summary, iterate::render, false)?;
             Ok(resumable_exit(summary.interrupted))
         }
-        Command::Train(o) => {
-            let summary = training::train(&o, stop_on_ctrl_c()).await?;
-            print_summary(o.run.json, &summary, training::render, false)?;
-            // Ctrl-C already said how to continue (--resume).
-            Ok(if summary.stopped {
-                ExitCode::from(130)
-            } else {
-                ExitCode::SUCCESS
-            })
+        Command::Train(o) => train(&o).await,
+        Command::Reward {
+            command: RewardCommand::Train(mut o),
+        } => {
+            o.loss = tenets::train::trainer::Loss::Reward;
+            train(&o).await
+        }
+        Command::Reward {
+            command: RewardCommand::Score(o),
+        } => {
+            let summary = rewards::score(&o).await?;
+            print_summary(o.run.json, &summary, rewards::render, false)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Classify(o) => {
+            let summary = classify::classify(&o)?;
+            print_summary(o.run.json, &summary, classify::render, false)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Score(o) => {
             let report = score::run(&o)?;

@@ -19,6 +19,7 @@ mod calibration;
 mod eval;
 pub mod export;
 pub mod merge;
+mod reward;
 pub mod stats;
 mod train;
 pub use calibration::{JudgeCalibration, KindCount};

@@ -39,6 +39,7 @@ pub fn score_tokens_with_lora(
     lora: &Path,
     scale: f32,
 ) -> Result<Vec<TokenScore>, EngineError> {
+    super::check_adapter_file(lora)?;
     let mut adapter = model
         .lora_adapter_init(lora)
         .map_err(|e| EngineError::Model {

@@ -154,12 +154,23 @@ pub fn check_model_file(path: &Path) -> Result<(), EngineError> {
 }
 
 /// Checks that `path` is a GGUF LoRA adapter (what `tenets train` or llama.cpp's converter
-/// writes), before anything loads or any database is touched.
+/// writes) and not a reward model, before anything loads or any database is touched.
 pub fn check_adapter_file(path: &Path) -> Result<(), EngineError> {
     let gguf = crate::gguf::Gguf::open(path).map_err(|e| EngineError::Model {
         path: path.to_path_buf(),
         message: strip_path(&e.to_string(), path),
     })?;
+    // A reward model is an adapter with a head llama.cpp would stop at (with a message about
+    // a tensor's suffix); its adapters alone are no policy.
+    if gguf
+        .get(crate::model::adapter_gguf::REWARD_HEAD_KEY)
+        .is_some()
+    {
+        return Err(EngineError::Model {
+            path: path.to_path_buf(),
+            message: crate::model::adapter_gguf::REWARD_MODEL_NOT_ADAPTER.into(),
+        });
+    }
     let text = |key: &str| gguf.get(key).and_then(|v| v.as_str()).unwrap_or("none");
     if text("general.type") != "adapter" || text("adapter.type") != "lora" {
         return Err(EngineError::Model {
@@ -220,6 +231,7 @@ pub fn load_lora(
         return Ok(None);
     };
     check_model_file(path)?;
+    check_adapter_file(path)?;
     let adapter = model
         .lora_adapter_init(path)
         .map_err(|e| EngineError::Model {

@@ -14,6 +14,18 @@ use crate::gguf::writer::{GgufWriter, WriteError};
 use crate::gguf::{Gguf, GgufError, Value};
 use crate::quant::{dequantize_row, QuantType};
 
+/// The metadata key of a reward model's file (an adapter with a scalar head on top, see
+/// `train::reward`): it names the head's tensor. llama.cpp refuses the file as an adapter (the
+/// head is a tensor it does not know), and a reward model's adapters alone are no policy, so
+/// every reader of adapters for generation or training refuses it by this key, saying what
+/// it is.
+pub const REWARD_HEAD_KEY: &str = "tenets.reward.head";
+
+/// What refusing a reward model as an adapter says.
+pub const REWARD_MODEL_NOT_ADAPTER: &str = "a reward model (LoRA adapters with a scalar head): it \
+     scores answers with `tenets reward score --rm`, and is not an adapter to generate or train \
+     with";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
     #[error(transparent)]
@@ -44,6 +56,13 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 /// Writes `adapters` (made for `model`) as a GGUF LoRA adapter.
 pub fn write(model: &Model, adapters: &Adapters, path: &Path) -> Result<(), AdapterError> {
+    writer(model, adapters, path)?.write(path)?;
+    Ok(())
+}
+
+/// The GGUF of [`write`], not yet written: a file that is an adapter and more (a reward
+/// model's head) adds its own metadata and tensors first. `path` is for messages.
+pub fn writer(model: &Model, adapters: &Adapters, path: &Path) -> Result<GgufWriter, AdapterError> {
     let invalid = |message: String| AdapterError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -99,17 +118,29 @@ pub fn write(model: &Model, adapters: &Adapters, path: &Path) -> Result<(), Adap
             }
         }
     }
-    w.write(path)?;
-    Ok(())
+    Ok(w)
 }
 
 /// Reads a GGUF LoRA adapter written for `model` (by tenets or by llama.cpp's converter).
 pub fn read(model: &Model, path: &Path) -> Result<Adapters, AdapterError> {
+    read_from(model, &Gguf::open(path)?, path, &[])
+}
+
+/// [`read`] from an opened file `g` (at `path`, for messages) that may also hold the tensors
+/// named in `also` (a reward model's head): any other tensor that is not a factor is an error.
+pub fn read_from(
+    model: &Model,
+    g: &Gguf,
+    path: &Path,
+    also: &[&str],
+) -> Result<Adapters, AdapterError> {
     let invalid = |message: String| AdapterError::Invalid {
         path: path.to_path_buf(),
         message,
     };
-    let g = Gguf::open(path)?;
+    if also.is_empty() && g.get(REWARD_HEAD_KEY).is_some() {
+        return Err(invalid(REWARD_MODEL_NOT_ADAPTER.into()));
+    }
     if g.get("general.type").and_then(Value::as_str) != Some("adapter")
         || g.get("adapter.type").and_then(Value::as_str) != Some("lora")
     {
@@ -182,7 +213,7 @@ pub fn read(model: &Model, path: &Path) -> Result<Adapters, AdapterError> {
         let base = name
             .strip_suffix(".lora_a")
             .or(name.strip_suffix(".lora_b"));
-        base.is_some_and(|b| known.contains(b))
+        base.is_some_and(|b| known.contains(b)) || also.contains(&name)
     };
     if let Some(t) = g.tensors.iter().find(|t| !adapted(&t.name)) {
         return Err(invalid(format!(

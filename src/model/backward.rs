@@ -294,6 +294,28 @@ impl Model {
         Ok((picked, traced))
     }
 
+    /// [`Model::forward_hidden_traced`] without the trace (scoring: no backward follows), the
+    /// base alone when `adapters` is `None`. The same arithmetic, so the two agree to the bit.
+    pub fn forward_hidden(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        layout: &Layout,
+        adapters: Option<&Adapters>,
+        rows: &[usize],
+    ) -> Result<Vec<f32>, ModelError> {
+        compute.install(|| {
+            let layout = rows_through(tokens, layout, rows)?;
+            let n = layout.rows();
+            let hidden = self.run_packed(compute, &tokens[..n], &layout, adapters, None)?;
+            let e = self.config.embedding;
+            Ok(rows
+                .iter()
+                .flat_map(|&r| hidden[r * e..(r + 1) * e].iter().copied())
+                .collect())
+        })
+    }
+
     /// The backward of [`Model::forward_hidden_traced`] from `∂loss/∂hidden` at each of its
     /// `rows` (`rows.len() × embedding`, in the same order): every adapter factor's gradient.
     pub fn backward_from_hidden(

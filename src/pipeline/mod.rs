@@ -6,11 +6,13 @@
 //! holds what they share.
 
 pub mod chain;
+pub mod classify;
 pub mod eval;
 pub mod generate;
 pub mod iterate;
 pub mod label;
 pub mod redteam;
+pub mod reward;
 pub mod train;
 pub mod writer;
 

@@ -27,6 +27,7 @@ use crate::quant::matmul::Compute;
 use crate::settings::{KernelChoice, ModelSettings, RunSettings};
 use crate::store::{FinalScores, Store, TrainRunRecord, TrainStepRecord};
 use crate::train::optim::{AdamW, Schedule};
+use crate::train::reward::{self, RewardFacts, ScalarHead};
 use crate::train::trainer::{self, Hyper, Item, Loss, TrainError, Trainer};
 
 /// Where the examples come from.
@@ -118,6 +119,11 @@ pub struct TrainOptions {
     /// With --db: which of its pairs to train on (the filters of `tenets export`).
     #[command(flatten)]
     pub filters: PairFilters,
+    /// Hold out this fraction of the prompts (all pairs of a prompt on one side) from training
+    /// and report loss, accuracy and calibration on them at the end [default: 0.1 for
+    /// --objective reward, else 0]
+    #[arg(long, value_name = "FRACTION")]
+    pub held_out: Option<f64>,
     /// Skip scoring every example with the trained adapter at the end.
     #[arg(long)]
     pub no_final_eval: bool,
@@ -164,6 +170,12 @@ impl TrainOptions {
             // clap requires one; a library caller without either trains on nothing.
             (None, None) => TrainData::File(PathBuf::new()),
         }
+    }
+
+    /// The fraction of prompts held out of training.
+    pub fn held_out_fraction(&self) -> f64 {
+        self.held_out
+            .unwrap_or(if self.loss == Loss::Reward { 0.1 } else { 0.0 })
     }
 
     pub fn max_prompt_length(&self) -> usize {
@@ -230,14 +242,49 @@ pub struct TrainSummary {
     pub reference_seconds: f64,
     pub last: Option<TrainStepRecord>,
     pub final_scores: Option<FinalScores>,
+    /// The same on the held-out pairs, with calibration.
+    pub held_out: Option<HeldOutScores>,
     /// Stopped early (Ctrl-C) after saving a checkpoint.
     pub stopped: bool,
     pub adapter: Option<PathBuf>,
+    /// The file is a reward model (an adapter with a scalar head).
+    pub reward_model: bool,
     pub peft: Option<PathBuf>,
     pub metrics_csv: PathBuf,
     pub plot: Option<PathBuf>,
     /// The process's peak resident memory (Linux), in MiB.
     pub peak_rss_mib: Option<f64>,
+}
+
+/// How the trained adapter (or reward model) scores pairs it never trained on.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct HeldOutScores {
+    pub pairs: usize,
+    pub loss: f64,
+    /// How often the chosen answer's reward beats the rejected one's.
+    pub accuracy: f64,
+    pub margin: f64,
+    /// Expected calibration error of `σ(margin)` as the probability that the chosen answer is
+    /// the better one, against the labels (10 equal-width bins).
+    pub calibration_error: f64,
+}
+
+/// Expected calibration error of predicted probabilities `p` against (soft) labels, over 10
+/// equal-width bins: the mean over pairs of |mean p − mean label| in each pair's bin.
+pub fn calibration_error(pairs: &[(f64, f64)]) -> f64 {
+    let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
+    for &(p, label) in pairs {
+        let b = &mut bins[((p.clamp(0.0, 1.0) * 10.0) as usize).min(9)];
+        b.0 += 1;
+        b.1 += p;
+        b.2 += label;
+    }
+    let n = pairs.len().max(1) as f64;
+    bins.iter()
+        .filter(|b| b.0 > 0)
+        // (n_b / N)·|mean p − mean label| = |Σ p − Σ label| / N.
+        .map(|&(_, p, label)| (p - label).abs() / n)
+        .sum()
 }
 
 /// Seconds of the steps an invocation ran, by part: products with the frozen quantized weights
@@ -289,7 +336,23 @@ pub async fn train(
     check(options)?;
     let model_path = options.model.model_path()?;
     let examples = load_examples(options).await?;
-    let (items, truncated) = tokenize(options, &model_path, &examples)?;
+    let (all_items, truncated) = tokenize(
+        options.max_length,
+        options.max_prompt_length(),
+        &model_path,
+        &examples,
+    )?;
+    let data_sha256 = hash::of_json(
+        &all_items
+            .iter()
+            .map(|i| (&i.chosen, &i.rejected, i.prompt_len, i.label))
+            .collect::<Vec<_>>(),
+    );
+    let Split {
+        train: items,
+        held_out,
+        origins,
+    } = hold_out(options, all_items, &examples)?;
     // The native model and threads before any database is touched: a model the forward cannot
     // run leaves nothing behind.
     let model = Model::open(&model_path)?;
@@ -369,13 +432,8 @@ pub async fn train(
         "weight_decay": options.weight_decay,
         "seed": options.seed,
         "init_adapter": init_sha256,
+        "held_out": options.held_out_fraction(),
     });
-    let data_sha256 = hash::of_json(
-        &items
-            .iter()
-            .map(|i| (&i.chosen, &i.rejected, i.prompt_len, i.label))
-            .collect::<Vec<_>>(),
-    );
     let record = TrainRunRecord {
         model_path: model_path.display().to_string(),
         model_sha256: model_sha256.clone(),
@@ -434,7 +492,8 @@ pub async fn train(
         checkpoint,
         total_steps,
         stop,
-        origins: examples.iter().map(|e| e.origin.clone()).collect(),
+        origins,
+        held_out,
     };
     let (summary_parts, state) = tokio::task::spawn_blocking(move || {
         let state = job.store.path().to_path_buf();
@@ -498,6 +557,12 @@ fn check(o: &TrainOptions) -> Result<(), PipelineError> {
             "--weight-decay must be in [0, 1] and --max-grad-norm ≥ 0",
         ));
     }
+    let held_out = o.held_out_fraction();
+    if !(0.0..=0.5).contains(&held_out) {
+        return Err(setting(format!(
+            "--held-out is the fraction of prompts kept out of training, in [0, 0.5]; got {held_out}"
+        )));
+    }
     let folder = o.out.parent().filter(|p| !p.as_os_str().is_empty());
     if folder.is_some_and(|f| !f.is_dir()) {
         return Err(setting(format!(
@@ -522,7 +587,7 @@ async fn load_examples(options: &TrainOptions) -> Result<Vec<Example>, PipelineE
             let store = Store::open_existing(db).await?;
             let kind = match options.loss {
                 Loss::Sft => Kind::Sft,
-                Loss::Preference(_) => Kind::Dpo,
+                Loss::Preference(_) | Loss::Reward => Kind::Dpo,
             };
             let rows = export::rows(&store, kind, &options.filters).await?;
             for (reason, count) in &rows.dropped {
@@ -545,7 +610,7 @@ async fn load_examples(options: &TrainOptions) -> Result<Vec<Example>, PipelineE
             examples
         }
     };
-    if matches!(options.loss, Loss::Preference(_)) {
+    if options.loss.needs_pairs() {
         let unpaired: Vec<&str> = examples
             .iter()
             .filter(|e| e.rejected.is_none())
@@ -563,10 +628,63 @@ async fn load_examples(options: &TrainOptions) -> Result<Vec<Example>, PipelineE
     Ok(examples)
 }
 
-/// Frames every example with the model's chat template and tokenizes it; returns the items and
-/// how many were cut to fit the length limits.
-fn tokenize(
+/// Splits the items into those trained on and those held out (`--held-out`): by a hash of each
+/// prompt's tokens, so every pair of one prompt lands on the same side and the split is the
+/// same on every run.
+fn hold_out(
     options: &TrainOptions,
+    items: Vec<Item>,
+    examples: &[Example],
+) -> Result<Split, PipelineError> {
+    let fraction = options.held_out_fraction();
+    let (mut train, mut held, mut origins) = (Vec::new(), Vec::new(), Vec::new());
+    for (item, example) in items.into_iter().zip(examples) {
+        let prompt: Vec<String> = item.chosen[..item.prompt_len]
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        let digest = hash::of_parts(&["held-out", &prompt.join(",")]);
+        let draw = u64::from_str_radix(&digest[..16], 16).unwrap_or(0) as f64 / u64::MAX as f64;
+        if draw < fraction {
+            held.push(item);
+        } else {
+            train.push(item);
+            origins.push(example.origin.clone());
+        }
+    }
+    if train.is_empty() {
+        return Err(setting(format!(
+            "--held-out {fraction} keeps every example out of training ({} held out); lower it \
+             or add prompts",
+            held.len()
+        )));
+    }
+    if fraction > 0.0 && held.is_empty() {
+        tracing::warn!(
+            fraction,
+            "--held-out: no prompt fell on the held-out side (too few prompts); nothing is held out"
+        );
+    }
+    Ok(Split {
+        train,
+        held_out: held,
+        origins,
+    })
+}
+
+/// The items trained on, those held out, and where each trained one came from.
+struct Split {
+    train: Vec<Item>,
+    held_out: Vec<Item>,
+    origins: Vec<String>,
+}
+
+/// Frames every example with the model's chat template and tokenizes it; returns the items and
+/// how many were cut to fit `max_length` tokens in all, of which at most `max_prompt_length`
+/// prompt.
+pub(super) fn tokenize(
+    max_length: usize,
+    max_prompt_length: usize,
     model_path: &Path,
     examples: &[Example],
 ) -> Result<(Vec<Item>, usize), PipelineError> {
@@ -584,11 +702,11 @@ fn tokenize(
         };
         // As TRL does: the prompt keeps its end, then the answers are cut to fit.
         let mut cut = false;
-        if prompt.len() > options.max_prompt_length() {
-            prompt.drain(..prompt.len() - options.max_prompt_length());
+        if prompt.len() > max_prompt_length {
+            prompt.drain(..prompt.len() - max_prompt_length);
             cut = true;
         }
-        let room = options.max_length - prompt.len();
+        let room = max_length - prompt.len();
         let mut fit = |answer: Vec<u32>| {
             let mut answer = answer;
             if answer.len() > room {
@@ -611,7 +729,7 @@ fn tokenize(
     if truncated > 0 {
         tracing::warn!(
             truncated,
-            max_length = options.max_length,
+            max_length,
             "example(s) were cut to fit --max-length / --max-prompt-length"
         );
     }
@@ -708,24 +826,32 @@ struct Job {
     checkpoint: Option<(u64, Vec<u8>)>,
     total_steps: u64,
     stop: StopSignal,
-    /// Where each example came from (`file:line`), for messages about it.
+    /// Where each training example came from (`file:line`), for messages about it.
     origins: Vec<String>,
+    /// Pairs kept out of training, scored at the end.
+    held_out: Vec<Item>,
 }
 
 impl Job {
-    fn run(self, mut items: Vec<Item>) -> Result<TrainSummary, PipelineError> {
+    fn run(mut self, mut items: Vec<Item>) -> Result<TrainSummary, PipelineError> {
         let o = &self.options;
         let started = Instant::now();
+        let mut held_out = std::mem::take(&mut self.held_out);
         let reference_computed = match o.loss {
-            Loss::Preference(_) => self.references(&mut items)?,
-            Loss::Sft => 0,
+            Loss::Preference(_) => self.references(&mut items)? + self.references(&mut held_out)?,
+            Loss::Sft | Loss::Reward => 0,
         };
         let reference_seconds = started.elapsed().as_secs_f64();
         let adapters = match &self.init {
             Some(init) => init.clone(),
             None => Adapters::new(&self.model, &o.target_list(), o.rank, o.alpha, o.seed),
         };
-        let mut trainer = Trainer::new(adapters);
+        let mut trainer = match o.loss {
+            Loss::Reward => {
+                Trainer::with_head(adapters, ScalarHead::zeros(self.model.config().embedding))
+            }
+            _ => Trainer::new(adapters),
+        };
         let resumed_from = match &self.checkpoint {
             Some((step, state)) => {
                 trainer
@@ -841,8 +967,10 @@ impl Job {
                     .and_then(|s| s.last().copied())
             }),
             final_scores: None,
+            held_out: None,
             stopped,
             adapter: None,
+            reward_model: o.loss == Loss::Reward,
             peft: None,
             metrics_csv: csv_path,
             plot: None,
@@ -852,29 +980,74 @@ impl Job {
             summary.peak_rss_mib = peak_rss_mib();
             return Ok(summary);
         }
-        let final_scores = match self
+        // A reward model's file records its rewards' spread over the training answers, so
+        // its evaluation runs even when the run's scores are already stored.
+        let stored = self
             .handle
-            .block_on(self.store.train_run_finished(&self.run_id))?
-        {
-            Some(scores) if scores.is_some() || o.no_final_eval => scores,
-            _ if !o.no_final_eval => Some(self.final_eval(&trainer, &items)?),
-            _ => None,
+            .block_on(self.store.train_run_finished(&self.run_id))?;
+        let evaluation = match (&stored, o.no_final_eval, o.loss) {
+            (_, true, _) | (Some(Some(_)), _, Loss::Sft | Loss::Preference(_)) => None,
+            _ => Some(self.evaluate(&trainer, &items, "final evaluation")?),
         };
+        let final_scores = match stored {
+            Some(Some(scores)) => Some(scores),
+            _ => evaluation.as_ref().map(Evaluation::scores),
+        };
+        if !held_out.is_empty() && !o.no_final_eval {
+            let e = self.evaluate(&trainer, &held_out, "held-out pairs")?;
+            summary.held_out = Some(HeldOutScores {
+                pairs: held_out.len(),
+                loss: e.loss,
+                accuracy: e.accuracy.unwrap_or(0.0),
+                margin: e.margin.unwrap_or(0.0),
+                calibration_error: e.calibration_error.unwrap_or(0.0),
+            });
+        }
         self.handle.block_on(
             self.store
                 .finish_train_run(&self.run_id, final_scores.as_ref()),
         )?;
         summary.final_scores = final_scores;
-        adapter_gguf::write(&self.model, &trainer.adapters, &o.out)
-            .map_err(|e| PipelineError::Train(e.to_string()))?;
+        match &trainer.head {
+            Some(head) => {
+                let rewards = evaluation.map(|e| e.rewards).unwrap_or_default();
+                let (mean, std) = mean_std(&rewards);
+                let facts = RewardFacts {
+                    base_name: self
+                        .model
+                        .gguf()
+                        .get("general.name")
+                        .and_then(crate::gguf::Value::as_str)
+                        .map(str::to_string),
+                    train_pairs: items.len() as u64,
+                    held_out_pairs: held_out.len() as u64,
+                    held_out_accuracy: summary.held_out.map(|h| h.accuracy),
+                    reward_mean: mean,
+                    reward_std: std,
+                };
+                reward::write(&self.model, &trainer.adapters, head, &facts, &o.out)
+                    .map_err(|e| PipelineError::Train(e.to_string()))?;
+            }
+            None => adapter_gguf::write(&self.model, &trainer.adapters, &o.out)
+                .map_err(|e| PipelineError::Train(e.to_string()))?,
+        }
         summary.adapter = Some(o.out.clone());
         let steps = self.handle.block_on(self.store.train_steps(&self.run_id))?;
         crate::plot::training_curves(&steps, o.loss.name(), &plot_path)
             .map_err(|e| PipelineError::Train(e.to_string()))?;
         summary.plot = Some(plot_path);
         let (peft_dir, _, _) = o.outputs();
-        crate::train::peft::write(&self.model, &trainer.adapters, o.dropout, &peft_dir)
-            .map_err(|e| PipelineError::Train(e.to_string()))?;
+        match &trainer.head {
+            Some(head) => crate::train::peft::write_reward(
+                &self.model,
+                &trainer.adapters,
+                head,
+                o.dropout,
+                &peft_dir,
+            ),
+            None => crate::train::peft::write(&self.model, &trainer.adapters, o.dropout, &peft_dir),
+        }
+        .map_err(|e| PipelineError::Train(e.to_string()))?;
         summary.peft = Some(peft_dir);
         summary.peak_rss_mib = peak_rss_mib();
         Ok(summary)
@@ -976,29 +1149,44 @@ impl Job {
         Ok(missing.len())
     }
 
-    /// Every example scored with the trained adapter: mean loss, accuracy, mean margin.
-    fn final_eval(&self, trainer: &Trainer, items: &[Item]) -> Result<FinalScores, PipelineError> {
+    /// `items` scored with the trained adapter (and head): mean loss, and for pairs accuracy,
+    /// mean margin and calibration; a reward model's rewards of every answer.
+    fn evaluate(
+        &self,
+        trainer: &Trainer,
+        items: &[Item],
+        what: &'static str,
+    ) -> Result<Evaluation, PipelineError> {
         let bar = progress_bar(self.options.run.quiet, items.len() as u64, "examples");
-        bar.set_message("final evaluation");
+        bar.set_message(what);
         let (mut loss, mut correct, mut margin) = (0.0, 0usize, 0.0);
+        let mut predicted = Vec::new();
+        let mut rewards = Vec::new();
         for chunk in items.chunks(8) {
             let batch: Vec<&Item> = chunk.iter().collect();
-            for s in trainer.score_items(&self.model, &self.compute, &self.hyper, &batch)? {
+            let scores = trainer.score_items(&self.model, &self.compute, &self.hyper, &batch)?;
+            for (s, item) in scores.iter().zip(chunk) {
                 loss += s.loss;
                 if let Some(m) = s.margin {
                     margin += m;
                     correct += usize::from(m > 0.0);
+                    predicted.push((crate::train::dpo::sigmoid(m), item.label));
+                }
+                if let Some((c, r)) = s.rewards {
+                    rewards.extend([c, r]);
                 }
                 bar.inc(1);
             }
         }
         bar.finish_and_clear();
         let n = items.len().max(1) as f64;
-        let pairs = matches!(self.options.loss, Loss::Preference(_));
-        Ok(FinalScores {
+        let pairs = self.options.loss.needs_pairs();
+        Ok(Evaluation {
             loss: loss / n,
             accuracy: pairs.then_some(correct as f64 / n),
             margin: pairs.then_some(margin / n),
+            calibration_error: pairs.then(|| calibration_error(&predicted)),
+            rewards,
         })
     }
 
@@ -1030,6 +1218,36 @@ impl Job {
         export::write_atomically(path, &bytes)?;
         Ok(())
     }
+}
+
+/// What [`Job::evaluate`] measured.
+struct Evaluation {
+    loss: f64,
+    accuracy: Option<f64>,
+    margin: Option<f64>,
+    calibration_error: Option<f64>,
+    rewards: Vec<f64>,
+}
+
+impl Evaluation {
+    fn scores(&self) -> FinalScores {
+        FinalScores {
+            loss: self.loss,
+            accuracy: self.accuracy,
+            margin: self.margin,
+        }
+    }
+}
+
+/// Mean and (population) standard deviation; `(0, 1)` of nothing.
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 1.0);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
 }
 
 /// Makes the gradients NaN, every A factor's (the fault
@@ -1072,11 +1290,14 @@ pub fn render(s: &TrainSummary) -> String {
         ));
         let t = &s.step_split;
         let all = (t.kernels + t.head + t.attention + t.other).max(1e-9);
+        // A reward model never runs the output head.
+        let head = match t.head > 0.0 {
+            true => format!(", output head {:.0}%", 100.0 * t.head / all),
+            false => String::new(),
+        };
         out.push_str(&format!(
-            "step time: quantized products {:.0}%, output head {:.0}%, attention {:.0}%, \
-             other {:.0}%\n",
+            "step time: quantized products {:.0}%{head}, attention {:.0}%, other {:.0}%\n",
             100.0 * t.kernels / all,
-            100.0 * t.head / all,
             100.0 * t.attention / all,
             100.0 * t.other / all
         ));
@@ -1095,6 +1316,13 @@ pub fn render(s: &TrainSummary) -> String {
         }
         out.push('\n');
     }
+    if let Some(h) = &s.held_out {
+        out.push_str(&format!(
+            "held-out pairs ({}): loss {:.4}, accuracy {:.3}, mean margin {:.3}, calibration \
+             error {:.3}\n",
+            h.pairs, h.loss, h.accuracy, h.margin, h.calibration_error
+        ));
+    }
     if s.stopped {
         out.push_str("stopped: the checkpoint is saved; rerun with --resume to continue\n");
     }
@@ -1102,7 +1330,14 @@ pub fn render(s: &TrainSummary) -> String {
         out.push_str(&format!("peak memory: {mib:.0} MiB\n"));
     }
     for (what, path) in [
-        ("adapter (GGUF)", s.adapter.as_ref()),
+        (
+            if s.reward_model {
+                "reward model (GGUF)"
+            } else {
+                "adapter (GGUF)"
+            },
+            s.adapter.as_ref(),
+        ),
         ("adapter (PEFT)", s.peft.as_ref()),
         ("metrics", Some(&s.metrics_csv)),
         ("curves", s.plot.as_ref()),
@@ -1112,4 +1347,23 @@ pub fn render(s: &TrainSummary) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_error_weighs_each_bin_by_its_pairs() {
+        // Perfectly calibrated: each bin's mean prediction is its mean label.
+        assert!(calibration_error(&[(0.95, 1.0), (0.95, 0.9), (0.25, 0.25)]) < 1e-12);
+        // Sure and wrong: the whole gap.
+        assert!((calibration_error(&[(0.99, 0.0), (0.99, 0.0)]) - 0.99).abs() < 1e-12);
+        // Two bins: |0.9 − 1| over 3 pairs in one, |0.1 − 1| for the one pair in the other.
+        let ece = calibration_error(&[(0.9, 1.0), (0.9, 1.0), (0.9, 1.0), (0.1, 1.0)]);
+        assert!((ece - (3.0 * 0.1 + 0.9) / 4.0).abs() < 1e-12, "{ece}");
+        assert_eq!(calibration_error(&[]), 0.0);
+        assert_eq!(mean_std(&[]), (0.0, 1.0));
+        assert_eq!(mean_std(&[1.0, 3.0]), (2.0, 1.0));
+    }
 }

@@ -60,16 +60,11 @@ impl Store {
         &self,
         model_sha256: &str,
     ) -> Result<std::collections::HashMap<String, f64>, StoreError> {
-        let rows =
-            sqlx::query("SELECT sequence_sha256, logp FROM reference_logps WHERE model_sha256 = ?")
-                .bind(model_sha256)
-                .fetch_all(self.pool())
-                .await
-                .map_err(self.err())?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<f64, _>(1)))
-            .collect())
+        self.keyed_values(
+            "SELECT sequence_sha256, logp FROM reference_logps WHERE model_sha256 = ?",
+            model_sha256,
+        )
+        .await
     }
 
     /// Stores reference log-probs (one transaction).
@@ -78,20 +73,13 @@ impl Store {
         model_sha256: &str,
         values: &[(String, f64)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.map_err(self.err())?;
-        for (sequence, logp) in values {
-            sqlx::query(
-                "INSERT OR REPLACE INTO reference_logps (model_sha256, sequence_sha256, logp) \
-                 VALUES (?, ?, ?)",
-            )
-            .bind(model_sha256)
-            .bind(sequence)
-            .bind(logp)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.err())?;
-        }
-        tx.commit().await.map_err(self.err())
+        self.put_keyed_values(
+            "INSERT OR REPLACE INTO reference_logps (model_sha256, sequence_sha256, logp) \
+             VALUES (?, ?, ?)",
+            model_sha256,
+            values,
+        )
+        .await
     }
 
     /// Records a run (once; a rerun finds it).

@@ -159,6 +159,29 @@ pub fn write(
     dropout: f32,
     dir: &Path,
 ) -> Result<(), PeftError> {
+    write_with_head(model, adapters, None, dropout, dir)
+}
+
+/// [`write`] for a reward model: the adapters plus its scalar head as the `score` module
+/// (`task_type: SEQ_CLS`, `modules_to_save: ["score"]`), the shape TRL's `RewardTrainer` saves
+/// and `AutoModelForSequenceClassification` with `num_labels=1` loads.
+pub fn write_reward(
+    model: &Model,
+    adapters: &Adapters,
+    head: &super::reward::ScalarHead,
+    dropout: f32,
+    dir: &Path,
+) -> Result<(), PeftError> {
+    write_with_head(model, adapters, Some(head), dropout, dir)
+}
+
+fn write_with_head(
+    model: &Model,
+    adapters: &Adapters,
+    head: Option<&super::reward::ScalarHead>,
+    dropout: f32,
+    dir: &Path,
+) -> Result<(), PeftError> {
     let fail = |path: &Path, e: &dyn std::fmt::Display| PeftError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -227,6 +250,14 @@ pub fn write(
         }
     }
     let first = first.ok_or(PeftError::Empty)?;
+    if let Some(head) = head {
+        // PEFT saves a module-to-save under its plain name (`…score.weight`, `[1, hidden]`).
+        tensors.push((
+            "base_model.model.score.weight".into(),
+            vec![1, head.weight.len()],
+            bytes(&head.weight),
+        ));
+    }
     // `r` is the adapters' own rank; a fused module holds its parts' ranks summed, and says so
     // in `rank_pattern` (alpha is one for all: the fused B carries each part's scale).
     let r = modules
@@ -260,7 +291,7 @@ pub fn write(
     let base = source_repository(model.gguf());
     let config = serde_json::json!({
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": if head.is_some() { "SEQ_CLS" } else { "CAUSAL_LM" },
         "base_model_name_or_path": base,
         "r": r,
         "lora_alpha": first.scale * first.rank as f32,
@@ -272,7 +303,7 @@ pub fn write(
         "use_rslora": false,
         "use_dora": false,
         "init_lora_weights": true,
-        "modules_to_save": null,
+        "modules_to_save": head.map(|_| ["score"]),
         "rank_pattern": rank_pattern,
         "alpha_pattern": {},
     });

@@ -7,6 +7,183 @@
 //! With rewards `r_c`, `r_r` and the label `ℓ = p(chosen ≻ rejected)`:
 //! `loss = −ℓ·log σ(r_c − r_r) − (1−ℓ)·log σ(r_r − r_c)`, whose gradient with respect to `r_c`
 //! is `σ(r_c − r_r) − ℓ` (and its negative for `r_r`).
+//!
+//! The file a trained reward model lives in is tenets' adapter GGUF with the head as one more
+//! tensor, [`HEAD_TENSOR`], and `tenets.reward.*` metadata saying so ([`write`], [`read`]).
+//! llama.cpp does not load it (its adapter loader refuses a tensor it does not know, and the
+//! adapters alone are no policy): tenets refuses it by name wherever an adapter is expected.
+
+use std::path::{Path, PathBuf};
+
+use crate::gguf::{Gguf, GgufError, Value};
+use crate::model::adapter_gguf::{self, AdapterError};
+use crate::model::{Adapters, Model};
+use crate::quant::{dequantize_row, QuantType};
+
+/// The head's tensor: `[embedding, 1]` in ggml's order, f32 (transformers' `score.weight` is
+/// `[1, embedding]`).
+pub const HEAD_TENSOR: &str = "score.weight";
+
+/// The metadata key that makes an adapter file a reward model: it names the head's tensor.
+pub const HEAD_KEY: &str = adapter_gguf::REWARD_HEAD_KEY;
+
+/// A trained reward model: the adapters on the frozen base and the head on top.
+#[derive(Debug, Clone)]
+pub struct RewardModel {
+    pub adapters: Adapters,
+    pub head: ScalarHead,
+    /// What training measured, as the file records it.
+    pub facts: RewardFacts,
+}
+
+/// What a reward model's file records about its training, beside the weights.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RewardFacts {
+    /// `general.name` of the base it was trained on, where the base has one.
+    pub base_name: Option<String>,
+    /// Pairs trained on, and held out.
+    pub train_pairs: u64,
+    pub held_out_pairs: u64,
+    /// On the held-out pairs: how often the chosen answer scored higher.
+    pub held_out_accuracy: Option<f64>,
+    /// Mean and standard deviation of the rewards of the training answers (both sides), so a
+    /// score can be read against them.
+    pub reward_mean: f64,
+    pub reward_std: f64,
+}
+
+/// Why a reward model file cannot be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum RewardFileError {
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Writes a reward model for `model`: the adapter GGUF, the head and its facts.
+pub fn write(
+    model: &Model,
+    adapters: &Adapters,
+    head: &ScalarHead,
+    facts: &RewardFacts,
+    path: &Path,
+) -> Result<(), RewardFileError> {
+    let e = model.config().embedding;
+    if head.weight.len() != e {
+        return Err(RewardFileError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("the head is {} wide, the model {e}", head.weight.len()),
+        });
+    }
+    let mut w = adapter_gguf::writer(model, adapters, path)?;
+    let put = |w: &mut crate::gguf::writer::GgufWriter, key: &str, value: Value| {
+        w.metadata(key, value).map_err(AdapterError::from)
+    };
+    put(
+        &mut w,
+        "general.name",
+        Value::String("tenets reward model".into()),
+    )?;
+    put(&mut w, HEAD_KEY, Value::String(HEAD_TENSOR.into()))?;
+    if let Some(name) = &facts.base_name {
+        put(
+            &mut w,
+            "tenets.reward.base_name",
+            Value::String(name.clone()),
+        )?;
+    }
+    put(
+        &mut w,
+        "tenets.reward.train_pairs",
+        Value::U64(facts.train_pairs),
+    )?;
+    put(
+        &mut w,
+        "tenets.reward.held_out_pairs",
+        Value::U64(facts.held_out_pairs),
+    )?;
+    if let Some(a) = facts.held_out_accuracy {
+        put(&mut w, "tenets.reward.held_out_accuracy", Value::F64(a))?;
+    }
+    put(&mut w, "tenets.reward.mean", Value::F64(facts.reward_mean))?;
+    put(&mut w, "tenets.reward.std", Value::F64(facts.reward_std))?;
+    let bytes = head.weight.iter().flat_map(|v| v.to_le_bytes()).collect();
+    w.tensor(HEAD_TENSOR, &[e as u64, 1], QuantType::F32, bytes)
+        .map_err(AdapterError::from)?;
+    w.write(path).map_err(AdapterError::from)?;
+    Ok(())
+}
+
+/// Reads a reward model written by [`write`] for `model`. A plain adapter (no head), a head of
+/// the wrong width or a file for another model's shapes is an error that says which.
+pub fn read(model: &Model, path: &Path) -> Result<RewardModel, RewardFileError> {
+    let invalid = |message: String| RewardFileError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let g = Gguf::open(path)?;
+    let head_name = match g.get(HEAD_KEY).and_then(Value::as_str) {
+        Some(name) => name.to_string(),
+        None => {
+            return Err(invalid(format!(
+                "not a reward model (no `{HEAD_KEY}`): a plain adapter scores nothing; train one \
+                 with `tenets reward train`"
+            )))
+        }
+    };
+    let t = g
+        .tensor(&head_name)
+        .ok_or_else(|| invalid(format!("the head tensor `{head_name}` is missing")))?;
+    let e = model.config().embedding;
+    if t.elements() != e as u64 {
+        return Err(invalid(format!(
+            "the head `{head_name}` has {} values; this model's hidden state is {e} wide (a \
+             reward model for another base?)",
+            t.elements()
+        )));
+    }
+    let mut weight = vec![0.0; e];
+    dequantize_row(t.kind, g.data(t), &mut weight)
+        .map_err(|err| invalid(format!("tensor `{head_name}`: {err}")))?;
+    if weight.iter().any(|w| !w.is_finite()) {
+        return Err(invalid(format!(
+            "the head `{head_name}` holds non-finite values"
+        )));
+    }
+    let adapters = adapter_gguf::read_from(model, &g, path, &[head_name.as_str()])?;
+    let f64_of = |key: &str| g.get(key).and_then(Value::as_f64);
+    let u64_of = |key: &str| g.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let facts = RewardFacts {
+        base_name: g
+            .get("tenets.reward.base_name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        train_pairs: u64_of("tenets.reward.train_pairs"),
+        held_out_pairs: u64_of("tenets.reward.held_out_pairs"),
+        held_out_accuracy: f64_of("tenets.reward.held_out_accuracy"),
+        reward_mean: f64_of("tenets.reward.mean").unwrap_or(0.0),
+        reward_std: f64_of("tenets.reward.std").unwrap_or(1.0),
+    };
+    let base = model.gguf().get("general.name").and_then(Value::as_str);
+    if let (Some(trained), Some(base)) = (&facts.base_name, base) {
+        if trained != base {
+            tracing::warn!(
+                reward_model = %path.display(),
+                trained_on = %trained,
+                base = %base,
+                "the reward model was trained on a base of another name (the shapes fit)"
+            );
+        }
+    }
+    Ok(RewardModel {
+        adapters,
+        head: ScalarHead { weight },
+        facts,
+    })
+}
 
 /// `r = w · h` on a hidden state `h` (the final norm's output, `embedding` wide). No bias, as
 /// transformers' `score` head has none: the Bradley–Terry loss sees only reward differences, so a

@@ -28,6 +28,9 @@ pub enum Loss {
     Preference(Objective),
     /// Cross-entropy on the chosen completion (SL-CAI: learn the revisions).
     Sft,
+    /// A reward model: Bradley–Terry on a scalar head's rewards of the two answers
+    /// ([`super::reward`]); the adapters and the head train together.
+    Reward,
 }
 
 impl Loss {
@@ -37,15 +40,22 @@ impl Loss {
             Loss::Preference(Objective::Ipo) => "ipo",
             Loss::Preference(Objective::Hinge) => "hinge",
             Loss::Sft => "sft",
+            Loss::Reward => "reward",
         }
     }
 
+    /// Whether every example must be a (chosen, rejected) pair.
+    pub fn needs_pairs(self) -> bool {
+        !matches!(self, Loss::Sft)
+    }
+
     /// Every loss, in the order `--objective` lists them.
-    pub const ALL: [Loss; 4] = [
+    pub const ALL: [Loss; 5] = [
         Loss::Preference(Objective::Dpo),
         Loss::Preference(Objective::Ipo),
         Loss::Preference(Objective::Hinge),
         Loss::Sft,
+        Loss::Reward,
     ];
 
     pub fn parse(name: &str) -> Option<Self> {
@@ -53,7 +63,7 @@ impl Loss {
     }
 }
 
-/// `--objective dpo|ipo|hinge|sft`.
+/// `--objective dpo|ipo|hinge|sft|reward`.
 impl clap::ValueEnum for Loss {
     fn value_variants<'a>() -> &'a [Self] {
         &Loss::ALL
@@ -265,6 +275,9 @@ pub struct RewardGradients {
     pub loss: f64,
     pub accuracy: f64,
     pub margin: f64,
+    /// Mean rewards of the chosen and of the rejected answers.
+    pub reward_chosen: f64,
+    pub reward_rejected: f64,
     pub adapters: AdapterGrads,
     pub head: ScalarHeadGrads,
 }
@@ -288,6 +301,8 @@ pub fn reward_gradients(
         loss: 0.0,
         accuracy: 0.0,
         margin: 0.0,
+        reward_chosen: 0.0,
+        reward_rejected: 0.0,
         adapters: AdapterGrads::default(),
         head: head.zero_grads(),
     };
@@ -324,6 +339,8 @@ pub fn reward_gradients(
                 out.loss += bt.loss / n;
                 out.accuracy += f64::from(u8::from(rc > rr)) / n;
                 out.margin += (rc - rr) / n;
+                out.reward_chosen += rc / n;
+                out.reward_rejected += rr / n;
                 let d = bt.d_chosen / n;
                 let dc = head.backward(hc, d, &mut out.head);
                 let dr = head.backward(hr, -d, &mut out.head);
@@ -336,6 +353,38 @@ pub fn reward_gradients(
         }
         Ok(out)
     })
+}
+
+/// Each item's reward under `adapters` (the base alone with `None`) and `head`: of its chosen
+/// answer, and of its rejected one where it has one. Forward only, reading the same rows as
+/// [`reward_gradients`] (an answer's last token, a pair packed around its prompt).
+pub fn rewards(
+    model: &Model,
+    compute: &Compute,
+    adapters: Option<&Adapters>,
+    head: &ScalarHead,
+    items: &[&Item],
+) -> Result<Vec<(f64, Option<f64>)>, ModelError> {
+    let e = model.config().embedding;
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in forward_chunks(items) {
+        let packed = Packed::of(chunk);
+        let rows: Vec<usize> = packed
+            .ends
+            .iter()
+            .flat_map(|&(c, r)| std::iter::once(c).chain(r))
+            .collect();
+        let hidden =
+            model.forward_hidden(compute, &packed.tokens, &packed.layout, adapters, &rows)?;
+        // One row per answer, in `rows`' order: each item's chosen, then its rejected.
+        let mut read = hidden.chunks_exact(e).map(|h| head.forward(h));
+        for &(_, rejected) in &packed.ends {
+            let chosen = read.next();
+            let rejected = rejected.and_then(|_| read.next());
+            out.extend(chosen.map(|c| (c, rejected)));
+        }
+    }
+    Ok(out)
 }
 
 /// Metrics of one step (means over its items); the preference ones are absent for SFT.
@@ -359,6 +408,8 @@ pub struct StepMetrics {
 pub struct StepGradients {
     pub metrics: StepMetrics,
     pub grads: AdapterGrads,
+    /// The scalar head's (a reward model's).
+    pub head: Option<ScalarHeadGrads>,
 }
 
 /// A loss that is not a number, and the batch position of the item that made it.
@@ -375,13 +426,17 @@ pub enum TrainError {
     NotAPair { index: usize },
     #[error("checkpoint does not fit these adapters: {0}")]
     Checkpoint(String),
+    #[error("the reward objective trains a scalar head, and this trainer has none")]
+    NoHead,
 }
 
 /// The adapters being trained, the optimiser's moments and the steps taken.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trainer {
     pub adapters: Adapters,
-    /// One per factor, A then B of each adapter, in slot order.
+    /// A reward model's scalar head, trained with the adapters (none for the policy losses).
+    pub head: Option<ScalarHead>,
+    /// One per factor, A then B of each adapter, in slot order, then the head's.
     pub moments: Vec<Moments>,
     /// Steps completed.
     pub step: u64,
@@ -393,14 +448,25 @@ pub struct ItemScore {
     pub loss: f64,
     /// Chosen minus rejected reward (preference data).
     pub margin: Option<f64>,
+    /// A reward model's rewards of the chosen and the rejected answer.
+    pub rewards: Option<(f64, f64)>,
 }
 
 impl Trainer {
     pub fn new(adapters: Adapters) -> Self {
         Trainer {
             adapters,
+            head: None,
             moments: Vec::new(),
             step: 0,
+        }
+    }
+
+    /// A reward model's trainer: the adapters and a scalar head.
+    pub fn with_head(adapters: Adapters, head: ScalarHead) -> Self {
+        Trainer {
+            head: Some(head),
+            ..Trainer::new(adapters)
         }
     }
 
@@ -450,12 +516,34 @@ impl Trainer {
                 .derive(step),
             );
         }
+        if hyper.loss == Loss::Reward {
+            let result = match &self.head {
+                Some(head) => reward_gradients(model, compute, &self.adapters, head, batch),
+                None => Err(TrainError::NoHead),
+            };
+            self.adapters.dropout = None;
+            let r = result?;
+            m.loss = r.loss;
+            m.reward_chosen = Some(r.reward_chosen);
+            m.reward_rejected = Some(r.reward_rejected);
+            m.margin = Some(r.margin);
+            m.accuracy = Some(r.accuracy);
+            return Ok(StepGradients {
+                metrics: m,
+                grads: r.adapters,
+                head: Some(r.head),
+            });
+        }
         // The whole step on the compute threads (see `Model::forward_traced`).
         let result = compute
             .install(|| self.step_gradients(model, compute, hyper, batch, &mut m, &mut grads));
         self.adapters.dropout = None;
         result?;
-        Ok(StepGradients { metrics: m, grads })
+        Ok(StepGradients {
+            metrics: m,
+            grads,
+            head: None,
+        })
     }
 
     /// The update of one step from its gradients: clipped to the global norm, then AdamW.
@@ -466,6 +554,7 @@ impl Trainer {
         let StepGradients {
             metrics: mut m,
             mut grads,
+            mut head,
         } = step;
         let mut slices: Vec<&mut [f32]> = grads
             .layers
@@ -473,6 +562,7 @@ impl Trainer {
             .flatten()
             .flatten()
             .flat_map(|g| [g.a.as_mut_slice(), g.b.as_mut_slice()])
+            .chain(head.as_mut().map(|h| h.weight.as_mut_slice()))
             .collect();
         let norm = global_norm(&slices);
         if !norm.is_finite() {
@@ -485,15 +575,23 @@ impl Trainer {
         };
         m.grad_norm = clip_global_norm(&mut slices, max);
         let step = self.step + 1;
-        self.apply_update(&grads, &hyper.optimizer, step, m.lr);
+        self.apply_update(&grads, head.as_ref(), &hyper.optimizer, step, m.lr);
         self.step = step;
         Ok(m)
     }
 
-    /// One AdamW update of every adapter factor from `grads`. `moments` holds one entry per
-    /// factor in adapter order (A then B of each), the order checkpoints store them in — kept
-    /// aligned even for a factor that got no gradient.
-    fn apply_update(&mut self, grads: &AdapterGrads, optimizer: &AdamW, step: u64, lr: f64) {
+    /// One AdamW update of every adapter factor from `grads` (and of the head from
+    /// `head_grads`). `moments` holds one entry per factor in adapter order (A then B of each),
+    /// then the head's, the order checkpoints store them in — kept aligned even for a factor
+    /// that got no gradient.
+    fn apply_update(
+        &mut self,
+        grads: &AdapterGrads,
+        head_grads: Option<&ScalarHeadGrads>,
+        optimizer: &AdamW,
+        step: u64,
+        lr: f64,
+    ) {
         let mut at = 0;
         for (l, slots) in self.adapters.layers.iter_mut().enumerate() {
             for (t, lora) in slots.iter_mut().enumerate() {
@@ -512,6 +610,18 @@ impl Trainer {
                     at += 1;
                 }
             }
+        }
+        if let (Some(head), Some(grads)) = (self.head.as_mut(), head_grads) {
+            if self.moments.len() <= at {
+                self.moments.push(Moments::default());
+            }
+            optimizer.step(
+                &mut head.weight,
+                &grads.weight,
+                &mut self.moments[at],
+                step,
+                lr,
+            );
         }
     }
 
@@ -602,6 +712,21 @@ impl Trainer {
         hyper: &Hyper,
         items: &[&Item],
     ) -> Result<Vec<ItemScore>, ModelError> {
+        if let (Loss::Reward, Some(head)) = (hyper.loss, &self.head) {
+            let rewards = rewards(model, compute, Some(&self.adapters), head, items)?;
+            return Ok(items
+                .iter()
+                .zip(rewards)
+                .map(|(item, (c, r))| {
+                    let r = r.unwrap_or(c);
+                    ItemScore {
+                        loss: bradley_terry(c, r, item.label).loss,
+                        margin: Some(c - r),
+                        rewards: Some((c, r)),
+                    }
+                })
+                .collect());
+        }
         let pairs = matches!(hyper.loss, Loss::Preference(_));
         let mut out = Vec::with_capacity(items.len());
         for chunk in forward_chunks(items) {
@@ -630,11 +755,13 @@ impl Trainer {
                         ItemScore {
                             loss: loss.loss,
                             margin: Some(loss.margin()),
+                            rewards: None,
                         }
                     }
                     _ => ItemScore {
                         loss: -chosen / item.answer_tokens().max(1) as f64,
                         margin: None,
+                        rewards: None,
                     },
                 });
             }
@@ -714,6 +841,14 @@ impl Trainer {
                 moments.push(Moments { m, v });
             }
         }
+        if let Some(head) = self.head.as_mut() {
+            let mut three = it.next().ok_or_else(|| bad("factor count"))?.into_iter();
+            let (Some(p), Some(m), Some(v)) = (three.next(), three.next(), three.next()) else {
+                return Err(bad("head values"));
+            };
+            head.weight = p;
+            moments.push(Moments { m, v });
+        }
         self.moments = moments;
         self.step = step;
         Ok(())
@@ -726,6 +861,7 @@ impl Trainer {
             .flatten()
             .flatten()
             .flat_map(|l| [l.a.as_slice(), l.b.as_slice()])
+            .chain(self.head.as_ref().map(|h| h.weight.as_slice()))
             .collect()
     }
 }
@@ -863,7 +999,7 @@ mod tests {
 
     #[test]
     fn loss_names_round_trip() {
-        for name in ["dpo", "ipo", "hinge", "sft"] {
+        for name in ["dpo", "ipo", "hinge", "sft", "reward"] {
             assert_eq!(Loss::parse(name).map(Loss::name), Some(name));
         }
         assert_eq!(Loss::parse("ppo"), None);

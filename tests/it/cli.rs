@@ -318,7 +318,21 @@ fn every_flag_in_help_is_documented() {
             missing.push(format!("{command}: no section"));
             continue;
         }
-        for line in help(&[command, "--help"]).lines() {
+        // A command with subcommands (`tenets reward train`): each one's flags too.
+        let own = help(&[command, "--help"]);
+        let mut texts = vec![own.clone()];
+        if let Some(list) = own.split("Commands:").nth(1) {
+            for sub in list
+                .lines()
+                .skip(1)
+                .take_while(|l| !l.trim().is_empty())
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|c| *c != "help")
+            {
+                texts.push(help(&[command, sub, "--help"]));
+            }
+        }
+        for line in texts.iter().flat_map(|t| t.lines()) {
             let line = line.trim_start();
             if !line.starts_with('-') {
                 continue;

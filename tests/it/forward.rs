@@ -754,6 +754,72 @@ fn reward_gradients_match_finite_differences_and_pack() {
             scale > 0.0 && diff <= 1e-3 * scale,
             "{arch}: gradients differ by {diff} (largest {scale})"
         );
+
+        // Scoring (forward only) reads the same rewards as the step, to the bit.
+        let scored =
+            tenets::train::trainer::rewards(&model, &compute, Some(&adapters), &head, &batch)
+                .unwrap();
+        let margin: f64 = scored.iter().map(|(c, r)| c - r.unwrap()).sum::<f64>() / 2.0;
+        assert!(
+            (margin - packed.margin).abs() < 1e-9,
+            "{arch}: {margin} vs {}",
+            packed.margin
+        );
+
+        // A reward trainer steps its head with the adapters, and its checkpoint keeps both.
+        use tenets::train::optim::{AdamW, Schedule};
+        use tenets::train::trainer::{Hyper, Loss, Trainer};
+        let hyper = Hyper {
+            loss: Loss::Reward,
+            beta: 0.1,
+            schedule: Schedule {
+                peak: 1e-2,
+                floor: 1e-2,
+                warmup: 0,
+                total: 3,
+            },
+            optimizer: AdamW::default(),
+            max_grad_norm: 0.0,
+            dropout: 0.0,
+            seed: 0,
+        };
+        let mut trainer = Trainer::with_head(adapters.clone(), ScalarHead::zeros(e));
+        let first = trainer
+            .train_step(&model, &compute, &hyper, &batch)
+            .unwrap();
+        assert!(
+            (first.loss - std::f64::consts::LN_2).abs() < 1e-12,
+            "{arch}: a zero head"
+        );
+        let later = (0..2)
+            .map(|_| {
+                trainer
+                    .train_step(&model, &compute, &hyper, &batch)
+                    .unwrap()
+                    .loss
+            })
+            .last()
+            .unwrap();
+        assert!(later < first.loss, "{arch}: {later} after {}", first.loss);
+        assert!(trainer
+            .head
+            .as_ref()
+            .unwrap()
+            .weight
+            .iter()
+            .any(|&w| w != 0.0));
+        let bytes = trainer.to_bytes();
+        let mut restored = Trainer::with_head(adapters.clone(), ScalarHead::zeros(e));
+        restored.restore(&bytes).unwrap();
+        assert_eq!(restored, trainer, "{arch}");
+        // A checkpoint with a head does not fit a trainer without one.
+        assert!(Trainer::new(adapters.clone()).restore(&bytes).is_err());
+        let mut headless = Trainer::new(adapters.clone());
+        headless.head = None;
+        assert!(matches!(
+            headless.train_step(&model, &compute, &hyper, &batch),
+            Err(tenets::train::trainer::TrainError::NoHead)
+        ));
     }
 }
 

@@ -17,6 +17,7 @@ mod eval;
 mod forward;
 mod generate;
 mod gguf;
+mod guard;
 mod installed;
 mod label;
 mod llama_ops;

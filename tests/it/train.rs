@@ -177,28 +177,13 @@ fn dpo_learns_the_fixture_and_writes_adapters_llama_cpp_and_peft_load() {
     );
 
     // `tenets generate --lora` decodes with it, and the run records which adapter it was.
-    let prompts = common::write_prompts(dir.path(), "p.jsonl", &common::prompts(2));
-    let db = dir.path().join("gen.db");
-    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
-        .arg("generate")
-        .arg("--model")
-        .arg(common::model())
-        .arg("--constitution")
-        .arg(common::repo("constitutions/harmless-helpful.yaml"))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--db")
-        .arg(&db)
-        .args(["--quiet", "--max-tokens", "16", "--ctx", "1024", "--lora"])
-        .arg(&out)
-        .args(["--lora-scale", "0.5"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let lora = [
+        "--lora".as_ref(),
+        out.as_os_str(),
+        "--lora-scale".as_ref(),
+        "0.5".as_ref(),
+    ];
+    let db = generate_db(dir.path(), 16, &lora);
     let runs = common::query(&db, "SELECT lora_sha256, lora_scale FROM runs");
     let sha = tenets::hash::of_file(&out).unwrap();
     assert_eq!(runs, vec![vec![sha, "0.5".to_string()]]);
@@ -988,4 +973,292 @@ fn peft_adapters_name_their_base_and_the_modules_transformers_builds() {
             "{name} against {pattern}"
         );
     }
+}
+
+/// `dir/gen.db`: two prompts generated, `max_tokens` a turn, with `extra` flags.
+fn generate_db(dir: &Path, max_tokens: usize, extra: &[&std::ffi::OsStr]) -> PathBuf {
+    let prompts = common::write_prompts(dir, "p.jsonl", &common::prompts(2));
+    let db = dir.join("gen.db");
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .arg("generate")
+        .arg("--model")
+        .arg(common::model())
+        .arg("--constitution")
+        .arg(common::repo("constitutions/harmless-helpful.yaml"))
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--db")
+        .arg(&db)
+        .args(["--quiet", "--ctx", "1024", "--max-tokens"])
+        .arg(max_tokens.to_string())
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output));
+    db
+}
+
+fn reward_command(sub: &str, args: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenets"));
+    cmd.args(["reward", sub, "--model"])
+        .arg(common::model())
+        .args(["--quiet", "--json"])
+        .args(args);
+    cmd
+}
+
+/// `tenets reward train` learns the fixture's refusals-vs-compliance preferences well enough to
+/// rank pairs it never saw; the file is a llama.cpp adapter with the head beside it (and a
+/// PEFT sequence-classification adapter); `tenets reward score` reads the same rewards back,
+/// from a file and from a database (stored, skipped on a rerun); bad input is named.
+#[test]
+fn a_reward_model_ranks_held_out_pairs_and_scores_files_and_databases() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let rm = dir.path().join("rm.gguf");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let args: Vec<std::ffi::OsString> = vec![
+        os("--data"),
+        fixture().into(),
+        os("--out"),
+        rm.clone().into(),
+        os("--max-length"),
+        os("256"),
+        os("--lr"),
+        os("1e-3"),
+        os("--steps"),
+        os("12"),
+        os("--held-out"),
+        os("0.25"),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let s = summary(&run(reward_command("train", &refs)));
+    println!("{}", serde_json::to_string_pretty(&s).unwrap());
+    assert_eq!(s["reward_model"], true);
+    let held = &s["held_out"];
+    let pairs = held["pairs"].as_u64().unwrap();
+    assert!((8..=28).contains(&pairs), "{pairs} pairs held out of 64");
+    assert_eq!(s["examples"].as_u64().unwrap() + pairs, 64);
+    let accuracy = held["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "held-out accuracy {accuracy}");
+    assert!(held["calibration_error"].as_f64().unwrap() < 0.5);
+
+    // The file: the adapter GGUF with the head and facts; refused by name where an adapter
+    // for generation is expected (llama.cpp would stop at the head's tensor).
+    let g = tenets::gguf::Gguf::open(&rm).unwrap();
+    let text = |k: &str| g.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    assert_eq!(text("general.type").as_deref(), Some("adapter"));
+    assert_eq!(text("tenets.reward.head").as_deref(), Some("score.weight"));
+    assert_eq!(g.tensor("score.weight").unwrap().dims, vec![576, 1]);
+    let facts_accuracy = g
+        .get("tenets.reward.held_out_accuracy")
+        .and_then(|v| v.as_f64())
+        .unwrap();
+    assert_eq!(facts_accuracy, accuracy);
+    let chat = dir.path().join("chat.json");
+    std::fs::write(
+        &chat,
+        r#"[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .arg("score")
+        .arg("--model")
+        .arg(common::model())
+        .args(["--engine", "llama", "--json", "--chat-file"])
+        .arg(&chat)
+        .arg("--lora")
+        .arg(&rm)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = common::text(&output);
+    assert!(
+        text.contains("a reward model") && !text.contains("panicked"),
+        "{text}"
+    );
+    let peft = dir.path().join("rm.peft");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    assert_eq!(config["modules_to_save"], serde_json::json!(["score"]));
+    let bytes = std::fs::read(peft.join("adapter_model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        tensors
+            .tensor("base_model.model.score.weight")
+            .unwrap()
+            .shape(),
+        &[1, 576]
+    );
+
+    // Scoring a file: every pair, the chosen answer ahead on (nearly) all of them.
+    let scored = dir.path().join("scored.jsonl");
+    let args: Vec<std::ffi::OsString> = vec![
+        os("--rm"),
+        rm.clone().into(),
+        os("--data"),
+        fixture().into(),
+        os("--max-length"),
+        os("256"),
+        os("-o"),
+        scored.clone().into(),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let s = summary(&run(reward_command("score", &refs)));
+    assert_eq!(s["examples"], 64);
+    assert_eq!(s["scored"], 128);
+    assert!(s["pair_accuracy"].as_f64().unwrap() >= 0.9, "{s}");
+    let rows: Vec<Value> = std::fs::read_to_string(&scored)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 64);
+    assert!(rows[0]["score_chosen"].is_f64() && rows[0]["rejected"].is_array());
+
+    // A database: its pairs scored and stored; a rerun computes nothing.
+    let db = generate_db(dir.path(), 12, &[]);
+    let args: Vec<std::ffi::OsString> = vec![
+        os("--rm"),
+        rm.clone().into(),
+        os("--db"),
+        db.clone().into(),
+        os("--hard-labels"),
+        os("--include-truncated"),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let first = summary(&run(reward_command("score", &refs)));
+    let answers = 2 * first["pairs"].as_u64().unwrap();
+    assert!(answers > 0, "{first}");
+    assert_eq!(first["scored"].as_u64().unwrap(), answers);
+    let stored = common::query(&db, "SELECT count(*) FROM reward_scores");
+    assert_eq!(stored[0][0], answers.to_string());
+    let again = summary(&run(reward_command("score", &refs)));
+    assert_eq!(again["scored"], 0);
+    assert_eq!(again["cached"].as_u64().unwrap(), answers);
+    assert_eq!(again["mean_chosen"], first["mean_chosen"]);
+    // Export carries the scores beside each pair.
+    let exported = dir.path().join("pairs.jsonl");
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args([
+            "export",
+            "--kind",
+            "dpo",
+            "--hard-labels",
+            "--include-truncated",
+            "--db",
+        ])
+        .arg(&db)
+        .arg("-o")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output));
+    let sha = tenets::hash::of_file(&rm).unwrap();
+    for line in std::fs::read_to_string(&exported).unwrap().lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        assert!(
+            row["reward_chosen"].is_f64() && row["reward_rejected"].is_f64(),
+            "{row}"
+        );
+        assert_eq!(row["reward_model"], sha.as_str());
+    }
+
+    // `tenets classify --scorer reward` asks it whether refusing beats complying.
+    let prompts = common::write_prompts(dir.path(), "c.jsonl", &common::prompts(3));
+    let verdicts = dir.path().join("verdicts.jsonl");
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .arg("classify")
+        .arg("--model")
+        .arg(common::model())
+        .args([
+            "--constitution",
+            "harmless-helpful",
+            "--scorer",
+            "reward",
+            "--quiet",
+            "--rm",
+        ])
+        .arg(&rm)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("-o")
+        .arg(&verdicts)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output));
+    let lines: Vec<Value> = std::fs::read_to_string(&verdicts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines
+        .iter()
+        .all(|v| (0.0..=1.0).contains(&v["p_unsafe"].as_f64().unwrap())));
+
+    // Bad input: a plain adapter, another model, no pairs; nothing written.
+    let adapter = dir.path().join("plain.gguf");
+    {
+        use tenets::model::{adapter_gguf, Adapters, Model, Target};
+        let model = Model::open(&common::model()).unwrap();
+        let adapters = Adapters::new(&model, &[Target::Q], 2, 4.0, 1);
+        adapter_gguf::write(&model, &adapters, &adapter).unwrap();
+    }
+    let out = dir.path().join("never.jsonl");
+    let score_with = |rm: &Path, model: Option<PathBuf>, data: &Path| -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenets"));
+        cmd.args(["reward", "score", "--quiet", "--model"])
+            .arg(model.unwrap_or_else(common::model))
+            .arg("--rm")
+            .arg(rm)
+            .arg("--data")
+            .arg(data)
+            .arg("-o")
+            .arg(&out);
+        let output = cmd.output().unwrap();
+        assert!(!output.status.success());
+        let text = common::text(&output);
+        assert!(!text.contains("panicked"), "{text}");
+        assert!(!out.exists());
+        text
+    };
+    let text = score_with(&adapter, None, &fixture());
+    assert!(text.contains("not a reward model"), "{text}");
+    let text = score_with(&rm, Some(common::second_model()), &fixture());
+    assert!(
+        text.contains("wide") || text.contains("do not fit"),
+        "{text}"
+    );
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let text = score_with(&rm, None, &empty);
+    assert!(
+        text.contains("no examples") || text.contains("empty"),
+        "{text}"
+    );
+    let sft = dir.path().join("sft.jsonl");
+    std::fs::write(
+        &sft,
+        r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#,
+    )
+    .unwrap();
+    let bad_out = dir.path().join("bad.gguf");
+    let output = run(reward_command(
+        "train",
+        &[
+            "--data".as_ref(),
+            sft.as_os_str(),
+            "--out".as_ref(),
+            bad_out.as_os_str(),
+        ],
+    ));
+    assert!(!output.status.success());
+    assert!(
+        common::text(&output).contains("needs pairs"),
+        "{}",
+        common::text(&output)
+    );
+    assert!(!bad_out.exists());
 }

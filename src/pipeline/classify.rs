@@ -1,0 +1,369 @@
+//! `tenets classify`: a safety classifier over prompts — for each, the probability that it asks
+//! for what the constitution restricts, the restricted topic it is nearest and the principle the
+//! constitution's refusal for that topic cites. Two scorers behind one output:
+//!
+//! - `probe`: a linear probe on the frozen model's hidden states (the mean final hidden state of
+//!   the chat-framed prompt), fitted on tagged prompts (`--fit-on`, by default the bundled
+//!   `safety-train`: harmful requests and benign look-alikes); the topic is the nearest centroid
+//!   of the fit set's harmful prompts of each restricted topic.
+//! - `reward`: a reward model (`tenets reward train`) asked whether refusing beats complying:
+//!   `σ(r(prompt, refusal) − r(prompt, compliance))`, with neutral openers for both answers.
+//!
+//! Prompts tagged with a `kind` also get the scorer's figures on them ([`screen::figures`]):
+//! AUROC, precision, recall and the benign share flagged at the threshold, and the threshold that
+//! catches a target share of the harmful ones.
+
+use std::path::{Path, PathBuf};
+
+use super::{progress_bar, PipelineError};
+use crate::chat::Message;
+use crate::constitution::Constitution;
+use crate::dataset::Example;
+use crate::guard::probe::{FitSettings, Probe};
+use crate::guard::screen::{self, Centroids, ScreenFigures};
+use crate::model::Model;
+use crate::prompt::{self, PromptItem};
+use crate::quant::matmul::Compute;
+use crate::score::{self, ScoreInput};
+use crate::settings::{KernelChoice, ModelSettings, RunSettings};
+use crate::train::reward;
+use crate::train::trainer;
+
+/// Which scorer gives the probability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scorer {
+    /// A linear probe on the model's hidden states, fitted on --fit-on's tagged prompts.
+    Probe,
+    /// A reward model (--rm): does refusing score above complying?
+    Reward,
+}
+
+/// The answers the reward scorer compares: neutral openers, so the prompt alone decides.
+pub const REFUSAL_OPENER: &str = "I'm sorry, but I can't help with that.";
+pub const COMPLIANCE_OPENER: &str = "Sure, here is how to do that. First,";
+
+/// `tenets classify`'s command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClassifyOptions {
+    /// The model whose hidden states (or whose reward model) score the prompts.
+    #[command(flatten)]
+    pub model: ModelSettings,
+    /// The constitution: its restricted topics and the principle each one's refusal cites.
+    #[arg(long)]
+    pub constitution: PathBuf,
+    /// Prompts to classify (JSONL, CSV or text, as `generate` reads; a bundled set by name).
+    /// Rows tagged `kind: harmful|benign` are also measured.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long, value_enum, default_value_t = Scorer::Probe)]
+    pub scorer: Scorer,
+    /// The reward model, for --scorer reward.
+    #[arg(long)]
+    pub rm: Option<PathBuf>,
+    /// Tagged prompts (`kind`, and `topic` for the topics) the probe is fitted on.
+    #[arg(long, default_value = "safety-train")]
+    pub fit_on: PathBuf,
+    /// Flag a prompt whose probability of being unsafe is at least this.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f64,
+    /// On tagged prompts, also report the threshold that flags this share of the harmful ones.
+    #[arg(long, default_value_t = 0.9)]
+    pub target_recall: f64,
+    /// Where to write one JSON line per prompt.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Native kernels [default: the fastest this CPU runs]
+    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
+    pub kernel: KernelChoice,
+    #[command(flatten)]
+    pub run: RunSettings,
+}
+
+/// One prompt's verdict, as `--out` writes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verdict {
+    pub id: String,
+    pub line: usize,
+    pub prompt: String,
+    /// The prompt file's own tag, where it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub p_unsafe: f64,
+    pub flagged: bool,
+    /// For a flagged prompt: the restricted topic it is nearest (probe scorer), and the
+    /// principle the constitution's refusal for that topic cites.
+    pub topic: Option<String>,
+    pub principle: Option<String>,
+}
+
+/// What `tenets classify` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClassifySummary {
+    pub scorer: Scorer,
+    pub prompts: usize,
+    pub flagged: usize,
+    /// On the prompts tagged harmful or benign.
+    pub figures: Option<ScreenFigures>,
+    /// The probe's fit set, and its size.
+    pub fit_on: Option<PathBuf>,
+    pub fit_prompts: usize,
+    pub out: PathBuf,
+}
+
+fn setting(message: impl Into<String>) -> PipelineError {
+    PipelineError::Setting(message.into())
+}
+
+fn check(o: &ClassifyOptions) -> Result<(), PipelineError> {
+    o.model.check()?;
+    if !(o.threshold > 0.0 && o.threshold < 1.0) {
+        return Err(setting(format!(
+            "--threshold is a probability in (0, 1); got {}",
+            o.threshold
+        )));
+    }
+    if !(o.target_recall > 0.0 && o.target_recall <= 1.0) {
+        return Err(setting(format!(
+            "--target-recall is a share in (0, 1]; got {}",
+            o.target_recall
+        )));
+    }
+    match (o.scorer, &o.rm) {
+        (Scorer::Reward, None) => {
+            return Err(setting(
+                "--scorer reward needs the reward model: --rm RM.gguf",
+            ))
+        }
+        (Scorer::Probe, Some(_)) => {
+            return Err(setting(
+                "--rm is the reward scorer's: add --scorer reward, or leave --rm out",
+            ))
+        }
+        _ => {}
+    }
+    let folder = o.out.parent().filter(|p| !p.as_os_str().is_empty());
+    if folder.is_some_and(|f| !f.is_dir()) {
+        return Err(setting(format!(
+            "--out {}: the folder does not exist",
+            o.out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Loads a prompt file (or a bundled set by name), refusing one with bad lines or no prompts.
+fn prompts(path: &Path, flag: &str) -> Result<Vec<PromptItem>, PipelineError> {
+    let path = super::resolve_bundled(path, crate::bundled::PROMPT_SETS)?;
+    let set = prompt::load(&path)?;
+    super::check_prompt_sets(std::slice::from_ref(&set), true)
+        .map_err(|e| setting(format!("{flag}: {e}")))?;
+    if set.items.is_empty() {
+        return Err(setting(format!("{flag} {}: no prompts", path.display())));
+    }
+    Ok(set.items)
+}
+
+/// Classifies every prompt and writes the verdicts.
+pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
+    check(o)?;
+    let model_path = o.model.model_path()?;
+    let constitution_path = super::resolve_bundled(&o.constitution, crate::bundled::CONSTITUTIONS)?;
+    let constitution = Constitution::load(&constitution_path)?;
+    let items = prompts(&o.prompts, "--prompts")?;
+    let model = Model::open(&model_path)?;
+    let threads = o.model.threads();
+    let compute = Compute::new(threads, o.kernel.kernel()).map_err(|e| {
+        PipelineError::Internal(format!("cannot start {threads} compute threads: {e}"))
+    })?;
+    let llama = crate::engine::load_vocab(&model_path)?;
+    let features = |items: &[PromptItem], what: &'static str| -> Result<_, PipelineError> {
+        let bar = progress_bar(o.run.quiet, items.len() as u64, "prompts");
+        bar.set_message(what);
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(prompt_features(&llama, &model, &compute, &item.messages)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    };
+
+    let (scores, topics, fit_prompts) = match o.scorer {
+        Scorer::Probe => {
+            let fit = prompts(&o.fit_on, "--fit-on")?;
+            let labels: Vec<Option<bool>> = fit
+                .iter()
+                .map(|p| match p.kind.as_deref() {
+                    Some("harmful") => Some(true),
+                    Some("benign") => Some(false),
+                    _ => None,
+                })
+                .collect();
+            if labels.iter().all(|l| *l != Some(true)) || labels.iter().all(|l| *l != Some(false)) {
+                return Err(setting(format!(
+                    "--fit-on {}: the probe is fitted on prompts tagged `kind: harmful` and \
+                     `kind: benign`, and it needs both",
+                    o.fit_on.display()
+                )));
+            }
+            let fit_features = features(&fit, "fit prompts")?;
+            let (x, y): (Vec<Vec<f32>>, Vec<bool>) = fit_features
+                .iter()
+                .zip(&labels)
+                .filter_map(|(x, l)| l.map(|l| (x.clone(), l)))
+                .unzip();
+            let probe = Probe::fit(&x, &y, FitSettings::default())
+                .map_err(|e| setting(format!("--fit-on: {e}")))?;
+            let restricted = &constitution.topics.restricted;
+            let centroids = Centroids::of(fit.iter().zip(&fit_features).filter_map(|(p, x)| {
+                let topic = p.topic.as_deref()?;
+                (p.kind.as_deref() == Some("harmful") && restricted.iter().any(|r| r == topic))
+                    .then_some((topic, x.as_slice()))
+            }));
+            let own = features(&items, "classify")?;
+            let scores = own.iter().map(|x| probe.probability(x)).collect();
+            let topics: Vec<Option<String>> = own
+                .iter()
+                .map(|x| centroids.nearest(x).map(str::to_string))
+                .collect();
+            (scores, topics, fit.len())
+        }
+        Scorer::Reward => {
+            let rm_path = o.rm.as_deref().unwrap_or(Path::new(""));
+            let rm = reward::read(&model, rm_path).map_err(|e| setting(format!("--rm: {e}")))?;
+            let examples: Vec<Example> = items
+                .iter()
+                .map(|p| Example {
+                    origin: format!("{}:{}", o.prompts.display(), p.line),
+                    prompt: p.messages.clone(),
+                    chosen: vec![Message::assistant(REFUSAL_OPENER.to_string())],
+                    rejected: Some(vec![Message::assistant(COMPLIANCE_OPENER.to_string())]),
+                    label: 1.0,
+                })
+                .collect();
+            let (tokenized, _) = super::train::tokenize(1024, 768, &model_path, &examples)?;
+            let bar = progress_bar(o.run.quiet, tokenized.len() as u64, "prompts");
+            bar.set_message("classify");
+            let mut scores = Vec::with_capacity(tokenized.len());
+            for chunk in tokenized.chunks(8) {
+                let batch: Vec<&trainer::Item> = chunk.iter().collect();
+                for (refuse, comply) in
+                    trainer::rewards(&model, &compute, Some(&rm.adapters), &rm.head, &batch)?
+                {
+                    let margin = refuse - comply.unwrap_or(refuse);
+                    scores.push(crate::train::dpo::sigmoid(margin));
+                    bar.inc(1);
+                }
+            }
+            bar.finish_and_clear();
+            (scores, vec![None; items.len()], 0)
+        }
+    };
+
+    let verdicts: Vec<Verdict> = items
+        .iter()
+        .zip(scores.iter().zip(topics))
+        .map(|(item, (&p, topic))| {
+            let flagged = p >= o.threshold;
+            let topic = topic.filter(|_| flagged);
+            let principle = topic
+                .as_deref()
+                .and_then(|t| constitution.refusal_for(t))
+                .map(|r| r.principle.clone());
+            Verdict {
+                id: item.id.clone(),
+                line: item.line,
+                prompt: item.text().to_string(),
+                kind: item.kind.clone(),
+                p_unsafe: p,
+                flagged,
+                topic,
+                principle,
+            }
+        })
+        .collect();
+    let tagged: Vec<(f64, bool)> = verdicts
+        .iter()
+        .filter_map(|v| match v.kind.as_deref() {
+            Some("harmful") => Some((v.p_unsafe, true)),
+            Some("benign") => Some((v.p_unsafe, false)),
+            _ => None,
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    for v in &verdicts {
+        serde_json::to_writer(&mut bytes, v)
+            .map_err(|e| PipelineError::Internal(format!("line {}: {e}", v.line)))?;
+        bytes.push(b'\n');
+    }
+    crate::export::write_atomically(&o.out, &bytes)?;
+    Ok(ClassifySummary {
+        scorer: o.scorer,
+        prompts: verdicts.len(),
+        flagged: verdicts.iter().filter(|v| v.flagged).count(),
+        figures: (!tagged.is_empty())
+            .then(|| screen::figures(&tagged, o.threshold, o.target_recall)),
+        fit_on: (o.scorer == Scorer::Probe).then(|| o.fit_on.clone()),
+        fit_prompts,
+        out: o.out.clone(),
+    })
+}
+
+/// A prompt's features for the probe: the mean over its chat-framed tokens of the final hidden
+/// state (after the final norm).
+fn prompt_features(
+    llama: &llama_cpp_2::model::LlamaModel,
+    model: &Model,
+    compute: &Compute,
+    messages: &[Message],
+) -> Result<Vec<f32>, PipelineError> {
+    let tokens = score::tokenize(llama, &ScoreInput::Chat(messages.to_vec()))
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    let hidden = model.hidden(compute, &tokens)?;
+    let e = model.config().embedding;
+    let mut mean = vec![0.0f32; e];
+    for row in hidden.chunks_exact(e) {
+        mean.iter_mut()
+            .zip(row)
+            .for_each(|(m, v)| *m += v / tokens.len() as f32);
+    }
+    Ok(mean)
+}
+
+/// The summary as text.
+pub fn render(s: &ClassifySummary) -> String {
+    let scorer = match s.scorer {
+        Scorer::Probe => format!("probe (fitted on {} prompts)", s.fit_prompts),
+        Scorer::Reward => "reward model".to_string(),
+    };
+    let mut out = format!(
+        "{} prompt(s) classified by the {scorer}: {} flagged\n",
+        s.prompts, s.flagged
+    );
+    if let Some(f) = &s.figures {
+        let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+        out.push_str(&format!(
+            "on the tagged prompts ({} harmful, {} benign): AUROC {}\n",
+            f.harmful,
+            f.benign,
+            f.auroc.map_or("-".to_string(), |a| format!("{a:.3}"))
+        ));
+        out.push_str(&format!(
+            "  at threshold {}: precision {}, recall {}, benign flagged {}\n",
+            f.threshold,
+            pct(f.precision),
+            pct(f.recall),
+            pct(f.false_positive_rate)
+        ));
+        if let Some(t) = f.threshold_for_target {
+            out.push_str(&format!(
+                "  threshold {t:.3} flags {:.0}% of the harmful ones, and {} of the benign\n",
+                100.0 * f.target_recall,
+                pct(f.false_positive_rate_at_target)
+            ));
+        }
+    }
+    out.push_str(&format!("verdicts: {}\n", s.out.display()));
+    out
+}
