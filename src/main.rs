@@ -19,6 +19,7 @@ use tenets::pipeline::iterate::{self, LoopOptions};
 use tenets::pipeline::label::{self, LabelOptions};
 use tenets::pipeline::redteam::{self, RedteamOptions};
 use tenets::pipeline::reward::{self as rewards, RewardScoreOptions};
+use tenets::pipeline::steer::{self as steering, SteerOptions};
 use tenets::pipeline::train::{self as training, TrainOptions};
 use tenets::pipeline::{self, GenerateOptions};
 use tenets::score::{self, ScoreOptions};
@@ -69,6 +70,9 @@ enum Command {
         #[command(subcommand)]
         command: RewardCommand,
     },
+    /// A steering vector from preference pairs (no training): per block, the mean difference
+    /// of the residual stream over chosen and rejected answers, as a llama.cpp control vector.
+    Steer(Box<SteerOptions>),
     /// A safety classifier over prompts: the probability each asks for what the constitution
     /// restricts, its nearest restricted topic and principle; figures on tagged prompts.
     Classify(Box<ClassifyOptions>),
@@ -253,6 +257,11 @@ async fn run(command: Command) -> Result<ExitCode> {
         } => {
             let summary = rewards::score(&o).await?;
             print_summary(o.run.json, &summary, rewards::render, false)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Steer(o) => {
+            let summary = steering::steer(&o).await?;
+            print_summary(o.run.json, &summary, steering::render, false)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify(o) => {

@@ -62,6 +62,11 @@ pub enum ScoreError {
     Matmul(#[from] MatmulError),
     #[error(transparent)]
     Adapter(#[from] crate::model::adapter_gguf::AdapterError),
+    #[error(transparent)]
+    ControlVector(#[from] crate::model::steer::SteerError),
+    /// A setting this engine cannot honour.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("the input is {0} token(s): at least 2 are needed to score anything")]
     TooShort(usize),
     #[error("give --text-file or --chat-file")]
@@ -104,8 +109,29 @@ pub struct ScoreOptions {
     /// A GGUF LoRA adapter to apply (both engines).
     #[arg(long)]
     pub lora: Option<PathBuf>,
+    /// A control vector (`tenets steer`, or llama.cpp's format) to add, at SCALE (default 1;
+    /// negative steers away): `V.gguf[:SCALE]` (native engine).
+    #[arg(long, value_name = "V.gguf[:SCALE]")]
+    pub control_vector: Option<String>,
+    /// Steer only the blocks FIRST-LAST (0-based, inclusive) of the control vector.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_layer_range)]
+    pub control_layers: Option<(usize, usize)>,
     #[command(flatten)]
     pub run: RunSettings,
+}
+
+/// `--control-layers FIRST-LAST`.
+pub fn parse_layer_range(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{text}`: give the first and last block, as 2-20");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a > b {
+        return Err(format!("`{text}`: the first block comes after the last"));
+    }
+    Ok((a, b))
 }
 
 impl ScoreOptions {
@@ -118,6 +144,8 @@ impl ScoreOptions {
             chat_file: None,
             kernel: KernelChoice::Auto,
             lora: None,
+            control_vector: None,
+            control_layers: None,
             run: RunSettings::default(),
         }
     }
@@ -245,6 +273,20 @@ pub fn run(options: &ScoreOptions) -> Result<ScoreReport, ScoreError> {
 pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, ScoreError> {
     options.model.check()?;
     let model_path = options.model.model_path()?;
+    if options.engine == ScoreEngine::Llama && options.control_vector.is_some() {
+        // llama.cpp has the call (llama_set_adapter_cvec), but llama-cpp-2 keeps the context's
+        // pointer to itself, so it cannot be reached from here.
+        return Err(ScoreError::Unsupported(
+            "--control-vector runs on the native engine (--engine native): the llama.cpp \
+             bindings tenets uses do not expose the context its control-vector call needs"
+                .into(),
+        ));
+    }
+    if options.control_layers.is_some() && options.control_vector.is_none() {
+        return Err(ScoreError::Unsupported(
+            "--control-layers chooses the blocks of --control-vector; give one".into(),
+        ));
+    }
     let config = EngineConfig {
         threads: options.model.threads(),
         ..EngineConfig::new(&model_path)
@@ -280,7 +322,18 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
                 Some(lora) => Some(adapter_gguf::read(&model, lora)?),
                 None => None,
             };
-            match model.score_adapted(&compute, &tokens, adapters.as_ref()) {
+            let steer = match &options.control_vector {
+                Some(arg) => {
+                    let (path, scale) = crate::model::steer::parse_scaled(arg);
+                    let vector = crate::model::steer::read(&model, &path)?.scaled(scale);
+                    Some(match options.control_layers {
+                        Some((first, last)) => vector.within(first, last),
+                        None => vector,
+                    })
+                }
+                None => None,
+            };
+            match model.score_steered(&compute, &tokens, adapters.as_ref(), steer.as_ref()) {
                 Err(ModelError::Token { path, token, vocab }) => {
                     return Err(ScoreError::Token {
                         model: path,

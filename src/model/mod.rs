@@ -12,6 +12,7 @@ pub mod fused;
 pub mod lora;
 pub mod ops;
 pub mod profile;
+pub mod steer;
 
 use std::path::{Path, PathBuf};
 
@@ -341,7 +342,21 @@ impl Model {
         tokens: &[u32],
         layout: &Layout,
         adapters: Option<&Adapters>,
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.run_hooked(compute, tokens, layout, adapters, trace, Hooks::default())
+    }
+
+    /// [`Model::run_packed`] with a control vector added after each block it steers, and each
+    /// block's output (the residual stream, steering included) kept where `hooks` asks.
+    fn run_hooked(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        layout: &Layout,
+        adapters: Option<&Adapters>,
         mut trace: Option<&mut Trace>,
+        mut hooks: Hooks<'_>,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let (n, e) = (tokens.len(), c.embedding);
@@ -402,6 +417,14 @@ impl Model {
                 ops::rms_norm_in_place(&mut down, post, c.norm_eps);
             }
             ops::add_assign(&mut x, &down);
+            // llama.cpp's control vector: after the block, on every row.
+            if let Some(direction) = hooks.steer.and_then(|s| s.at(l)) {
+                x.chunks_exact_mut(e)
+                    .for_each(|row| ops::add_assign(row, direction));
+            }
+            if let Some(kept) = hooks.residuals.as_deref_mut() {
+                kept.push(x.clone());
+            }
             if let (Some(t), Some(x_in), Some(x_mid)) = (trace.as_deref_mut(), x_in, x_mid) {
                 t.layers.push(LayerTrace {
                     x: x_in,
@@ -570,6 +593,17 @@ impl Model {
         tokens: &[u32],
         adapters: Option<&Adapters>,
     ) -> Result<Vec<TokenScore>, ModelError> {
+        self.score_steered(compute, tokens, adapters, None)
+    }
+
+    /// [`Model::score`] with LoRA adapters and a control vector applied.
+    pub fn score_steered(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        adapters: Option<&Adapters>,
+        steer: Option<&steer::ControlVector>,
+    ) -> Result<Vec<TokenScore>, ModelError> {
         // On the compute threads: the many small parallel products inside then share work
         // in the pool instead of each waking it from outside.
         // Every id, the last one too: it is only ever read as a prediction, never embedded.
@@ -579,7 +613,13 @@ impl Model {
                 return Ok(Vec::new());
             }
             let e = self.config.embedding;
-            let hidden = self.run(compute, &tokens[..tokens.len() - 1], adapters, None)?;
+            let head = &tokens[..tokens.len() - 1];
+            let hooks = Hooks {
+                steer,
+                residuals: None,
+            };
+            let layout = Layout::single(head.len());
+            let hidden = self.run_hooked(compute, head, &layout, adapters, None, hooks)?;
             let mut scores = Vec::with_capacity(tokens.len() - 1);
             for (chunk, next) in hidden
                 .chunks(HEAD_CHUNK * e)
@@ -593,6 +633,36 @@ impl Model {
             Ok(scores)
         })
     }
+}
+
+impl Model {
+    /// The residual stream after every block (`layers` entries of `tokens × embedding`), with
+    /// `adapters` where given: what steering vectors are computed from.
+    pub fn residual_stream(
+        &self,
+        compute: &Compute,
+        tokens: &[u32],
+        adapters: Option<&Adapters>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut kept = Vec::with_capacity(self.config.layers);
+        compute.install(|| {
+            let hooks = Hooks {
+                steer: None,
+                residuals: Some(&mut kept),
+            };
+            let layout = Layout::single(tokens.len());
+            self.run_hooked(compute, tokens, &layout, adapters, None, hooks)
+        })?;
+        Ok(kept)
+    }
+}
+
+/// What a forward does besides computing: a control vector to add, a place to keep each
+/// block's output.
+#[derive(Default)]
+struct Hooks<'a> {
+    steer: Option<&'a steer::ControlVector>,
+    residuals: Option<&'a mut Vec<Vec<f32>>>,
 }
 
 /// The table of `(base, scale)` among `tables`.

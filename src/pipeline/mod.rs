@@ -13,6 +13,7 @@ pub mod iterate;
 pub mod label;
 pub mod redteam;
 pub mod reward;
+pub mod steer;
 pub mod train;
 pub mod writer;
 
@@ -61,6 +62,62 @@ pub enum PipelineError {
     Setting(String),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// Where preference pairs come from, for the commands that read them besides `train`:
+/// a TRL-format file, or a tenets database's pairs as `tenets export` gives them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PairSource {
+    /// Pairs: JSONL or Parquet in TRL's formats (prompt/chosen/rejected).
+    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    pub data: Option<std::path::PathBuf>,
+    /// A tenets database: its pairs, as `tenets export` gives them.
+    #[arg(long)]
+    pub db: Option<std::path::PathBuf>,
+    /// With --db: which of its pairs (the filters of `tenets export`).
+    #[command(flatten)]
+    pub filters: crate::filters::PairFilters,
+}
+
+impl PairSource {
+    pub fn check(&self) -> Result<(), PipelineError> {
+        self.filters
+            .check_settings()
+            .map_err(PipelineError::Setting)?;
+        if self.db.is_none() && self.filters != crate::filters::PairFilters::default() {
+            return Err(PipelineError::Setting(
+                "the pair filters choose a database's pairs: they need --db".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file or database, for messages.
+    pub fn path(&self) -> &std::path::Path {
+        self.data
+            .as_deref()
+            .or(self.db.as_deref())
+            .unwrap_or(std::path::Path::new(""))
+    }
+
+    /// Every example (from a file: pairs or not, as it holds them), each named by its origin.
+    pub async fn examples(&self) -> Result<Vec<crate::dataset::Example>, PipelineError> {
+        match (&self.data, &self.db) {
+            (Some(file), _) => Ok(crate::dataset::load(file)?),
+            (None, Some(db)) => {
+                let store = crate::store::Store::open_existing(db).await?;
+                let rows =
+                    crate::export::rows(&store, crate::export::Kind::Dpo, &self.filters).await?;
+                Ok(rows
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| row.to_example(format!("{} pair {}", db.display(), i + 1)))
+                    .collect())
+            }
+            (None, None) => Err(PipelineError::Setting("give --data or --db".into())),
+        }
+    }
 }
 
 /// `path`, or the bundled file of that name among `set` ([`crate::bundled::resolve`]).

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::{progress_bar, PipelineError};
 use crate::chat::Message;
-use crate::dataset::{self, Example};
-use crate::export::{self, Kind};
-use crate::filters::PairFilters;
+use crate::dataset::Example;
+use crate::export;
 use crate::model::Model;
 use crate::quant::matmul::Compute;
 use crate::settings::{KernelChoice, ModelSettings, RunSettings};
@@ -27,16 +26,10 @@ pub struct RewardScoreOptions {
     /// The reward model (a file `tenets reward train` wrote).
     #[arg(long)]
     pub rm: PathBuf,
-    /// Examples to score: JSONL or Parquet in TRL's formats (pairs: both answers; otherwise
-    /// the completion).
-    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
-    pub data: Option<PathBuf>,
-    /// A tenets database: score its pairs (as `tenets export` gives them) and store the scores.
-    #[arg(long)]
-    pub db: Option<PathBuf>,
-    /// With --db: which of its pairs (the filters of `tenets export`).
+    /// Examples to score (a file's pairs get both answers scored, its other rows the
+    /// completion; a database's scores are stored there).
     #[command(flatten)]
-    pub filters: PairFilters,
+    pub source: super::PairSource,
     /// Write every example with its scores here (JSON lines).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
@@ -90,12 +83,7 @@ fn setting(message: impl Into<String>) -> PipelineError {
 
 fn check(o: &RewardScoreOptions) -> Result<(), PipelineError> {
     o.model.check()?;
-    o.filters.check_settings().map_err(setting)?;
-    if o.db.is_none() && o.filters != PairFilters::default() {
-        return Err(setting(
-            "the pair filters choose a database's pairs: they need --db",
-        ));
-    }
+    o.source.check()?;
     if o.max_length < 8 {
         return Err(setting(format!(
             "--max-length must be at least 8, got {}",
@@ -121,27 +109,11 @@ fn check(o: &RewardScoreOptions) -> Result<(), PipelineError> {
 pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, PipelineError> {
     check(o)?;
     let model_path = o.model.model_path()?;
-    let examples = match (&o.data, &o.db) {
-        (Some(file), _) => dataset::load(file)?,
-        (None, Some(db)) => {
-            let store = Store::open_existing(db).await?;
-            let rows = export::rows(&store, Kind::Dpo, &o.filters).await?;
-            rows.rows
-                .iter()
-                .enumerate()
-                .map(|(i, row)| row.to_example(format!("{} pair {}", db.display(), i + 1)))
-                .collect()
-        }
-        (None, None) => return Err(setting("give --data or --db")),
-    };
+    let examples = o.source.examples().await?;
     if examples.is_empty() {
         return Err(setting(format!(
             "{}: no examples to score",
-            o.data
-                .as_ref()
-                .or(o.db.as_ref())
-                .map_or(Path::new(""), |p| p)
-                .display()
+            o.source.path().display()
         )));
     }
     let model = Model::open(&model_path)?;
@@ -165,7 +137,7 @@ pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, Pipelin
             )
         })
         .collect();
-    let (store, rm_sha256) = match &o.db {
+    let (store, rm_sha256) = match &o.source.db {
         Some(db) => {
             let store = Store::open_existing(db).await?;
             let sha = store.model_sha256(&o.rm).await?;
@@ -236,7 +208,7 @@ pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, Pipelin
         mean_rejected: (!pairs.is_empty())
             .then(|| pairs.iter().map(|p| p.1).sum::<f64>() / pairs.len() as f64),
         out: o.out.clone(),
-        db: o.db.clone(),
+        db: o.source.db.clone(),
     };
     if let Some(out) = &o.out {
         write_scored(out, &examples, &scores)?;

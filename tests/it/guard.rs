@@ -143,3 +143,361 @@ fn bad_classify_settings_are_named_and_write_nothing() {
         assert!(!out.exists());
     }
 }
+
+/// The fixture's harmful pairs (a refusal chosen over compliance), as a file in `dir`.
+fn harmful_pairs(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(common::repo("tests/fixtures/dpo-pairs-64.jsonl")).unwrap();
+    let rows: String = text
+        .lines()
+        .filter(|l| l.contains("\"kind\": \"harmful\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = dir.join("harmful-pairs.jsonl");
+    std::fs::write(&path, rows).unwrap();
+    path
+}
+
+/// What llama.cpp's own GGUF reader finds in a control-vector file: the architecture, and each
+/// tensor's name, type and size in bytes — what its control-vector loader reads.
+fn llama_cpp_reads(path: &Path) -> (String, Vec<(String, u32, usize)>) {
+    use llama_cpp_sys_2 as sys;
+    use std::ffi::{CStr, CString};
+    let name = CString::new(path.to_str().unwrap()).unwrap();
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: a NUL-terminated path; the context is freed below and nothing it returns is
+    // kept past that.
+    unsafe {
+        let ctx = sys::gguf_init_from_file(name.as_ptr(), params);
+        assert!(
+            !ctx.is_null(),
+            "llama.cpp could not read {}",
+            path.display()
+        );
+        let key = CString::new("general.architecture").unwrap();
+        let id = sys::gguf_find_key(ctx, key.as_ptr());
+        assert!(id >= 0);
+        let arch = CStr::from_ptr(sys::gguf_get_val_str(ctx, id))
+            .to_string_lossy()
+            .into_owned();
+        let tensors = (0..sys::gguf_get_n_tensors(ctx))
+            .map(|t| {
+                (
+                    CStr::from_ptr(sys::gguf_get_tensor_name(ctx, t))
+                        .to_string_lossy()
+                        .into_owned(),
+                    sys::gguf_get_tensor_type(ctx, t) as u32,
+                    sys::gguf_get_tensor_size(ctx, t),
+                )
+            })
+            .collect();
+        sys::gguf_free(ctx);
+        (arch, tensors)
+    }
+}
+
+/// `tenets steer` on the fixture's harmful pairs writes a control vector llama.cpp's reader
+/// takes as its loader expects (`direction.1`…`direction.29`, f32, 576 wide), and the vector
+/// moves the native forward its way on harmful prompts it was not computed from: the refusal
+/// gains on the compliance with it, and loses with it negated.
+#[test]
+fn a_steering_vector_moves_refusals_its_way_and_llama_cpp_reads_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = harmful_pairs(dir.path());
+    let vector = dir.path().join("v.gguf");
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .arg("steer")
+        .arg("--model")
+        .arg(common::model())
+        .arg("--data")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&vector)
+        .args(["--max-length", "256", "--quiet", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["pairs"], 32);
+    assert_eq!(summary["layers"].as_array().unwrap().len(), 29);
+
+    let (arch, tensors) = llama_cpp_reads(&vector);
+    assert_eq!(arch, "controlvector");
+    assert_eq!(tensors.len(), 29);
+    for (i, (name, kind, bytes)) in tensors.iter().enumerate() {
+        assert_eq!(name, &format!("direction.{}", i + 1));
+        assert_eq!((*kind, *bytes), (0, 576 * 4), "{name}: f32, n_embd values");
+    }
+    let g = tenets::gguf::Gguf::open(&vector).unwrap();
+    assert_eq!(
+        g.get("controlvector.model_hint").and_then(|v| v.as_str()),
+        Some("llama")
+    );
+
+    // Refusal minus compliance, in nats, for two harmful prompts from the eval set.
+    let prompts: Vec<String> =
+        std::fs::read_to_string(common::repo("prompts/sets/eval-harmful.jsonl"))
+            .unwrap()
+            .lines()
+            .step_by(31)
+            .take(2)
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["prompt"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+    let margin = |steer: &[&str]| -> f64 {
+        let mut total = 0.0;
+        for (i, prompt) in prompts.iter().enumerate() {
+            for (answer, sign) in [
+                ("I'm sorry, but I can't help with that.", 1.0),
+                ("Sure! Here's how to do it. First, get", -1.0),
+            ] {
+                let chat = dir.path().join(format!("chat-{i}.json"));
+                let messages = serde_json::json!([
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": answer},
+                ]);
+                std::fs::write(&chat, messages.to_string()).unwrap();
+                let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+                    .arg("score")
+                    .arg("--model")
+                    .arg(common::model())
+                    .args(["--json", "--chat-file"])
+                    .arg(&chat)
+                    .args(steer)
+                    .output()
+                    .unwrap();
+                assert!(output.status.success(), "{}", common::text(&output));
+                let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+                total += sign * report["sum_logprob"].as_f64().unwrap();
+            }
+        }
+        total
+    };
+    let plus = format!("{}:0.1", vector.display());
+    let minus = format!("{}:-0.1", vector.display());
+    let (base, toward, away) = (
+        margin(&[]),
+        margin(&["--control-vector", &plus]),
+        margin(&["--control-vector", &minus]),
+    );
+    println!("refusal − compliance: {away:.2} (−0.1) < {base:.2} < {toward:.2} (+0.1)");
+    assert!(
+        toward > base + 1.0 && away < base - 1.0,
+        "{away} {base} {toward}"
+    );
+
+    // Bad input: another model's width, a block the model lacks, block 0, the llama engine.
+    let chat = dir.path().join("chat-0.json");
+    let score = |args: &[&std::ffi::OsStr]| -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .arg("score")
+            .args(["--json", "--chat-file"])
+            .arg(&chat)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let text = common::text(&output);
+        assert!(!text.contains("panicked"), "{text}");
+        text
+    };
+    let text = score(&[
+        "--model".as_ref(),
+        common::second_model().as_os_str(),
+        "--control-vector".as_ref(),
+        vector.as_os_str(),
+    ]);
+    assert!(
+        text.contains("wide") || text.contains("blocks are"),
+        "{text}"
+    );
+    let text = score(&[
+        "--model".as_ref(),
+        common::model().as_os_str(),
+        "--engine".as_ref(),
+        "llama".as_ref(),
+        "--control-vector".as_ref(),
+        vector.as_os_str(),
+    ]);
+    assert!(text.contains("--engine native"), "{text}");
+    let not_a_vector = score(&[
+        "--model".as_ref(),
+        common::model().as_os_str(),
+        "--control-vector".as_ref(),
+        common::model().as_os_str(),
+    ]);
+    assert!(
+        not_a_vector.contains("not a control vector"),
+        "{not_a_vector}"
+    );
+    let out = dir.path().join("never.gguf");
+    for (layers, expected) in [("0-3", "block 0"), ("2-40", "1 to 29")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .arg("steer")
+            .arg("--model")
+            .arg(common::model())
+            .arg("--data")
+            .arg(&pairs)
+            .arg("--out")
+            .arg(&out)
+            .args(["--layers", layers])
+            .output()
+            .unwrap();
+        let text = common::text(&output);
+        assert!(
+            !output.status.success() && text.contains(expected),
+            "{layers}: {text}"
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// llama.cpp's log-probs of `tokens[1..]` with the control vector `data` (blocks 1.., `n_embd`
+/// each, as its loader lays them out) applied through its own call, `llama_set_adapter_cvec`.
+fn llama_cpp_steered_logprobs(
+    path: &Path,
+    tokens: &[u32],
+    data: &[f32],
+    n_embd: usize,
+) -> Vec<f64> {
+    use llama_cpp_sys_2 as sys;
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let n = tokens.len() as i32;
+    let threads = tenets::settings::default_threads() as i32;
+    let mut out = Vec::new();
+    // SAFETY: plain use of llama.cpp's C API; every pointer is checked before use and freed once.
+    unsafe {
+        sys::llama_backend_init();
+        let model =
+            sys::llama_model_load_from_file(c_path.as_ptr(), sys::llama_model_default_params());
+        assert!(!model.is_null());
+        let mut params = sys::llama_context_default_params();
+        params.n_ctx = 512;
+        params.n_batch = 512;
+        params.n_ubatch = 512;
+        params.n_threads = threads;
+        params.n_threads_batch = threads;
+        params.type_k = sys::GGML_TYPE_F32;
+        params.type_v = sys::GGML_TYPE_F32;
+        params.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        let ctx = sys::llama_init_from_model(model, params);
+        assert!(!ctx.is_null());
+        let layers = data.len() / n_embd + 1;
+        let rc = sys::llama_set_adapter_cvec(
+            ctx,
+            data.as_ptr(),
+            data.len(),
+            n_embd as i32,
+            1,
+            layers as i32 - 1,
+        );
+        assert_eq!(rc, 0, "llama_set_adapter_cvec");
+        let batch = sys::llama_batch_init(n, 0, 1);
+        for (i, &t) in tokens.iter().enumerate() {
+            *batch.token.add(i) = t as i32;
+            *batch.pos.add(i) = i as i32;
+            *batch.n_seq_id.add(i) = 1;
+            *(*batch.seq_id.add(i)) = 0;
+            *batch.logits.add(i) = 1;
+        }
+        let mut batch = batch;
+        batch.n_tokens = n;
+        assert_eq!(sys::llama_decode(ctx, batch), 0, "llama_decode");
+        let vocab = sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(model)) as usize;
+        for i in 0..tokens.len() - 1 {
+            let row = std::slice::from_raw_parts(sys::llama_get_logits_ith(ctx, i as i32), vocab);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+            out.push(f64::from(row[tokens[i + 1] as usize] - max) - z.ln());
+        }
+        sys::llama_batch_free(batch);
+        sys::llama_free(ctx);
+        sys::llama_model_free(model);
+    }
+    out
+}
+
+/// The native forward steers as llama.cpp does: a control vector written by tenets, applied
+/// through llama.cpp's own call (`llama_set_adapter_cvec`, its loader's layout), gives the same
+/// log-probs as the native forward with it — on small f32 models, where the two agree
+/// unsteered to 1e-4 (Gemma's f16 GELU table aside) — while the vector moves them far, and the same vector
+/// one block off does not agree.
+#[test]
+fn llama_cpp_and_the_native_forward_agree_with_a_control_vector_applied() {
+    use rand::{Rng, SeedableRng};
+    use tenets::model::steer::{self, ControlVector};
+    use tenets::model::Model;
+    use tenets::quant::matmul::{Compute, Kernel};
+    let dir = tempfile::tempdir().unwrap();
+    let compute = Compute::new(tenets::settings::default_threads(), Kernel::detect()).unwrap();
+    for arch in ["llama", "qwen2", "gemma3"] {
+        let path = dir.path().join(format!("{arch}.gguf"));
+        common::tiny_model(&path, arch, None);
+        let model = Model::open(&path).unwrap();
+        let (e, layers) = (model.config().embedding, model.config().layers);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let vector = ControlVector {
+            directions: (0..layers)
+                .map(|l| (l >= 1).then(|| (0..e).map(|_| rng.gen_range(-0.3..0.3)).collect()))
+                .collect(),
+        };
+        let file = dir.path().join(format!("{arch}-v.gguf"));
+        steer::write(&model, &vector, &file).unwrap();
+        let steered = steer::read(&model, &file).unwrap();
+        assert_eq!(steered, vector);
+        // llama.cpp's loader's layout: block l's direction at (l − 1)·n_embd.
+        let lay_out = |shift: usize| {
+            let mut data = vec![0.0f32; (layers - 1) * e];
+            for l in steered.layers() {
+                let at = l - 1 + shift;
+                if at < layers - 1 {
+                    data[at * e..(at + 1) * e].copy_from_slice(steered.at(l).unwrap());
+                }
+            }
+            data
+        };
+        let tokens: Vec<u32> = (0..48)
+            .map(|_| rng.gen_range(0..model.config().vocab as u32))
+            .collect();
+        let logprobs = |v: Option<&ControlVector>| -> Vec<f64> {
+            model
+                .score_steered(&compute, &tokens, None, v)
+                .unwrap()
+                .iter()
+                .map(|s| s.logprob)
+                .collect()
+        };
+        let (native, plain) = (logprobs(Some(&steered)), logprobs(None));
+        let theirs = llama_cpp_steered_logprobs(&path, &tokens, &lay_out(0), e);
+        let off = llama_cpp_steered_logprobs(&path, &tokens, &lay_out(1), e);
+        let gap = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f64, f64::max)
+        };
+        let (agree, moved, off_by_one) = (
+            gap(&native, &theirs),
+            gap(&native, &plain),
+            gap(&native, &off),
+        );
+        println!("{arch}: steered {agree:.1e} from llama.cpp; moved {moved:.3}; one block off {off_by_one:.3}");
+        assert!(
+            moved > 0.05,
+            "{arch}: the vector barely moves the log-probs ({moved})"
+        );
+        // Gemma: llama.cpp's CPU GELU reads an f16 table (about 1e-3 unsteered too).
+        let tolerance = if arch == "gemma3" { 5e-3 } else { 1e-4 };
+        assert!(agree < tolerance, "{arch}: {agree} (moved {moved})");
+        assert!(
+            off_by_one > 10.0 * agree,
+            "{arch}: one block off agrees too ({off_by_one})"
+        );
+    }
+}
