@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::chat::Message;
 use crate::constitution::{Constitution, Refusal};
 use crate::dataset::Example;
-use crate::filters::{is_refusal, Dropped, PairFilters, SafetyPairs, SampledPairs};
+use crate::filters::{is_refusal, Dropped, PairFilters, RankBy, SafetyPairs, SampledPairs};
 use crate::label::rank;
 use crate::store::{RunSettings, Store, StoreError, SAMPLED_PREFIX};
 
@@ -244,6 +244,7 @@ impl ExportRow {
 }
 
 /// One stored candidate pair, as read for export.
+#[derive(Clone)]
 struct Candidate {
     prompt_id: String,
     messages: Vec<Message>,
@@ -284,6 +285,25 @@ struct Answer {
     round: i64,
 }
 
+/// Every answer of the database's candidate pairs — revision pairs' first answers and
+/// revisions, every sampled answer — once each, as (prompt messages, answer): what a reward
+/// model scores for the pairs' `reward_*` columns and for `--rank-by reward`.
+pub async fn answers_to_score(
+    store: &Store,
+) -> Result<Vec<(Vec<Message>, Vec<Message>)>, ExportError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for c in candidates(store, false).await? {
+        for a in [&c.first, &c.second] {
+            let answer = vec![Message::assistant(a.text.clone())];
+            if seen.insert(answer_key(&c.messages, &answer)) {
+                out.push((c.messages.clone(), answer));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Builds the export rows (as JSON objects) from a store, leaving out what `filters` drop.
 pub async fn rows(
     store: &Store,
@@ -292,6 +312,17 @@ pub async fn rows(
 ) -> Result<ExportRows, ExportError> {
     let safety_pairs = kind == Kind::Dpo && filters.safety_pairs.is_some();
     let mut candidates = candidates(store, safety_pairs).await?;
+    // Best-of-N by a reward model: the scores of the one that last scored this database.
+    let rewards = match filters.rank_by {
+        RankBy::Judge => None,
+        RankBy::Reward => Some(store.latest_reward_scores().await?.ok_or_else(|| {
+            ExportError::Setting(
+                "--rank-by reward: no reward model has scored this database yet (run `tenets \
+                 reward score --rm RM.gguf --db DB`)"
+                    .into(),
+            )
+        })?),
+    };
     if kind == Kind::Dpo && filters.safety_pairs != Some(SafetyPairs::Only) {
         if filters.hard_labels {
             for c in &mut candidates {
@@ -352,13 +383,14 @@ pub async fn rows(
         if kind == Kind::Sft || only_safety || members.first() != Some(&k) {
             continue;
         }
-        if filters.hard_labels {
-            for _ in members {
-                push(&mut out, Err(Dropped::HardLabels));
+        let rows = match (&rewards, filters.hard_labels) {
+            (Some((sha, scores)), _) => {
+                reward_ranked_rows(&candidates, members, filters, sha, scores)
             }
-            continue;
-        }
-        for row in sampled_rows(&candidates, members, filters) {
+            (None, true) => members.iter().map(|_| Err(Dropped::HardLabels)).collect(),
+            (None, false) => sampled_rows(&candidates, members, filters),
+        };
+        for row in rows {
             push(&mut out, row.map(ExportRow::Dpo));
         }
     }
@@ -634,6 +666,18 @@ fn sampled_rows(
     let Some(ranking) = judged.and_then(|j| rank::rank(samples, &j)) else {
         return pairs.iter().map(|_| Err(Dropped::Unranked)).collect();
     };
+    ranked_rows(all, members, filters, &ranking)
+}
+
+/// The rows of a prompt's sampled pairs (`members` of `all`) under `ranking`: best vs worst, or
+/// every pair by its own label.
+fn ranked_rows(
+    all: &[Candidate],
+    members: &[usize],
+    filters: &PairFilters,
+    ranking: &rank::Ranking,
+) -> Vec<Result<DpoRow, Dropped>> {
+    let pairs: Vec<&Candidate> = members.iter().map(|&k| &all[k]).collect();
     let sampled_extra = |row: &mut DpoRow, chosen: i64, rejected: i64| {
         row.chosen_sample = Some(chosen);
         row.rejected_sample = Some(rejected);
@@ -664,6 +708,67 @@ fn sampled_rows(
                     })
                 }
             }
+        })
+        .collect()
+}
+
+/// [`sampled_rows`] ranked by a reward model instead of the judge: each pair of the prompt's
+/// samples labelled `σ(r_first − r_second)` by the rewards `scores` (of the reward model
+/// `sha`), the samples ranked by their rewards; a sample without a score leaves the prompt out.
+fn reward_ranked_rows(
+    all: &[Candidate],
+    members: &[usize],
+    filters: &PairFilters,
+    sha: &str,
+    scores: &HashMap<String, f64>,
+) -> Vec<Result<DpoRow, Dropped>> {
+    let reward = |c: &Candidate, a: &Answer| {
+        scores
+            .get(&answer_key(
+                &c.messages,
+                &[Message::assistant(a.text.clone())],
+            ))
+            .copied()
+    };
+    let mut relabelled = Vec::with_capacity(members.len());
+    let mut by_sample: BTreeMap<i64, f64> = BTreeMap::new();
+    for &k in members {
+        let c = &all[k];
+        let (Some(r1), Some(r2)) = (reward(c, &c.first), reward(c, &c.second)) else {
+            return members.iter().map(|_| Err(Dropped::Unscored)).collect();
+        };
+        by_sample.insert(c.first.round, r1);
+        by_sample.insert(c.second.round, r2);
+        relabelled.push(Candidate {
+            p_first: Some(crate::train::dpo::sigmoid(r1 - r2)),
+            judge_id: None,
+            unanswered: false,
+            ..c.clone()
+        });
+    }
+    let samples = by_sample.keys().max().map_or(0, |&m| m as usize + 1);
+    // Rewards as a ranking: the best and worst sample and every sample's score.
+    let ranking = rank::Ranking {
+        best: by_sample
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(&s, _)| s as usize),
+        worst: by_sample
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(&s, _)| s as usize),
+        scores: (0..samples as i64)
+            .map(|s| by_sample.get(&s).copied().unwrap_or(f64::NAN))
+            .collect(),
+    };
+    let indices: Vec<usize> = (0..relabelled.len()).collect();
+    ranked_rows(&relabelled, &indices, filters, &ranking)
+        .into_iter()
+        .map(|row| {
+            row.map(|mut row| {
+                row.reward_model = Some(sha.to_string());
+                row
+            })
         })
         .collect()
 }

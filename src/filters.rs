@@ -195,6 +195,10 @@ pub struct PairFilters {
     /// their labels: the best against the worst, or every pair, by its label.
     #[arg(long, value_enum, default_value_t = SampledPairs::BestWorst)]
     pub sampled_pairs: SampledPairs,
+    /// What ranks a prompt's sampled answers: the judge's labels, or the rewards of the reward
+    /// model that last scored the database with `tenets reward score` (best-of-N).
+    #[arg(long, value_enum, default_value_t = RankBy::Judge)]
+    pub rank_by: RankBy,
     /// Add the constitution's safety pairs (DPO; prompts tagged harmful or benign, hard
     /// labels): a harmful prompt's principled refusal over the model's compliance, and a benign
     /// prompt's helpful answer over a needless refusal. `--safety-pairs only` exports nothing else.
@@ -220,6 +224,16 @@ pub enum SafetyPairs {
     Only,
 }
 
+/// What ranks a prompt's sampled answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RankBy {
+    /// The judge's pairwise labels (`tenets label`).
+    #[default]
+    Judge,
+    /// A reward model's score of each answer (from `tenets reward score`).
+    Reward,
+}
+
 /// Which pairs of a prompt's ranked samples `tenets export` keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SampledPairs {
@@ -238,6 +252,7 @@ impl Default for PairFilters {
             min_margin: None,
             helpful_ratio: None,
             sampled_pairs: SampledPairs::BestWorst,
+            rank_by: RankBy::Judge,
             safety_pairs: None,
             trust_judge: false,
             hard_labels: false,
@@ -287,6 +302,9 @@ pub enum Dropped {
     NoAnswer,
     /// A pair of sampled answers under `--hard-labels`: without a judge nothing ranks them.
     HardLabels,
+    /// A pair of sampled answers whose prompt's samples the reward model has not all scored
+    /// (`--rank-by reward`; run `tenets reward score --db`).
+    Unscored,
     /// Under `--hard-labels`, a harmful prompt's revision that does not refuse: with no judge,
     /// a revision is taken as better only where it does what the constitution asks.
     HarmfulNotRefused,
@@ -305,6 +323,9 @@ impl Dropped {
             Dropped::RankingDisagrees => "best vs worst sample judged the other way",
             Dropped::NoAnswer => "the judge gave no answer (no probability on A or B)",
             Dropped::HardLabels => "sampled pair: --hard-labels leaves no judge to rank it",
+            Dropped::Unscored => {
+                "sampled answers not all scored by the reward model (run tenets reward score --db)"
+            }
             Dropped::HarmfulNotRefused => {
                 "hard labels: the revision of a harmful prompt does not refuse"
             }

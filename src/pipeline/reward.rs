@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::{progress_bar, PipelineError};
 use crate::chat::Message;
-use crate::dataset::Example;
+use crate::dataset::{self, Example};
 use crate::export;
 use crate::model::Model;
 use crate::quant::matmul::Compute;
@@ -26,10 +26,15 @@ pub struct RewardScoreOptions {
     /// The reward model (a file `tenets reward train` wrote).
     #[arg(long)]
     pub rm: PathBuf,
-    /// Examples to score (a file's pairs get both answers scored, its other rows the
-    /// completion; a database's scores are stored there).
-    #[command(flatten)]
-    pub source: super::PairSource,
+    /// Examples to score: JSONL or Parquet in TRL's formats (pairs: both answers; otherwise
+    /// the completion).
+    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    pub data: Option<PathBuf>,
+    /// A tenets database: score every answer of its pairs (revisions, first answers, every
+    /// sampled answer) and store the scores there, for export's `reward_*` columns and
+    /// `--rank-by reward`.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
     /// Write every example with its scores here (JSON lines).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
@@ -83,7 +88,6 @@ fn setting(message: impl Into<String>) -> PipelineError {
 
 fn check(o: &RewardScoreOptions) -> Result<(), PipelineError> {
     o.model.check()?;
-    o.source.check()?;
     if o.max_length < 8 {
         return Err(setting(format!(
             "--max-length must be at least 8, got {}",
@@ -109,11 +113,33 @@ fn check(o: &RewardScoreOptions) -> Result<(), PipelineError> {
 pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, PipelineError> {
     check(o)?;
     let model_path = o.model.model_path()?;
-    let examples = o.source.examples().await?;
+    // A database: every answer of its pairs (sampled ones too, for --rank-by reward), each once.
+    let examples = match &o.db {
+        Some(db) => {
+            let store = Store::open_existing(db).await?;
+            export::answers_to_score(&store)
+                .await?
+                .into_iter()
+                .enumerate()
+                .map(|(i, (prompt, answer))| Example {
+                    origin: format!("{} answer {}", db.display(), i + 1),
+                    prompt,
+                    chosen: answer,
+                    rejected: None,
+                    label: 1.0,
+                })
+                .collect()
+        }
+        None => dataset::load(o.data.as_deref().unwrap_or(Path::new("")))?,
+    };
     if examples.is_empty() {
         return Err(setting(format!(
             "{}: no examples to score",
-            o.source.path().display()
+            o.data
+                .as_ref()
+                .or(o.db.as_ref())
+                .map_or(Path::new(""), |p| p)
+                .display()
         )));
     }
     let model = Model::open(&model_path)?;
@@ -137,7 +163,7 @@ pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, Pipelin
             )
         })
         .collect();
-    let (store, rm_sha256) = match &o.source.db {
+    let (store, rm_sha256) = match &o.db {
         Some(db) => {
             let store = Store::open_existing(db).await?;
             let sha = store.model_sha256(&o.rm).await?;
@@ -208,7 +234,7 @@ pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, Pipelin
         mean_rejected: (!pairs.is_empty())
             .then(|| pairs.iter().map(|p| p.1).sum::<f64>() / pairs.len() as f64),
         out: o.out.clone(),
-        db: o.source.db.clone(),
+        db: o.db.clone(),
     };
     if let Some(out) = &o.out {
         write_scored(out, &examples, &scores)?;

@@ -1117,52 +1117,94 @@ fn a_reward_model_ranks_held_out_pairs_and_scores_files_and_databases() {
     assert_eq!(rows.len(), 64);
     assert!(rows[0]["score_chosen"].is_f64() && rows[0]["rejected"].is_array());
 
-    // A database: its pairs scored and stored; a rerun computes nothing.
-    let db = generate_db(dir.path(), 12, &[]);
-    let args: Vec<std::ffi::OsString> = vec![
-        os("--rm"),
-        rm.clone().into(),
-        os("--db"),
-        db.clone().into(),
-        os("--hard-labels"),
-        os("--include-truncated"),
-    ];
+    // A database of sampled answers: ranking them by reward needs the reward model's scores
+    // first; then every answer is scored and stored, a rerun computes nothing, and export
+    // writes each prompt's best sample against its worst by reward (best-of-N), no judge asked.
+    let db = generate_db(
+        dir.path(),
+        12,
+        &[
+            "--samples".as_ref(),
+            "3".as_ref(),
+            "--temperature".as_ref(),
+            "0.9".as_ref(),
+        ],
+    );
+    let exported = dir.path().join("pairs.jsonl");
+    let export = || {
+        Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .args([
+                "export",
+                "--kind",
+                "dpo",
+                "--rank-by",
+                "reward",
+                "--include-truncated",
+            ])
+            .arg("--db")
+            .arg(&db)
+            .arg("-o")
+            .arg(&exported)
+            .output()
+            .unwrap()
+    };
+    let output = export();
+    assert!(!output.status.success());
+    assert!(
+        common::text(&output).contains("no reward model has scored"),
+        "{}",
+        common::text(&output)
+    );
+    assert!(!exported.exists());
+    let args: Vec<std::ffi::OsString> =
+        vec![os("--rm"), rm.clone().into(), os("--db"), db.clone().into()];
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let first = summary(&run(reward_command("score", &refs)));
-    let answers = 2 * first["pairs"].as_u64().unwrap();
-    assert!(answers > 0, "{first}");
-    assert_eq!(first["scored"].as_u64().unwrap(), answers);
+    let answers = first["scored"].as_u64().unwrap();
+    // Two prompts: three samples each, and a revision where the run revised one.
+    assert!((6..=8).contains(&answers), "{first}");
     let stored = common::query(&db, "SELECT count(*) FROM reward_scores");
     assert_eq!(stored[0][0], answers.to_string());
     let again = summary(&run(reward_command("score", &refs)));
     assert_eq!(again["scored"], 0);
     assert_eq!(again["cached"].as_u64().unwrap(), answers);
     assert_eq!(again["mean_chosen"], first["mean_chosen"]);
-    // Export carries the scores beside each pair.
-    let exported = dir.path().join("pairs.jsonl");
-    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
-        .args([
-            "export",
-            "--kind",
-            "dpo",
-            "--hard-labels",
-            "--include-truncated",
-            "--db",
-        ])
-        .arg(&db)
-        .arg("-o")
-        .arg(&exported)
-        .output()
-        .unwrap();
+    let output = export();
     assert!(output.status.success(), "{}", common::text(&output));
     let sha = tenets::hash::of_file(&rm).unwrap();
-    for line in std::fs::read_to_string(&exported).unwrap().lines() {
-        let row: Value = serde_json::from_str(line).unwrap();
-        assert!(
-            row["reward_chosen"].is_f64() && row["reward_rejected"].is_f64(),
-            "{row}"
+    let rows: Vec<Value> = std::fs::read_to_string(&exported)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every pair carries its rewards; the sampled ones are one best-vs-worst pair a prompt.
+    assert!(
+        rows.iter().all(|r| r["reward_model"] == sha.as_str()),
+        "{rows:?}"
+    );
+    let sampled: Vec<&Value> = rows.iter().filter(|r| r["strategy"] == "sampled").collect();
+    assert!(!sampled.is_empty() && sampled.len() <= 2, "{rows:?}");
+    for row in sampled {
+        assert!(row["judge_id"].is_null());
+        let (c, r) = (
+            row["reward_chosen"].as_f64().unwrap(),
+            row["reward_rejected"].as_f64().unwrap(),
         );
-        assert_eq!(row["reward_model"], sha.as_str());
+        assert!(c >= r, "{row}");
+        let p = row["p_chosen"].as_f64().unwrap();
+        assert!((p - 1.0 / (1.0 + (r - c).exp())).abs() < 1e-9, "{row}");
+        let scores: Vec<f64> = row["sample_scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let best = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(
+            scores[row["chosen_sample"].as_u64().unwrap() as usize],
+            best
+        );
+        assert_eq!(best, c);
     }
 
     // `tenets classify --scorer reward` asks it whether refusing beats complying.
