@@ -1011,7 +1011,7 @@ impl Job {
         match &trainer.head {
             Some(head) => {
                 let rewards = evaluation.map(|e| e.rewards).unwrap_or_default();
-                let (mean, std) = mean_std(&rewards);
+                let spread = (!rewards.is_empty()).then(|| mean_std(&rewards));
                 let facts = RewardFacts {
                     base_name: self
                         .model
@@ -1022,8 +1022,8 @@ impl Job {
                     train_pairs: items.len() as u64,
                     held_out_pairs: held_out.len() as u64,
                     held_out_accuracy: summary.held_out.map(|h| h.accuracy),
-                    reward_mean: mean,
-                    reward_std: std,
+                    reward_mean: spread.map(|s| s.0),
+                    reward_std: spread.map(|s| s.1),
                 };
                 reward::write(&self.model, &trainer.adapters, head, &facts, &o.out)
                     .map_err(|e| PipelineError::Train(e.to_string()))?;
@@ -1239,11 +1239,8 @@ impl Evaluation {
     }
 }
 
-/// Mean and (population) standard deviation; `(0, 1)` of nothing.
+/// Mean and (population) standard deviation (of at least one value).
 fn mean_std(values: &[f64]) -> (f64, f64) {
-    if values.is_empty() {
-        return (0.0, 1.0);
-    }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
@@ -1354,6 +1351,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn held_out_prompts_keep_all_their_pairs_on_one_side_on_every_run() {
+        let mut options = TrainOptions::new(
+            Path::new("m.gguf"),
+            TrainData::File("d".into()),
+            Path::new("a.gguf"),
+        );
+        options.loss = Loss::Reward;
+        assert_eq!(options.held_out_fraction(), 0.1);
+        options.held_out = Some(0.3);
+        // 40 prompts, two pairs each.
+        let mut items = Vec::new();
+        let mut examples = Vec::new();
+        for p in 0..40u32 {
+            for answer in [7u32, 8] {
+                items.push(Item {
+                    chosen: vec![p, p + 1000, answer],
+                    rejected: Some(vec![p, p + 1000, answer + 2]),
+                    prompt_len: 2,
+                    label: 1.0,
+                    reference: None,
+                });
+                examples.push(Example {
+                    origin: format!("d:{p}:{answer}"),
+                    prompt: Vec::new(),
+                    chosen: Vec::new(),
+                    rejected: None,
+                    label: 1.0,
+                });
+            }
+        }
+        let split = hold_out(&options, items.clone(), &examples).unwrap();
+        assert_eq!(split.train.len() + split.held_out.len(), 80);
+        assert_eq!(split.origins.len(), split.train.len());
+        // About 30% of the prompts, each with both its pairs.
+        assert!(
+            (10..=40).contains(&split.held_out.len()),
+            "{}",
+            split.held_out.len()
+        );
+        for held in &split.held_out {
+            let prompt = &held.chosen[..2];
+            assert!(split.train.iter().all(|t| &t.chosen[..2] != prompt));
+        }
+        let again = hold_out(&options, items, &examples).unwrap();
+        assert_eq!(again.held_out, split.held_out);
+    }
+
+    #[test]
     fn calibration_error_weighs_each_bin_by_its_pairs() {
         // Perfectly calibrated: each bin's mean prediction is its mean label.
         assert!(calibration_error(&[(0.95, 1.0), (0.95, 0.9), (0.25, 0.25)]) < 1e-12);
@@ -1363,7 +1408,6 @@ mod tests {
         let ece = calibration_error(&[(0.9, 1.0), (0.9, 1.0), (0.9, 1.0), (0.1, 1.0)]);
         assert!((ece - (3.0 * 0.1 + 0.9) / 4.0).abs() < 1e-12, "{ece}");
         assert_eq!(calibration_error(&[]), 0.0);
-        assert_eq!(mean_std(&[]), (0.0, 1.0));
         assert_eq!(mean_std(&[1.0, 3.0]), (2.0, 1.0));
     }
 }

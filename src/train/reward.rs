@@ -47,9 +47,9 @@ pub struct RewardFacts {
     /// On the held-out pairs: how often the chosen answer scored higher.
     pub held_out_accuracy: Option<f64>,
     /// Mean and standard deviation of the rewards of the training answers (both sides), so a
-    /// score can be read against them.
-    pub reward_mean: f64,
-    pub reward_std: f64,
+    /// score can be read against them; unknown when the run skipped its final evaluation.
+    pub reward_mean: Option<f64>,
+    pub reward_std: Option<f64>,
 }
 
 /// Why a reward model file cannot be written or read.
@@ -108,8 +108,10 @@ pub fn write(
     if let Some(a) = facts.held_out_accuracy {
         put(&mut w, "tenets.reward.held_out_accuracy", Value::F64(a))?;
     }
-    put(&mut w, "tenets.reward.mean", Value::F64(facts.reward_mean))?;
-    put(&mut w, "tenets.reward.std", Value::F64(facts.reward_std))?;
+    if let (Some(mean), Some(std)) = (facts.reward_mean, facts.reward_std) {
+        put(&mut w, "tenets.reward.mean", Value::F64(mean))?;
+        put(&mut w, "tenets.reward.std", Value::F64(std))?;
+    }
     let bytes = head.weight.iter().flat_map(|v| v.to_le_bytes()).collect();
     w.tensor(HEAD_TENSOR, &[e as u64, 1], QuantType::F32, bytes)
         .map_err(AdapterError::from)?;
@@ -164,8 +166,8 @@ pub fn read(model: &Model, path: &Path) -> Result<RewardModel, RewardFileError> 
         train_pairs: u64_of("tenets.reward.train_pairs"),
         held_out_pairs: u64_of("tenets.reward.held_out_pairs"),
         held_out_accuracy: f64_of("tenets.reward.held_out_accuracy"),
-        reward_mean: f64_of("tenets.reward.mean").unwrap_or(0.0),
-        reward_std: f64_of("tenets.reward.std").unwrap_or(1.0),
+        reward_mean: f64_of("tenets.reward.mean"),
+        reward_std: f64_of("tenets.reward.std"),
     };
     let base = model.gguf().get("general.name").and_then(Value::as_str);
     if let (Some(trained), Some(base)) = (&facts.base_name, base) {
