@@ -95,6 +95,33 @@ fn the_probe_flags_harmful_prompts_above_look_alikes_with_topic_and_principle() 
         p.iter().sum::<f64>() / p.len() as f64
     };
     assert!(mean("harmful") > mean("benign") + 0.3, "{verdicts:?}");
+
+    // The model as its own judge answers the frame in both letter orders: a probability per
+    // prompt (the 135M model tells harmful from benign no better than chance; what counts here
+    // is that the scorer reads its letters and reports it).
+    let judged = dir.path().join("judged.jsonl");
+    let output = classify(&[
+        "--prompts".as_ref(),
+        prompts.as_os_str(),
+        "--scorer".as_ref(),
+        "judge".as_ref(),
+        "-o".as_ref(),
+        judged.as_os_str(),
+    ]);
+    assert!(output.status.success(), "{}", common::text(&output));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["scorer"], "judge");
+    assert!(summary["figures"]["auroc"].is_f64());
+    let lines: Vec<Value> = std::fs::read_to_string(&judged)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert!(lines.iter().all(|v| {
+        let p = v["p_unsafe"].as_f64().unwrap();
+        p > 0.0 && p < 1.0 && v["topic"].is_null()
+    }));
 }
 
 #[test]
