@@ -312,17 +312,22 @@ pub async fn rows(
 ) -> Result<ExportRows, ExportError> {
     let safety_pairs = kind == Kind::Dpo && filters.safety_pairs.is_some();
     let mut candidates = candidates(store, safety_pairs).await?;
-    // Best-of-N by a reward model: the scores of the one that last scored this database.
-    let rewards = match filters.rank_by {
-        RankBy::Judge => None,
-        RankBy::Reward => Some(store.latest_reward_scores().await?.ok_or_else(|| {
-            ExportError::Setting(
-                "--rank-by reward: no reward model has scored this database yet (run `tenets \
-                 reward score --rm RM.gguf --db DB`)"
-                    .into(),
-            )
-        })?),
+    // The scores of the reward model that last scored this database: each pair's `reward_*`
+    // columns, and with `--rank-by reward` what ranks sampled answers (best-of-N).
+    let scored = match kind {
+        Kind::Dpo => store.latest_reward_scores().await?,
+        Kind::Sft => None,
     };
+    if filters.rank_by == RankBy::Reward && scored.is_none() {
+        return Err(ExportError::Setting(
+            "--rank-by reward: no reward model has scored this database yet (run `tenets reward \
+             score --rm RM.gguf --db DB`)"
+                .into(),
+        ));
+    }
+    let rewards = scored
+        .as_ref()
+        .filter(|_| filters.rank_by == RankBy::Reward);
     if kind == Kind::Dpo && filters.safety_pairs != Some(SafetyPairs::Only) {
         if filters.hard_labels {
             for c in &mut candidates {
@@ -383,7 +388,7 @@ pub async fn rows(
         if kind == Kind::Sft || only_safety || members.first() != Some(&k) {
             continue;
         }
-        let rows = match (&rewards, filters.hard_labels) {
+        let rows = match (rewards, filters.hard_labels) {
             (Some((sha, scores)), _) => {
                 reward_ranked_rows(&candidates, members, filters, sha, scores)
             }
@@ -413,16 +418,13 @@ pub async fn rows(
         let mut keep = keep.into_iter();
         out.rows.retain(|_| keep.next().unwrap_or(true));
     }
-    if kind == Kind::Dpo {
-        if let Some((sha, scores)) = store.latest_reward_scores().await? {
-            for row in out.rows.iter_mut() {
-                if let ExportRow::Dpo(row) = row {
-                    row.reward_chosen = scores.get(&answer_key(&row.prompt, &row.chosen)).copied();
-                    row.reward_rejected =
-                        scores.get(&answer_key(&row.prompt, &row.rejected)).copied();
-                    if row.reward_chosen.is_some() || row.reward_rejected.is_some() {
-                        row.reward_model = Some(sha.clone());
-                    }
+    if let Some((sha, scores)) = &scored {
+        for row in out.rows.iter_mut() {
+            if let ExportRow::Dpo(row) = row {
+                row.reward_chosen = scores.get(&answer_key(&row.prompt, &row.chosen)).copied();
+                row.reward_rejected = scores.get(&answer_key(&row.prompt, &row.rejected)).copied();
+                if row.reward_chosen.is_some() || row.reward_rejected.is_some() {
+                    row.reward_model = Some(sha.clone());
                 }
             }
         }

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{progress_bar, PipelineError};
+use super::{check_out_folder, native_compute, progress_bar, setting, PipelineError};
 use crate::chat::Message;
 use crate::constitution::Constitution;
 use crate::dataset::Example;
@@ -118,10 +118,6 @@ pub struct ClassifySummary {
     pub out: PathBuf,
 }
 
-fn setting(message: impl Into<String>) -> PipelineError {
-    PipelineError::Setting(message.into())
-}
-
 fn check(o: &ClassifyOptions) -> Result<(), PipelineError> {
     o.model.check()?;
     if !(o.threshold > 0.0 && o.threshold < 1.0) {
@@ -149,13 +145,7 @@ fn check(o: &ClassifyOptions) -> Result<(), PipelineError> {
         }
         _ => {}
     }
-    let folder = o.out.parent().filter(|p| !p.as_os_str().is_empty());
-    if folder.is_some_and(|f| !f.is_dir()) {
-        return Err(setting(format!(
-            "--out {}: the folder does not exist",
-            o.out.display()
-        )));
-    }
+    check_out_folder("--out", &o.out)?;
     Ok(())
 }
 
@@ -179,10 +169,7 @@ pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
     let constitution = Constitution::load(&constitution_path)?;
     let items = prompts(&o.prompts, "--prompts")?;
     let model = Model::open(&model_path)?;
-    let threads = o.model.threads();
-    let compute = Compute::new(threads, o.kernel.kernel()).map_err(|e| {
-        PipelineError::Internal(format!("cannot start {threads} compute threads: {e}"))
-    })?;
+    let compute = native_compute(&o.model, o.kernel)?;
     let llama = crate::engine::load_vocab(&model_path)?;
     let features = |items: &[PromptItem], what: &'static str| -> Result<_, PipelineError> {
         let bar = progress_bar(o.run.quiet, items.len() as u64, "prompts");

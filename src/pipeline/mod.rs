@@ -64,6 +64,35 @@ pub enum PipelineError {
     Internal(String),
 }
 
+/// A bad setting, named by its flag in `message`.
+pub(crate) fn setting(message: impl Into<String>) -> PipelineError {
+    PipelineError::Setting(message.into())
+}
+
+/// An output file's folder exists (checked before any work, so nothing is computed for a file
+/// that cannot be written).
+pub(crate) fn check_out_folder(flag: &str, out: &std::path::Path) -> Result<(), PipelineError> {
+    let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
+    if folder.is_some_and(|f| !f.is_dir()) {
+        return Err(setting(format!(
+            "{flag} {}: the folder does not exist",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The native kernels' thread pool for a command's model settings and `--kernel`.
+pub(crate) fn native_compute(
+    model: &crate::settings::ModelSettings,
+    kernel: crate::settings::KernelChoice,
+) -> Result<crate::quant::matmul::Compute, PipelineError> {
+    let threads = model.threads();
+    crate::quant::matmul::Compute::new(threads, kernel.kernel()).map_err(|e| {
+        PipelineError::Internal(format!("cannot start {threads} compute threads: {e}"))
+    })
+}
+
 /// Where preference pairs come from, for the commands that read them besides `train`:
 /// a TRL-format file, or a tenets database's pairs as `tenets export` gives them.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -6,12 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{progress_bar, PipelineError};
+use super::{check_out_folder, native_compute, progress_bar, setting, PipelineError};
 use crate::chat::Message;
 use crate::dataset::{self, Example};
 use crate::export;
 use crate::model::Model;
-use crate::quant::matmul::Compute;
 use crate::settings::{KernelChoice, ModelSettings, RunSettings};
 use crate::store::Store;
 use crate::train::reward;
@@ -82,10 +81,6 @@ pub struct ScoredExample<'a> {
     pub score_rejected: Option<f64>,
 }
 
-fn setting(message: impl Into<String>) -> PipelineError {
-    PipelineError::Setting(message.into())
-}
-
 fn check(o: &RewardScoreOptions) -> Result<(), PipelineError> {
     o.model.check()?;
     if o.max_length < 8 {
@@ -98,13 +93,7 @@ fn check(o: &RewardScoreOptions) -> Result<(), PipelineError> {
         return Err(setting(format!("--rm {}: no such file", o.rm.display())));
     }
     if let Some(out) = &o.out {
-        let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
-        if folder.is_some_and(|f| !f.is_dir()) {
-            return Err(setting(format!(
-                "--out {}: the folder does not exist",
-                out.display()
-            )));
-        }
+        check_out_folder("--out", out)?;
     }
     Ok(())
 }
@@ -114,23 +103,24 @@ pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, Pipelin
     check(o)?;
     let model_path = o.model.model_path()?;
     // A database: every answer of its pairs (sampled ones too, for --rank-by reward), each once.
-    let examples = match &o.db {
-        Some(db) => {
-            let store = Store::open_existing(db).await?;
-            export::answers_to_score(&store)
-                .await?
-                .into_iter()
-                .enumerate()
-                .map(|(i, (prompt, answer))| Example {
-                    origin: format!("{} answer {}", db.display(), i + 1),
-                    prompt,
-                    chosen: answer,
-                    rejected: None,
-                    label: 1.0,
-                })
-                .collect()
-        }
-        None => dataset::load(o.data.as_deref().unwrap_or(Path::new("")))?,
+    let store = match &o.db {
+        Some(db) => Some(Store::open_existing(db).await?),
+        None => None,
+    };
+    let examples = match (&store, &o.db) {
+        (Some(store), Some(db)) => export::answers_to_score(store)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (prompt, answer))| Example {
+                origin: format!("{} answer {}", db.display(), i + 1),
+                prompt,
+                chosen: answer,
+                rejected: None,
+                label: 1.0,
+            })
+            .collect(),
+        _ => dataset::load(o.data.as_deref().unwrap_or(Path::new("")))?,
     };
     if examples.is_empty() {
         return Err(setting(format!(
@@ -146,10 +136,7 @@ pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, Pipelin
     let rm = reward::read(&model, &o.rm).map_err(|e| setting(format!("--rm: {e}")))?;
     let (items, truncated) =
         super::train::tokenize(o.max_length, o.max_length / 2, &model_path, &examples)?;
-    let threads = o.model.threads();
-    let compute = Compute::new(threads, o.kernel.kernel()).map_err(|e| {
-        PipelineError::Internal(format!("cannot start {threads} compute threads: {e}"))
-    })?;
+    let compute = native_compute(&o.model, o.kernel)?;
 
     // The database's scores so far, and the reward model's record there.
     let keys: Vec<(String, Option<String>)> = examples
@@ -163,17 +150,16 @@ pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, Pipelin
             )
         })
         .collect();
-    let (store, rm_sha256) = match &o.db {
-        Some(db) => {
-            let store = Store::open_existing(db).await?;
+    let rm_sha256 = match &store {
+        Some(store) => {
             let sha = store.model_sha256(&o.rm).await?;
             let base = store.model_sha256(&model_path).await?;
             store
                 .upsert_reward_model(&sha, &o.rm.display().to_string(), &base)
                 .await?;
-            (Some(store), sha)
+            sha
         }
-        None => (None, String::new()),
+        None => String::new(),
     };
     let mut known = match &store {
         Some(store) => store.reward_scores(&rm_sha256).await?,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::{progress_bar, PipelineError};
+use super::{check_out_folder, native_compute, progress_bar, setting, PipelineError};
 use crate::model::steer::{self, ControlVector};
 use crate::model::Model;
 use crate::quant::matmul::Compute;
@@ -69,10 +69,6 @@ pub struct LayerFigures {
     pub agreement: f64,
 }
 
-fn setting(message: impl Into<String>) -> PipelineError {
-    PipelineError::Setting(message.into())
-}
-
 /// Computes and writes the steering vector.
 pub async fn steer(o: &SteerOptions) -> Result<SteerSummary, PipelineError> {
     o.model.check()?;
@@ -83,13 +79,7 @@ pub async fn steer(o: &SteerOptions) -> Result<SteerSummary, PipelineError> {
             o.max_length
         )));
     }
-    let folder = o.out.parent().filter(|p| !p.as_os_str().is_empty());
-    if folder.is_some_and(|f| !f.is_dir()) {
-        return Err(setting(format!(
-            "--out {}: the folder does not exist",
-            o.out.display()
-        )));
-    }
+    check_out_folder("--out", &o.out)?;
     let model_path = o.model.model_path()?;
     let model = Model::open(&model_path)?;
     let layers = model.config().layers;
@@ -113,10 +103,7 @@ pub async fn steer(o: &SteerOptions) -> Result<SteerSummary, PipelineError> {
     }
     let (items, _) =
         super::train::tokenize(o.max_length, o.max_length / 2, &model_path, &examples)?;
-    let threads = o.model.threads();
-    let compute = Compute::new(threads, o.kernel.kernel()).map_err(|e| {
-        PipelineError::Internal(format!("cannot start {threads} compute threads: {e}"))
-    })?;
+    let compute = native_compute(&o.model, o.kernel)?;
 
     // Per pair and layer: mean residual over the chosen answer's tokens minus the rejected's.
     let e = model.config().embedding;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use llama_cpp_2::model::LlamaModel;
 
-use super::{progress_bar, PipelineError};
+use super::{check_out_folder, native_compute, progress_bar, setting, PipelineError};
 use crate::chat::{ChatTemplate, Message};
 use crate::dataset::{self, Example};
 use crate::engine::{self, StopSignal};
@@ -323,10 +323,6 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn setting(message: impl Into<String>) -> PipelineError {
-    PipelineError::Setting(message.into())
-}
-
 /// Runs (or resumes) a training run. `stop` is checked between steps: once it drains (Ctrl-C),
 /// the run saves a checkpoint and returns with `stopped`.
 pub async fn train(
@@ -362,10 +358,7 @@ pub async fn train(
         })?),
         None => None,
     };
-    let threads = options.model.threads();
-    let compute = Compute::new(threads, options.kernel.kernel()).map_err(|e| {
-        PipelineError::Train(format!("cannot start {threads} compute threads: {e}"))
-    })?;
+    let compute = native_compute(&options.model, options.kernel)?;
     let state = options.state_path();
     let store = Store::open(&state).await?;
     let model_sha256 = store.model_sha256(&model_path).await?;
@@ -563,13 +556,7 @@ fn check(o: &TrainOptions) -> Result<(), PipelineError> {
             "--held-out is the fraction of prompts kept out of training, in [0, 0.5]; got {held_out}"
         )));
     }
-    let folder = o.out.parent().filter(|p| !p.as_os_str().is_empty());
-    if folder.is_some_and(|f| !f.is_dir()) {
-        return Err(setting(format!(
-            "--out {}: the folder does not exist",
-            o.out.display()
-        )));
-    }
+    check_out_folder("--out", &o.out)?;
     if o.out.extension().and_then(|e| e.to_str()) != Some("gguf") {
         return Err(setting(format!(
             "--out {}: the adapter is a GGUF file; name it *.gguf",
