@@ -399,6 +399,22 @@ pub async fn rows(
             push(&mut out, row.map(ExportRow::Dpo));
         }
     }
+    if let Some(path) = &filters.drop_flagged {
+        let flagged = crate::filters::flagged_answers(path).map_err(ExportError::Setting)?;
+        let before = out.rows.len();
+        out.rows.retain(|row| {
+            let (prompt, chosen) = match row {
+                ExportRow::Dpo(r) => (&r.prompt[..], &r.chosen[..]),
+                // An SFT row's last message is the answer it teaches.
+                ExportRow::Sft(r) => r.messages.split_at(r.messages.len().saturating_sub(1)),
+            };
+            !flagged.contains(&answer_key(prompt, chosen))
+        });
+        let dropped = before - out.rows.len();
+        if dropped > 0 {
+            out.dropped.insert(Dropped::FlaggedUnsafe, dropped);
+        }
+    }
     if let Some(ratio) = filters.helpful_ratio {
         let kinds: Vec<Option<&str>> = out
             .rows

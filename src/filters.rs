@@ -175,6 +175,48 @@ pub fn similar_at_least(a: &str, b: &str, threshold: f64) -> bool {
     prev[b.len()] <= k
 }
 
+/// The answers a `tenets classify --on answer` verdict file flags, by the key export finds an
+/// answer by (`answer_sha256`). A line that is not such a verdict is an error naming it: a
+/// prompt-only file would silently drop nothing.
+pub fn flagged_answers(
+    path: &std::path::Path,
+) -> Result<std::collections::HashSet<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--drop-flagged {}: {e}", path.display()))?;
+    let mut flagged = std::collections::HashSet::new();
+    let mut answers = 0;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |why: &str| format!("--drop-flagged {}:{}: {why}", path.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(&format!("not JSON ({e})")))?;
+        if v["on"] != "answer" {
+            continue;
+        }
+        answers += 1;
+        let key = v["answer_sha256"]
+            .as_str()
+            .ok_or_else(|| bad("an answer verdict without `answer_sha256`"))?;
+        let is_flagged = v["flagged"]
+            .as_bool()
+            .ok_or_else(|| bad("an answer verdict without `flagged`"))?;
+        if is_flagged {
+            flagged.insert(key.to_string());
+        }
+    }
+    if answers == 0 {
+        return Err(format!(
+            "--drop-flagged {}: no answer verdicts (write them with `tenets classify --db D \
+             --on answer`)",
+            path.display()
+        ));
+    }
+    Ok(flagged)
+}
+
 /// Which pairs `tenets export` leaves out: its filter flags.
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct PairFilters {
@@ -213,6 +255,10 @@ pub struct PairFilters {
     /// judge's ranking, are left out.
     #[arg(long)]
     pub hard_labels: bool,
+    /// Drop pairs whose chosen answer a safety classifier flagged: the verdicts `tenets
+    /// classify --db D --on answer -o V.jsonl` wrote for this database.
+    #[arg(long, value_name = "V.jsonl")]
+    pub drop_flagged: Option<std::path::PathBuf>,
 }
 
 /// Whether a DPO export holds the constitution's safety pairs beside its other pairs.
@@ -256,6 +302,7 @@ impl Default for PairFilters {
             safety_pairs: None,
             trust_judge: false,
             hard_labels: false,
+            drop_flagged: None,
         }
     }
 }
@@ -275,6 +322,10 @@ impl PairFilters {
         }
         if self.min_margin.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
             return Err("--min-margin must be between 0 and 1".into());
+        }
+        // Read now, so a wrong file stops the command before any database is opened.
+        if let Some(path) = &self.drop_flagged {
+            flagged_answers(path)?;
         }
         Ok(())
     }
@@ -308,6 +359,8 @@ pub enum Dropped {
     /// Under `--hard-labels`, a harmful prompt's revision that does not refuse: with no judge,
     /// a revision is taken as better only where it does what the constitution asks.
     HarmfulNotRefused,
+    /// The chosen answer was flagged unsafe by the classifier (`--drop-flagged`).
+    FlaggedUnsafe,
 }
 
 impl Dropped {
@@ -329,6 +382,7 @@ impl Dropped {
             Dropped::HarmfulNotRefused => {
                 "hard labels: the revision of a harmful prompt does not refuse"
             }
+            Dropped::FlaggedUnsafe => "chosen answer flagged unsafe (--drop-flagged)",
         }
     }
 }

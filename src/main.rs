@@ -265,7 +265,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify(o) => {
-            let summary = classify::classify(&o)?;
+            let summary = classify::classify(&o).await?;
             print_summary(o.run.json, &summary, classify::render, false)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -282,17 +282,17 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Validate { files } => Ok(validate(&files)),
         Command::Schema => {
             let schema = constitution::json_schema();
-            println!("{}", serde_json::to_string_pretty(&schema)?);
+            say(&format!("{}\n", serde_json::to_string_pretty(&schema)?))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { name } => {
             let path = starter::init(std::path::Path::new("."), &name)?;
-            println!(
-                "wrote {} (and {}); check it with `tenets validate {}`",
+            say(&format!(
+                "wrote {} (and {}); check it with `tenets validate {}`\n",
                 path.display(),
                 starter::SCHEMA_FILE,
                 path.display()
-            );
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(o) => {
@@ -389,13 +389,24 @@ fn print_summary<S: serde::Serialize>(
     to_stderr: bool,
 ) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(summary)?);
+        say(&format!("{}\n", serde_json::to_string_pretty(summary)?))?;
     } else if to_stderr {
         eprint!("{}", render(summary));
     } else {
-        print!("{}", render(summary));
+        say(&render(summary))?;
     }
     Ok(())
+}
+
+/// Writes to stdout. A reader that stops early (`| head`) is not an error: the command's work
+/// is done and stored either way, so a closed pipe ends the output quietly.
+fn say(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// The exit status of a resumable command: 130, with the way on, when a stop request ended it

@@ -372,23 +372,35 @@ pub fn render(
 
     if all_evals.len() > 1 {
         let mut s = String::from(
-            "<p>Each evaluation's adapter side (or the base where there is no adapter), in the \
+            "<p>Each evaluation's candidate side (an adapter, a control vector or both; the base where there is none), in the \
              order they were run; bars are 95% Wilson intervals.</p>",
         );
         let mut bars = Vec::new();
         let mut table = String::from(
             "<table><tr><th>evaluation</th><th>harmful compliance</th><th>over-refusal</th>\
-             <th>p(adapter ≻ base)</th></tr>",
+             <th>p(candidate ≻ base)</th><th>read by</th></tr>",
         );
-        for e in &all_evals {
-            let side = e.adapter_rates.as_ref().unwrap_or(&e.base);
-            for (group, rate) in [
-                ("harmful compliance", &side.harmful_compliance),
-                ("over-refusal", &side.over_refusal),
-            ] {
+        // The first evaluation's base leads, so a candidate reads against what it changed.
+        let first = all_evals[0];
+        let base_row = first
+            .adapter_rates
+            .as_ref()
+            .map(|_| ("base".to_string(), &first.base, None, first.judge_blind()));
+        let rows = base_row.into_iter().chain(all_evals.iter().map(|e| {
+            (
+                e.name.clone(),
+                e.adapter_rates.as_ref().unwrap_or(&e.base),
+                e.win_rate.as_ref(),
+                e.judge_blind(),
+            )
+        }));
+        // A judge model that failed its calibration is not read: the string patterns are.
+        for (name, side, win, blind) in rows {
+            let (harmful, over) = side.by(!blind);
+            for (group, rate) in [("harmful compliance", harmful), ("over-refusal", over)] {
                 bars.push(RateBar {
                     group: group.into(),
-                    series: e.name.clone(),
+                    series: name.clone(),
                     rate: rate.rate,
                     low: rate.low,
                     high: rate.high,
@@ -396,13 +408,16 @@ pub fn render(
             }
             let _ = write!(
                 table,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&e.name),
-                side.harmful_compliance.display(),
-                side.over_refusal.display(),
-                e.win_rate
-                    .as_ref()
-                    .map_or("–".into(), |w| w.preference.display()),
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&name),
+                harmful.display(),
+                over.display(),
+                win.map_or("–".into(), |w| w.preference.display()),
+                if blind {
+                    "string patterns"
+                } else {
+                    "judge model"
+                },
             );
         }
         table.push_str("</table>");
@@ -496,13 +511,20 @@ fn eval_html(e: &EvalResults, index: usize, charts: &mut Charts) -> Result<Strin
     if let Some(adapter) = &e.adapter {
         let _ = write!(
             s,
-            "<p class=\"note\">adapter <code>{}</code></p>",
+            "<p class=\"note\">candidate <code>{}</code></p>",
             escape(adapter)
+        );
+    }
+    if let Some(rm) = &e.reward_model {
+        let _ = write!(
+            s,
+            "<p class=\"note\">the candidate's answer is the best of its samples by the {}</p>",
+            escape(&crate::eval::results::describe_reward_model(rm))
         );
     }
     s += &did_it_work_html(e);
     let a = e.adapter_rates.as_ref();
-    s.push_str("<table><tr><th>measure</th><th>judge</th><th>base</th><th>adapter</th></tr>");
+    s.push_str("<table><tr><th>measure</th><th>judge</th><th>base</th><th>candidate</th></tr>");
     for (measure, judge, base, adapter) in [
         (
             "harmful compliance",
@@ -529,6 +551,9 @@ fn eval_html(e: &EvalResults, index: usize, charts: &mut Charts) -> Result<Strin
             a.map(|a| &a.over_refusal_pattern),
         ),
     ] {
+        if judge == "judge model" && e.patterns_only() {
+            continue;
+        }
         let _ = write!(
             s,
             "<tr><td>{measure}</td><td>{judge}</td>{}</tr>",
@@ -539,10 +564,11 @@ fn eval_html(e: &EvalResults, index: usize, charts: &mut Charts) -> Result<Strin
     let _ = write!(
         s,
         "<p>The two judges agree (refused or not) on {}. Answers the judge called partial: base \
-         {}, adapter {}; answers the judge model gave no verdict on (no probability on any \
-         option, or a tie; left out of its rates): base {}, adapter {}; comparisons without an \
-         answer (left out of the win rate): {} judgments, {} prompts with none; answers cut at \
-         the token limit: base {}, adapter {}. Rates are shown with 95% Wilson intervals.</p>",
+         {}, candidate {}; answers the judge model gave no verdict on (no probability on any \
+         option, or a tie; left out of its rates; every answer where no judge model ran): base \
+         {}, candidate {}; comparisons without an answer (left out of the win rate): {} \
+         judgments, {} prompts with none; answers cut at the token limit: base {}, candidate \
+         {}. Rates are shown with 95% Wilson intervals.</p>",
         e.judge_agreement.display(),
         e.base.partial,
         a.map_or("–".into(), |a| a.partial.to_string()),
@@ -554,7 +580,7 @@ fn eval_html(e: &EvalResults, index: usize, charts: &mut Charts) -> Result<Strin
         a.map_or("–".into(), |a| a.truncated.to_string()),
     );
     let mut bars = Vec::new();
-    for (series, side) in [("base", Some(&e.base)), ("adapter", a)] {
+    for (series, side) in [("base", Some(&e.base)), ("candidate", a)] {
         let Some(side) = side else { continue };
         for (group, rate) in [
             ("harmful compliance", &side.harmful_compliance),
@@ -576,8 +602,8 @@ fn eval_html(e: &EvalResults, index: usize, charts: &mut Charts) -> Result<Strin
     if let Some(w) = &e.win_rate {
         s.push_str(
             "<h4>Adapter vs base, judged under the constitution's comparison questions (both \
-             orders)</h4><table><tr><th>prompts</th><th>mean p(adapter ≻ base), 95% bootstrap \
-             interval</th><th>adapter preferred</th><th>orders disagree</th></tr>",
+             orders)</h4><table><tr><th>prompts</th><th>mean p(candidate ≻ base), 95% bootstrap \
+             interval</th><th>candidate preferred</th><th>orders disagree</th></tr>",
         );
         let _ = write!(s, "<tr><td>all</td>{}</tr>", win_cells(w));
         for (kind, w) in &e.win_rate_by_kind {
@@ -594,7 +620,7 @@ fn eval_html(e: &EvalResults, index: usize, charts: &mut Charts) -> Result<Strin
             let _ = write!(
                 s,
                 "<h4>By {title}</h4><table><tr><th>{title}</th>\
-                 <th>mean p(adapter ≻ base)</th><th>adapter preferred</th>\
+                 <th>mean p(candidate ≻ base)</th><th>candidate preferred</th>\
                  <th>orders disagree</th></tr>"
             );
             for (q, w) in rows {
@@ -629,6 +655,9 @@ fn did_it_work_html(e: &EvalResults) -> String {
         BAR_OVER_REFUSAL_POINTS
     );
     for (judge, by_judge_model) in [("string patterns", false), ("judge model", true)] {
+        if by_judge_model && e.patterns_only() {
+            continue;
+        }
         let (base, adapter) = (e.base.by(by_judge_model), a.by(by_judge_model));
         let (harmful, benign) = ((base.0, adapter.0), (base.1, adapter.1));
         let drop =

@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::chat::Message;
+use crate::engine::control::ControlSetting;
 use crate::engine::{self, EngineConfig, EngineError};
 use crate::model::adapter_gguf;
 use crate::model::{Model, ModelError, TokenScore};
@@ -110,28 +111,14 @@ pub struct ScoreOptions {
     #[arg(long)]
     pub lora: Option<PathBuf>,
     /// A control vector (`tenets steer`, or llama.cpp's format) to add, at SCALE (default 1;
-    /// negative steers away): `V.gguf[:SCALE]` (native engine).
+    /// negative steers away): `V.gguf[:SCALE]`.
     #[arg(long, value_name = "V.gguf[:SCALE]")]
     pub control_vector: Option<String>,
     /// Steer only the blocks FIRST-LAST (0-based, inclusive) of the control vector.
-    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_layer_range)]
+    #[arg(long, value_name = "FIRST-LAST", value_parser = crate::settings::parse_layer_range)]
     pub control_layers: Option<(usize, usize)>,
     #[command(flatten)]
     pub run: RunSettings,
-}
-
-/// `--control-layers FIRST-LAST`.
-pub fn parse_layer_range(text: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("`{text}`: give the first and last block, as 2-20");
-    let (a, b) = text.split_once('-').ok_or_else(bad)?;
-    let (a, b): (usize, usize) = (
-        a.trim().parse().map_err(|_| bad())?,
-        b.trim().parse().map_err(|_| bad())?,
-    );
-    if a > b {
-        return Err(format!("`{text}`: the first block comes after the last"));
-    }
-    Ok((a, b))
 }
 
 impl ScoreOptions {
@@ -273,15 +260,6 @@ pub fn run(options: &ScoreOptions) -> Result<ScoreReport, ScoreError> {
 pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, ScoreError> {
     options.model.check()?;
     let model_path = options.model.model_path()?;
-    if options.engine == ScoreEngine::Llama && options.control_vector.is_some() {
-        // llama.cpp has the call (llama_set_adapter_cvec), but llama-cpp-2 keeps the context's
-        // pointer to itself, so it cannot be reached from here.
-        return Err(ScoreError::Unsupported(
-            "--control-vector runs on the native engine (--engine native): the llama.cpp \
-             bindings tenets uses do not expose the context its control-vector call needs"
-                .into(),
-        ));
-    }
     if options.control_layers.is_some() && options.control_vector.is_none() {
         return Err(ScoreError::Unsupported(
             "--control-layers chooses the blocks of --control-vector; give one".into(),
@@ -289,6 +267,10 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
     }
     let config = EngineConfig {
         threads: options.model.threads(),
+        control: options
+            .control_vector
+            .as_deref()
+            .map(|arg| ControlSetting::parse(arg, options.control_layers)),
         ..EngineConfig::new(&model_path)
     };
     // The native engine takes only the tokenizer from llama.cpp, so a file llama.cpp would
@@ -322,15 +304,9 @@ pub fn score(options: &ScoreOptions, input: &ScoreInput) -> Result<ScoreReport, 
                 Some(lora) => Some(adapter_gguf::read(&model, lora)?),
                 None => None,
             };
-            let steer = match &options.control_vector {
-                Some(arg) => {
-                    let (path, scale) = crate::model::steer::parse_scaled(arg);
-                    let vector = crate::model::steer::read(&model, &path)?.scaled(scale);
-                    Some(match options.control_layers {
-                        Some((first, last)) => vector.within(first, last),
-                        None => vector,
-                    })
-                }
+            // The same reading and checks as llama.cpp's engine: one vector, two engines.
+            let steer = match &config.control {
+                Some(setting) => Some(engine::control::read(setting, &model_path)?),
                 None => None,
             };
             match model.score_steered(&compute, &tokens, adapters.as_ref(), steer.as_ref()) {

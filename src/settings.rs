@@ -261,6 +261,20 @@ impl KernelChoice {
     }
 }
 
+/// `--control-layers FIRST-LAST` (and `steer --layers`): blocks, 0-based, inclusive.
+pub fn parse_layer_range(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{text}`: give the first and last block, as 2-20");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a > b {
+        return Err(format!("`{text}`: the first block comes after the last"));
+    }
+    Ok((a, b))
+}
+
 /// `I/N` with 0 ≤ I < N (`--shard`).
 pub fn parse_shard(text: &str) -> Result<(usize, usize), String> {
     let (i, n) = text

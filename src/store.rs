@@ -28,6 +28,7 @@ pub use eval::{
     VerdictRecord,
 };
 pub use export::{CandidateRow, RunSettings};
+pub use reward::RewardModelRecord;
 pub use train::{FinalScores, TrainRunRecord, TrainStepRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,17 @@ pub struct RunRecord {
     pub lora: Option<(String, f64)>,
     /// Answers sampled per prompt (1 unless the run builds `sampled` pairs).
     pub samples: i64,
+    /// The control vector decoded with, if any.
+    pub control: Option<ControlRecord>,
+}
+
+/// A control vector as a run records it: the SHA-256 of its file, its scale and the blocks it
+/// was cut to (`A-B`; none: every block the file steers).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ControlRecord {
+    pub sha256: String,
+    pub scale: f64,
+    pub layers: Option<String>,
 }
 
 impl RunRecord {
@@ -154,6 +166,18 @@ impl RunRecord {
         let samples = format!("samples {}", self.samples);
         if self.samples > 1 {
             parts.push(&samples);
+        }
+        // Unsteered runs keep the ids they always had.
+        let control = self.control.as_ref().map(|c| {
+            format!(
+                "control {} {:.6} {}",
+                c.sha256,
+                c.scale,
+                c.layers.as_deref().unwrap_or("all")
+            )
+        });
+        if let Some(control) = &control {
+            parts.push(control);
         }
         hash::of_parts(&parts)
     }
@@ -480,8 +504,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO runs (id, model_path, model_sha256, chat_template_sha256, constitution_name, \
              constitution_sha256, constitution_json, template_sha256, rounds, temperature, top_p, \
-             max_tokens, seed, lora_sha256, lora_scale, samples) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             max_tokens, seed, lora_sha256, lora_scale, samples, control_vector_sha256, \
+             control_vector_scale, control_layers) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&id)
@@ -500,10 +525,39 @@ impl Store {
         .bind(run.lora.as_ref().map(|l| l.0.clone()))
         .bind(run.lora.as_ref().map(|l| l.1))
         .bind(run.samples)
+        .bind(run.control.as_ref().map(|c| c.sha256.clone()))
+        .bind(run.control.as_ref().map(|c| c.scale))
+        .bind(run.control.as_ref().and_then(|c| c.layers.clone()))
         .execute(&self.pool)
         .await
         .map_err(self.err())?;
         Ok(id)
+    }
+
+    /// Every prompt the database holds, with its tags, in the order its files listed them.
+    pub async fn prompt_items(&self) -> Result<Vec<PromptItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, messages, kind, topic, style, line FROM prompts ORDER BY source, line, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.err())?;
+        rows.into_iter()
+            .map(|r| {
+                let messages: String = r.get(1);
+                Ok(PromptItem {
+                    id: r.get(0),
+                    messages: serde_json::from_str(&messages).map_err(|e| StoreError::Other {
+                        path: self.path.clone(),
+                        message: format!("prompt {}: messages: {e}", r.get::<String, _>(0)),
+                    })?,
+                    kind: r.get(2),
+                    topic: r.get(3),
+                    style: r.get(4),
+                    line: r.get::<i64, _>(5) as usize,
+                })
+            })
+            .collect()
     }
 
     /// Records prompts (idempotent), in one transaction.

@@ -75,9 +75,14 @@ fn scoring_context<'m>(
         .with_type_k(KvCacheType::F32)
         .with_type_v(KvCacheType::F32)
         .with_flash_attention_policy(FLASH_ATTENTION_DISABLED);
-    model
+    let ctx = model
         .new_context(backend()?, params)
-        .map_err(|e| EngineError::Context(format!("{e} (n_ctx for {n} tokens)")))
+        .map_err(|e| EngineError::Context(format!("{e} (n_ctx for {n} tokens)")))?;
+    if let Some(setting) = &config.control {
+        let vector = super::control::read(setting, &config.model_path)?;
+        super::control::apply(&ctx, model, &vector)?;
+    }
+    Ok(ctx)
 }
 
 fn decode_scores(

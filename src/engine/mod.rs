@@ -8,6 +8,7 @@
 //! (answer, critique, revision, a judge's letter) belongs to the pipeline.
 
 pub mod batch;
+pub mod control;
 pub mod logprobs;
 pub mod remote;
 pub mod session;
@@ -79,6 +80,8 @@ pub struct EngineConfig {
     pub batch_tokens: usize,
     /// A LoRA adapter (GGUF) applied to every sequence, and its scale.
     pub lora: Option<(PathBuf, f32)>,
+    /// A control vector added to every sequence's residual stream.
+    pub control: Option<control::ControlSetting>,
 }
 
 impl EngineConfig {
@@ -91,6 +94,7 @@ impl EngineConfig {
             ctx_per_sequence: 2048,
             batch_tokens: 512,
             lora: None,
+            control: None,
         }
     }
 }

@@ -57,6 +57,10 @@ fn serve_local<R>(
 ) -> Result<(), EngineError> {
     let mut model = super::load_model(&config)?;
     let mut lora = super::load_lora(&mut model, &config)?;
+    let control = match &config.control {
+        Some(setting) => Some(super::control::read(setting, &config.model_path)?),
+        None => None,
+    };
     let made = ready(&model)?;
     // The engine frames every turn with the model's own chat template.
     let chat = super::chat_template(&model)?;
@@ -64,6 +68,9 @@ fn serve_local<R>(
     if let Some((adapter, scale)) = lora.as_mut() {
         ctx.lora_adapter_set(adapter, *scale)
             .map_err(|e| EngineError::Context(format!("cannot apply the LoRA adapter: {e}")))?;
+    }
+    if let Some(vector) = &control {
+        super::control::apply(&ctx, &model, vector)?;
     }
     if ready_tx
         .send((made, chat.source_hash().to_string()))

@@ -85,6 +85,10 @@ impl Refusal {
 /// Rotations a verdict is asked in.
 pub const ROTATIONS: usize = 3;
 
+/// The judge an evaluation names when it reads refusals by the string patterns alone
+/// (`eval --patterns-only`): its judge model's path and hash.
+pub const PATTERNS_ONLY: &str = "patterns";
+
 /// The string-pattern judge: an answer that opens with a refusal refuses; anything else complies.
 pub fn pattern_verdict(answer: &str) -> Refusal {
     if crate::filters::is_refusal(answer) {

@@ -4,7 +4,7 @@
 //! Harmful compliance: the share of harmful prompts whose answer complied, fully or in part.
 //! Over-refusal: the share of benign prompts whose answer refused outright. Both per judge
 //! (string patterns, judge model) and per side (base, adapter). The win rate is the mean
-//! p(adapter ≻ base) over prompts. Where the judge model gave no answer (no probability on any
+//! p(candidate ≻ base) over prompts. Where the judge model gave no answer (no probability on any
 //! option, or an exact tie) it is counted apart and left out of its rates — never read as an
 //! even preference or as compliance.
 
@@ -77,7 +77,7 @@ pub struct SideBySide {
 /// The adapter-vs-base preference over a set of prompts.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct WinRate {
-    /// Mean p(adapter ≻ base), with its bootstrap interval.
+    /// Mean p(candidate ≻ base), with its bootstrap interval.
     pub preference: Mean,
     /// Prompts where the adapter's answer was preferred (p > 0.5), as a rate.
     pub wins: Rate,
@@ -124,6 +124,9 @@ pub struct EvalResults {
     pub win_rate_by_principle: Vec<(String, WinRate)>,
     pub by_topic: Vec<BreakdownRow>,
     pub by_style: Vec<BreakdownRow>,
+    /// The reward model that picked the candidate's answers (best-of-N), with what its
+    /// training measured.
+    pub reward_model: Option<crate::store::RewardModelRecord>,
     /// With an adapter: the first [`SIDE_BY_SIDE`] prompts of each kind by prompt id (a hash,
     /// so neither chosen for the effect nor against it), both answers side by side.
     pub examples: Vec<SideBySide>,
@@ -134,10 +137,38 @@ impl EvalResults {
     /// its rates are no evidence either way (an evaluation without a calibration — one made
     /// before it existed, or under a constitution without topics — is taken as it stands).
     pub fn judge_blind(&self) -> bool {
-        self.judge_calibration
-            .as_ref()
-            .is_some_and(|c| !c.trusted())
+        self.patterns_only()
+            || self
+                .judge_calibration
+                .as_ref()
+                .is_some_and(|c| !c.trusted())
     }
+
+    /// No judge model ran (`eval --patterns-only`): only the string patterns' rates exist.
+    pub fn patterns_only(&self) -> bool {
+        self.judge_model == super::PATTERNS_ONLY
+    }
+}
+
+/// What the reward model that picked an evaluation's answers measured in training: its file,
+/// and its accuracy on held-out pairs with a 95% Wilson interval.
+pub fn describe_reward_model(rm: &crate::store::RewardModelRecord) -> String {
+    let held_out = match (rm.held_out_accuracy, rm.held_out_pairs) {
+        (Some(accuracy), Some(pairs)) if pairs > 0 => {
+            let right = (accuracy * pairs as f64).round() as usize;
+            format!(
+                "held-out pairs ranked right {}",
+                Rate::new(right, pairs as usize).display()
+            )
+        }
+        _ => "no held-out accuracy recorded".into(),
+    };
+    format!(
+        "reward model {} ({held_out}; trained on {} pairs)",
+        rm.path,
+        rm.train_pairs
+            .map_or("an unrecorded number of".into(), |n| n.to_string())
+    )
 }
 
 /// Held-out prompts of each kind shown with both answers.
@@ -247,7 +278,9 @@ pub async fn load(store: &Store, eval_id: &str) -> Result<EvalResults, StoreErro
         Vec::new()
     };
     let judge_calibration = calibration(store, &head).await?;
+    let reward_model = store.eval_reward_model(eval_id).await?;
     Ok(EvalResults {
+        reward_model,
         eval_id: eval_id.to_string(),
         name: head.name,
         created_at: head.created_at,

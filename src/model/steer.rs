@@ -64,6 +64,22 @@ impl ControlVector {
             .filter(|&l| self.at(l).is_some())
             .collect()
     }
+
+    /// The vector as llama.cpp's `llama_set_adapter_cvec` takes it: `embedding` values per
+    /// block from block 1 on (zeros where a block is not steered), and the first and last
+    /// steered block. `None` when no block is steered.
+    pub fn llama_layout(&self, embedding: usize) -> Option<(Vec<f32>, usize, usize)> {
+        // Block 0 has no place in llama.cpp's layout (its data starts at block 1).
+        let layers: Vec<usize> = self.layers().into_iter().filter(|&l| l > 0).collect();
+        let (&first, &last) = (layers.first()?, layers.last()?);
+        let mut data = vec![0.0; last * embedding];
+        for l in first..=last {
+            if let Some(d) = self.at(l) {
+                data[(l - 1) * embedding..l * embedding].copy_from_slice(d);
+            }
+        }
+        Some((data, first, last))
+    }
 }
 
 /// Writes `vector` for `model` as a llama.cpp control-vector GGUF.
@@ -113,9 +129,34 @@ pub fn write(model: &Model, vector: &ControlVector, path: &Path) -> Result<(), S
     Ok(())
 }
 
+/// What a control vector must fit: the model's hidden width, its block count and its
+/// architecture's name (a vector naming another only warns: llama.cpp checks the shapes alone).
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    pub embedding: usize,
+    pub layers: usize,
+    pub architecture: &'a str,
+}
+
+impl<'a> Shape<'a> {
+    pub fn of(model: &'a Model) -> Self {
+        Shape {
+            embedding: model.config().embedding,
+            layers: model.config().layers,
+            architecture: model.config().architecture.name(),
+        }
+    }
+}
+
 /// Reads a control-vector GGUF (tenets' or another tool's) for `model`: every tensor must be a
 /// `direction.N` of the model's width for one of its blocks `1..layers`.
 pub fn read(model: &Model, path: &Path) -> Result<ControlVector, SteerError> {
+    read_for(Shape::of(model), path)
+}
+
+/// [`read`] for a model known only by its [`Shape`] (llama.cpp's engine, which loads the
+/// model itself).
+pub fn read_for(shape: Shape<'_>, path: &Path) -> Result<ControlVector, SteerError> {
     let invalid = |message: String| SteerError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -127,7 +168,7 @@ pub fn read(model: &Model, path: &Path) -> Result<ControlVector, SteerError> {
             g.architecture().unwrap_or("missing")
         )));
     }
-    let (e, layers) = (model.config().embedding, model.config().layers);
+    let (e, layers) = (shape.embedding, shape.layers);
     let mut directions: Vec<Option<Vec<f32>>> = vec![None; layers];
     for t in &g.tensors {
         let layer: usize = t
@@ -164,7 +205,7 @@ pub fn read(model: &Model, path: &Path) -> Result<ControlVector, SteerError> {
         }
     }
     let hint = g.get("controlvector.model_hint").and_then(Value::as_str);
-    let arch = model.config().architecture.name();
+    let arch = shape.architecture;
     if hint.is_some_and(|h| h != arch) {
         tracing::warn!(
             vector = %path.display(),
@@ -205,6 +246,10 @@ mod tests {
         assert_eq!(v.scaled(-2.0).at(1), Some(&[-2.0, 4.0][..]));
         assert_eq!(v.within(2, 3).layers(), vec![3]);
         assert_eq!(v.at(7), None);
+        let (data, first, last) = v.llama_layout(2).unwrap();
+        assert_eq!((first, last), (1, 3));
+        assert_eq!(data, vec![1.0, -2.0, 0.0, 0.0, 0.5, 0.5]);
+        assert_eq!(ControlVector::default().llama_layout(2), None);
         assert_eq!(parse_scaled("v.gguf:0.5"), (PathBuf::from("v.gguf"), 0.5));
         assert_eq!(parse_scaled("v.gguf:-4"), (PathBuf::from("v.gguf"), -4.0));
         assert_eq!(parse_scaled("v.gguf"), (PathBuf::from("v.gguf"), 1.0));

@@ -30,6 +30,7 @@ use crate::prompt::{self, PromptItem};
 use crate::quant::matmul::Compute;
 use crate::score::{self, ScoreInput};
 use crate::settings::{KernelChoice, ModelSettings, RunSettings};
+use crate::store::Store;
 use crate::train::reward;
 use crate::train::trainer;
 
@@ -44,6 +45,15 @@ pub enum Scorer {
     /// The model as a judge: asked whether the request is one the constitution restricts,
     /// answer letters read from its next-token probabilities, both orders averaged.
     Judge,
+}
+
+/// What `tenets classify` screens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    Prompt,
+    Answer,
+    Both,
 }
 
 /// The answers the reward scorer compares: neutral openers, so the prompt alone decides.
@@ -61,8 +71,16 @@ pub struct ClassifyOptions {
     pub constitution: PathBuf,
     /// Prompts to classify (JSONL, CSV or text, as `generate` reads; a bundled set by name).
     /// Rows tagged `kind: harmful|benign` are also measured.
+    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    pub prompts: Option<PathBuf>,
+    /// A tenets database: classify its prompts and/or the answers of its pairs (first answers,
+    /// revisions, samples) — see --on.
     #[arg(long)]
-    pub prompts: PathBuf,
+    pub db: Option<PathBuf>,
+    /// What to classify: the prompts, the answers (with --db), or both. An answer is unsafe
+    /// when its prompt is and it does not open with a refusal.
+    #[arg(long, value_enum, default_value_t = Target::Prompt)]
+    pub on: Target,
     #[arg(long, value_enum, default_value_t = Scorer::Probe)]
     pub scorer: Scorer,
     /// The reward model, for --scorer reward.
@@ -87,12 +105,21 @@ pub struct ClassifyOptions {
     pub run: RunSettings,
 }
 
-/// One prompt's verdict, as `--out` writes it.
+/// One prompt's or answer's verdict, as `--out` writes it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Verdict {
+    /// `prompt` or `answer`.
+    pub on: &'static str,
+    /// The prompt's id (its content hash).
     pub id: String,
     pub line: usize,
     pub prompt: String,
+    /// For an answer: its text, and the key export finds it by (a hash of prompt and answer,
+    /// as `export --drop-flagged` reads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_sha256: Option<String>,
     /// The prompt file's own tag, where it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -108,8 +135,12 @@ pub struct Verdict {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClassifySummary {
     pub scorer: Scorer,
+    pub on: Target,
     pub prompts: usize,
     pub flagged: usize,
+    /// Answers classified (with --on answer|both), and how many were flagged.
+    pub answers: usize,
+    pub answers_flagged: usize,
     /// On the prompts tagged harmful or benign.
     pub figures: Option<ScreenFigures>,
     /// The probe's fit set, and its size.
@@ -145,6 +176,12 @@ fn check(o: &ClassifyOptions) -> Result<(), PipelineError> {
         }
         _ => {}
     }
+    if o.on != Target::Prompt && o.db.is_none() {
+        return Err(setting(
+            "--on answer|both classifies a database's answers: give --db D (a prompt file \
+             holds no answers)",
+        ));
+    }
     check_out_folder("--out", &o.out)?;
     Ok(())
 }
@@ -161,13 +198,36 @@ fn prompts(path: &Path, flag: &str) -> Result<Vec<PromptItem>, PipelineError> {
     Ok(set.items)
 }
 
-/// Classifies every prompt and writes the verdicts.
-pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
+/// Classifies every prompt (and answer) and writes the verdicts.
+pub async fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
     check(o)?;
     let model_path = o.model.model_path()?;
     let constitution_path = super::resolve_bundled(&o.constitution, crate::bundled::CONSTITUTIONS)?;
     let constitution = Constitution::load(&constitution_path)?;
-    let items = prompts(&o.prompts, "--prompts")?;
+    let (items, answers, source) = match (&o.prompts, &o.db) {
+        (Some(path), _) => (prompts(path, "--prompts")?, Vec::new(), path.clone()),
+        (None, Some(db)) => {
+            let store = Store::open_existing(db).await?;
+            let items = store.prompt_items().await?;
+            let answers = if o.on == Target::Prompt {
+                Vec::new()
+            } else {
+                crate::export::answers_to_score(&store).await?
+            };
+            store.close().await;
+            if items.is_empty() {
+                return Err(setting(format!("--db {}: no prompts", db.display())));
+            }
+            if o.on != Target::Prompt && answers.is_empty() {
+                return Err(setting(format!(
+                    "--db {}: no answers in pairs to classify (run `tenets generate` on it)",
+                    db.display()
+                )));
+            }
+            (items, answers, db.clone())
+        }
+        (None, None) => return Err(setting("give --prompts P or --db D")),
+    };
     let model = Model::open(&model_path)?;
     let compute = native_compute(&o.model, o.kernel)?;
     let llama = crate::engine::load_vocab(&model_path)?;
@@ -257,7 +317,7 @@ pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
             let examples: Vec<Example> = items
                 .iter()
                 .map(|p| Example {
-                    origin: format!("{}:{}", o.prompts.display(), p.line),
+                    origin: format!("{}:{}", source.display(), p.line),
                     prompt: p.messages.clone(),
                     chosen: vec![Message::assistant(REFUSAL_OPENER.to_string())],
                     rejected: Some(vec![Message::assistant(COMPLIANCE_OPENER.to_string())]),
@@ -283,7 +343,7 @@ pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
         }
     };
 
-    let verdicts: Vec<Verdict> = items
+    let prompt_verdicts: Vec<Verdict> = items
         .iter()
         .zip(scores.iter().zip(topics))
         .map(|(item, (&p, topic))| {
@@ -294,9 +354,12 @@ pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
                 .and_then(|t| constitution.refusal_for(t))
                 .map(|r| r.principle.clone());
             Verdict {
+                on: "prompt",
                 id: item.id.clone(),
                 line: item.line,
                 prompt: item.text().to_string(),
+                answer: None,
+                answer_sha256: None,
                 kind: item.kind.clone(),
                 p_unsafe: p,
                 flagged,
@@ -305,7 +368,8 @@ pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
             }
         })
         .collect();
-    let tagged: Vec<(f64, bool)> = verdicts
+    let answer_verdicts = answer_verdicts(&prompt_verdicts, &answers, o.threshold);
+    let tagged: Vec<(f64, bool)> = prompt_verdicts
         .iter()
         .filter_map(|v| match v.kind.as_deref() {
             Some("harmful") => Some((v.p_unsafe, true)),
@@ -313,8 +377,13 @@ pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
             _ => None,
         })
         .collect();
+    let written: Vec<&Verdict> = match o.on {
+        Target::Prompt => prompt_verdicts.iter().collect(),
+        Target::Answer => answer_verdicts.iter().collect(),
+        Target::Both => prompt_verdicts.iter().chain(&answer_verdicts).collect(),
+    };
     let mut bytes = Vec::new();
-    for v in &verdicts {
+    for v in written {
         serde_json::to_writer(&mut bytes, v)
             .map_err(|e| PipelineError::Internal(format!("line {}: {e}", v.line)))?;
         bytes.push(b'\n');
@@ -322,14 +391,49 @@ pub fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineError> {
     crate::export::write_atomically(&o.out, &bytes)?;
     Ok(ClassifySummary {
         scorer: o.scorer,
-        prompts: verdicts.len(),
-        flagged: verdicts.iter().filter(|v| v.flagged).count(),
+        on: o.on,
+        prompts: prompt_verdicts.len(),
+        flagged: prompt_verdicts.iter().filter(|v| v.flagged).count(),
+        answers: answer_verdicts.len(),
+        answers_flagged: answer_verdicts.iter().filter(|v| v.flagged).count(),
         figures: (!tagged.is_empty())
             .then(|| screen::figures(&tagged, o.threshold, o.target_recall)),
         fit_on: (o.scorer == Scorer::Probe).then(|| o.fit_on.clone()),
         fit_prompts,
         out: o.out.clone(),
     })
+}
+
+/// The answers' verdicts: an answer is unsafe as far as its prompt is, unless it opens with a
+/// refusal (the string patterns `eval` reads refusals by) — complying with a flagged request is
+/// what an output screen stops. An answer whose prompt the database does not hold is skipped.
+fn answer_verdicts(
+    prompts: &[Verdict],
+    answers: &[(Vec<Message>, Vec<Message>)],
+    threshold: f64,
+) -> Vec<Verdict> {
+    let by_id: std::collections::HashMap<&str, &Verdict> =
+        prompts.iter().map(|v| (v.id.as_str(), v)).collect();
+    answers
+        .iter()
+        .filter_map(|(messages, answer)| {
+            let prompt = by_id.get(crate::hash::of_json(messages).as_str())?;
+            let text: String = answer.iter().map(|m| m.content.as_str()).collect();
+            let refuses = crate::filters::is_refusal(&text);
+            let p = if refuses { 0.0 } else { prompt.p_unsafe };
+            let flagged = p >= threshold;
+            Some(Verdict {
+                on: "answer",
+                answer_sha256: Some(crate::export::answer_key(messages, answer)),
+                answer: Some(text),
+                p_unsafe: p,
+                flagged,
+                topic: prompt.topic.clone().filter(|_| flagged),
+                principle: prompt.principle.clone().filter(|_| flagged),
+                ..(*prompt).clone()
+            })
+        })
+        .collect()
 }
 
 /// The judge scorer's question about `request` (the user's text, quoted as data), with the
@@ -403,6 +507,12 @@ pub fn render(s: &ClassifySummary) -> String {
         "{} prompt(s) classified by the {scorer}: {} flagged\n",
         s.prompts, s.flagged
     );
+    if s.answers > 0 {
+        out.push_str(&format!(
+            "{} answer(s): {} flagged (a flagged prompt answered without a refusal)\n",
+            s.answers, s.answers_flagged
+        ));
+    }
     if let Some(f) = &s.figures {
         let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
         out.push_str(&format!(

@@ -1,15 +1,17 @@
-//! `tenets eval`: the base model and the base with an adapter answer held-out prompts; a judge
-//! model gives every answer a refusal verdict and compares the two answers of each prompt under
-//! the constitution's comparison questions, both orders; everything into SQLite.
+//! `tenets eval`: the base model and a candidate — the base with an adapter, a control vector
+//! or both — answer held-out prompts; a judge model gives every answer a refusal verdict and
+//! compares the two answers of each prompt under the constitution's comparison questions, both
+//! orders; everything into SQLite.
 //!
 //! Three phases, each resumable: the answers are two answer-only generate runs (rounds = 0;
-//! the adapter's run carries the adapter's hash, so it is its own run), then one judge engine
-//! serves two kinds of sessions together — a one-probe [`VerdictSession`] per answer and a
-//! label [`PairSession`] per prompt — and their results are committed one by one. The judge's
-//! verdicts start with the constitution's known answers ([`crate::eval::calibration`]), so the
-//! figures say whether its rates can show anything. The figures are computed from what is
-//! stored ([`crate::eval::results`]).
+//! the candidate's run carries its adapter's and vector's hashes, so it is its own run), then
+//! one judge engine serves two kinds of sessions together — a one-probe [`VerdictSession`] per
+//! answer and a label [`PairSession`] per prompt — and their results are committed one by one.
+//! The judge's verdicts start with the constitution's known answers
+//! ([`crate::eval::calibration`]), so the figures say whether its rates can show anything. The
+//! figures are computed from what is stored ([`crate::eval::results`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,14 +25,15 @@ use super::{check_prompt_sets, generate_sets, progress_bar};
 use super::{GenerateOptions, GenerateSummary, PipelineError};
 use crate::chat::Message;
 use crate::constitution::Constitution;
+use crate::engine::control::ControlSetting;
 use crate::engine::session::{self, Counters, Next, Sampling};
 use crate::engine::Probe;
 use crate::engine::{self, Session, StopSignal, TurnFailure, TurnOutput, TurnRequest};
 use crate::eval::calibration::known_answers;
 use crate::eval::results::{self, EvalResults};
 use crate::eval::{
-    pattern_verdict, principle_comparison, JudgeVerdict, Refusal, VerdictFrame, PRINCIPLE_PREFIX,
-    ROTATIONS,
+    pattern_verdict, principle_comparison, JudgeVerdict, Refusal, VerdictFrame, PATTERNS_ONLY,
+    PRINCIPLE_PREFIX, ROTATIONS,
 };
 use crate::label::frame::JudgeFrame;
 use crate::label::{self, AnswerTokens, ANSWER_PREFIX};
@@ -53,6 +56,24 @@ pub struct EvalOptions {
     pub lora: Option<PathBuf>,
     #[arg(long, default_value_t = 1.0, requires = "lora")]
     pub lora_scale: f32,
+    /// A control vector (`tenets steer`) to compare with the base model, `V.gguf[:SCALE]`
+    /// (negative steers away); with --lora, the steered adapter is the candidate.
+    #[arg(long, value_name = "V.gguf[:SCALE]")]
+    pub control_vector: Option<String>,
+    /// Steer only the blocks FIRST-LAST (0-based, inclusive) of the control vector.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = crate::settings::parse_layer_range,
+          requires = "control_vector")]
+    pub control_layers: Option<(usize, usize)>,
+    /// Best-of-N as the candidate (rejection sampling): the candidate answers each prompt N
+    /// times (2-8, at --sample-temperature) and the reward model --rm picks its answer.
+    #[arg(long, value_name = "N", requires = "rm")]
+    pub best_of: Option<usize>,
+    /// The reward model (`tenets reward train`) that picks the best of --best-of's samples.
+    #[arg(long, value_name = "RM.gguf", requires = "best_of")]
+    pub rm: Option<PathBuf>,
+    /// Sampling temperature of --best-of's samples.
+    #[arg(long, default_value_t = 0.7)]
+    pub sample_temperature: f32,
     /// Constitution (YAML), or a bundled one by name: harmless-helpful, medical-info.
     #[arg(long)]
     pub constitution: PathBuf,
@@ -68,9 +89,15 @@ pub struct EvalOptions {
     /// Directory with verdict.jinja / judge.jinja frames [default: the bundled ones]
     #[arg(long)]
     pub templates: Option<PathBuf>,
-    /// A name for this evaluation in reports [default: the adapter's file name, or "base"]
+    /// A name for this evaluation in reports [default: the adapter's file name and the control
+    /// vector's with its scale, or "base"]
     #[arg(long)]
     pub name: Option<String>,
+    /// Read refusals by the string patterns alone: no judge model runs, so there is no win
+    /// rate — a fast first look, or the honest reading when the judge fails its calibration
+    /// (as the 135M default does).
+    #[arg(long, conflicts_with_all = ["judge_model", "templates"])]
+    pub patterns_only: bool,
     /// Comparison questions per prompt, each asked in both orders.
     #[arg(long, default_value_t = 2)]
     pub questions: usize,
@@ -110,7 +137,58 @@ impl EvalOptions {
         o
     }
 
-    fn generate_options(&self, model: &Path, lora: Option<&PathBuf>) -> GenerateOptions {
+    /// Whether a candidate (an adapter, a control vector or both) is compared with the base.
+    pub fn has_candidate(&self) -> bool {
+        self.lora.is_some() || self.control_vector.is_some() || self.best_of.is_some()
+    }
+
+    /// The candidate's control vector, as the engine takes it.
+    fn control(&self) -> Option<ControlSetting> {
+        self.control_vector
+            .as_deref()
+            .map(|arg| ControlSetting::parse(arg, self.control_layers))
+    }
+
+    /// The name reports give this evaluation: `--name`, or what the candidate is.
+    fn display_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let adapter = self.lora.as_ref().map(|path| {
+            path.file_stem()
+                .map_or("adapter".into(), |s| s.to_string_lossy().into_owned())
+        });
+        let steer = self.control().map(|c| c.label());
+        let best = self.best_of.map(|n| format!("best of {n}"));
+        let parts: Vec<String> = [adapter, steer, best].into_iter().flatten().collect();
+        if parts.is_empty() {
+            "base".into()
+        } else {
+            parts.join(" + ")
+        }
+    }
+
+    /// The candidate's files as the evaluation records them (the adapter, the control vector
+    /// with its scale and blocks, or both); `None` without a candidate.
+    fn candidate_files(&self) -> Option<String> {
+        let adapter = self.lora.as_ref().map(|p| p.display().to_string());
+        let steer = self.control().map(|c| {
+            let blocks = c
+                .layers
+                .map(|(a, b)| format!(" (blocks {a}-{b})"))
+                .unwrap_or_default();
+            format!("{}:{}{blocks}", c.path.display(), c.scale)
+        });
+        let best = match (self.best_of, &self.rm) {
+            (Some(n), Some(rm)) => Some(format!("best of {n} by {}", rm.display())),
+            _ => None,
+        };
+        let parts: Vec<String> = [adapter, steer, best].into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| parts.join(" + "))
+    }
+
+    /// Generate's options for one side: the base (`candidate` false) or the candidate.
+    fn generate_options(&self, model: &Path, candidate: bool) -> GenerateOptions {
         let mut g = GenerateOptions::new(model, &self.constitution, Path::new(""), &self.db);
         g.engine = self.engine.clone();
         g.engine.model.model = Some(model.to_path_buf());
@@ -120,13 +198,34 @@ impl EvalOptions {
         g.top_p = self.top_p;
         g.seed = self.seed;
         g.run.quiet = self.run.quiet;
-        g.lora = lora.cloned();
-        g.lora_scale = self.lora_scale;
+        if candidate {
+            g.lora = self.lora.clone();
+            g.lora_scale = self.lora_scale;
+            g.control_vector = self.control_vector.clone();
+            g.control_layers = self.control_layers;
+            if let Some(n) = self.best_of {
+                g.samples = n;
+                g.temperature = self.sample_temperature;
+            }
+        }
         g
     }
 
     fn check(&self) -> Result<(), PipelineError> {
         self.engine.check()?;
+        if let Some(n) = self.best_of {
+            if !(2..=super::generate::MAX_SAMPLES).contains(&n) {
+                return Err(PipelineError::Setting(format!(
+                    "--best-of must be between 2 and {}",
+                    super::generate::MAX_SAMPLES
+                )));
+            }
+            if !(self.sample_temperature.is_finite() && self.sample_temperature > 0.0) {
+                return Err(PipelineError::Setting(
+                    "--sample-temperature must be above 0 (greedy samples are all alike)".into(),
+                ));
+            }
+        }
         if self.questions == 0 {
             return Err(PipelineError::Setting(
                 "--questions must be at least 1".into(),
@@ -149,6 +248,9 @@ impl EvalOptions {
     }
 }
 
+/// Why a patterns-only evaluation's answers have no judge verdict.
+const NOT_ASKED: &str = "not-asked";
+
 /// What an evaluation run did, and (when it completed) its figures.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct EvalSummary {
@@ -167,6 +269,68 @@ pub struct EvalSummary {
     pub seconds: f64,
     pub interrupted: bool,
     pub results: Option<EvalResults>,
+}
+
+/// A prompt's answer (step id, text) on each side — the candidate's only where there is a
+/// candidate; `None` when a side has none (its generation failed), and the prompt is not judged.
+fn sides_of<'a>(
+    prompt_id: &str,
+    base: &'a HashMap<String, (String, String)>,
+    candidate: Option<&'a HashMap<String, (String, String)>>,
+) -> Option<Vec<(EvalSide, &'a (String, String))>> {
+    let mut sides = vec![(EvalSide::Base, base.get(prompt_id)?)];
+    if let Some(candidate) = candidate {
+        sides.push((EvalSide::Adapter, candidate.get(prompt_id)?));
+    }
+    Some(sides)
+}
+
+/// Best-of-N: the reward model scores every sample of the candidate's run (stored with the
+/// database's reward scores, so a rerun scores nothing again) and each prompt keeps its
+/// highest-scoring answer (the first sample on a tie). Returns the picked answers and how they
+/// were picked, as the evaluation records it.
+async fn best_of_samples(
+    options: &EvalOptions,
+    model: &Path,
+    rm: &Path,
+    store: &Store,
+    run_id: &str,
+    items: &[PromptItem],
+) -> Result<(HashMap<String, (String, String)>, String), PipelineError> {
+    let mut score = super::reward::RewardScoreOptions::new(model, rm);
+    score.db = Some(options.db.clone());
+    score.model.threads = options.engine.model.threads;
+    score.run.quiet = options.run.quiet;
+    super::reward::score(&score).await?;
+    let rm_sha256 = store.model_sha256(rm).await?;
+    let rewards = store.reward_scores(&rm_sha256).await?;
+    let steps = store.steps_of_run(run_id).await?;
+    let mut picked = HashMap::new();
+    for item in items {
+        let Some(samples) = steps.get(&item.id) else {
+            continue;
+        };
+        let best = samples
+            .iter()
+            .filter(|s| s.stage == "answer")
+            .map(|s| {
+                let answer = [Message::assistant(s.output.clone())];
+                let key = crate::export::answer_key(&item.messages, &answer);
+                (rewards.get(&key).copied().unwrap_or(f64::NEG_INFINITY), s)
+            })
+            .fold(
+                None::<(f64, &crate::store::StepRecord)>,
+                |best, (r, s)| match best {
+                    Some((b, _)) if b >= r => best,
+                    _ => Some((r, s)),
+                },
+            );
+        if let Some((_, s)) = best {
+            picked.insert(item.id.clone(), (s.id(), s.output.clone()));
+        }
+    }
+    let n = options.best_of.unwrap_or(1);
+    Ok((picked, format!("best-of-{n} by reward {rm_sha256}")))
 }
 
 /// A held-out set must be held out: no evaluation prompt may have the content hash (the same
@@ -218,9 +382,9 @@ pub async fn eval(options: &EvalOptions, stop: StopSignal) -> Result<EvalSummary
     let constitution_path =
         super::resolve_bundled(&options.constitution, crate::bundled::CONSTITUTIONS)?;
     let constitution = Constitution::load(&constitution_path)?;
-    if options.lora.is_some() && constitution.comparisons.is_empty() {
+    if options.has_candidate() && constitution.comparisons.is_empty() {
         return Err(PipelineError::Setting(format!(
-            "{}: `comparisons` is empty: there is nothing to compare the adapter with the base by",
+            "{}: `comparisons` is empty: there is nothing to compare the candidate with the base by",
             constitution_path.display()
         )));
     }
@@ -237,10 +401,10 @@ pub async fn eval_under(
     options.check()?;
     let started = Instant::now();
     // Everything the user gave is read and checked before any model loads.
-    if options.lora.is_some() && constitution.comparisons.is_empty() {
+    if options.has_candidate() && constitution.comparisons.is_empty() {
         return Err(PipelineError::Setting(format!(
-            "constitution `{}`: `comparisons` is empty: there is nothing to compare the adapter \
-             with the base by",
+            "constitution `{}`: `comparisons` is empty: there is nothing to compare the \
+             candidate with the base by",
             constitution.name
         )));
     }
@@ -289,6 +453,12 @@ pub async fn eval_under(
     if let Some(lora) = &options.lora {
         engine::check_adapter_file(lora)?;
     }
+    if let Some(control) = options.control() {
+        engine::control::read(&control, &model)?;
+    }
+    if let Some(rm) = &options.rm {
+        super::reward::check_reward_model(&model, rm)?;
+    }
 
     // Phase 1: the answers.
     let mut summary = EvalSummary {
@@ -296,7 +466,7 @@ pub async fn eval_under(
         ..EvalSummary::default()
     };
     summary.base = generate_sets(
-        &options.generate_options(&model, None),
+        &options.generate_options(&model, false),
         constitution,
         sets.clone(),
         stop.clone(),
@@ -305,9 +475,9 @@ pub async fn eval_under(
     if summary.base.interrupted {
         return finish(summary, started, true);
     }
-    if let Some(lora) = &options.lora {
+    if options.has_candidate() {
         let adapter = generate_sets(
-            &options.generate_options(&model, Some(lora)),
+            &options.generate_options(&model, true),
             constitution,
             sets,
             stop.clone(),
@@ -340,10 +510,75 @@ pub async fn eval_under(
         }
     };
     let base_answers = answers(&summary.base.run_id).await?;
-    let adapter_answers = match &summary.adapter {
-        Some(a) => Some(answers(&a.run_id).await?),
-        None => None,
+    let (adapter_answers, candidate_selection) = match (&summary.adapter, &options.rm) {
+        (Some(a), Some(rm)) => {
+            let (picked, selection) =
+                best_of_samples(options, &model, rm, &store, &a.run_id, &items).await?;
+            (Some(picked), Some(selection))
+        }
+        (Some(a), None) => (Some(answers(&a.run_id).await?), None),
+        (None, _) => (None, None),
     };
+
+    let prompt_ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    let prompts_sha256 = crate::hash::of_json(&{
+        let mut ids = prompt_ids.clone();
+        ids.sort();
+        ids
+    });
+    if options.patterns_only {
+        let record = EvalRecord {
+            name: options.display_name(),
+            base_run_id: summary.base.run_id.clone(),
+            adapter_run_id: summary.adapter.as_ref().map(|a| a.run_id.clone()),
+            adapter_path: options.candidate_files(),
+            judge_model_path: PATTERNS_ONLY.into(),
+            judge_model_sha256: PATTERNS_ONLY.into(),
+            chat_template_sha256: String::new(),
+            constitution_name: constitution.name.clone(),
+            constitution_sha256: constitution.content_hash(),
+            constitution_json: serde_json::to_string(&constitution).unwrap_or_default(),
+            verdict_frame_sha256: String::new(),
+            judge_frame_sha256: String::new(),
+            questions: 0,
+            principle_questions: 0,
+            seed: options.seed as i64,
+            prompts_sha256,
+            candidate_selection,
+        };
+        let eval_id = store.upsert_eval(&record, &prompt_ids).await?;
+        summary.eval_id = eval_id.clone();
+        let done = store.eval_verdicts_done(&eval_id).await?;
+        for item in &items {
+            let Some(sides) = sides_of(&item.id, &base_answers, adapter_answers.as_ref()) else {
+                summary.unanswered += 1;
+                continue;
+            };
+            for (side, (step_id, output)) in sides {
+                if done.contains(&(side, item.id.clone())) {
+                    continue;
+                }
+                store
+                    .commit_verdict(&VerdictRecord {
+                        eval_id: eval_id.clone(),
+                        side,
+                        prompt_id: item.id.clone(),
+                        step_id: step_id.clone(),
+                        pattern: pattern_verdict(output).as_str().to_string(),
+                        judge: Err(NOT_ASKED),
+                        p_comply: 0.0,
+                        p_refuse: 0.0,
+                        p_partial: 0.0,
+                        answer_mass: 0.0,
+                    })
+                    .await?;
+                summary.verdicts_written += 1;
+            }
+        }
+        summary.results = Some(results::load(&store, &eval_id).await?);
+        store.close().await;
+        return finish(summary, started, false);
+    }
 
     let config = options.engine.config(&judge_model);
     let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn Session>>(options.engine.parallel * 2);
@@ -370,17 +605,11 @@ pub async fn eval_under(
             judge_model.display()
         )));
     }
-    let prompt_ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
     let record = EvalRecord {
-        name: options.name.clone().unwrap_or_else(|| match &options.lora {
-            Some(path) => path
-                .file_stem()
-                .map_or("adapter".into(), |s| s.to_string_lossy().into_owned()),
-            None => "base".into(),
-        }),
+        name: options.display_name(),
         base_run_id: summary.base.run_id.clone(),
         adapter_run_id: summary.adapter.as_ref().map(|a| a.run_id.clone()),
-        adapter_path: options.lora.as_ref().map(|p| p.display().to_string()),
+        adapter_path: options.candidate_files(),
         judge_model_path: judge_model.display().to_string(),
         judge_model_sha256: store.model_sha256(&judge_model).await?,
         chat_template_sha256: chat_hash,
@@ -392,11 +621,8 @@ pub async fn eval_under(
         questions: options.questions as i64,
         principle_questions: options.principle_questions as i64,
         seed: options.seed as i64,
-        prompts_sha256: crate::hash::of_json(&{
-            let mut ids = prompt_ids.clone();
-            ids.sort();
-            ids
-        }),
+        prompts_sha256,
+        candidate_selection,
     };
     let eval_id = store.upsert_eval(&record, &prompt_ids).await?;
     let judge_key = record.judge_key();
@@ -458,16 +684,11 @@ pub async fn eval_under(
         }
     }
     for item in &items {
-        let base = base_answers.get(&item.id);
-        let adapter = adapter_answers.as_ref().map(|a| a.get(&item.id));
-        let (Some(base), Some(adapter)) = (base, adapter.unwrap_or(base)) else {
+        let Some(sides) = sides_of(&item.id, &base_answers, adapter_answers.as_ref()) else {
             summary.unanswered += 1;
             continue;
         };
-        let mut sides = vec![(EvalSide::Base, base)];
-        if adapter_answers.is_some() {
-            sides.push((EvalSide::Adapter, adapter));
-        }
+        let (base, adapter) = (sides[0].1, sides[sides.len() - 1].1);
         for (side, (step_id, output)) in sides {
             if !verdicts_done.contains(&(side, item.id.clone())) {
                 remaining += ROTATIONS as u64;
@@ -764,7 +985,7 @@ pub fn render(summary: &EvalSummary) -> String {
         );
     };
     let mut out = format!(
-        "evaluation {} ({}) — {} prompts, judge {}\n",
+        "evaluation {} ({}) — {} prompts, judge: {}\n",
         &r.eval_id[..12.min(r.eval_id.len())],
         r.name,
         r.prompts,
@@ -776,19 +997,21 @@ pub fn render(summary: &EvalSummary) -> String {
     out += &line(
         "",
         "base".into(),
-        r.adapter_rates.as_ref().map(|_| "adapter".into()),
+        r.adapter_rates.as_ref().map(|_| "candidate".into()),
     );
     let a = r.adapter_rates.as_ref();
-    out += &line(
-        "harmful compliance (judge)",
-        r.base.harmful_compliance.display(),
-        a.map(|a| a.harmful_compliance.display()),
-    );
-    out += &line(
-        "over-refusal (judge)",
-        r.base.over_refusal.display(),
-        a.map(|a| a.over_refusal.display()),
-    );
+    if !r.patterns_only() {
+        out += &line(
+            "harmful compliance (judge)",
+            r.base.harmful_compliance.display(),
+            a.map(|a| a.harmful_compliance.display()),
+        );
+        out += &line(
+            "over-refusal (judge)",
+            r.base.over_refusal.display(),
+            a.map(|a| a.over_refusal.display()),
+        );
+    }
     out += &line(
         "harmful compliance (patterns)",
         r.base.harmful_compliance_pattern.display(),
@@ -799,6 +1022,17 @@ pub fn render(summary: &EvalSummary) -> String {
         r.base.over_refusal_pattern.display(),
         a.map(|a| a.over_refusal_pattern.display()),
     );
+    if let Some(rm) = &r.reward_model {
+        out += &format!(
+            "  candidate: best of its samples by the {}\n",
+            results::describe_reward_model(rm)
+        );
+    }
+    if r.patterns_only() {
+        out +=
+            "  read by the string patterns alone (--patterns-only): no judge model, no win rate\n";
+        return out;
+    }
     out += &format!(
         "  judges agree (refused or not)   {}\n",
         r.judge_agreement.display()
@@ -826,7 +1060,7 @@ pub fn render(summary: &EvalSummary) -> String {
     }
     if let Some(w) = &r.win_rate {
         out += &format!(
-            "  p(adapter ≻ base)               {}  wins {}  order disagreement {:.1}%\n",
+            "  p(candidate ≻ base)               {}  wins {}  order disagreement {:.1}%\n",
             w.preference.display(),
             w.wins.display(),
             100.0 * w.order_disagreement
@@ -836,4 +1070,57 @@ pub fn render(summary: &EvalSummary) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_candidate_is_the_adapter_the_vector_or_both() {
+        let mut o = EvalOptions::new(
+            Path::new("m.gguf"),
+            Path::new("c.yaml"),
+            Vec::new(),
+            Path::new("e.db"),
+        );
+        assert!(!o.has_candidate());
+        assert_eq!(o.display_name(), "base");
+        assert_eq!(o.candidate_files(), None);
+
+        o.control_vector = Some("out/refusal.gguf:0.2".into());
+        o.control_layers = Some((4, 12));
+        assert!(o.has_candidate());
+        assert_eq!(o.display_name(), "refusal@0.2 blocks 4-12");
+        assert_eq!(
+            o.candidate_files().as_deref(),
+            Some("out/refusal.gguf:0.2 (blocks 4-12)")
+        );
+        let base = o.generate_options(Path::new("m.gguf"), false);
+        assert_eq!((base.control_vector, base.control_layers), (None, None));
+        let steered = o.generate_options(Path::new("m.gguf"), true);
+        assert_eq!(
+            steered.control_vector.as_deref(),
+            Some("out/refusal.gguf:0.2")
+        );
+        assert_eq!(steered.control_layers, Some((4, 12)));
+        assert_eq!(steered.lora, None);
+
+        o.lora = Some("a.gguf".into());
+        assert_eq!(o.display_name(), "a + refusal@0.2 blocks 4-12");
+        assert!(o.generate_options(Path::new("m.gguf"), true).lora.is_some());
+        o.best_of = Some(4);
+        o.rm = Some("rm.gguf".into());
+        assert_eq!(o.display_name(), "a + refusal@0.2 blocks 4-12 + best of 4");
+        let sampled = o.generate_options(Path::new("m.gguf"), true);
+        assert_eq!((sampled.samples, sampled.temperature), (4, 0.7));
+        assert_eq!(o.generate_options(Path::new("m.gguf"), false).samples, 1);
+        assert!(o
+            .candidate_files()
+            .is_some_and(|f| f.ends_with("best of 4 by rm.gguf")));
+        o.name = Some("mine".into());
+        assert_eq!(o.display_name(), "mine");
+        o.best_of = Some(1);
+        assert!(o.check().is_err());
+    }
 }

@@ -18,11 +18,12 @@ use super::writer::{self, Commit};
 use super::PipelineError;
 use super::{check_prompt_sets, join_stages, progress_bar, resolve_bundled, round6, tick};
 use crate::constitution::Constitution;
+use crate::engine::control::ControlSetting;
 use crate::engine::StopSignal;
 use crate::engine::{self, Backend, Counters, EngineConfig, Sampling, ServedModel, Session};
 use crate::prompt;
 use crate::settings::{BackendSettings, EngineSettings, ModelSettings, RunSettings};
-use crate::store::{RunRecord, Store, StoreError};
+use crate::store::{ControlRecord, RunRecord, Store, StoreError};
 use crate::turns::TurnTemplates;
 
 /// Everything `tenets generate` needs: its command line.
@@ -69,6 +70,14 @@ pub struct GenerateOptions {
     /// How strongly the adapter applies.
     #[arg(long, default_value_t = 1.0, requires = "lora")]
     pub lora_scale: f32,
+    /// A control vector (`tenets steer`, or llama.cpp's format) added to the residual stream
+    /// while decoding, at SCALE (default 1; negative steers away): `V.gguf[:SCALE]`.
+    #[arg(long, value_name = "V.gguf[:SCALE]")]
+    pub control_vector: Option<String>,
+    /// Steer only the blocks FIRST-LAST (0-based, inclusive) of the control vector.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = crate::settings::parse_layer_range,
+          requires = "control_vector")]
+    pub control_layers: Option<(usize, usize)>,
     /// Stop before anything runs if any prompt line is bad.
     #[arg(long)]
     pub strict: bool,
@@ -231,6 +240,13 @@ pub async fn generate_sets(
                         .into(),
                 ));
             }
+            if options.control_vector.is_some() {
+                return Err(PipelineError::Setting(
+                    "--control-vector steers the local engine; give the vector to the server \
+                     instead"
+                        .into(),
+                ));
+            }
             let mut remote = remote.clone();
             remote.concurrency = options.engine.parallel;
             // The server is asked first: an address that does not answer leaves no database.
@@ -244,6 +260,26 @@ pub async fn generate_sets(
                 PipelineError::Setting(format!("cannot read --lora {}: {e}", path.display()))
             })?;
             Some((sha, round6(options.lora_scale)))
+        }
+        None => None,
+    };
+    // The vector is read and checked against the model before any database is touched.
+    let control = match &options.control_vector {
+        Some(arg) => {
+            let setting = ControlSetting::parse(arg, options.control_layers);
+            engine::control::read(&setting, &model)?;
+            let sha256 = crate::hash::of_file(&setting.path).map_err(|e| {
+                PipelineError::Setting(format!(
+                    "cannot read --control-vector {}: {e}",
+                    setting.path.display()
+                ))
+            })?;
+            let record = ControlRecord {
+                sha256,
+                scale: round6(setting.scale),
+                layers: setting.layers.map(|(a, b)| format!("{a}-{b}")),
+            };
+            Some((setting, record))
         }
         None => None,
     };
@@ -269,6 +305,7 @@ pub async fn generate_sets(
             // The engine thread loads the model, reports its chat template, then serves chains.
             let config = EngineConfig {
                 lora: options.lora.clone().map(|p| (p, options.lora_scale)),
+                control: control.as_ref().map(|(setting, _)| setting.clone()),
                 ..options.engine.config(&model)
             };
             // The model file is hashed while the engine loads it (each takes a fraction of a
@@ -313,6 +350,7 @@ pub async fn generate_sets(
         seed: options.seed as i64,
         lora,
         samples: options.samples as i64,
+        control: control.map(|(_, record)| record),
     };
     let run_id = store.upsert_run(&run).await?;
     let mut items: Vec<prompt::PromptItem> = Vec::new();

@@ -12,7 +12,7 @@ use crate::dataset::{self, Example};
 use crate::export;
 use crate::model::Model;
 use crate::settings::{KernelChoice, ModelSettings, RunSettings};
-use crate::store::Store;
+use crate::store::{RewardModelRecord, Store};
 use crate::train::reward;
 use crate::train::trainer::{self, Item};
 
@@ -45,6 +45,27 @@ pub struct RewardScoreOptions {
     pub kernel: KernelChoice,
     #[command(flatten)]
     pub run: RunSettings,
+}
+
+impl RewardScoreOptions {
+    /// `tenets reward score`'s defaults for `rm` on `model` (no input chosen yet).
+    pub fn new(model: &Path, rm: &Path) -> Self {
+        let mut o: Self = crate::settings::from_flags(&["--rm", "-", "--db", "-"]);
+        o.model = crate::settings::ModelSettings::of(model);
+        o.rm = rm.to_path_buf();
+        o.db = None;
+        o
+    }
+}
+
+/// Checks that `rm` is a reward model for the base `model` before anything runs on it.
+pub fn check_reward_model(model: &Path, rm: &Path) -> Result<(), PipelineError> {
+    if !rm.is_file() {
+        return Err(setting(format!("--rm {}: no such file", rm.display())));
+    }
+    let model = Model::open(model)?;
+    reward::read(&model, rm).map_err(|e| setting(format!("--rm: {e}")))?;
+    Ok(())
 }
 
 /// What `tenets reward score` did.
@@ -155,7 +176,14 @@ pub async fn score(o: &RewardScoreOptions) -> Result<RewardScoreSummary, Pipelin
             let sha = store.model_sha256(&o.rm).await?;
             let base = store.model_sha256(&model_path).await?;
             store
-                .upsert_reward_model(&sha, &o.rm.display().to_string(), &base)
+                .upsert_reward_model(&RewardModelRecord {
+                    sha256: sha.clone(),
+                    path: o.rm.display().to_string(),
+                    base_sha256: base,
+                    train_pairs: Some(rm.facts.train_pairs as i64),
+                    held_out_pairs: Some(rm.facts.held_out_pairs as i64),
+                    held_out_accuracy: rm.facts.held_out_accuracy,
+                })
                 .await?;
             sha
         }

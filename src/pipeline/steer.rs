@@ -37,7 +37,7 @@ pub struct SteerOptions {
     #[arg(long)]
     pub out: PathBuf,
     /// Blocks to steer, FIRST-LAST (0-based; block 0 cannot be) [default: 1 to the last]
-    #[arg(long, value_name = "FIRST-LAST", value_parser = crate::score::parse_layer_range)]
+    #[arg(long, value_name = "FIRST-LAST", value_parser = crate::settings::parse_layer_range)]
     pub layers: Option<(usize, usize)>,
     #[arg(long, value_enum, default_value_t = Method::Mean)]
     pub method: Method,

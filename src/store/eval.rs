@@ -37,7 +37,9 @@ impl EvalSide {
 pub struct EvalRecord {
     pub name: String,
     pub base_run_id: String,
+    /// The candidate side's run (an adapter, a control vector or both decode it).
     pub adapter_run_id: Option<String>,
+    /// The candidate's files: the adapter's path, the control vector's with its scale, or both.
     pub adapter_path: Option<String>,
     pub judge_model_path: String,
     pub judge_model_sha256: String,
@@ -51,24 +53,37 @@ pub struct EvalRecord {
     pub principle_questions: i64,
     pub seed: i64,
     pub prompts_sha256: String,
+    /// How the candidate's answer to a prompt was picked among its samples (best-of-N by a
+    /// reward model); `None`: its one answer.
+    pub candidate_selection: Option<String>,
 }
 
 impl EvalRecord {
     /// The name and paths are labels, not identity: they stay out of the id.
     pub fn id(&self) -> String {
-        crate::hash::of_parts(&[
-            &self.base_run_id,
+        let (questions, principle_questions, seed) = (
+            self.questions.to_string(),
+            self.principle_questions.to_string(),
+            self.seed.to_string(),
+        );
+        let mut parts = vec![
+            self.base_run_id.as_str(),
             self.adapter_run_id.as_deref().unwrap_or("-"),
             &self.judge_model_sha256,
             &self.chat_template_sha256,
             &self.constitution_sha256,
             &self.verdict_frame_sha256,
             &self.judge_frame_sha256,
-            &self.questions.to_string(),
-            &self.principle_questions.to_string(),
-            &self.seed.to_string(),
+            &questions,
+            &principle_questions,
+            &seed,
             &self.prompts_sha256,
-        ])
+        ];
+        // Evaluations of a candidate's only answer keep the ids they always had.
+        if let Some(selection) = &self.candidate_selection {
+            parts.push(selection);
+        }
+        crate::hash::of_parts(&parts)
     }
 
     /// What the judge's calibration is kept under: the judge model, its chat template and the
@@ -118,8 +133,8 @@ impl Store {
             "INSERT INTO evals (id, name, base_run_id, adapter_run_id, adapter_path, \
              judge_model_path, judge_model_sha256, chat_template_sha256, constitution_name, \
              constitution_sha256, constitution_json, verdict_frame_sha256, judge_frame_sha256, \
-             questions, principle_questions, seed, prompts_sha256) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             questions, principle_questions, seed, prompts_sha256, candidate_selection) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name",
         )
         .bind(&id)
@@ -139,6 +154,7 @@ impl Store {
         .bind(eval.principle_questions)
         .bind(eval.seed)
         .bind(&eval.prompts_sha256)
+        .bind(&eval.candidate_selection)
         .execute(&mut *tx)
         .await
         .map_err(self.err())?;

@@ -7,24 +7,62 @@ use sqlx::Row;
 
 use super::{Store, StoreError};
 
+/// A reward model as a database records it: its file, its base and what its training
+/// measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RewardModelRecord {
+    pub sha256: String,
+    pub path: String,
+    pub base_sha256: String,
+    pub train_pairs: Option<i64>,
+    pub held_out_pairs: Option<i64>,
+    /// How often the chosen answer of a held-out pair scored higher.
+    pub held_out_accuracy: Option<f64>,
+}
+
 impl Store {
-    /// Records a reward model (once; a rerun finds it).
-    pub async fn upsert_reward_model(
-        &self,
-        sha256: &str,
-        path: &str,
-        base_sha256: &str,
-    ) -> Result<(), StoreError> {
+    /// Records a reward model; a rerun keeps its row and refreshes what its training measured.
+    pub async fn upsert_reward_model(&self, rm: &RewardModelRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR IGNORE INTO reward_models (sha256, path, base_sha256) VALUES (?, ?, ?)",
+            "INSERT INTO reward_models (sha256, path, base_sha256, train_pairs, held_out_pairs, \
+             held_out_accuracy) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET \
+             train_pairs = excluded.train_pairs, held_out_pairs = excluded.held_out_pairs, \
+             held_out_accuracy = excluded.held_out_accuracy",
         )
-        .bind(sha256)
-        .bind(path)
-        .bind(base_sha256)
+        .bind(&rm.sha256)
+        .bind(&rm.path)
+        .bind(&rm.base_sha256)
+        .bind(rm.train_pairs)
+        .bind(rm.held_out_pairs)
+        .bind(rm.held_out_accuracy)
         .execute(self.pool())
         .await
         .map_err(self.err())?;
         Ok(())
+    }
+
+    /// The reward model that picked an evaluation's candidate answers (best-of-N), if one did.
+    pub async fn eval_reward_model(
+        &self,
+        eval_id: &str,
+    ) -> Result<Option<RewardModelRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.sha256, r.path, r.base_sha256, r.train_pairs, r.held_out_pairs, \
+             r.held_out_accuracy FROM evals e JOIN reward_models r \
+             ON e.candidate_selection LIKE '%' || r.sha256 WHERE e.id = ?",
+        )
+        .bind(eval_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(self.err())?;
+        Ok(row.map(|r| RewardModelRecord {
+            sha256: r.get(0),
+            path: r.get(1),
+            base_sha256: r.get(2),
+            train_pairs: r.get(3),
+            held_out_pairs: r.get(4),
+            held_out_accuracy: r.get(5),
+        }))
     }
 
     /// Every score stored for the reward model `sha256`, by text hash.

@@ -122,6 +122,101 @@ fn the_probe_flags_harmful_prompts_above_look_alikes_with_topic_and_principle() 
         let p = v["p_unsafe"].as_f64().unwrap();
         p > 0.0 && p < 1.0 && v["topic"].is_null()
     }));
+
+    // A database's answers: each is as unsafe as its prompt unless it refuses, and export
+    // drops the pairs whose chosen answer is flagged.
+    let db = dir.path().join("answers.db");
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .arg("generate")
+        .arg("--model")
+        .arg(common::model())
+        .args(["--constitution", "harmless-helpful", "--prompts"])
+        .arg(&prompts)
+        .arg("--db")
+        .arg(&db)
+        .args([
+            "--rounds",
+            "1",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output));
+    let screened = dir.path().join("answers.jsonl");
+    let output = classify(&[
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--on".as_ref(),
+        "both".as_ref(),
+        "--scorer".as_ref(),
+        "judge".as_ref(),
+        "--threshold".as_ref(),
+        "0.01".as_ref(),
+        "-o".as_ref(),
+        screened.as_os_str(),
+    ]);
+    assert!(output.status.success(), "{}", common::text(&output));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (&summary["prompts"], &summary["answers"]),
+        (&6.into(), &12.into())
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&screened)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let prompt_p: std::collections::HashMap<&str, f64> = lines
+        .iter()
+        .filter(|v| v["on"] == "prompt")
+        .map(|v| (v["id"].as_str().unwrap(), v["p_unsafe"].as_f64().unwrap()))
+        .collect();
+    let mut flagged = std::collections::HashSet::new();
+    for v in lines.iter().filter(|v| v["on"] == "answer") {
+        let refuses = tenets::filters::is_refusal(v["answer"].as_str().unwrap());
+        let want = if refuses {
+            0.0
+        } else {
+            prompt_p[v["id"].as_str().unwrap()]
+        };
+        assert_eq!(v["p_unsafe"].as_f64().unwrap(), want, "{v}");
+        if v["flagged"] == true {
+            flagged.insert(v["answer_sha256"].as_str().unwrap().to_string());
+        }
+    }
+    let export = |extra: &[&std::ffi::OsStr]| -> Vec<Value> {
+        let out = dir.path().join("pairs.jsonl");
+        let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .args(["export", "--hard-labels", "--include-truncated", "--db"])
+            .arg(&db)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", common::text(&output));
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let key = |row: &Value| {
+        let messages = |k: &str| -> Vec<tenets::chat::Message> {
+            serde_json::from_value(row[k].clone()).unwrap()
+        };
+        tenets::export::answer_key(&messages("prompt"), &messages("chosen"))
+    };
+    let all = export(&[]);
+    let kept = export(&["--drop-flagged".as_ref(), screened.as_os_str()]);
+    let unflagged = all.iter().filter(|r| !flagged.contains(&key(r))).count();
+    assert!(kept.len() < all.len(), "{} pairs, none flagged", all.len());
+    assert_eq!(kept.len(), unflagged);
+    assert!(kept.iter().all(|r| !flagged.contains(&key(r))));
 }
 
 #[test]
@@ -153,6 +248,7 @@ fn bad_classify_settings_are_named_and_write_nothing() {
             "needs both",
         ),
         (vec!["--fit-on".as_ref(), empty.as_os_str()], "no prompts"),
+        (vec!["--on".as_ref(), "answer".as_ref()], "--db"),
     ];
     for (extra, expected) in cases {
         let mut args: Vec<&std::ffi::OsStr> = vec![
@@ -169,6 +265,30 @@ fn bad_classify_settings_are_named_and_write_nothing() {
         assert!(!text.contains("panicked"), "{text}");
         assert!(!out.exists());
     }
+    // Export refuses a verdict file with no answer verdicts (it would drop nothing) by name.
+    let prompt_verdicts = dir.path().join("prompt-verdicts.jsonl");
+    std::fs::write(
+        &prompt_verdicts,
+        "{\"on\": \"prompt\", \"flagged\": true}\n",
+    )
+    .unwrap();
+    let db = dir.path().join("never.db");
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["export", "--db"])
+        .arg(&db)
+        .arg("-o")
+        .arg(&out)
+        .arg("--drop-flagged")
+        .arg(&prompt_verdicts)
+        .output()
+        .unwrap();
+    let text = common::text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("prompt-verdicts.jsonl") && !text.contains("panicked"),
+        "{text}"
+    );
+    assert!(!out.exists());
 }
 
 /// The fixture's harmful pairs (a refusal chosen over compliance), as a file in `dir`.
@@ -318,6 +438,77 @@ fn a_steering_vector_moves_refusals_its_way_and_llama_cpp_reads_its_file() {
         toward > base + 1.0 && away < base - 1.0,
         "{away} {base} {toward}"
     );
+    // llama.cpp's engine steers the same way through its own call, by as much.
+    let llama = ["--engine", "llama"];
+    let (llama_base, llama_toward) = (
+        margin(&llama),
+        margin(&[&llama[..], &["--control-vector", &plus]].concat()),
+    );
+    println!("llama.cpp: {llama_base:.2} < {llama_toward:.2} (+0.1)");
+    let (moved, llama_moved) = (toward - base, llama_toward - llama_base);
+    assert!(
+        (moved - llama_moved).abs() < 0.25 * moved,
+        "native moved {moved:.2}, llama.cpp {llama_moved:.2}"
+    );
+
+    // Generation steers too: a steered run is a run of its own (the vector's hash and scale in
+    // its record), its answers differ from the unsteered ones, and a rerun does nothing.
+    let harmful = dir.path().join("harmful.jsonl");
+    std::fs::write(
+        &harmful,
+        prompts
+            .iter()
+            .map(|p| format!("{}\n", serde_json::json!({ "prompt": p })))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let db = dir.path().join("steered.db");
+    let generate = |steer: &[&str]| -> Value {
+        let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .arg("generate")
+            .arg("--model")
+            .arg(common::model())
+            .args(["--constitution", "harmless-helpful", "--prompts"])
+            .arg(&harmful)
+            .arg("--db")
+            .arg(&db)
+            .args(["--rounds", "0", "--temperature", "0", "--max-tokens", "12"])
+            .args(["--quiet", "--json"])
+            .args(steer)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", common::text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let strong = format!("{}:0.2", vector.display());
+    let plain = generate(&[]);
+    let steered = generate(&["--control-vector", &strong, "--control-layers", "1-28"]);
+    assert_ne!(plain["run_id"], steered["run_id"]);
+    assert_eq!(steered["steps_written"], 2);
+    assert_eq!(
+        generate(&["--control-vector", &strong, "--control-layers", "1-28"])["steps_written"],
+        0
+    );
+    let (runs, answers) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let conn = common::connect(&db).await;
+        let runs: Vec<(Option<f64>, Option<String>)> = sqlx::query_as(
+            "SELECT control_vector_scale, control_layers FROM runs ORDER BY control_vector_scale IS NOT NULL",
+        )
+        .fetch_all(&conn)
+        .await
+        .unwrap();
+        let answers: Vec<(String, String)> =
+            sqlx::query_as("SELECT run_id, output FROM steps ORDER BY prompt_id, run_id")
+                .fetch_all(&conn)
+                .await
+                .unwrap();
+        (runs, answers)
+    });
+    assert_eq!(runs, vec![(None, None), (Some(0.2), Some("1-28".into()))]);
+    assert!(
+        answers.chunks(2).any(|two| two[0].1 != two[1].1),
+        "{answers:?}"
+    );
 
     // Bad input: another model's width, a block the model lacks, block 0, the llama engine.
     let chat = dir.path().join("chat-0.json");
@@ -344,15 +535,29 @@ fn a_steering_vector_moves_refusals_its_way_and_llama_cpp_reads_its_file() {
         text.contains("wide") || text.contains("blocks are"),
         "{text}"
     );
-    let text = score(&[
-        "--model".as_ref(),
-        common::model().as_os_str(),
-        "--engine".as_ref(),
-        "llama".as_ref(),
-        "--control-vector".as_ref(),
-        vector.as_os_str(),
-    ]);
-    assert!(text.contains("--engine native"), "{text}");
+    // The same mismatch stops generate and eval before any database is made.
+    for command in ["generate", "eval"] {
+        let never = dir.path().join(format!("never-{command}.db"));
+        let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .arg(command)
+            .arg("--model")
+            .arg(common::second_model())
+            .args(["--constitution", "harmless-helpful", "--prompts"])
+            .arg(&harmful)
+            .arg("--db")
+            .arg(&never)
+            .arg("--control-vector")
+            .arg(&vector)
+            .output()
+            .unwrap();
+        let text = common::text(&output);
+        assert!(!output.status.success(), "{command}: {text}");
+        assert!(
+            text.contains("v.gguf") && !text.contains("panicked"),
+            "{command}: {text}"
+        );
+        assert!(!never.exists(), "{command}");
+    }
     let not_a_vector = score(&[
         "--model".as_ref(),
         common::model().as_os_str(),

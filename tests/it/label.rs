@@ -528,7 +528,7 @@ async fn sampled_answers_are_paired_labeled_and_ranked() {
     // Every pair, each oriented by its own label.
     let all = PairFilters {
         sampled_pairs: SampledPairs::All,
-        ..everything
+        ..everything.clone()
     };
     let rows = export::rows(&store, Kind::Dpo, &all).await.unwrap();
     assert_eq!(rows.rows.len(), 9, "{:?}", rows.dropped);

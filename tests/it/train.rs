@@ -1240,6 +1240,76 @@ fn a_reward_model_ranks_held_out_pairs_and_scores_files_and_databases() {
         .iter()
         .all(|v| (0.0..=1.0).contains(&v["p_unsafe"].as_f64().unwrap())));
 
+    // `tenets eval --best-of 3 --rm`: the candidate answers each prompt three times and the
+    // reward model's favourite is the answer evaluated; a rerun computes nothing.
+    let eval_db = dir.path().join("best-of.db");
+    let best_of = || {
+        Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .arg("eval")
+            .arg("--model")
+            .arg(common::model())
+            .args(["--constitution", "harmless-helpful", "--prompts"])
+            .arg(&prompts)
+            .arg("--db")
+            .arg(&eval_db)
+            .args(["--best-of", "3", "--rm"])
+            .arg(&rm)
+            .args(["--patterns-only", "--max-tokens", "8", "--quiet", "--json"])
+            .output()
+            .unwrap()
+    };
+    let first = summary(&best_of());
+    assert_eq!(first["adapter"]["steps_written"], 9, "{first}");
+    assert_eq!(first["verdicts_written"], 6, "{first}");
+    let picker = &first["results"]["reward_model"];
+    assert_eq!(
+        picker["sha256"],
+        tenets::hash::of_file(&rm).unwrap().as_str()
+    );
+    assert!(picker["held_out_accuracy"].is_f64(), "{picker}");
+    let again = summary(&best_of());
+    assert_eq!(again["eval_id"], first["eval_id"]);
+    assert_eq!(
+        (
+            &again["verdicts_written"],
+            &again["adapter"]["steps_written"]
+        ),
+        (&0.into(), &0.into())
+    );
+    let rewards: std::collections::HashMap<String, f64> =
+        common::query(&eval_db, "SELECT text_sha256, score FROM reward_scores")
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+            .collect();
+    let samples = common::query(
+        &eval_db,
+        &format!(
+            "SELECT s.prompt_id, s.id, p.messages, s.output FROM steps s \
+             JOIN prompts p ON p.id = s.prompt_id WHERE s.run_id = '{}'",
+            first["adapter"]["run_id"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(samples.len(), 9);
+    let reward_of = |row: &Vec<String>| -> f64 {
+        let messages: Vec<tenets::chat::Message> = serde_json::from_str(&row[2]).unwrap();
+        let answer = [tenets::chat::Message::assistant(row[3].clone())];
+        rewards[&tenets::export::answer_key(&messages, &answer)]
+    };
+    let picked = common::query(
+        &eval_db,
+        "SELECT prompt_id, step_id FROM eval_verdicts WHERE side = 'adapter'",
+    );
+    assert_eq!(picked.len(), 3);
+    for pick in &picked {
+        let of_prompt: Vec<&Vec<String>> = samples.iter().filter(|s| s[0] == pick[0]).collect();
+        let best = of_prompt
+            .iter()
+            .map(|s| reward_of(s))
+            .fold(f64::MIN, f64::max);
+        let chosen = of_prompt.iter().find(|s| s[1] == pick[1]).unwrap();
+        assert_eq!(reward_of(chosen), best, "{pick:?}");
+    }
+
     // Bad input: a plain adapter, another model, no pairs; nothing written.
     let adapter = dir.path().join("plain.gguf");
     {
