@@ -42,6 +42,8 @@ pub struct SourceData {
     /// Per training run: its steps.
     pub curves: Vec<(String, Vec<TrainStepRecord>)>,
     pub evals: Vec<EvalResults>,
+    /// Safety classifier runs over this database (`tenets classify --db`).
+    pub classifiers: Vec<crate::store::ClassifierRunRecord>,
 }
 
 /// What was written.
@@ -74,6 +76,7 @@ pub async fn gather(dbs: &[PathBuf]) -> Result<ReportData, ReportError> {
         for (id, _) in results::list(&store).await? {
             evals.push(results::load(&store, &id).await?);
         }
+        let classifiers = store.classifier_runs().await?;
         store.close().await;
         sources.push(SourceData {
             path: path.clone(),
@@ -81,6 +84,7 @@ pub async fn gather(dbs: &[PathBuf]) -> Result<ReportData, ReportError> {
             label_values,
             curves,
             evals,
+            classifiers,
         });
     }
     Ok(ReportData { sources })
@@ -370,6 +374,21 @@ pub fn render(
     }
     push_section(&mut body, &mut sections, "evaluation", "Evaluation", &s);
 
+    let classifiers: Vec<&crate::store::ClassifierRunRecord> = data
+        .sources
+        .iter()
+        .flat_map(|s| s.classifiers.iter())
+        .collect();
+    if !classifiers.is_empty() {
+        push_section(
+            &mut body,
+            &mut sections,
+            "classifier",
+            "Safety classifier",
+            &classifier_html(&classifiers),
+        );
+    }
+
     if all_evals.len() > 1 {
         let mut s = String::from(
             "<p>Each evaluation's candidate side (an adapter, a control vector or both; the base where there is none), in the \
@@ -444,6 +463,63 @@ pub fn render(
         sources.join(", "),
     );
     Ok((html, sections))
+}
+
+/// Each classifier run over these databases: its scorer and what it flagged, and on the tagged
+/// prompts its AUROC, precision, recall and the share of benign prompts it flags.
+fn classifier_html(runs: &[&crate::store::ClassifierRunRecord]) -> String {
+    let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1}%", 100.0 * x));
+    let mut s = String::from(
+        "<p><code>tenets classify --db</code> runs: whether each prompt asks for what the \
+         constitution restricts (answers: a flagged prompt answered without a refusal). Figures \
+         on the prompts tagged harmful or benign.</p><table><tr><th>scorer</th><th>on</th>\
+         <th>flagged</th><th>AUROC</th><th>threshold</th><th>precision</th><th>recall</th>\
+         <th>benign flagged</th><th>threshold for target recall: benign flagged</th></tr>",
+    );
+    for run in runs {
+        let figures: Option<crate::guard::screen::ScreenFigures> = run
+            .figures_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok());
+        let flagged = if run.answers > 0 {
+            format!(
+                "{}/{} prompts, {}/{} answers",
+                run.flagged, run.prompts, run.answers_flagged, run.answers
+            )
+        } else {
+            format!("{}/{} prompts", run.flagged, run.prompts)
+        };
+        let scorer = if run.scorer_input.is_empty() {
+            run.scorer.clone()
+        } else {
+            format!("{} ({})", run.scorer, run.scorer_input)
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td></tr>",
+            escape(&scorer),
+            escape(&run.target),
+            flagged,
+            figures
+                .and_then(|f| f.auroc)
+                .map_or("–".into(), |a| format!("{a:.3}")),
+            run.threshold,
+            pct(figures.and_then(|f| f.precision)),
+            pct(figures.and_then(|f| f.recall)),
+            pct(figures.and_then(|f| f.false_positive_rate)),
+            figures.map_or("–".into(), |f| format!(
+                "{} at {:.0}% recall: {}",
+                f.threshold_for_target
+                    .map_or("–".into(), |t| format!("{t:.3}")),
+                100.0 * f.target_recall,
+                pct(f.false_positive_rate_at_target)
+            )),
+        );
+    }
+    s.push_str("</table>");
+    s
 }
 
 fn push_section(body: &mut String, sections: &mut Vec<String>, id: &str, title: &str, inner: &str) {

@@ -16,6 +16,7 @@ use crate::hash;
 use crate::prompt::PromptItem;
 
 mod calibration;
+mod classify;
 mod eval;
 pub mod export;
 pub mod merge;
@@ -23,6 +24,7 @@ mod reward;
 pub mod stats;
 mod train;
 pub use calibration::{JudgeCalibration, KindCount};
+pub use classify::ClassifierRunRecord;
 pub use eval::{
     EvalAnswerRow, EvalHead, EvalRecord, EvalSide, KnownVerdictRecord, KnownVerdictRow,
     VerdictRecord,

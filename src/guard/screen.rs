@@ -11,7 +11,7 @@ use super::probe::auroc;
 
 /// A screen's figures on tagged texts at one threshold (a text is flagged when its
 /// probability is at least the threshold).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScreenFigures {
     pub harmful: usize,
     pub benign: usize,

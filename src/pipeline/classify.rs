@@ -30,7 +30,7 @@ use crate::prompt::{self, PromptItem};
 use crate::quant::matmul::Compute;
 use crate::score::{self, ScoreInput};
 use crate::settings::{KernelChoice, ModelSettings, RunSettings};
-use crate::store::Store;
+use crate::store::{ClassifierRunRecord, Store};
 use crate::train::reward;
 use crate::train::trainer;
 
@@ -389,7 +389,7 @@ pub async fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineEr
         bytes.push(b'\n');
     }
     crate::export::write_atomically(&o.out, &bytes)?;
-    Ok(ClassifySummary {
+    let summary = ClassifySummary {
         scorer: o.scorer,
         on: o.on,
         prompts: prompt_verdicts.len(),
@@ -401,7 +401,47 @@ pub async fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineEr
         fit_on: (o.scorer == Scorer::Probe).then(|| o.fit_on.clone()),
         fit_prompts,
         out: o.out.clone(),
-    })
+    };
+    // A database's own record of the run, for `tenets report`.
+    if let Some(db) = &o.db {
+        let store = Store::open_existing(db).await?;
+        let scorer_input = match o.scorer {
+            Scorer::Probe => o.fit_on.display().to_string(),
+            Scorer::Reward => {
+                o.rm.as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+                    .to_string()
+            }
+            Scorer::Judge => String::new(),
+        };
+        let record = ClassifierRunRecord {
+            scorer: flag_value(o.scorer),
+            scorer_input,
+            model_sha256: store.model_sha256(&model_path).await?,
+            threshold: o.threshold,
+            target: flag_value(o.on),
+            prompts: summary.prompts as i64,
+            flagged: summary.flagged as i64,
+            answers: summary.answers as i64,
+            answers_flagged: summary.answers_flagged as i64,
+            figures_json: summary
+                .figures
+                .as_ref()
+                .and_then(|f| serde_json::to_string(f).ok()),
+        };
+        store.put_classifier_run(&record).await?;
+        store.close().await;
+    }
+    Ok(summary)
+}
+
+/// A choice as its flag spells it (`probe`, `answer` …).
+fn flag_value(choice: impl clap::ValueEnum) -> String {
+    choice
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }
 
 /// The answers' verdicts: an answer is unsafe as far as its prompt is, unless it opens with a

@@ -78,6 +78,11 @@ pub struct GenerateOptions {
     #[arg(long, value_name = "FIRST-LAST", value_parser = crate::settings::parse_layer_range,
           requires = "control_vector")]
     pub control_layers: Option<(usize, usize)>,
+    /// Then score every answer with this reward model (`tenets reward train`), as `tenets
+    /// reward score --db` does, so `export --rank-by reward` keeps each prompt's best sample
+    /// against its worst (best-of-N).
+    #[arg(long, value_name = "RM.gguf")]
+    pub rank_by: Option<PathBuf>,
     /// Stop before anything runs if any prompt line is bad.
     #[arg(long)]
     pub strict: bool,
@@ -167,6 +172,9 @@ pub struct GenerateSummary {
     pub seconds: f64,
     /// True when a stop request ended the run before every prompt was done.
     pub interrupted: bool,
+    /// With --rank-by: answers the reward model scored now (a rerun scores only new ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_scored: Option<usize>,
 }
 
 /// Runs (or resumes) generation. `stop` lets the caller drain or abort it (Ctrl-C).
@@ -182,7 +190,19 @@ pub async fn generate(
         crate::bundled::PROMPT_SETS,
     )?)?;
     check_prompt_sets(std::slice::from_ref(&prompt_set), options.strict)?;
-    generate_sets(options, &constitution, vec![prompt_set], stop).await
+    let model = options.engine.model.model_path();
+    if let (Some(rm), Ok(model)) = (&options.rank_by, &model) {
+        super::reward::check_reward_model(model, rm)?;
+    }
+    let mut summary = generate_sets(options, &constitution, vec![prompt_set], stop).await?;
+    if let (Some(rm), false) = (&options.rank_by, summary.interrupted) {
+        let mut score = super::reward::RewardScoreOptions::new(&model?, rm);
+        score.db = Some(options.db.clone());
+        score.model.threads = options.engine.model.threads;
+        score.run.quiet = options.run.quiet;
+        summary.reward_scored = Some(super::reward::score(&score).await?.scored);
+    }
+    Ok(summary)
 }
 
 /// A generate run's summary as text.
@@ -204,6 +224,12 @@ pub fn render_generate(s: &GenerateSummary) -> String {
             "left out: {} duplicate or near-duplicate prompt(s), {} bad line(s) (see `tenets \
              stats`)\n",
             s.duplicates, s.bad_lines
+        );
+    }
+    if let Some(n) = s.reward_scored {
+        out += &format!(
+            "reward model: {n} answer(s) scored; `tenets export --rank-by reward` ranks the \
+             samples by it\n"
         );
     }
     out

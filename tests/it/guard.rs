@@ -211,6 +211,26 @@ fn the_probe_flags_harmful_prompts_above_look_alikes_with_topic_and_principle() 
         };
         tenets::export::answer_key(&messages("prompt"), &messages("chosen"))
     };
+    // The run is the database's too: the report shows it.
+    let stored = common::query(
+        &db,
+        "SELECT scorer, target, prompts, answers FROM classifier_runs",
+    );
+    assert_eq!(stored, vec![vec!["judge", "both", "6", "12"]]);
+    let html = dir.path().join("report.html");
+    let output = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["report", "--no-png", "--db"])
+        .arg(&db)
+        .arg("-o")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::text(&output));
+    let html = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        html.contains("Safety classifier") && html.contains("/12 answers"),
+        "no classifier section"
+    );
     let all = export(&[]);
     let kept = export(&["--drop-flagged".as_ref(), screened.as_os_str()]);
     let unflagged = all.iter().filter(|r| !flagged.contains(&key(r))).count();

@@ -1167,6 +1167,27 @@ fn a_reward_model_ranks_held_out_pairs_and_scores_files_and_databases() {
     assert_eq!(stored[0][0], answers.to_string());
     let again = summary(&run(reward_command("score", &refs)));
     assert_eq!(again["scored"], 0);
+    // `generate --rank-by RM` does the scoring itself: here everything is done and scored.
+    let regenerate = |rm: &Path, db: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_tenets"))
+            .arg("generate")
+            .arg("--model")
+            .arg(common::model())
+            .args(["--constitution", "harmless-helpful", "--prompts"])
+            .arg(dir.path().join("p.jsonl"))
+            .arg("--db")
+            .arg(db)
+            .args(["--quiet", "--json", "--ctx", "1024", "--max-tokens", "12"])
+            .args(["--samples", "3", "--temperature", "0.9", "--rank-by"])
+            .arg(rm)
+            .output()
+            .unwrap()
+    };
+    let ranked = summary(&regenerate(&rm, &db));
+    assert_eq!(
+        (&ranked["steps_written"], &ranked["reward_scored"]),
+        (&0.into(), &0.into())
+    );
     assert_eq!(again["cached"].as_u64().unwrap(), answers);
     assert_eq!(again["mean_chosen"], first["mean_chosen"]);
     let output = export();
@@ -1318,6 +1339,15 @@ fn a_reward_model_ranks_held_out_pairs_and_scores_files_and_databases() {
         let adapters = Adapters::new(&model, &[Target::Q], 2, 4.0, 1);
         adapter_gguf::write(&model, &adapters, &adapter).unwrap();
     }
+    let never_db = dir.path().join("never.db");
+    let output = regenerate(&adapter, &never_db);
+    assert!(!output.status.success());
+    assert!(
+        common::text(&output).contains("--rm"),
+        "{}",
+        common::text(&output)
+    );
+    assert!(!never_db.exists());
     let out = dir.path().join("never.jsonl");
     let score_with = |rm: &Path, model: Option<PathBuf>, data: &Path| -> String {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenets"));
