@@ -249,7 +249,18 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Reward {
             command: RewardCommand::Train(mut o),
         } => {
-            o.loss = tenets::train::trainer::Loss::Reward;
+            use tenets::train::dpo::Objective;
+            use tenets::train::trainer::Loss;
+            // `dpo` is the shared flag's default, so it cannot be told from an explicit one;
+            // any other objective asked of `reward train` is a mistake to name, not override.
+            if !matches!(o.loss, Loss::Preference(Objective::Dpo) | Loss::Reward) {
+                anyhow::bail!(
+                    "`tenets reward train` trains the reward objective; --objective {} is \
+                     `tenets train`'s",
+                    o.loss.name()
+                );
+            }
+            o.loss = Loss::Reward;
             train(&o).await
         }
         Command::Reward {

@@ -3,7 +3,7 @@
 # it never saw: train on the bundled safety-train set (239 prompts, tagged harmful/benign),
 # score the bundled eval sets (213 other prompts, other answer phrasings).
 # Then best-of-4 by the reward model as the candidate of `tenets eval` on those prompts.
-# About 15 minutes on 2 cores. MODEL (default: the default model), EPOCHS (3), OUT (out/reward).
+# About 20 minutes on 2 cores. MODEL (default: the default model), EPOCHS (3), OUT (out/reward).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}

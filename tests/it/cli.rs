@@ -101,6 +101,18 @@ fn bad_flags_and_missing_files_fail_clearly() {
     );
     assert_clean_failure(&out, dir.path(), "nope.jsonl");
 
+    // `reward train` names an objective it would otherwise override, and writes nothing.
+    let rm = dir.path().join("rm.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["reward", "train", "--objective", "sft", "--data"])
+        .arg(common::repo("tests/fixtures/dpo-pairs-64.jsonl"))
+        .arg("--out")
+        .arg(&rm)
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, dir.path(), "--objective sft");
+    assert!(!rm.exists() && !dir.path().join("rm.train.db").exists());
+
     let not_a_model = dir.path().join("model.gguf");
     std::fs::write(&not_a_model, b"definitely not a model").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
