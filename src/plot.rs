@@ -259,7 +259,9 @@ pub fn rate_bars_svg(bars: &[RateBar], caption: &str) -> Result<String, String> 
                 })
                 .collect();
             chart
-                .draw_series(mine.iter().map(|(x, b)| {
+                // A rate of 0 has no bar (an empty rectangle is invalid SVG to renderers);
+                // its interval still shows.
+                .draw_series(mine.iter().filter(|(_, b)| b.rate > 0.0).map(|(x, b)| {
                     Rectangle::new(
                         [(*x, 0.0), (x + width * 0.9, b.rate)],
                         color.mix(0.6).filled(),

@@ -441,7 +441,10 @@ pub fn render(
         }
         table.push_str("</table>");
         s += &table;
-        s += &charts.add("rounds", plot::rate_bars_svg(&bars, "rounds side by side"))?;
+        s += &charts.add(
+            "rounds",
+            plot::rate_bars_svg(&bars, "evaluations side by side"),
+        )?;
         push_section(&mut body, &mut sections, "rounds", "Rounds", &s);
     }
 
