@@ -204,17 +204,20 @@ pub async fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineEr
     let model_path = o.model.model_path()?;
     let constitution_path = super::resolve_bundled(&o.constitution, crate::bundled::CONSTITUTIONS)?;
     let constitution = Constitution::load(&constitution_path)?;
-    let (items, answers, source) = match (&o.prompts, &o.db) {
-        (Some(path), _) => (prompts(path, "--prompts")?, Vec::new(), path.clone()),
-        (None, Some(db)) => {
-            let store = Store::open_existing(db).await?;
+    // The database stays open: the run is recorded there at the end.
+    let store = match &o.db {
+        Some(db) => Some(Store::open_existing(db).await?),
+        None => None,
+    };
+    let (items, answers, source) = match (&o.prompts, &o.db, &store) {
+        (Some(path), _, _) => (prompts(path, "--prompts")?, Vec::new(), path.clone()),
+        (None, Some(db), Some(store)) => {
             let items = store.prompt_items().await?;
             let answers = if o.on == Target::Prompt {
                 Vec::new()
             } else {
-                crate::export::answers_to_score(&store).await?
+                crate::export::answers_to_score(store).await?
             };
-            store.close().await;
             if items.is_empty() {
                 return Err(setting(format!("--db {}: no prompts", db.display())));
             }
@@ -226,7 +229,7 @@ pub async fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineEr
             }
             (items, answers, db.clone())
         }
-        (None, None) => return Err(setting("give --prompts P or --db D")),
+        _ => return Err(setting("give --prompts P or --db D")),
     };
     let model = Model::open(&model_path)?;
     let compute = native_compute(&o.model, o.kernel)?;
@@ -403,8 +406,7 @@ pub async fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineEr
         out: o.out.clone(),
     };
     // A database's own record of the run, for `tenets report`.
-    if let Some(db) = &o.db {
-        let store = Store::open_existing(db).await?;
+    if let Some(store) = store {
         let scorer_input = match o.scorer {
             Scorer::Probe => o.fit_on.display().to_string(),
             Scorer::Reward => {

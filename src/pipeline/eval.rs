@@ -526,26 +526,27 @@ pub async fn eval_under(
         ids.sort();
         ids
     });
+    // What identifies the evaluation; a judge model, when one runs, fills in its part below.
+    let record = EvalRecord {
+        name: options.display_name(),
+        base_run_id: summary.base.run_id.clone(),
+        adapter_run_id: summary.adapter.as_ref().map(|a| a.run_id.clone()),
+        adapter_path: options.candidate_files(),
+        judge_model_path: PATTERNS_ONLY.into(),
+        judge_model_sha256: PATTERNS_ONLY.into(),
+        chat_template_sha256: String::new(),
+        constitution_name: constitution.name.clone(),
+        constitution_sha256: constitution.content_hash(),
+        constitution_json: serde_json::to_string(&constitution).unwrap_or_default(),
+        verdict_frame_sha256: String::new(),
+        judge_frame_sha256: String::new(),
+        questions: 0,
+        principle_questions: 0,
+        seed: options.seed as i64,
+        prompts_sha256,
+        candidate_selection,
+    };
     if options.patterns_only {
-        let record = EvalRecord {
-            name: options.display_name(),
-            base_run_id: summary.base.run_id.clone(),
-            adapter_run_id: summary.adapter.as_ref().map(|a| a.run_id.clone()),
-            adapter_path: options.candidate_files(),
-            judge_model_path: PATTERNS_ONLY.into(),
-            judge_model_sha256: PATTERNS_ONLY.into(),
-            chat_template_sha256: String::new(),
-            constitution_name: constitution.name.clone(),
-            constitution_sha256: constitution.content_hash(),
-            constitution_json: serde_json::to_string(&constitution).unwrap_or_default(),
-            verdict_frame_sha256: String::new(),
-            judge_frame_sha256: String::new(),
-            questions: 0,
-            principle_questions: 0,
-            seed: options.seed as i64,
-            prompts_sha256,
-            candidate_selection,
-        };
         let eval_id = store.upsert_eval(&record, &prompt_ids).await?;
         summary.eval_id = eval_id.clone();
         let done = store.eval_verdicts_done(&eval_id).await?;
@@ -606,23 +607,14 @@ pub async fn eval_under(
         )));
     }
     let record = EvalRecord {
-        name: options.display_name(),
-        base_run_id: summary.base.run_id.clone(),
-        adapter_run_id: summary.adapter.as_ref().map(|a| a.run_id.clone()),
-        adapter_path: options.candidate_files(),
         judge_model_path: judge_model.display().to_string(),
         judge_model_sha256: store.model_sha256(&judge_model).await?,
         chat_template_sha256: chat_hash,
-        constitution_name: constitution.name.clone(),
-        constitution_sha256: constitution.content_hash(),
-        constitution_json: serde_json::to_string(&constitution).unwrap_or_default(),
         verdict_frame_sha256: verdict_frame.hash().to_string(),
         judge_frame_sha256: judge_frame.hash().to_string(),
         questions: options.questions as i64,
         principle_questions: options.principle_questions as i64,
-        seed: options.seed as i64,
-        prompts_sha256,
-        candidate_selection,
+        ..record
     };
     let eval_id = store.upsert_eval(&record, &prompt_ids).await?;
     let judge_key = record.judge_key();
