@@ -38,6 +38,8 @@ pub mod report;
 #[cfg(feature = "llama")]
 pub mod score;
 #[cfg(feature = "llama")]
+pub mod serve;
+#[cfg(feature = "llama")]
 pub mod settings;
 pub mod stats;
 pub mod store;

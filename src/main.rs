@@ -23,6 +23,7 @@ use tenets::pipeline::steer::{self as steering, SteerOptions};
 use tenets::pipeline::train::{self as training, TrainOptions};
 use tenets::pipeline::{self, GenerateOptions};
 use tenets::score::{self, ScoreOptions};
+use tenets::serve::{self as serving, ServeOptions};
 use tenets::store::Store;
 use tenets::{home, stats};
 
@@ -117,6 +118,10 @@ enum Command {
         #[arg(long)]
         no_png: bool,
     },
+    /// Serve the model behind an OpenAI-compatible API with the constitution's guards: input
+    /// and output screens with principled refusals, critique-and-revise, banned phrases, JSON
+    /// grammars; every decision logged to SQLite.
+    Serve(Box<ServeOptions>),
     /// Summarise a database: steps per stage and principle, pairs, filters, failures, judges.
     Stats {
         #[arg(long)]
@@ -342,6 +347,19 @@ async fn run(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(o) => {
+            serving::serve(&o, stop_on_signal(), |address| {
+                let _ = say(&format!(
+                    "tenets serve: listening on http://{address}/v1 (Ctrl-C stops it)\n"
+                ));
+            })
+            .await?;
+            eprintln!(
+                "tenets serve: stopped; every decision is in {}",
+                o.db.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats { db, json } => {
             let stats = stats::collect(&Store::open_existing(&db).await?).await?;
             print_summary(json, &stats, stats::render, false)?;
@@ -386,6 +404,36 @@ fn stop_on_ctrl_c() -> StopSignal {
                 eprintln!("abandoning the work in flight; completed work is saved");
                 signal.abort();
             }
+        }
+    });
+    stop
+}
+
+/// For a server: Ctrl-C or SIGTERM (a service manager's stop) finishes the requests in flight
+/// and stops; a second one stops at once.
+fn stop_on_signal() -> StopSignal {
+    let stop = StopSignal::default();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        eprintln!("\nstopping: finishing the requests in flight (Ctrl-C again to stop at once)");
+        signal.drain();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
         }
     });
     stop

@@ -389,6 +389,21 @@ pub fn render(
         );
     }
 
+    let served: Vec<(&Path, &crate::store::GuardStats)> = data
+        .sources
+        .iter()
+        .filter_map(|s| s.stats.guard.as_ref().map(|g| (s.path.as_path(), g)))
+        .collect();
+    if !served.is_empty() {
+        push_section(
+            &mut body,
+            &mut sections,
+            "served",
+            "Served requests",
+            &served_html(&served),
+        );
+    }
+
     if all_evals.len() > 1 {
         let mut s = String::from(
             "<p>Each evaluation's candidate side (an adapter, a control vector or both; the base where there is none), in the \
@@ -519,6 +534,47 @@ fn classifier_html(runs: &[&crate::store::ClassifierRunRecord]) -> String {
                 100.0 * f.target_recall,
                 pct(f.false_positive_rate_at_target)
             )),
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+/// `tenets serve`'s guard rates per decision log: each outcome's share, and which guard fired
+/// for which principle.
+fn served_html(logs: &[(&Path, &crate::store::GuardStats)]) -> String {
+    let mut s = String::from(
+        "<p><code>tenets serve</code>'s decision logs: every request, and what the \
+         constitution's guards did to it.</p><table><tr><th>log</th><th>requests</th>\
+         <th>outcomes</th><th>guard · principle</th><th>latency p50 / p95</th></tr>",
+    );
+    for (path, g) in logs {
+        let share = |n: i64| 100.0 * n as f64 / g.requests.max(1) as f64;
+        let list = |counts: &[crate::store::stats::Count], shares: bool| {
+            counts
+                .iter()
+                .map(|c| {
+                    if shares {
+                        format!("{} {} ({:.1}%)", escape(&c.name), c.count, share(c.count))
+                    } else {
+                        format!("{} {}", escape(&c.name), c.count)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("<br>")
+        };
+        let latency = match (g.latency_p50_ms, g.latency_p95_ms) {
+            (Some(a), Some(b)) => format!("{a} / {b} ms"),
+            _ => "–".into(),
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+            escape(&path.display().to_string()),
+            g.requests,
+            list(&g.outcomes, true),
+            list(&g.fired, false),
+            latency
         );
     }
     s.push_str("</table>");

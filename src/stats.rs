@@ -49,6 +49,9 @@ pub struct Stats {
     pub trainings: Vec<TrainingStats>,
     /// `tenets eval` evaluations, with their figures.
     pub evaluations: Vec<crate::eval::results::EvalResults>,
+    /// `tenets serve`'s decision log: what the guards did to the requests it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::store::GuardStats>,
 }
 
 pub async fn collect(store: &Store) -> Result<Stats, StoreError> {
@@ -57,6 +60,7 @@ pub async fn collect(store: &Store) -> Result<Stats, StoreError> {
         judges: store.judges().await?,
         trainings: store.trainings().await?,
         evaluations: collect_evaluations(store).await?,
+        guard: store.guard_stats().await?,
     })
 }
 
@@ -124,12 +128,62 @@ fn short(hash: &str, n: usize) -> &str {
     hash.get(..n).unwrap_or(hash)
 }
 
+/// `tenets serve`'s guard rates: each outcome's share of the requests, and which guard fired
+/// for which principle.
+fn render_guard(s: &mut String, g: &crate::store::GuardStats) {
+    use std::fmt::Write;
+    let share = |n: i64| 100.0 * n as f64 / g.requests.max(1) as f64;
+    let _ = writeln!(
+        s,
+        "served requests {}  (tenets serve's decision log)",
+        g.requests
+    );
+    for c in &g.outcomes {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>6}  ({:.1}%)",
+            c.name,
+            c.count,
+            share(c.count)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  guards: input refused {} ({:.1}%), output refused {} ({:.1}%), revised {} ({:.1}%)",
+        g.refused_input,
+        share(g.refused_input),
+        g.refused_output,
+        share(g.refused_output),
+        g.revised,
+        share(g.revised)
+    );
+    for c in &g.fired {
+        let _ = writeln!(s, "    {:<40} {:>6}", c.name, c.count);
+    }
+    let latency = match (g.latency_p50_ms, g.latency_p95_ms) {
+        (Some(p50), Some(p95)) => format!("; latency p50 {p50} ms, p95 {p95} ms"),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        s,
+        "  {} streamed, {} with a JSON grammar; {} tokens generated{latency}",
+        g.streamed, g.constrained, g.completion_tokens
+    );
+}
+
 /// A plain-text view for the terminal.
 pub fn render(stats: &Stats) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    if stats.runs.is_empty() && stats.trainings.is_empty() && stats.evaluations.is_empty() {
+    if stats.runs.is_empty()
+        && stats.trainings.is_empty()
+        && stats.evaluations.is_empty()
+        && stats.guard.is_none()
+    {
         return "no runs in this database\n".into();
+    }
+    if let Some(guard) = &stats.guard {
+        render_guard(&mut s, guard);
     }
     for run in &stats.runs {
         let _ = writeln!(

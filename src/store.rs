@@ -19,10 +19,12 @@ mod calibration;
 mod classify;
 mod eval;
 pub mod export;
+mod guard;
 pub mod merge;
 mod reward;
 pub mod stats;
 mod train;
+
 pub use calibration::{JudgeCalibration, KindCount};
 pub use classify::ClassifierRunRecord;
 pub use eval::{
@@ -30,6 +32,7 @@ pub use eval::{
     VerdictRecord,
 };
 pub use export::{CandidateRow, RunSettings};
+pub use guard::{GuardDecisionRecord, GuardStats};
 pub use reward::RewardModelRecord;
 pub use train::{FinalScores, TrainRunRecord, TrainStepRecord};
 

@@ -5,6 +5,7 @@
 //! (duplicate ids, dangling references). Nothing is half-loaded: either every check passes or the
 //! caller gets the full list of [`Problem`]s.
 
+pub mod guard;
 pub mod schema;
 pub mod starter;
 pub mod yaml;
@@ -49,6 +50,10 @@ pub struct Constitution {
     /// why, and the lawful alternative it offers. Safety training data is written from these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refusals: Vec<Refusal>,
+    /// What `tenets serve` enforces at inference: screening rules on what goes in and comes
+    /// out, what a flagged turn gets, and phrases the model can never write.
+    #[serde(default, skip_serializing_if = "guard::Guard::is_empty")]
+    pub guard: guard::Guard,
 }
 
 /// One principle: how to critique a response against it and how to revise.
@@ -394,6 +399,7 @@ impl Constitution {
                 );
             }
         }
+        self.check_guard(tree, &ids, &mut push);
         for (i, e) in self.examples.iter().enumerate() {
             if let Some(principle) = &e.principle {
                 if !ids.contains(principle.as_str()) {
@@ -408,8 +414,135 @@ impl Constitution {
         problems
     }
 
+    /// The `guard:` section's references and patterns: rule ids unique, topics restricted,
+    /// principles known, every pattern a regular expression that compiles.
+    fn check_guard(
+        &self,
+        tree: &yaml::Node,
+        principles: &HashSet<&str>,
+        push: &mut impl FnMut(yaml::Pos, String),
+    ) {
+        let rules = tree.get("guard").and_then(|g| g.get("rules"));
+        let item = |node: Option<&yaml::Node>, i: usize| -> Option<yaml::Node> {
+            match node.map(|n| &n.value) {
+                Some(yaml::Value::Seq(items)) => items.get(i).cloned(),
+                _ => None,
+            }
+        };
+        let fallback = tree
+            .get("guard")
+            .map_or(yaml::Pos { line: 1, col: 1 }, |g| g.pos);
+        if let Some(classifier) = &self.guard.classifier {
+            let node = tree.get("guard").and_then(|g| g.get("classifier"));
+            let at = |field: &str| {
+                node.and_then(|n| n.get(field).or(Some(n)))
+                    .map_or(fallback, |n| n.pos)
+            };
+            if !(classifier.threshold > 0.0 && classifier.threshold < 1.0) {
+                push(
+                    at("threshold"),
+                    format!(
+                        "`guard.classifier.threshold`: must be between 0 and 1 (exclusive), \
+                         found {}",
+                        classifier.threshold
+                    ),
+                );
+            }
+            if self.refusals.is_empty() {
+                push(
+                    at("scorer"),
+                    "`guard.classifier`: a flagged turn is refused with the nearest topic's \
+                     refusal, and `refusals` is empty"
+                        .into(),
+                );
+            }
+        }
+        let mut ids = HashSet::new();
+        for (i, rule) in self.guard.rules.iter().enumerate() {
+            let node = item(rules, i);
+            let at = |field: &str| {
+                node.as_ref()
+                    .and_then(|n| n.get(field).map(|f| f.pos).or(Some(n.pos)))
+                    .unwrap_or(fallback)
+            };
+            let name = format!("guard.rules[{i}]");
+            if !ids.insert(rule.id.as_str()) {
+                push(
+                    at("id"),
+                    format!("`{name}.id`: duplicate rule id `{}`", rule.id),
+                );
+            }
+            if let Some(topic) = &rule.topic {
+                if !self.topics.restricted.contains(topic) {
+                    push(
+                        at("topic"),
+                        format!("`{name}.topic`: `{topic}` is not one of `topics.restricted`"),
+                    );
+                }
+            }
+            if let Some(principle) = &rule.principle {
+                if !principles.contains(principle.as_str()) {
+                    push(
+                        at("principle"),
+                        format!("`{name}.principle`: no principle has id `{principle}`"),
+                    );
+                }
+            }
+            let topic_principle = rule
+                .topic
+                .as_deref()
+                .and_then(|t| self.refusal_for(t))
+                .map(|r| &r.principle);
+            if rule.principle.is_none() && topic_principle.is_none() {
+                push(
+                    at("id"),
+                    format!(
+                        "`{name}`: give a `principle`, or a `topic` that has a `refusals` \
+                         entry (a refusal must name the principle it follows)"
+                    ),
+                );
+            }
+            for (field, patterns) in [("patterns", &rule.patterns), ("unless", &rule.unless)] {
+                let list = node.as_ref().and_then(|n| n.get(field));
+                for (j, pattern) in patterns.iter().enumerate() {
+                    if let Err(e) = guard::compile(pattern) {
+                        let pos = item(list, j).map_or_else(|| at(field), |n| n.pos);
+                        let reason = e
+                            .to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or("")
+                            .trim()
+                            .to_string();
+                        push(
+                            pos,
+                            format!("`{name}.{field}[{j}]`: not a regular expression ({reason})"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// A hash of the constitution's content (not its formatting or comments).
+    ///
+    /// The `guard:` section is left out: only `tenets serve` reads it, so tightening a screen
+    /// does not make a generate run over the same data start again. The guard's own hash is
+    /// [`Constitution::guard_hash`].
     pub fn content_hash(&self) -> String {
+        if self.guard.is_empty() {
+            return hash::of_json(self);
+        }
+        let without = Constitution {
+            guard: guard::Guard::default(),
+            ..self.clone()
+        };
+        hash::of_json(&without)
+    }
+
+    /// A hash of the whole constitution, its `guard:` section included (what a served
+    /// decision was made under).
+    pub fn guard_hash(&self) -> String {
         hash::of_json(self)
     }
 

@@ -105,9 +105,18 @@ impl<'s> Checker<'s> {
         let shown = if path.is_empty() { "document" } else { path };
 
         if let Some(options) = schema.get("anyOf").and_then(J::as_array) {
-            // Try each; accept the first that yields no violation, else report the closest.
+            // Try each; accept the first that yields no violation, else report the closest. An
+            // optional section (`anyOf: [section, null]`) that is given is reported as the
+            // section, never as "expected null".
+            let is_null = |o: &J| self.resolve(o).get("type") == Some(&J::String("null".into()));
+            let given = !matches!(node.to_json(), J::Null);
+            let mut candidates: Vec<&J> =
+                options.iter().filter(|o| !(given && is_null(o))).collect();
+            if candidates.is_empty() {
+                candidates = options.iter().collect();
+            }
             let mut best: Option<Vec<Violation>> = None;
-            for option in options {
+            for option in candidates {
                 let mut v = Vec::new();
                 self.check(node, option, path, &mut v);
                 if v.is_empty() {

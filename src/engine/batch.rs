@@ -26,9 +26,12 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
+use super::constrain::PhraseBan;
 use super::session::{
     Counters, Finish, Next, Probe, Sampling, Session, StopSignal, TurnFailure, TurnOutput,
     TurnRequest,
@@ -44,10 +47,41 @@ struct Turn {
     bytes: Vec<u8>,
     picker: Picker,
     probe: Option<Arc<Probe>>,
+    /// Where each new piece of text goes as it is generated, and how many bytes have gone.
+    stream: Option<mpsc::UnboundedSender<String>>,
+    streamed: usize,
 }
 
-/// How a turn picks its next token.
-enum Picker {
+impl Turn {
+    /// Sends the text generated since the last send, up to its last whole UTF-8 character.
+    fn send_new_text(&mut self) {
+        let Some(stream) = &self.stream else {
+            return;
+        };
+        let fresh = &self.bytes[self.streamed..];
+        let whole = match std::str::from_utf8(fresh) {
+            Ok(_) => fresh.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Bytes no character can start with: sent as the replacement character.
+            Err(_) => fresh.len(),
+        };
+        if whole > 0 {
+            let _ = stream.send(String::from_utf8_lossy(&fresh[..whole]).into_owned());
+            self.streamed += whole;
+        }
+    }
+}
+
+/// How a turn picks its next token: greedily or by the sampler chain, from the logits as the
+/// model gave them, or — when the turn has a grammar or banned phrases — from the candidates
+/// those allow.
+struct Picker {
+    choose: Choose,
+    grammar: Option<LlamaSampler>,
+    ban: Option<Arc<PhraseBan>>,
+}
+
+enum Choose {
     /// Temperature 0: the most likely token, read straight from the logits. llama.cpp's
     /// sampler would first copy all of them into a candidate list for every token.
     Greedy,
@@ -55,23 +89,78 @@ enum Picker {
 }
 
 impl Picker {
-    fn new(sampling: &Sampling, seed: u32) -> Picker {
-        if sampling.temperature <= 0.0 {
-            Picker::Greedy
+    fn new(
+        sampling: &Sampling,
+        seed: u32,
+        grammar: Option<LlamaSampler>,
+        ban: Option<Arc<PhraseBan>>,
+    ) -> Picker {
+        let choose = if sampling.temperature <= 0.0 {
+            Choose::Greedy
         } else {
-            Picker::Sampled(LlamaSampler::chain_simple([
+            Choose::Sampled(LlamaSampler::chain_simple([
                 LlamaSampler::top_p(sampling.top_p, 1),
                 LlamaSampler::temp(sampling.temperature),
                 LlamaSampler::dist(seed),
             ]))
+        };
+        Picker {
+            choose,
+            grammar,
+            ban: ban.filter(|b| !b.is_empty()),
         }
     }
 
-    fn pick(&mut self, ctx: &LlamaContext<'_>, row: i32) -> LlamaToken {
-        match self {
-            Picker::Greedy => LlamaToken(argmax(ctx.get_logits_ith(row)) as i32),
-            Picker::Sampled(sampler) => sampler.sample(ctx, row),
+    /// The next token after `written` (the turn's text so far), or None when the grammar and
+    /// the banned phrases leave no token at all.
+    fn pick(&mut self, ctx: &LlamaContext<'_>, row: i32, written: &[u8]) -> Option<LlamaToken> {
+        if self.grammar.is_none() && self.ban.is_none() {
+            return Some(match &mut self.choose {
+                Choose::Greedy => LlamaToken(argmax(ctx.get_logits_ith(row)) as i32),
+                Choose::Sampled(sampler) => sampler.sample(ctx, row),
+            });
         }
+        let logits = ctx.get_logits_ith(row);
+        let mut candidates = LlamaTokenDataArray::from_iter(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0)),
+            false,
+        );
+        if let Some(ban) = &self.ban {
+            for id in ban.banned_after(written) {
+                if let Some(c) = candidates.data.get_mut(id as usize) {
+                    c.set_logit(f32::NEG_INFINITY);
+                }
+            }
+        }
+        if let Some(grammar) = &mut self.grammar {
+            candidates.apply_sampler(grammar);
+        }
+        if candidates
+            .data
+            .iter()
+            .all(|c| c.logit() == f32::NEG_INFINITY)
+        {
+            return None;
+        }
+        let token = match &mut self.choose {
+            Choose::Greedy => {
+                let values: Vec<f32> = candidates.data.iter().map(|c| c.logit()).collect();
+                candidates.data[argmax(&values)].id()
+            }
+            Choose::Sampled(sampler) => {
+                candidates.apply_sampler(sampler);
+                let token = candidates.selected_token()?;
+                sampler.accept(token);
+                token
+            }
+        };
+        if let Some(grammar) = &mut self.grammar {
+            grammar.accept(token);
+        }
+        Some(token)
     }
 }
 
@@ -160,8 +249,14 @@ pub fn run(
         if stop.aborted() {
             return Ok(());
         }
-        // 1. Move every slot as far as it can go without decoding.
+        // 1. Move every slot as far as it can go without decoding. A session nobody wants any
+        // more (a served client hung up) gives its slot back at once; what its KV holds stays,
+        // for the next turn that shares a prefix with it.
         for slot in &mut slots {
+            if slot.session.as_ref().is_some_and(|s| s.abandoned()) {
+                slot.session = None;
+                slot.state = State::Free;
+            }
             loop {
                 match std::mem::replace(&mut slot.state, State::Free) {
                     State::Free => {
@@ -337,24 +432,29 @@ pub fn run(
                 };
                 continue;
             }
-            let token = turn.picker.pick(ctx, row);
-            let finish = if vocab.is_eog(token) {
-                Some(Finish::Stop)
-            } else {
-                turn.generated += 1;
-                counters.generated.fetch_add(1, Ordering::Relaxed);
-                turn.bytes.extend(vocab.token_to_piece(token, false, None));
-                if turn.generated >= turn.max_tokens {
-                    Some(Finish::Length)
-                } else if slot.in_kv.len() + 1 >= limit {
-                    Some(Finish::Context)
-                } else {
-                    None
+            // The token to decode next, or why the turn ends.
+            let next = match turn.picker.pick(ctx, row, &turn.bytes) {
+                // The grammar and banned phrases left no token: the turn ends here.
+                None => Err(Finish::Stop),
+                Some(token) if vocab.is_eog(token) => Err(Finish::Stop),
+                Some(token) => {
+                    turn.generated += 1;
+                    counters.generated.fetch_add(1, Ordering::Relaxed);
+                    turn.bytes.extend(vocab.token_to_piece(token, false, None));
+                    turn.send_new_text();
+                    if turn.generated >= turn.max_tokens {
+                        Err(Finish::Length)
+                    } else if slot.in_kv.len() + 1 >= limit {
+                        Err(Finish::Context)
+                    } else {
+                        Ok(token)
+                    }
                 }
             };
-            slot.state = match finish {
-                None => State::Decode(turn, token),
-                Some(finish) => {
+            slot.state = match next {
+                Ok(token) => State::Decode(turn, token),
+                Err(finish) => {
+                    turn.stream = None;
                     let output = TurnOutput {
                         text: String::from_utf8_lossy(&turn.bytes).into_owned(),
                         finish,
@@ -573,6 +673,15 @@ fn start_turn(
             limit,
         });
     }
+    // Compiled before anything touches the KV cache: a grammar llama.cpp cannot parse fails
+    // the turn alone.
+    let grammar =
+        match &request.options.grammar {
+            Some(text) => Some(LlamaSampler::grammar(model, text, "root").map_err(|e| {
+                TurnFailure::Grammar(format!("llama.cpp could not compile it ({e})"))
+            })?),
+            None => None,
+        };
     let mut keep = common_prefix(in_kv.iter(), tokens.iter());
     // At least one token must be decoded to get logits for the first new token.
     keep = keep.min(tokens.len().saturating_sub(1));
@@ -588,14 +697,23 @@ fn start_turn(
         in_kv.truncate(keep);
     }
     let pending = tokens[keep..].to_vec();
+    let options = request.options;
+    let picker = Picker::new(
+        &options.sampling.unwrap_or(*sampling),
+        request.seed,
+        grammar,
+        options.ban,
+    );
     let turn = Turn {
         max_tokens: request.max_tokens.max(1),
         prompt_tokens: tokens.len(),
         prefill_tokens: pending.len(),
         generated: 0,
         bytes: Vec::new(),
-        picker: Picker::new(sampling, request.seed),
+        picker,
         probe: request.probe,
+        stream: options.stream,
+        streamed: 0,
     };
     Ok(State::Prefill(turn, pending))
 }

@@ -8,6 +8,7 @@
 //! (answer, critique, revision, a judge's letter) belongs to the pipeline.
 
 pub mod batch;
+pub mod constrain;
 pub mod control;
 pub mod logprobs;
 pub mod remote;
@@ -25,8 +26,8 @@ use llama_cpp_2::token::LlamaToken;
 use crate::chat::{ChatTemplate, Segment, CHATML};
 
 pub use session::{
-    Counters, Finish, Next, Probe, Sampling, Session, StopSignal, TurnFailure, TurnOutput,
-    TurnRequest,
+    Counters, Finish, Next, Probe, Sampling, Session, StopSignal, TurnFailure, TurnOptions,
+    TurnOutput, TurnRequest,
 };
 pub use start::{connect_remote, start_local, start_remote, EngineTask};
 

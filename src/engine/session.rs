@@ -43,6 +43,21 @@ pub struct TurnRequest {
     /// When set, nothing is generated: the turn reports the probability of each answer at the
     /// position after the conversation (a judge reading its answer, see `label`).
     pub probe: Option<Arc<Probe>>,
+    /// What this turn asks beyond the run's settings (a served request's own).
+    pub options: TurnOptions,
+}
+
+/// A turn's own settings: what `tenets serve` passes from a request. The stages leave it empty.
+#[derive(Debug, Clone, Default)]
+pub struct TurnOptions {
+    /// Sampling for this turn instead of the run's.
+    pub sampling: Option<Sampling>,
+    /// A GBNF grammar (root rule `root`) every generated token must follow.
+    pub grammar: Option<String>,
+    /// Phrases the turn cannot write (llama.cpp engine only).
+    pub ban: Option<Arc<super::constrain::PhraseBan>>,
+    /// Each piece of text as it is generated (the whole text still comes with the output).
+    pub stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// The answers a probe turn reads, e.g. "A" and "B".
@@ -99,6 +114,8 @@ pub enum TurnFailure {
     Template(String),
     /// A remote server refused the request (not a transient error: those are retried).
     Remote(String),
+    /// The turn's grammar could not be compiled.
+    Grammar(String),
 }
 
 impl std::fmt::Display for TurnFailure {
@@ -111,6 +128,7 @@ impl std::fmt::Display for TurnFailure {
             ),
             TurnFailure::Template(e) => write!(f, "chat template: {e}"),
             TurnFailure::Remote(e) => write!(f, "server: {e}"),
+            TurnFailure::Grammar(e) => write!(f, "grammar: {e}"),
         }
     }
 }
@@ -135,6 +153,11 @@ pub trait Session: Send {
     fn next_turn(&mut self) -> Next;
     /// Takes the outcome of the turn; the receiver resolves once it is durable (true to go on).
     fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool>;
+    /// Whether nobody wants this session's result any more (a served client hung up): the
+    /// engine then stops its turn and frees the slot. Stages' sessions are never abandoned.
+    fn abandoned(&self) -> bool {
+        false
+    }
 }
 
 /// Shared stop request: run, drain (finish in-flight turns, start nothing), or abort now.

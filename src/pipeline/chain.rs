@@ -223,6 +223,7 @@ impl Session for Chain {
             max_tokens: self.run.max_tokens,
             seed,
             probe: None,
+            options: crate::engine::TurnOptions::default(),
         })
     }
 

@@ -234,57 +234,32 @@ pub async fn classify(o: &ClassifyOptions) -> Result<ClassifySummary, PipelineEr
     let model = Model::open(&model_path)?;
     let compute = native_compute(&o.model, o.kernel)?;
     let llama = crate::engine::load_vocab(&model_path)?;
-    let features = |items: &[PromptItem], what: &'static str| -> Result<_, PipelineError> {
-        let bar = progress_bar(o.run.quiet, items.len() as u64, "prompts");
-        bar.set_message(what);
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            out.push(prompt_features(&llama, &model, &compute, &item.messages)?);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        Ok(out)
-    };
-
     let (scores, topics, fit_prompts) = match o.scorer {
         Scorer::Probe => {
-            let fit = prompts(&o.fit_on, "--fit-on")?;
-            let labels: Vec<Option<bool>> = fit
-                .iter()
-                .map(|p| match p.kind.as_deref() {
-                    Some("harmful") => Some(true),
-                    Some("benign") => Some(false),
-                    _ => None,
-                })
-                .collect();
-            if labels.iter().all(|l| *l != Some(true)) || labels.iter().all(|l| *l != Some(false)) {
-                return Err(setting(format!(
-                    "--fit-on {}: the probe is fitted on prompts tagged `kind: harmful` and \
-                     `kind: benign`, and it needs both",
-                    o.fit_on.display()
-                )));
+            let bar = progress_bar(o.run.quiet, 0, "fit prompts");
+            let screen = ProbeScreen::fit_with(
+                model,
+                compute,
+                llama,
+                &o.fit_on,
+                &constitution,
+                |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
+            bar.finish_and_clear();
+            let bar = progress_bar(o.run.quiet, items.len() as u64, "prompts");
+            bar.set_message("classify");
+            let (mut scores, mut topics) = (Vec::new(), Vec::new());
+            for item in &items {
+                let (p, topic) = screen.score(&item.messages)?;
+                scores.push(p);
+                topics.push(topic);
+                bar.inc(1);
             }
-            let fit_features = features(&fit, "fit prompts")?;
-            let (x, y): (Vec<Vec<f32>>, Vec<bool>) = fit_features
-                .iter()
-                .zip(&labels)
-                .filter_map(|(x, l)| l.map(|l| (x.clone(), l)))
-                .unzip();
-            let probe = Probe::fit(&x, &y, FitSettings::default())
-                .map_err(|e| setting(format!("--fit-on: {e}")))?;
-            let restricted = &constitution.topics.restricted;
-            let centroids = Centroids::of(fit.iter().zip(&fit_features).filter_map(|(p, x)| {
-                let topic = p.topic.as_deref()?;
-                (p.kind.as_deref() == Some("harmful") && restricted.iter().any(|r| r == topic))
-                    .then_some((topic, x.as_slice()))
-            }));
-            let own = features(&items, "classify")?;
-            let scores = own.iter().map(|x| probe.probability(x)).collect();
-            let topics: Vec<Option<String>> = own
-                .iter()
-                .map(|x| centroids.nearest(x).map(str::to_string))
-                .collect();
-            (scores, topics, fit.len())
+            bar.finish_and_clear();
+            (scores, topics, screen.fit_prompts)
         }
         Scorer::Judge => {
             let answers = crate::label::AnswerTokens::of(&llama);
@@ -515,6 +490,97 @@ fn next_letter(
             .sum()
     };
     Ok((p(&answers.a), p(&answers.b)))
+}
+
+/// A probe fitted on tagged prompts, with the model it reads hidden states from: what
+/// `classify --scorer probe` scores with, and `tenets serve`'s input classifier.
+pub struct ProbeScreen {
+    model: Model,
+    compute: Compute,
+    llama: llama_cpp_2::model::LlamaModel,
+    probe: Probe,
+    centroids: Centroids,
+    /// Prompts of the fit set (tagged or not).
+    pub fit_prompts: usize,
+}
+
+impl ProbeScreen {
+    /// Loads the model natively and fits the probe on `fit_on`'s tagged prompts (a file or a
+    /// bundled set by name): each tagged prompt costs one forward pass.
+    pub fn fit(
+        model: &ModelSettings,
+        kernel: KernelChoice,
+        fit_on: &Path,
+        constitution: &Constitution,
+    ) -> Result<ProbeScreen, PipelineError> {
+        let path = model.model_path()?;
+        let native = Model::open(&path)?;
+        let compute = native_compute(model, kernel)?;
+        let llama = crate::engine::load_vocab(&path)?;
+        Self::fit_with(native, compute, llama, fit_on, constitution, |_, _| {})
+    }
+
+    fn fit_with(
+        model: Model,
+        compute: Compute,
+        llama: llama_cpp_2::model::LlamaModel,
+        fit_on: &Path,
+        constitution: &Constitution,
+        progress: impl Fn(usize, usize),
+    ) -> Result<ProbeScreen, PipelineError> {
+        let fit = prompts(fit_on, "--fit-on")?;
+        let labels: Vec<Option<bool>> = fit
+            .iter()
+            .map(|p| match p.kind.as_deref() {
+                Some("harmful") => Some(true),
+                Some("benign") => Some(false),
+                _ => None,
+            })
+            .collect();
+        if labels.iter().all(|l| *l != Some(true)) || labels.iter().all(|l| *l != Some(false)) {
+            return Err(setting(format!(
+                "--fit-on {}: the probe is fitted on prompts tagged `kind: harmful` and \
+                 `kind: benign`, and it needs both",
+                fit_on.display()
+            )));
+        }
+        let mut features = Vec::with_capacity(fit.len());
+        for (i, item) in fit.iter().enumerate() {
+            features.push(prompt_features(&llama, &model, &compute, &item.messages)?);
+            progress(i + 1, fit.len());
+        }
+        let (x, y): (Vec<Vec<f32>>, Vec<bool>) = features
+            .iter()
+            .zip(&labels)
+            .filter_map(|(x, l)| l.map(|l| (x.clone(), l)))
+            .unzip();
+        let probe = Probe::fit(&x, &y, FitSettings::default())
+            .map_err(|e| setting(format!("--fit-on: {e}")))?;
+        let restricted = &constitution.topics.restricted;
+        let centroids = Centroids::of(fit.iter().zip(&features).filter_map(|(p, x)| {
+            let topic = p.topic.as_deref()?;
+            (p.kind.as_deref() == Some("harmful") && restricted.iter().any(|r| r == topic))
+                .then_some((topic, x.as_slice()))
+        }));
+        Ok(ProbeScreen {
+            model,
+            compute,
+            llama,
+            probe,
+            centroids,
+            fit_prompts: fit.len(),
+        })
+    }
+
+    /// The probability that `messages` ask for what the constitution restricts, and the
+    /// restricted topic they are nearest.
+    pub fn score(&self, messages: &[Message]) -> Result<(f64, Option<String>), PipelineError> {
+        let x = prompt_features(&self.llama, &self.model, &self.compute, messages)?;
+        Ok((
+            self.probe.probability(&x),
+            self.centroids.nearest(&x).map(str::to_string),
+        ))
+    }
 }
 
 /// A prompt's features for the probe: the mean over its chat-framed tokens of the final hidden

@@ -875,6 +875,7 @@ impl Session for VerdictSession {
             max_tokens: 1,
             seed: 0,
             probe: Some(self.context.letters.clone()),
+            options: crate::engine::TurnOptions::default(),
         })
     }
 

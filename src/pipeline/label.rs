@@ -318,6 +318,7 @@ impl Session for PairSession {
                         max_tokens: 1,
                         seed: 0,
                         probe: Some(self.context.answers.clone()),
+                        options: crate::engine::TurnOptions::default(),
                     }
                 } else {
                     TurnRequest {
@@ -326,6 +327,7 @@ impl Session for PairSession {
                         max_tokens: self.context.cot.map_or(1, |c| c.max_tokens),
                         seed: 0,
                         probe: None,
+                        options: crate::engine::TurnOptions::default(),
                     }
                 };
                 self.current = Some(asked);

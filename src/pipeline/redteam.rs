@@ -91,6 +91,7 @@ impl Session for Ask {
                     max_tokens: self.max_tokens,
                     seed,
                     probe: None,
+                    options: crate::engine::TurnOptions::default(),
                 })
             }
             None => Next::Done,

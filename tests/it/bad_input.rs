@@ -642,6 +642,73 @@ fn every_bad_input_fails_clearly_and_changes_nothing() {
             ],
         ),
     ];
+    // `tenets serve`: a bad flag, constitution or port stops it before anything listens and
+    // before its decision log exists.
+    let good = std::fs::read_to_string(&constitution).unwrap();
+    c.write(
+        "badguard.yaml",
+        good.replacen("'\\bhide income\\b'", "'(hide income'", 1)
+            .as_bytes(),
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port().to_string();
+    let serve = |extra: &[&dyn AsRef<std::ffi::OsStr>]| -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "serve".into(),
+            "--model".into(),
+            model.clone().into(),
+            "--db".into(),
+            p("serve.db").into(),
+        ];
+        args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+        if !extra.iter().any(|a| a.as_ref() == "--constitution") {
+            args.extend([
+                "--constitution".into(),
+                constitution.clone().into_os_string(),
+            ]);
+        }
+        if !extra.iter().any(|a| a.as_ref() == "--port") {
+            args.extend(["--port".into(), "0".into()]);
+        }
+        args
+    };
+    cases.extend([
+        with(
+            "serve: an unset key variable",
+            serve(&[&"--api-key-env", &"TENETS_NO_SUCH_KEY_VAR"]),
+            &["TENETS_NO_SUCH_KEY_VAR", "not set"],
+        ),
+        with(
+            "serve: max tokens not below the context",
+            serve(&[&"--max-tokens", &"4096", &"--ctx", &"1024"]),
+            &["--max-tokens", "--ctx"],
+        ),
+        with(
+            "serve: a classifier threshold outside (0, 1)",
+            serve(&[&"--classifier-threshold", &"1.5"]),
+            &["--classifier-threshold"],
+        ),
+        with(
+            "serve: an empty banned phrase",
+            serve(&[&"--ban", &" "]),
+            &["--ban"],
+        ),
+        with(
+            "serve: a guard rule that is no regular expression",
+            serve(&[&"--constitution", &p("badguard.yaml")]),
+            &["badguard.yaml:", "guard.rules[", "not a regular expression"],
+        ),
+        with(
+            "serve: a fit set without tags",
+            serve(&[&"--classifier", &"probe", &"--fit-on", &p("good.jsonl")]),
+            &["--fit-on", "kind: harmful"],
+        ),
+        with(
+            "serve: a port in use",
+            serve(&[&"--port", &taken_port]),
+            &["cannot listen on", taken_port.as_str()],
+        ),
+    ]);
     // A full disk: a 1 MiB tmpfs, where this machine lets a test mount one.
     let small = tempfile::tempdir().unwrap();
     let mounted = Command::new("mount")

@@ -329,6 +329,7 @@ fn a_copied_shared_prefix_gives_the_same_probabilities() {
                         max_tokens: 1,
                         seed: 0,
                         probe: Some(probe.clone()),
+                        options: session::TurnOptions::default(),
                     }),
                     results: results_tx.clone(),
                     index,

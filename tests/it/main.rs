@@ -27,5 +27,6 @@ mod remote;
 mod safer;
 mod scale;
 mod score;
+mod serve;
 mod train;
 mod validate;
