@@ -2,7 +2,8 @@
 //! Python package (chat, streaming, JSON-schema output that parses, a harmful request refused
 //! with its principle named, a look-alike answered, a banned phrase never written although the
 //! prompt asks for it and an unguarded server writes it, OpenAI-shaped 4xx errors, 32
-//! concurrent streams); `tenets generate --backend openai` against it; a client that hangs up
+//! concurrent streams); a control vector changing what is served; `tenets generate --backend
+//! openai` against it; a client that hangs up
 //! mid-stream frees its slot; the server killed and restarted with its decision log intact,
 //! now with the probe classifier refusing a request no rule catches; an answer the output screen
 //! flags critiqued and revised (or refused), streamed or not; `tenets stats` reads the
@@ -290,6 +291,68 @@ fn serve_answers_openai_clients_with_the_constitutions_guards() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // A control vector applies to what is served: a refusal direction (`tenets steer` on six
+    // refusal-over-compliance pairs) changes the greedy answer to the same request.
+    let pairs = dir.path().join("pairs.jsonl");
+    let safety = std::fs::read_to_string(common::repo("prompts/sets/safety-train.jsonl")).unwrap();
+    let harmful: Vec<String> = safety
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "harmful")
+        .take(6)
+        .map(|v| {
+            serde_json::json!({
+                "prompt": [{"role": "user", "content": v["prompt"]}],
+                "chosen": [{"role": "assistant", "content": "No, I can't help with that."}],
+                "rejected": [{"role": "assistant", "content": "Sure, here are the details:"}],
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&pairs, harmful.join("\n")).unwrap();
+    let vector = dir.path().join("refusal.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_tenets"))
+        .args(["steer", "--model"])
+        .arg(common::model())
+        .arg("--data")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&vector)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let steered_db = dir.path().join("steered.db");
+    let steered_arg = format!("{}:0.4", vector.display());
+    let steered = Server::start(
+        &steered_db,
+        &[
+            "--constitution",
+            "medical-info",
+            "--control-vector",
+            &steered_arg,
+        ],
+        None,
+    );
+    let sea = serde_json::json!({
+        "model": MODEL_ID,
+        "max_tokens": 24,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
+    })
+    .to_string();
+    let answer = |port: u16| {
+        let (reply, body) = http(port, "POST", "/v1/chat/completions", Some(&sea), None);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (unsteered, steered_answer) = (answer(plain.port), answer(steered.port));
+    assert_ne!(unsteered, steered_answer);
+    drop(steered);
     drop(plain);
 
     // The output screen: an answer its rule flags is critiqued and revised against the rule's
