@@ -2,12 +2,11 @@
 //! Python package (chat, streaming, JSON-schema output that parses, a harmful request refused
 //! with its principle named, a look-alike answered, a banned phrase never written although the
 //! prompt asks for it and an unguarded server writes it, OpenAI-shaped 4xx errors, 32
-//! concurrent streams); a control vector changing what is served; `tenets generate --backend
-//! openai` against it; a client that hangs up
-//! mid-stream frees its slot; the server killed and restarted with its decision log intact,
-//! now with the probe classifier refusing a request no rule catches; an answer the output screen
-//! flags critiqued and revised (or refused), streamed or not; `tenets stats` reads the
-//! log.
+//! concurrent streams); a control vector changing what is served; an answer the output screen
+//! flags critiqued and revised (or refused), streamed or not; `tenets generate --backend
+//! openai` against it; a client that hangs up mid-stream frees its slot; the server killed and
+//! restarted with its decision log intact, now with the probe classifier refusing a request no
+//! rule catches; `tenets stats` reads the log.
 
 use crate::common;
 use common::text;
