@@ -6,7 +6,8 @@
 //! only the required flags ([`from_flags`]). Groups several commands share are flattened into
 //! them: [`ModelSettings`] (the model and threads), [`EngineSettings`] (those, plus batching,
 //! offload and context for the llama.cpp engine), [`BackendSettings`] (llama.cpp here, or an
-//! OpenAI-compatible server) and [`RunSettings`] (progress and output). Each group checks itself
+//! OpenAI-compatible server), [`AdapterSettings`] (a LoRA adapter and a control vector to
+//! decode with) and [`RunSettings`] (progress and output). Each group checks itself
 //! once (`check`), with messages that name the flag; each command's own `check` adds its own.
 
 use std::path::PathBuf;
@@ -84,6 +85,53 @@ impl ModelSettings {
             return bad(format!("model {} not found: {hint}", path.display()));
         }
         Ok(path)
+    }
+}
+
+/// What a command decodes with besides the model's own weights: a LoRA adapter and a control
+/// vector, both applied by llama.cpp to every sequence (`generate`, `serve`).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct AdapterSettings {
+    /// A LoRA adapter (GGUF, e.g. from `tenets train`) to decode with.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// How strongly the adapter applies.
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    pub lora_scale: f32,
+    /// A control vector (`tenets steer`, or llama.cpp's format) added to the residual stream
+    /// while decoding, at SCALE (default 1; negative steers away): `V.gguf[:SCALE]`.
+    #[arg(long, value_name = "V.gguf[:SCALE]")]
+    pub control_vector: Option<String>,
+    /// Steer only the blocks FIRST-LAST (0-based, inclusive) of the control vector.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_layer_range,
+          requires = "control_vector")]
+    pub control_layers: Option<(usize, usize)>,
+}
+
+impl Default for AdapterSettings {
+    fn default() -> Self {
+        from_flags(&[])
+    }
+}
+
+impl AdapterSettings {
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if !self.lora_scale.is_finite() {
+            return bad("--lora-scale must be a number");
+        }
+        Ok(())
+    }
+
+    /// The adapter and its scale, as the engine applies them.
+    pub fn lora_config(&self) -> Option<(PathBuf, f32)> {
+        self.lora.clone().map(|p| (p, self.lora_scale))
+    }
+
+    /// The control vector, its scale and blocks, as the engine applies them.
+    pub fn control(&self) -> Option<crate::engine::control::ControlSetting> {
+        self.control_vector
+            .as_ref()
+            .map(|arg| crate::engine::control::ControlSetting::parse(arg, self.control_layers))
     }
 }
 

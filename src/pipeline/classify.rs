@@ -506,18 +506,20 @@ pub struct ProbeScreen {
 
 impl ProbeScreen {
     /// Loads the model natively and fits the probe on `fit_on`'s tagged prompts (a file or a
-    /// bundled set by name): each tagged prompt costs one forward pass.
+    /// bundled set by name): each prompt costs one forward pass, counted on `progress` (done,
+    /// total).
     pub fn fit(
         model: &ModelSettings,
         kernel: KernelChoice,
         fit_on: &Path,
         constitution: &Constitution,
+        progress: impl Fn(usize, usize),
     ) -> Result<ProbeScreen, PipelineError> {
         let path = model.model_path()?;
         let native = Model::open(&path)?;
         let compute = native_compute(model, kernel)?;
         let llama = crate::engine::load_vocab(&path)?;
-        Self::fit_with(native, compute, llama, fit_on, constitution, |_, _| {})
+        Self::fit_with(native, compute, llama, fit_on, constitution, progress)
     }
 
     fn fit_with(

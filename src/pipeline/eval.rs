@@ -199,10 +199,14 @@ impl EvalOptions {
         g.seed = self.seed;
         g.run.quiet = self.run.quiet;
         if candidate {
-            g.lora = self.lora.clone();
-            g.lora_scale = self.lora_scale;
-            g.control_vector = self.control_vector.clone();
-            g.control_layers = self.control_layers;
+            // Eval's own flags (their help says what they are compared with) decode the
+            // candidate as generate's would.
+            g.adapter = crate::settings::AdapterSettings {
+                lora: self.lora.clone(),
+                lora_scale: self.lora_scale,
+                control_vector: self.control_vector.clone(),
+                control_layers: self.control_layers,
+            };
             if let Some(n) = self.best_of {
                 g.samples = n;
                 g.temperature = self.sample_temperature;
@@ -1090,18 +1094,25 @@ mod tests {
             Some("out/refusal.gguf:0.2 (blocks 4-12)")
         );
         let base = o.generate_options(Path::new("m.gguf"), false);
-        assert_eq!((base.control_vector, base.control_layers), (None, None));
+        assert_eq!(
+            (base.adapter.control_vector, base.adapter.control_layers),
+            (None, None)
+        );
         let steered = o.generate_options(Path::new("m.gguf"), true);
         assert_eq!(
-            steered.control_vector.as_deref(),
+            steered.adapter.control_vector.as_deref(),
             Some("out/refusal.gguf:0.2")
         );
-        assert_eq!(steered.control_layers, Some((4, 12)));
-        assert_eq!(steered.lora, None);
+        assert_eq!(steered.adapter.control_layers, Some((4, 12)));
+        assert_eq!(steered.adapter.lora, None);
 
         o.lora = Some("a.gguf".into());
         assert_eq!(o.display_name(), "a + refusal@0.2 blocks 4-12");
-        assert!(o.generate_options(Path::new("m.gguf"), true).lora.is_some());
+        assert!(o
+            .generate_options(Path::new("m.gguf"), true)
+            .adapter
+            .lora
+            .is_some());
         o.best_of = Some(4);
         o.rm = Some("rm.gguf".into());
         assert_eq!(o.display_name(), "a + refusal@0.2 blocks 4-12 + best of 4");

@@ -18,11 +18,12 @@ use super::writer::{self, Commit};
 use super::PipelineError;
 use super::{check_prompt_sets, join_stages, progress_bar, resolve_bundled, round6, tick};
 use crate::constitution::Constitution;
-use crate::engine::control::ControlSetting;
 use crate::engine::StopSignal;
 use crate::engine::{self, Backend, Counters, EngineConfig, Sampling, ServedModel, Session};
 use crate::prompt;
-use crate::settings::{BackendSettings, EngineSettings, ModelSettings, RunSettings};
+use crate::settings::{
+    AdapterSettings, BackendSettings, EngineSettings, ModelSettings, RunSettings,
+};
 use crate::store::{ControlRecord, RunRecord, Store, StoreError};
 use crate::turns::TurnTemplates;
 
@@ -64,20 +65,8 @@ pub struct GenerateOptions {
     pub top_p: f32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// A LoRA adapter (GGUF, e.g. from `tenets train`) to decode with.
-    #[arg(long)]
-    pub lora: Option<PathBuf>,
-    /// How strongly the adapter applies.
-    #[arg(long, default_value_t = 1.0, requires = "lora")]
-    pub lora_scale: f32,
-    /// A control vector (`tenets steer`, or llama.cpp's format) added to the residual stream
-    /// while decoding, at SCALE (default 1; negative steers away): `V.gguf[:SCALE]`.
-    #[arg(long, value_name = "V.gguf[:SCALE]")]
-    pub control_vector: Option<String>,
-    /// Steer only the blocks FIRST-LAST (0-based, inclusive) of the control vector.
-    #[arg(long, value_name = "FIRST-LAST", value_parser = crate::settings::parse_layer_range,
-          requires = "control_vector")]
-    pub control_layers: Option<(usize, usize)>,
+    #[command(flatten)]
+    pub adapter: AdapterSettings,
     /// Then score every answer with this reward model (`tenets reward train`), as `tenets
     /// reward score --db` does, so `export --rank-by reward` keeps each prompt's best sample
     /// against its worst (best-of-N).
@@ -108,6 +97,7 @@ impl GenerateOptions {
 
     fn check(&self) -> Result<(), PipelineError> {
         self.engine.check()?;
+        self.adapter.check()?;
         let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
         // 0 rounds: answers only (what `tenets eval` asks for).
         if self.rounds > 4 {
@@ -129,9 +119,6 @@ impl GenerateOptions {
             return bad(
                 "--samples above 1 needs --temperature above 0 (greedy samples are all alike)",
             );
-        }
-        if !self.lora_scale.is_finite() {
-            return bad("--lora-scale must be a number");
         }
         if let Some((i, n)) = self.shard {
             if n == 0 || i >= n {
@@ -259,14 +246,14 @@ pub async fn generate_sets(
             None
         }
         Backend::OpenAi(remote) => {
-            if options.lora.is_some() {
+            if options.adapter.lora.is_some() {
                 return Err(PipelineError::Setting(
                     "--lora applies an adapter in the local engine; serve the adapter from \
                      the server instead"
                         .into(),
                 ));
             }
-            if options.control_vector.is_some() {
+            if options.adapter.control_vector.is_some() {
                 return Err(PipelineError::Setting(
                     "--control-vector steers the local engine; give the vector to the server \
                      instead"
@@ -279,20 +266,19 @@ pub async fn generate_sets(
             Some(engine::connect_remote(remote).await?)
         }
     };
-    let lora = match &options.lora {
+    let lora = match &options.adapter.lora {
         Some(path) => {
             engine::check_adapter_file(path)?;
             let sha = crate::hash::of_file(path).map_err(|e| {
                 PipelineError::Setting(format!("cannot read --lora {}: {e}", path.display()))
             })?;
-            Some((sha, round6(options.lora_scale)))
+            Some((sha, round6(options.adapter.lora_scale)))
         }
         None => None,
     };
     // The vector is read and checked against the model before any database is touched.
-    let control = match &options.control_vector {
-        Some(arg) => {
-            let setting = ControlSetting::parse(arg, options.control_layers);
+    let control = match options.adapter.control() {
+        Some(setting) => {
             engine::control::read(&setting, &model)?;
             let sha256 = crate::hash::of_file(&setting.path).map_err(|e| {
                 PipelineError::Setting(format!(
@@ -330,7 +316,7 @@ pub async fn generate_sets(
         None => {
             // The engine thread loads the model, reports its chat template, then serves chains.
             let config = EngineConfig {
-                lora: options.lora.clone().map(|p| (p, options.lora_scale)),
+                lora: options.adapter.lora_config(),
                 control: control.as_ref().map(|(setting, _)| setting.clone()),
                 ..options.engine.config(&model)
             };

@@ -254,7 +254,7 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
         g.max_tokens = options.max_tokens;
         g.seed = options.seed + round as u64 - 1;
         g.run.quiet = options.run.quiet;
-        g.lora = previous_adapter.clone();
+        g.adapter.lora = previous_adapter.clone();
         let generated =
             generate_sets(&g, &constitution, vec![prompt_set.clone()], stop.clone()).await?;
         if generated.interrupted {
@@ -321,7 +321,7 @@ pub async fn run(options: &LoopOptions, stop: StopSignal) -> Result<LoopSummary,
             tracing::info!(round, "loop: the SFT model answers the training prompts");
             let mut a = g.clone();
             a.rounds = 0;
-            a.lora = Some(out.clone());
+            a.adapter.lora = Some(out.clone());
             let answered =
                 generate_sets(&a, &constitution, vec![prompt_set.clone()], stop.clone()).await?;
             if answered.interrupted {

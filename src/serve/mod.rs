@@ -25,7 +25,7 @@ use crate::engine::constrain::PhraseBan;
 use crate::engine::{self, Counters, EngineConfig, Sampling, Session, StopSignal};
 use crate::guard::rules::PatternScreen;
 use crate::pipeline::PipelineError;
-use crate::settings::{EngineSettings, ModelSettings};
+use crate::settings::{AdapterSettings, EngineSettings, ModelSettings};
 use crate::store::Store;
 use crate::turns::TurnTemplates;
 
@@ -40,19 +40,9 @@ pub struct ServeOptions {
     /// The decision log (SQLite): every request, what the guards decided, and why.
     #[arg(long)]
     pub db: PathBuf,
-    /// A LoRA adapter (GGUF, e.g. from `tenets train`) to serve with.
-    #[arg(long)]
-    pub lora: Option<PathBuf>,
-    /// How strongly the adapter applies.
-    #[arg(long, default_value_t = 1.0, requires = "lora")]
-    pub lora_scale: f32,
-    /// A control vector (`tenets steer`) added to the residual stream: `V.gguf[:SCALE]`.
-    #[arg(long, value_name = "V.gguf[:SCALE]")]
-    pub control_vector: Option<String>,
-    /// Steer only the blocks FIRST-LAST (0-based, inclusive) of the control vector.
-    #[arg(long, value_name = "FIRST-LAST", value_parser = crate::settings::parse_layer_range,
-          requires = "control_vector")]
-    pub control_layers: Option<(usize, usize)>,
+    /// The adapter and control vector every request is decoded with.
+    #[command(flatten)]
+    pub adapter: AdapterSettings,
     /// The input screen: `refuse` flagged user turns, or `off` [default: the constitution's
     /// `guard.input`].
     #[arg(long, value_enum)]
@@ -102,6 +92,9 @@ pub struct ServeOptions {
     /// Nucleus sampling when a request gives no top_p.
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
+    /// No progress bar while the input classifier is fitted.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +132,7 @@ impl ServeOptions {
 
     fn check(&self) -> Result<(), PipelineError> {
         self.engine.check()?;
+        self.adapter.check()?;
         let bad = |m: &str| Err(PipelineError::Setting(m.to_string()));
         if self.max_tokens == 0 {
             return bad("--max-tokens must be at least 1");
@@ -151,9 +145,6 @@ impl ServeOptions {
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("--top-p must be in (0, 1]");
-        }
-        if !self.lora_scale.is_finite() {
-            return bad("--lora-scale must be a number");
         }
         if self
             .classifier_threshold
@@ -249,13 +240,10 @@ pub async fn serve(
     }
     let mut phrases = guard.banned_phrases.clone();
     phrases.extend(options.ban.iter().cloned());
-    if let Some(path) = &options.lora {
+    if let Some(path) = &options.adapter.lora {
         engine::check_adapter_file(path)?;
     }
-    let control = options
-        .control_vector
-        .as_ref()
-        .map(|arg| engine::control::ControlSetting::parse(arg, options.control_layers));
+    let control = options.adapter.control();
     if let Some(setting) = &control {
         engine::control::read(setting, &model)?;
     }
@@ -279,13 +267,22 @@ pub async fn serve(
             }
             let model_settings = options.engine.model.clone();
             let fit_constitution = constitution.clone();
+            let quiet = options.quiet;
             let screen = tokio::task::spawn_blocking(move || {
-                crate::pipeline::classify::ProbeScreen::fit(
+                let bar = crate::pipeline::progress_bar(quiet, 0, "prompts");
+                bar.set_message("fitting the input classifier");
+                let fitted = crate::pipeline::classify::ProbeScreen::fit(
                     &model_settings,
                     crate::settings::KernelChoice::Auto,
                     &fit_on,
                     &fit_constitution,
-                )
+                    |done, total| {
+                        bar.set_length(total as u64);
+                        bar.set_position(done as u64);
+                    },
+                );
+                bar.finish_and_clear();
+                fitted
             })
             .await
             .map_err(|e| PipelineError::Internal(format!("fitting the classifier: {e}")))??;
@@ -324,7 +321,7 @@ pub async fn serve(
         top_p: options.top_p,
     };
     let config = EngineConfig {
-        lora: options.lora.clone().map(|p| (p, options.lora_scale)),
+        lora: options.adapter.lora_config(),
         control,
         ..options.engine.config(&model)
     };
