@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
-use crate::constitution::{Constitution, Principle};
+use crate::constitution::{Constitution, Principle, Refusal};
 use crate::hash;
 
 const CRITIQUE: &str = include_str!("../prompts/critique.jinja");
@@ -117,6 +117,24 @@ impl TurnTemplates {
             })
             .map_err(fail)?;
         Ok(text.trim().to_string())
+    }
+
+    /// A round's request as the model gets it: the template rendered, and for a revision of an
+    /// answer on a restricted topic that topic's refusal guidance put first — so the request
+    /// still ends as the template ends it ("Reply with the revised response only.").
+    pub fn request(
+        &self,
+        turn: Turn,
+        constitution: &Constitution,
+        principle: &Principle,
+        (round, rounds): (usize, usize),
+        refusal: Option<&Refusal>,
+    ) -> Result<String, TurnTemplateError> {
+        let text = self.render(turn, constitution, principle, round, rounds)?;
+        Ok(match refusal.filter(|_| turn == Turn::Revision) {
+            Some(r) => format!("{}\n\n{}", r.revision_guidance(), text.trim_start()),
+            None => text,
+        })
     }
 
     /// Renders both templates against every principle once, so a broken template fails before

@@ -317,10 +317,7 @@ impl Constitution {
     fn cross_checks(&self, tree: &yaml::Node) -> Vec<Problem> {
         let mut problems = Vec::new();
         let at = |section: &str, index: usize, field: &str| -> yaml::Pos {
-            let item = match tree.get(section).map(|n| &n.value) {
-                Some(yaml::Value::Seq(items)) => items.get(index),
-                _ => None,
-            };
+            let item = tree.get(section).and_then(|s| s.item(index));
             item.and_then(|i| i.get(field).or(Some(i)))
                 .map(|n| n.pos)
                 .unwrap_or(yaml::Pos { line: 1, col: 1 })
@@ -423,12 +420,6 @@ impl Constitution {
         push: &mut impl FnMut(yaml::Pos, String),
     ) {
         let rules = tree.get("guard").and_then(|g| g.get("rules"));
-        let item = |node: Option<&yaml::Node>, i: usize| -> Option<yaml::Node> {
-            match node.map(|n| &n.value) {
-                Some(yaml::Value::Seq(items)) => items.get(i).cloned(),
-                _ => None,
-            }
-        };
         let fallback = tree
             .get("guard")
             .map_or(yaml::Pos { line: 1, col: 1 }, |g| g.pos);
@@ -459,11 +450,10 @@ impl Constitution {
         }
         let mut ids = HashSet::new();
         for (i, rule) in self.guard.rules.iter().enumerate() {
-            let node = item(rules, i);
+            let node = rules.and_then(|r| r.item(i));
             let at = |field: &str| {
-                node.as_ref()
-                    .and_then(|n| n.get(field).map(|f| f.pos).or(Some(n.pos)))
-                    .unwrap_or(fallback)
+                node.and_then(|n| n.get(field).or(Some(n)))
+                    .map_or(fallback, |n| n.pos)
             };
             let name = format!("guard.rules[{i}]");
             if !ids.insert(rule.id.as_str()) {
@@ -503,10 +493,12 @@ impl Constitution {
                 );
             }
             for (field, patterns) in [("patterns", &rule.patterns), ("unless", &rule.unless)] {
-                let list = node.as_ref().and_then(|n| n.get(field));
+                let list = node.and_then(|n| n.get(field));
                 for (j, pattern) in patterns.iter().enumerate() {
                     if let Err(e) = guard::compile(pattern) {
-                        let pos = item(list, j).map_or_else(|| at(field), |n| n.pos);
+                        let pos = list
+                            .and_then(|l| l.item(j))
+                            .map_or_else(|| at(field), |n| n.pos);
                         let reason = e
                             .to_string()
                             .lines()

@@ -66,6 +66,14 @@ impl Node {
         }
     }
 
+    /// A sequence's `index`th item.
+    pub fn item(&self, index: usize) -> Option<&Node> {
+        match &self.value {
+            Value::Seq(items) => items.get(index),
+            _ => None,
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match &self.value {
             Value::Scalar(Scalar::Str(s)) => Some(s),

@@ -114,43 +114,50 @@ impl Picker {
     /// The next token after `written` (the turn's text so far), or None when the grammar and
     /// the banned phrases leave no token at all.
     fn pick(&mut self, ctx: &LlamaContext<'_>, row: i32, written: &[u8]) -> Option<LlamaToken> {
-        if self.grammar.is_none() && self.ban.is_none() {
-            return Some(match &mut self.choose {
+        let banned = self
+            .ban
+            .as_ref()
+            .map(|b| b.banned_after(written))
+            .unwrap_or_default();
+        // Without a grammar, the model's own pick stands unless it is banned (rarely): only
+        // then are the candidates copied out and filtered.
+        if self.grammar.is_none() {
+            let token = match &mut self.choose {
                 Choose::Greedy => LlamaToken(argmax(ctx.get_logits_ith(row)) as i32),
                 Choose::Sampled(sampler) => sampler.sample(ctx, row),
-            });
+            };
+            if banned.binary_search(&token.0).is_err() {
+                return Some(token);
+            }
         }
-        let logits = ctx.get_logits_ith(row);
         let mut candidates = LlamaTokenDataArray::from_iter(
-            logits
+            ctx.get_logits_ith(row)
                 .iter()
                 .enumerate()
                 .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0)),
             false,
         );
-        if let Some(ban) = &self.ban {
-            for id in ban.banned_after(written) {
-                if let Some(c) = candidates.data.get_mut(id as usize) {
-                    c.set_logit(f32::NEG_INFINITY);
-                }
+        for id in banned {
+            if let Some(c) = candidates.data.get_mut(id as usize) {
+                c.set_logit(f32::NEG_INFINITY);
             }
         }
         if let Some(grammar) = &mut self.grammar {
             candidates.apply_sampler(grammar);
         }
-        if candidates
-            .data
-            .iter()
-            .all(|c| c.logit() == f32::NEG_INFINITY)
-        {
-            return None;
-        }
         let token = match &mut self.choose {
             Choose::Greedy => {
-                let values: Vec<f32> = candidates.data.iter().map(|c| c.logit()).collect();
-                candidates.data[argmax(&values)].id()
+                let (best, logit) = first_max(candidates.data.iter().map(|c| c.logit()))?;
+                (logit > f32::NEG_INFINITY).then(|| candidates.data[best].id())?
             }
             Choose::Sampled(sampler) => {
+                if candidates
+                    .data
+                    .iter()
+                    .all(|c| c.logit() == f32::NEG_INFINITY)
+                {
+                    return None;
+                }
                 candidates.apply_sampler(sampler);
                 let token = candidates.selected_token()?;
                 sampler.accept(token);
@@ -166,16 +173,18 @@ impl Picker {
 
 /// The index of the largest value; the first of equals, as llama.cpp's greedy sampler picks.
 fn argmax(values: &[f32]) -> usize {
-    let Some(&first) = values.first() else {
-        return 0;
-    };
-    let (mut best, mut best_value) = (0, first);
-    for (i, &v) in values.iter().enumerate().skip(1) {
-        if v > best_value {
-            (best, best_value) = (i, v);
+    first_max(values.iter().copied()).map_or(0, |(i, _)| i)
+}
+
+/// The index and value of the first largest of `values` (NaN never wins), if any.
+fn first_max(mut values: impl Iterator<Item = f32>) -> Option<(usize, f32)> {
+    let mut best = (0, values.next()?);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i + 1, v);
         }
     }
-    best
+    Some(best)
 }
 
 enum State {

@@ -279,6 +279,15 @@ impl RemoteEngine {
                     .into(),
             ));
         }
+        let options = &request.options;
+        if options.grammar.is_some() || options.ban.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(CallError::Refused(
+                "a grammar or banned phrases constrain the local engine's sampler; a server \
+                 applies its own"
+                    .into(),
+            ));
+        }
+        let sampling = options.sampling.as_ref().unwrap_or(sampling);
         body["max_tokens"] = json!(request.max_tokens);
         body["temperature"] = json!(sampling.temperature);
         body["top_p"] = json!(sampling.top_p);
@@ -288,8 +297,13 @@ impl RemoteEngine {
             Some("length") => Finish::Length,
             _ => Finish::Stop,
         };
+        let text = reply_text(&reply);
+        // The server answered in one piece: a stream gets it as one.
+        if let Some(stream) = &options.stream {
+            let _ = stream.send(text.clone());
+        }
         Ok(TurnOutput {
-            text: reply_text(&reply),
+            text,
             finish,
             prompt_tokens,
             prefill_tokens: prompt_tokens,

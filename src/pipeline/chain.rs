@@ -188,21 +188,14 @@ impl Session for Chain {
             let Some(principle) = self.run.constitution.principle(id) else {
                 return Next::Wait(self.fail(stage, round, format!("unknown principle {id}")));
             };
-            match self.run.templates.render(
+            match self.run.templates.request(
                 turn,
                 &self.run.constitution,
                 principle,
-                round as usize,
-                self.run.rounds,
+                (round as usize, self.run.rounds),
+                self.refusal(),
             ) {
-                Ok(mut text) => {
-                    // The guidance goes first, so the request still ends as the template
-                    // ends it ("Reply with the revised response only.").
-                    if turn == Turn::Revision {
-                        if let Some(guidance) = self.refusal_guidance() {
-                            text = format!("{guidance}\n\n{}", text.trim_start());
-                        }
-                    }
+                Ok(text) => {
                     messages.push(Message::user(text.clone()));
                     request = Some(text);
                 }
@@ -280,14 +273,13 @@ impl Chain {
     /// constitution's refusal for its topic tag, else for the closest topic by wording. The
     /// revision becomes a principled refusal in the constitution's terms, which is what safety
     /// SFT rows need (`export --kind sft` checks that it refuses and names the principle).
-    fn refusal_guidance(&self) -> Option<String> {
+    fn refusal(&self) -> Option<&crate::constitution::Refusal> {
         if self.prompt.kind.as_deref() != Some("harmful") {
             return None;
         }
         self.run
             .constitution
             .refusal_for_prompt(self.prompt.topic.as_deref(), &self.prompt.messages)
-            .map(|r| r.revision_guidance())
     }
 
     /// The candidate pairs of a complete chain whose last step is `last_step`: the final

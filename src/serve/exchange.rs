@@ -92,8 +92,10 @@ pub struct Outcome {
     pub finish: String,
     /// `answered`, `refused` or `revised`.
     pub outcome: &'static str,
-    /// The output screen's flag (of the last answer it screened).
+    /// The flag of the screen that fired (for the output screen: of the last answer it
+    /// screened), and which screen that was: `input` or `output`.
     pub flag: Option<Flag>,
+    pub guard: Option<&'static str>,
     pub revise_rounds: u32,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -173,6 +175,7 @@ impl Exchange {
             finish: self.finish.clone(),
             outcome,
             flag: self.flag.clone(),
+            guard: self.flag.as_ref().map(|_| "output"),
             revise_rounds: self.rounds,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
@@ -189,26 +192,20 @@ impl Exchange {
             .constitution
             .principle(&flag.principle)
             .ok_or_else(|| TurnFailure::Template(format!("no principle `{}`", flag.principle)))?;
-        let rounds = guards.revise_rounds as usize;
-        let mut text = guards
+        let refusal = flag
+            .topic
+            .as_deref()
+            .and_then(|t| guards.constitution.refusal_for(t));
+        let text = guards
             .templates
-            .render(
+            .request(
                 turn,
                 &guards.constitution,
                 principle,
-                self.rounds as usize,
-                rounds,
+                (self.rounds as usize, guards.revise_rounds as usize),
+                refusal,
             )
             .map_err(|e| TurnFailure::Template(e.to_string()))?;
-        if turn == Turn::Revision {
-            let guidance = flag
-                .topic
-                .as_deref()
-                .and_then(|t| guards.constitution.refusal_for(t));
-            if let Some(refusal) = guidance {
-                text = format!("{}\n\n{}", refusal.revision_guidance(), text.trim_start());
-            }
-        }
         Ok(text)
     }
 
@@ -267,7 +264,24 @@ impl Session for Exchange {
     fn finish_turn(&mut self, outcome: Result<TurnOutput, TurnFailure>) -> oneshot::Receiver<bool> {
         let output = match outcome {
             Ok(output) => output,
-            Err(failure) => return self.end(Err(failure)),
+            // A critique or revision that cannot run (the conversation outgrew the context):
+            // the flagged answer still may not go out, so the request is refused.
+            Err(failure) => {
+                let refused = match (&self.stage, &self.flag) {
+                    (Stage::Critique | Stage::Revision, Some(flag)) => {
+                        tracing::warn!("a revision round failed ({failure}): refused instead");
+                        Some(refusal(&self.guards.constitution, flag))
+                    }
+                    _ => None,
+                };
+                return match refused {
+                    Some(text) => {
+                        let outcome = self.outcome(text, "refused");
+                        self.end(Ok(outcome))
+                    }
+                    None => self.end(Err(failure)),
+                };
+            }
         };
         self.completion_tokens += output.generated_tokens;
         match self.stage {

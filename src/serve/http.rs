@@ -181,18 +181,19 @@ async fn chat(
             finish: "stop".into(),
             outcome: "refused",
             flag: Some(flag),
+            guard: Some("input"),
             revise_rounds: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
         };
         let ended: Ended = Some(Ok(outcome.clone()));
-        if let Err(e) = log(&state, &reply, &turn, &ended, Some("input"), started).await {
+        if let Err(e) = log(&state, &reply, &turn, &ended, started).await {
             return e.into_response();
         }
         return if turn.stream {
-            stream_outcome(reply, outcome, Some("input"))
+            stream_outcome(reply, outcome)
         } else {
-            completion(&reply, &outcome, Some("input")).into_response()
+            completion(&reply, &outcome).into_response()
         };
     }
 
@@ -245,12 +246,7 @@ async fn chat(
         let reply = reply.clone();
         tokio::spawn(async move {
             let ended: Ended = result_rx.await.ok();
-            let guard = ended
-                .as_ref()
-                .and_then(|e| e.as_ref().ok())
-                .and_then(|o| o.flag.as_ref())
-                .map(|_| "output");
-            let logged = log(&state, &reply, &turn, &ended, guard, started).await;
+            let logged = log(&state, &reply, &turn, &ended, started).await;
             let _ = logged_tx.send(logged.map(|()| ended));
         });
     }
@@ -272,11 +268,10 @@ async fn chat(
             };
             match ended {
                 Some(Ok(outcome)) => {
-                    let guard = outcome.flag.as_ref().map(|_| "output");
                     if turn.stream {
-                        stream_outcome(reply, outcome, guard)
+                        stream_outcome(reply, outcome)
                     } else {
-                        completion(&reply, &outcome, guard).into_response()
+                        completion(&reply, &outcome).into_response()
                     }
                 }
                 Some(Err(failure)) => failure_error(&failure).into_response(),
@@ -296,10 +291,7 @@ async fn chat(
                 delta = deltas.recv() => delta,
                 logged = &mut logged_rx => {
                     return match logged {
-                        Ok(Ok(Some(Ok(outcome)))) => {
-                            let guard = outcome.flag.as_ref().map(|_| "output");
-                            stream_outcome(reply, outcome, guard)
-                        }
+                        Ok(Ok(Some(Ok(outcome)))) => stream_outcome(reply, outcome),
                         Ok(Ok(Some(Err(failure)))) => failure_error(&failure).into_response(),
                         Ok(Err(e)) => e.into_response(),
                         Ok(Ok(None)) | Err(_) => ApiError::server(
@@ -367,11 +359,11 @@ fn failure_error(failure: &TurnFailure) -> ApiError {
     }
 }
 
-fn decision(outcome: &Outcome, guard: Option<&str>) -> Decision {
+fn decision(outcome: &Outcome) -> Decision {
     let flag = outcome.flag.as_ref();
     Decision {
         outcome: outcome.outcome.to_string(),
-        guard: guard.map(str::to_string),
+        guard: outcome.guard.map(str::to_string),
         rule: flag.map(|f| f.rule.clone()),
         principle: flag.map(|f| f.principle.clone()),
         topic: flag.and_then(|f| f.topic.clone()),
@@ -379,7 +371,7 @@ fn decision(outcome: &Outcome, guard: Option<&str>) -> Decision {
     }
 }
 
-fn completion(reply: &Reply, outcome: &Outcome, guard: Option<&str>) -> Json<Value> {
+fn completion(reply: &Reply, outcome: &Outcome) -> Json<Value> {
     let refused = outcome.outcome == "refused";
     Json(json!({
         "id": reply.id,
@@ -394,7 +386,7 @@ fn completion(reply: &Reply, outcome: &Outcome, guard: Option<&str>) -> Json<Val
             "logprobs": null,
         }],
         "usage": Usage::new(outcome.prompt_tokens, outcome.completion_tokens),
-        "tenets": decision(outcome, guard),
+        "tenets": decision(outcome),
     }))
 }
 
@@ -415,15 +407,11 @@ fn event(value: &Value) -> Event {
 
 /// The closing events of a stream: any text not yet sent, the finish, the usage when asked
 /// for, and `[DONE]`.
-fn closing_events(reply: &Reply, outcome: &Outcome, guard: Option<&str>, sent: bool) -> Vec<Event> {
+fn closing_events(reply: &Reply, outcome: &Outcome, sent: bool) -> Vec<Event> {
     let refused = outcome.outcome == "refused";
     let mut events = Vec::new();
     if !sent && !outcome.text.is_empty() {
-        let delta = if refused {
-            json!({"refusal": outcome.text, "content": if reply.json { Value::Null } else { Value::String(outcome.text.clone()) }})
-        } else {
-            json!({"content": outcome.text})
-        };
+        let delta = message_json(&outcome.text, refused, reply.json);
         events.push(event(&chunk(reply, delta, None)));
     }
     let mut last = chunk(
@@ -431,7 +419,7 @@ fn closing_events(reply: &Reply, outcome: &Outcome, guard: Option<&str>, sent: b
         json!({}),
         Some(finish_reason(&outcome.finish, refused)),
     );
-    last["tenets"] = serde_json::to_value(decision(outcome, guard)).unwrap_or(Value::Null);
+    last["tenets"] = serde_json::to_value(decision(outcome)).unwrap_or(Value::Null);
     events.push(event(&last));
     if reply.include_usage {
         let mut usage = chunk(reply, json!({}), None);
@@ -452,14 +440,14 @@ fn sse(rx: mpsc::UnboundedReceiver<Result<Event, std::convert::Infallible>>) -> 
 }
 
 /// A stream whose whole outcome is known (a refusal, or a screened answer).
-fn stream_outcome(reply: Reply, outcome: Outcome, guard: Option<&str>) -> Response {
+fn stream_outcome(reply: Reply, outcome: Outcome) -> Response {
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(Ok(event(&chunk(
         &reply,
         json!({"role": "assistant", "content": ""}),
         None,
     ))));
-    for e in closing_events(&reply, &outcome, guard, false) {
+    for e in closing_events(&reply, &outcome, false) {
         let _ = tx.send(Ok(e));
     }
     sse(rx)
@@ -515,8 +503,7 @@ fn stream_live(
         };
         match ended {
             Ok(Ok(Some(Ok(outcome)))) => {
-                let guard = outcome.flag.as_ref().map(|_| "output");
-                for e in closing_events(&reply, &outcome, guard, sent) {
+                for e in closing_events(&reply, &outcome, sent) {
                     if !send(&tx, e) {
                         return;
                     }
@@ -547,44 +534,47 @@ async fn log(
     reply: &Reply,
     turn: &ChatTurn,
     ended: &Ended,
-    guard: Option<&str>,
     started: Instant,
 ) -> Result<(), ApiError> {
-    let (outcome, flag, text, finish, rounds, prompt_tokens, completion_tokens) = match ended {
-        Some(Ok(o)) => (
-            o.outcome,
-            o.flag.clone(),
-            o.text.clone(),
-            Some(o.finish.clone()),
-            o.revise_rounds,
-            o.prompt_tokens,
-            o.completion_tokens,
-        ),
-        Some(Err(failure)) => ("failed", None, failure.to_string(), None, 0, 0, 0),
-        None => ("cancelled", None, String::new(), None, 0, 0, 0),
+    // A failed or cancelled request has no answer: its row says why, or nothing.
+    let unanswered = |outcome: &'static str, text: String| Outcome {
+        text,
+        finish: String::new(),
+        outcome,
+        flag: None,
+        guard: None,
+        revise_rounds: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
     };
+    let o = match ended {
+        Some(Ok(o)) => o.clone(),
+        Some(Err(failure)) => unanswered("failed", failure.to_string()),
+        None => unanswered("cancelled", String::new()),
+    };
+    let flag = o.flag.as_ref();
     let record = GuardDecisionRecord {
         id: reply.id.clone(),
         model: reply.model.clone(),
         model_sha256: state.model_sha256.clone(),
         constitution: state.guards.constitution.name.clone(),
         constitution_sha256: state.constitution_sha256.clone(),
-        outcome: outcome.to_string(),
-        guard: flag.as_ref().and(guard).map(str::to_string),
-        rule: flag.as_ref().map(|f| f.rule.clone()),
-        principle: flag.as_ref().map(|f| f.principle.clone()),
-        topic: flag.as_ref().and_then(|f| f.topic.clone()),
-        matched: flag.as_ref().map(|f| f.matched.clone()),
-        score: flag.as_ref().and_then(|f| f.score),
-        revise_rounds: i64::from(rounds),
+        outcome: o.outcome.to_string(),
+        guard: o.guard.map(str::to_string),
+        rule: flag.map(|f| f.rule.clone()),
+        principle: flag.map(|f| f.principle.clone()),
+        topic: flag.and_then(|f| f.topic.clone()),
+        matched: flag.map(|f| f.matched.clone()),
+        score: flag.and_then(|f| f.score),
+        revise_rounds: i64::from(o.revise_rounds),
         constrained: turn.format.label().map(str::to_string),
         stream: turn.stream,
-        prompt_tokens: prompt_tokens as i64,
-        completion_tokens: completion_tokens as i64,
-        finish,
+        prompt_tokens: o.prompt_tokens as i64,
+        completion_tokens: o.completion_tokens as i64,
+        finish: (!o.finish.is_empty()).then(|| o.finish.clone()),
         latency_ms: started.elapsed().as_millis() as i64,
         prompt: serde_json::to_string(&turn.messages).unwrap_or_default(),
-        answer: text,
+        answer: o.text,
     };
     state.store.put_guard_decision(&record).await.map_err(|e| {
         tracing::error!("decision log: {e}");

@@ -95,13 +95,19 @@ impl Store {
 
     /// The guard rates, or None when nothing was served into this database.
     pub async fn guard_stats(&self) -> Result<Option<GuardStats>, StoreError> {
-        let count = |sql: &'static str| async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(self.pool())
-                .await
-                .map_err(self.err())
-        };
-        let requests = count("SELECT COUNT(*) FROM guard_decisions").await?;
+        // Every total in one pass over the log.
+        let totals = sqlx::query(
+            "SELECT COUNT(*), \
+             COALESCE(SUM(outcome = 'refused' AND guard = 'input'), 0), \
+             COALESCE(SUM(outcome = 'refused' AND guard = 'output'), 0), \
+             COALESCE(SUM(outcome = 'revised'), 0), COALESCE(SUM(stream), 0), \
+             COALESCE(SUM(constrained IS NOT NULL), 0), COALESCE(SUM(completion_tokens), 0) \
+             FROM guard_decisions",
+        )
+        .fetch_one(self.pool())
+        .await
+        .map_err(self.err())?;
+        let requests: i64 = totals.get(0);
         if requests == 0 {
             return Ok(None);
         }
@@ -144,26 +150,12 @@ impl Store {
                  guard_decisions WHERE guard IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1",
             )
             .await?,
-            refused_input: count(
-                "SELECT COUNT(*) FROM guard_decisions WHERE outcome = 'refused' AND guard = 'input'",
-            )
-            .await?,
-            refused_output: count(
-                "SELECT COUNT(*) FROM guard_decisions WHERE outcome = 'refused' \
-                 AND guard = 'output'",
-            )
-            .await?,
-            revised: count("SELECT COUNT(*) FROM guard_decisions WHERE outcome = 'revised'")
-                .await?,
-            streamed: count("SELECT COUNT(*) FROM guard_decisions WHERE stream = 1").await?,
-            constrained: count(
-                "SELECT COUNT(*) FROM guard_decisions WHERE constrained IS NOT NULL",
-            )
-            .await?,
-            completion_tokens: count(
-                "SELECT COALESCE(SUM(completion_tokens), 0) FROM guard_decisions",
-            )
-            .await?,
+            refused_input: totals.get(1),
+            refused_output: totals.get(2),
+            revised: totals.get(3),
+            streamed: totals.get(4),
+            constrained: totals.get(5),
+            completion_tokens: totals.get(6),
             latency_p50_ms: quantile(0.5),
             latency_p95_ms: quantile(0.95),
         }))
